@@ -1,0 +1,3 @@
+from suite_agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""conf.d/: models, loading with file:line errors, and schema export."""

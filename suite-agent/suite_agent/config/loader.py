@@ -1,0 +1,220 @@
+"""Reading conf.d/: each file checked on its own with FILE:LINE problems, then merged.
+
+The core calls `ConfigStore(conf_dir).load()` on start and on every reload; `suite-agent validate`
+calls `validate_dir`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
+
+from .merge import Lines, Problem, Version, merge
+from .messages import problems_from
+from .models import SINGLETON_SECTIONS, AgentSection, ApiSection, ConfigFile, QueueSection, ServiceSpec
+from .yamlpos import Unsupported, item_line, key_line, node_line, to_plain
+
+__all__ = ["ConfigStore", "Declared", "Problem", "is_config_file", "read_file", "validate_dir"]
+
+_EDITOR_LEFTOVERS = ("~", ".swp", ".tmp")
+_TOP_KEYS = ", ".join(ConfigFile.model_fields)
+
+Fingerprint = tuple[int, int, int]  # (mtime_ns, size, inode)
+
+
+def _frozen(mapping: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Declared:
+    """The merged configuration in force."""
+
+    services: Mapping[str, ServiceSpec] = field(default_factory=_frozen)  # name -> spec
+    origins: Mapping[str, str] = field(default_factory=_frozen)  # service name -> file it comes from
+    api: ApiSection | None = None
+    queue: QueueSection | None = None
+    plugins: Mapping[str, Mapping[str, Any]] | None = None
+    agent: AgentSection = field(default_factory=AgentSection)  # AgentSection() when no file has one
+    rejected: Mapping[str, tuple[Problem, ...]] = field(default_factory=_frozen)  # file -> its problems
+    files: tuple[str, ...] = ()  # the config files read
+
+
+def is_config_file(path: str | os.PathLike[str]) -> bool:
+    """`*.yaml` / `*.yml`, not hidden, not an editor's leftover (`.#x`, `x~`, `*.swp`, `*.tmp`)."""
+    name = os.path.basename(os.fspath(path))
+    return name.endswith((".yaml", ".yml")) and not name.startswith(".") and not name.endswith(_EDITOR_LEFTOVERS)
+
+
+def read_file(path: Path, file: str) -> Version | list[Problem]:
+    """One file on its own: its valid content, or every problem found in it (never raises)."""
+    try:
+        if path.is_dir():
+            return [Problem(file, 1, "is a directory, not a file")]
+        data = path.read_bytes()
+    except OSError as exc:
+        return [Problem(file, 1, f"cannot read the file: {exc.strerror or exc}")]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return [Problem(file, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be decoded)")]
+    try:
+        root = YAML(typ="rt").load(text)
+        plain = to_plain(root)
+    except Exception as exc:  # noqa: BLE001 - any input must give a problem, not a traceback
+        return [_yaml_problem(exc, text, file)]
+    if plain is None:  # empty, or only comments
+        return Version(file, ConfigFile(), Lines())
+    if not isinstance(plain, dict):
+        kind = "list" if isinstance(plain, list) else type(plain).__name__
+        return [Problem(file, node_line(root), f"a conf.d file is a mapping with the keys {_TOP_KEYS}, not a {kind}")]
+    try:
+        config = ConfigFile.model_validate(plain)
+    except Exception as exc:  # noqa: BLE001 - ValidationError, or a validator's bug
+        return problems_from(exc, root, file)
+    return Version(file, config, _lines(root))
+
+
+def _yaml_problem(exc: Exception, text: str, file: str) -> Problem:
+    if isinstance(exc, MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        if isinstance(exc, DuplicateKeyError):
+            return Problem(file, line, f"YAML: {exc.problem}; a key may appear only once in a mapping")
+        context = ""
+        if exc.context and exc.context_mark is not None:
+            context = f" ({exc.context}, line {exc.context_mark.line + 1})"
+        return Problem(file, line, f"YAML syntax error: {exc.problem or exc}{context}")
+    if isinstance(exc, ReaderError):
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        return Problem(file, line, f"YAML: unacceptable character {char} ({exc.reason})")
+    if isinstance(exc, Unsupported):
+        return Problem(file, exc.line, f"YAML: {exc}")
+    if isinstance(exc, RecursionError):
+        return Problem(file, 1, "YAML: nested too deeply")
+    return Problem(file, 1, f"YAML: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+
+def _lines(root: CommentedMap) -> Lines:
+    """Lines of the top-level keys, service names and dependencies of a valid file."""
+    services = root.get("services")
+    if not isinstance(services, CommentedMap):
+        services = CommentedMap()
+    depends: dict[tuple[str, str], int] = {}
+    for name, spec in services.items():
+        deps = spec.get("depends_on") if isinstance(spec, CommentedMap) else None
+        if isinstance(deps, CommentedMap):
+            depends.update({(name, dep): key_line(deps, dep) for dep in deps})
+        elif isinstance(deps, CommentedSeq):
+            depends.update({(name, dep): item_line(deps, i) for i, dep in enumerate(deps)})
+    return Lines(
+        sections={key: key_line(root, key) for key in root},
+        services={name: key_line(services, name) for name in services},
+        depends=depends,
+    )
+
+
+@dataclass(frozen=True)
+class _Read:
+    fingerprint: Fingerprint | None
+    result: Version | list[Problem]
+
+
+def _fingerprint(path: Path) -> Fingerprint | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class ConfigStore:
+    """Keeps the last good version of every file. Used from one thread only."""
+
+    def __init__(self, conf_dir: str | os.PathLike[str]) -> None:
+        self.conf_dir = conf_dir
+        self._read: dict[str, _Read] = {}
+        self._in_force: dict[str, Version] = {}
+
+    def load(self) -> Declared:
+        """(Re)reads conf.d; only files whose (mtime_ns, size, inode) changed are parsed again."""
+        try:
+            with os.scandir(self.conf_dir) as entries:
+                names = sorted(entry.name for entry in entries if is_config_file(entry.name))
+        except OSError as exc:
+            self._read.clear()
+            self._in_force.clear()
+            where = str(self.conf_dir)
+            return Declared(
+                rejected=_frozen(
+                    {where: (Problem(where, 1, f"cannot read the configuration folder: {exc.strerror or exc}"),)}
+                )
+            )
+
+        files = {str(Path(self.conf_dir) / name): Path(self.conf_dir) / name for name in names}
+        for file, path in files.items():
+            fingerprint = _fingerprint(path)  # before reading: a write in between is seen next time
+            known = self._read.get(file)
+            if known is None or fingerprint is None or known.fingerprint != fingerprint:
+                self._read[file] = _Read(fingerprint, read_file(path, file))
+        self._read = {file: self._read[file] for file in files}
+
+        on_disk = {file: read.result for file, read in self._read.items() if isinstance(read.result, Version)}
+        in_force: dict[str, Version] = {}
+        for file, old in self._in_force.items():
+            new = on_disk.get(file)
+            if new is not None and new.config == old.config:
+                in_force[file] = new  # same content, maybe other comments or lines
+            elif file in files:
+                in_force[file] = old
+        self._in_force, conflicts = merge(on_disk, in_force)
+
+        rejected = {file: read.result for file, read in self._read.items() if isinstance(read.result, list)}
+        rejected.update(conflicts)
+        return _declared(self._in_force, rejected, tuple(files))
+
+
+def _declared(
+    in_force: Mapping[str, Version], rejected: Mapping[str, list[Problem]], files: tuple[str, ...]
+) -> Declared:
+    services: dict[str, ServiceSpec] = {}
+    origins: dict[str, str] = {}
+    sections: dict[str, Any] = {}
+    for file in sorted(in_force):
+        config = in_force[file].config
+        services.update(config.services)
+        origins.update(dict.fromkeys(config.services, file))
+        sections.update(
+            {name: getattr(config, name) for name in SINGLETON_SECTIONS if getattr(config, name) is not None}
+        )
+    plugins = sections.get("plugins")
+    return Declared(
+        services=_frozen(services),
+        origins=_frozen(origins),
+        api=sections.get("api"),
+        queue=sections.get("queue"),
+        plugins=None if plugins is None else _frozen({name: _frozen(opts) for name, opts in plugins.items()}),
+        agent=sections.get("agent") or AgentSection(),
+        rejected=_frozen(
+            {file: tuple(sorted(problems, key=lambda p: p.line)) for file, problems in sorted(rejected.items())}
+        ),
+        files=files,
+    )
+
+
+def validate_dir(conf_dir: str | os.PathLike[str]) -> list[Problem]:
+    """Every problem of every file, cross-file ones included, as a fresh load sees them."""
+    declared = ConfigStore(conf_dir).load()
+    return [problem for problems in declared.rejected.values() for problem in problems]

@@ -1,0 +1,209 @@
+"""Rules across conf.d files: unique service names, single-file sections, dependencies.
+
+merge() picks, for every file, the version to put in force: the one on disk when it fits with the
+others, else the last good one when that still fits, else nothing. When versions conflict, the
+one already in force wins over a changed one, and a changed file wins over a file new to the
+store; among equals the file that sorts first wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .models import SINGLETON_SECTIONS, ConfigFile
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str  # str(conf_dir / filename)
+    line: int  # 1-based
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Where things stand in a file (1-based), for messages about it."""
+
+    sections: Mapping[str, int] = field(default_factory=dict)  # top-level key -> line
+    services: Mapping[str, int] = field(default_factory=dict)  # service name -> line of its key
+    depends: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (service, dependency) -> line
+
+    def section(self, name: str) -> int:
+        return self.sections.get(name, 1)
+
+    def service(self, name: str) -> int:
+        return self.services.get(name, self.section("services"))
+
+    def dependency(self, service: str, dependency: str) -> int:
+        return self.depends.get((service, dependency), self.service(service))
+
+
+@dataclass(frozen=True, eq=False)
+class Version:
+    """One valid content of one file."""
+
+    file: str
+    config: ConfigFile
+    lines: Lines
+
+    def sections(self) -> Iterator[str]:
+        return (name for name in SINGLETON_SECTIONS if getattr(self.config, name) is not None)
+
+
+Rank = Callable[[Version], tuple[int, str]]
+
+
+def merge(
+    on_disk: Mapping[str, Version], in_force: Mapping[str, Version]
+) -> tuple[dict[str, Version], dict[str, list[Problem]]]:
+    """The versions to put in force, and the problems of each on-disk version left out.
+
+    on_disk: the valid version of each file as it is now; in_force: what the last merge chose,
+    for files that still exist (the same object as the on-disk one when the file is unchanged).
+    """
+    tries = {  # preferred first; the same object twice when the file is unchanged
+        name: list(dict.fromkeys(v for v in (on_disk.get(name), in_force.get(name)) if v is not None))
+        for name in sorted(set(on_disk) | set(in_force))
+    }
+
+    def rank(v: Version) -> tuple[int, str]:
+        return (0 if in_force.get(v.file) is v else 1 if v.file in in_force else 2, v.file)
+
+    problems: dict[str, list[Problem]] = {}
+    while True:
+        chosen = sorted((vs[0] for vs in tries.values() if vs), key=rank)
+        blamed = _unknown(chosen, on_disk, in_force, rank) or _duplicates(chosen) or _cycle(chosen, rank)
+        if not blamed:
+            return {v.file: v for v in chosen}, problems
+        # Drop one version at a time, the one ranked first: a duplicate it lost to is not itself
+        # about to be dropped, so no other version is rejected because of it.
+        version = min(blamed, key=rank)
+        if version is on_disk.get(version.file):
+            found = blamed[version] + [p for _, _, p in _unknown_dependencies(version, _Known(chosen, on_disk))]
+            found += _duplicates(chosen).get(version, [])
+            problems[version.file] = list(dict.fromkeys(found))
+        tries[version.file].remove(version)
+
+
+def _duplicates(chosen: Sequence[Version]) -> dict[Version, list[Problem]]:
+    """A service or a singleton section claimed twice: the claim ranked first wins."""
+    owner: dict[str, tuple[str, int]] = {}
+    blamed: dict[Version, list[Problem]] = {}
+    for v in chosen:
+        claims = [
+            (f"service {name!r}", f"services.{name}", v.lines.service(name), "is already defined in")
+            for name in v.config.services
+        ]
+        claims += [
+            (f"section {name!r}", name, v.lines.section(name), "may stand in one file only; it is already in")
+            for name in v.sections()
+        ]
+        for what, path, line, verb in claims:
+            if what in owner:
+                first_file, first_line = owner[what]
+                message = f"{path}: {what} {verb} {first_file}:{first_line}"
+                blamed.setdefault(v, []).append(Problem(v.file, line, message))
+            else:
+                owner[what] = (v.file, line)
+    return blamed
+
+
+class _Known:
+    """The services the chosen versions define, and those only left-out versions on disk do."""
+
+    def __init__(self, chosen: Sequence[Version], on_disk: Mapping[str, Version]) -> None:
+        self.names = {name for v in chosen for name in v.config.services}
+        ids = {id(v) for v in chosen}
+        self.left_out = {n: v.file for v in on_disk.values() if id(v) not in ids for n in v.config.services}
+
+
+def _unknown_dependencies(version: Version, known: _Known) -> list[tuple[str, str, Problem]]:
+    """(service, dependency, problem) for every dependency of `version` no chosen version defines."""
+    found = []
+    for name, spec in version.config.services.items():
+        for dep in spec.depends_on:
+            if dep not in known.names:
+                message = f"services.{name}.depends_on: unknown service {dep!r}"
+                if dep in known.left_out:
+                    message += f" ({known.left_out[dep]} defines it, but that file is not applied)"
+                found.append((name, dep, Problem(version.file, version.lines.dependency(name, dep), message)))
+    return found
+
+
+def _unknown(
+    chosen: Sequence[Version], on_disk: Mapping[str, Version], in_force: Mapping[str, Version], rank: Rank
+) -> dict[Version, list[Problem]]:
+    """depends_on naming a service no chosen version defines. When another file's change just
+    removed that service and ranks below the dependent, the change is to blame."""
+    blamed: dict[Version, list[Problem]] = {}
+    known = _Known(chosen, on_disk)
+    for v in chosen:
+        for name, dep, problem in _unknown_dependencies(v, known):
+            culprit = _remover(dep, v, chosen, in_force)
+            if culprit is not None and rank(culprit) > rank(v):
+                message = (
+                    f"services: service {dep!r} is no longer defined, "
+                    f"but {name!r} in {problem.file}:{problem.line} depends on it"
+                )
+                problem = Problem(culprit.file, culprit.lines.section("services"), message)
+            else:
+                culprit = v
+            blamed.setdefault(culprit, []).append(problem)
+    return blamed
+
+
+def _cycle(chosen: Sequence[Version], rank: Rank) -> dict[Version, list[Problem]]:
+    """A dependency cycle, blamed on the lowest-ranked file on it."""
+    origin = {name: v for v in chosen for name in v.config.services}
+    cycle = _find_cycle({name: list(v.config.services[name].depends_on) for name, v in origin.items()})
+    if not cycle:
+        return {}
+    culprit = max((origin[name] for name in cycle), key=rank)
+    start = next(i for i, name in enumerate(cycle) if origin[name] is culprit)
+    cycle = cycle[start:] + cycle[:start]
+    path = " -> ".join([*cycle, cycle[0]])
+    line = culprit.lines.dependency(cycle[0], cycle[1 % len(cycle)])
+    return {culprit: [Problem(culprit.file, line, f"services.{cycle[0]}.depends_on: dependency cycle {path}")]}
+
+
+def _remover(
+    dep: str, dependent: Version, chosen: Sequence[Version], in_force: Mapping[str, Version]
+) -> Version | None:
+    """The chosen version of another file that changed and no longer defines `dep`, which its
+    version in force did."""
+    for new in chosen:
+        old = in_force.get(new.file)
+        if new.file != dependent.file and old is not None and new is not old and dep in old.config.services:
+            return new
+    return None
+
+
+def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str]:
+    """One dependency cycle, as the list of services on it, or [] when there is none."""
+    depends = {name: {d for d in deps if d in graph} for name, deps in graph.items()}
+    used_by: dict[str, list[str]] = {name: [] for name in graph}
+    for name, deps in depends.items():
+        for dep in deps:
+            used_by[dep].append(name)
+    # Peel off services whose dependencies are all peeled off; what stays is on or leads to a cycle.
+    waiting = {name: len(deps) for name, deps in depends.items()}
+    ready = [name for name, count in waiting.items() if count == 0]
+    while ready:
+        name = ready.pop()
+        del waiting[name]
+        for user in used_by[name]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    if not waiting:
+        return []
+    walk: dict[str, int] = {}  # service -> its place on the walk
+    name = min(waiting)
+    while name not in walk:
+        walk[name] = len(walk)
+        name = min(d for d in depends[name] if d in waiting)
+    return list(walk)[walk[name] :]

@@ -1,0 +1,278 @@
+"""The shape of a conf.d file: pydantic models, the single source of the JSON Schemas."""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import signal
+import socket
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """`250ms`, `10s`, `2m`, `1h` or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 250ms, 10s, 2m")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return _finite(float(value) if value < 1e300 else math.inf)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return _finite(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    raise ValueError(f"{value!r} is not a duration (use a number of seconds or 250ms, 10s, 2m, 1h)")
+
+
+def _finite(seconds: float) -> float:
+    # YAML has .inf and .nan, and huge integers do not fit a float.
+    if not math.isfinite(seconds) or seconds > 1e9:
+        raise ValueError("a duration must be a finite number of seconds, at most 1e9")
+    return seconds
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 1e9},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"},
+            ],
+            "description": "seconds, or a string like 250ms, 10s, 2m, 1h",
+        }
+    ),
+]
+
+SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+ServiceName = Annotated[str, StringConstraints(pattern=SERVICE_NAME_PATTERN, max_length=63)]
+
+
+def _split_command(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split command: {exc}") from exc
+    return value
+
+
+def _stringify_env(value: object) -> object:
+    # YAML turns PORT: 8000 into an int; the process environment only holds strings.
+    if isinstance(value, dict):
+        return {
+            k: ("true" if v is True else "false" if v is False else str(v))
+            if isinstance(v, (int, float, bool))
+            else v
+            for k, v in value.items()
+        }
+    return value
+
+
+Environment = Annotated[
+    dict[str, str],
+    BeforeValidator(_stringify_env),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "number", "boolean"]},
+            "description": "numbers and booleans are passed to the process as strings",
+        }
+    ),
+]
+
+
+def _depends_list(value: object) -> object:
+    if isinstance(value, list):
+        if not all(isinstance(name, str) for name in value):
+            raise ValueError("depends_on is a list of service names, or a mapping name -> {condition: ...}")
+        return {name: {} for name in value}
+    return value
+
+
+class _OrListOfNames:
+    """JSON Schema of depends_on: the mapping pydantic describes, or the list form `[db, cache]`."""
+
+    def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        names = {"type": "string", "pattern": SERVICE_NAME_PATTERN, "maxLength": 63}
+        return {"anyOf": [handler(core), {"type": "array", "items": names}]}
+
+
+Command = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_split_command),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                {"type": "string", "minLength": 1},
+            ],
+            "description": "exec form (list) or a string split like a shell; no shell is run",
+        }
+    ),
+]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StopSpec(Model):
+    signal: str = Field("TERM", description="signal sent to the process group: TERM, INT, QUIT, HUP, KILL, USR1, USR2")
+    timeout: Duration = Field(10.0, description="wait this long before SIGKILL")
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if not hasattr(signal.Signals, name):
+            raise ValueError(f"unknown signal {value!r}")
+        return name[3:]
+
+    @property
+    def signum(self) -> int:
+        return int(signal.Signals["SIG" + self.signal])
+
+
+class BackoffSpec(Model):
+    initial: Duration = Field(0.25, description="delay before the second restart in a row")
+    factor: float = Field(2.0, ge=1.0)
+    max: Duration = Field(30.0, description="cap on the delay")
+    reset_after: Duration = Field(10.0, description="a run this long counts as stable and resets the backoff")
+
+
+class StartLimitSpec(Model):
+    burst: int = Field(5, ge=1, description="restarts allowed within interval before the service goes fatal")
+    interval: Duration = 10.0
+
+
+class HttpProbe(Model):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    status: int | None = Field(None, description="expected status; default: any 200-399")
+
+
+class TcpProbe(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+
+
+class ExecProbe(Model):
+    command: Command
+
+
+class Probe(Model):
+    http: HttpProbe | None = None
+    tcp: TcpProbe | None = None
+    exec: ExecProbe | None = None
+    initial_delay: Duration = 0.0
+    period: Duration = 10.0
+    timeout: Duration = 1.0
+    success_threshold: int = Field(1, ge=1)
+    failure_threshold: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Probe:
+        kinds = [k for k in ("http", "tcp", "exec") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a probe needs exactly one of http, tcp, exec")
+        return self
+
+
+class HealthSpec(Model):
+    startup: Probe | None = None
+    liveness: Probe | None = None
+    readiness: Probe | None = None
+
+
+class Dependency(Model):
+    condition: Literal["started", "healthy", "completed_successfully"] = "started"
+    restart: bool = Field(False, description="restart this service when the dependency restarts")
+
+
+class ServiceSpec(Model):
+    command: Command
+    directory: str | None = None
+    environment: Environment = Field(default_factory=dict)
+    user: str | int | None = Field(None, description="run as this user (the agent must run as root)")
+    group: str | int | None = Field(None, description="run with this group (the agent must run as root)")
+    autostart: bool = True
+    restart: Literal["always", "on-failure", "never"] = "on-failure"
+    success_codes: tuple[int, ...] = Field((0,), description="exit codes that count as success")
+    replicas: int = Field(1, ge=0, le=1000)
+    depends_on: Annotated[dict[ServiceName, Dependency], BeforeValidator(_depends_list), _OrListOfNames()] = Field(
+        default_factory=dict
+    )
+    stop: StopSpec = StopSpec()
+    backoff: BackoffSpec = BackoffSpec()
+    start_limit: StartLimitSpec = StartLimitSpec()
+    health: HealthSpec = HealthSpec()
+    ready_after: Duration = Field(0.0, description="with no readiness probe: ready after running this long")
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("command cannot be empty")
+        return value
+
+    def same_except_replicas(self, other: ServiceSpec) -> bool:
+        return self.model_copy(update={"replicas": 0}) == other.model_copy(update={"replicas": 0})
+
+
+class Webhook(Model):
+    url: str
+    events: list[str] = Field(default_factory=list, description="event types to send; empty: all")
+    secret: str | None = None
+
+
+class ApiSection(Model):
+    listen: str = "127.0.0.1:8080"
+    token: str | None = None
+    token_file: str | None = None
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
+class QueueSection(Model):
+    url: str
+    exchange: str = "suite_events"
+    agent_id: str = Field(default_factory=socket.gethostname)
+
+
+class AgentSection(Model):
+    log_dir: str = Field("logs", description="service logs; relative paths are relative to the conf.d folder's parent")
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(3, ge=0)
+    log_buffer_lines: int = Field(1000, ge=0, description="recent lines kept in memory per service and stream")
+
+
+class ConfigFile(Model):
+    """One file of conf.d/."""
+
+    services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
+    api: ApiSection | None = None
+    queue: QueueSection | None = None
+    plugins: dict[str, dict[str, Any]] | None = None
+    agent: AgentSection | None = None
+
+
+SINGLETON_SECTIONS = ("api", "queue", "plugins", "agent")

@@ -1,0 +1,98 @@
+"""Immutable events the owner thread publishes, and the bus that fans them out.
+
+Publishing never blocks and never waits on a subscriber: each subscription is a bounded
+buffer; a subscriber that falls behind loses its oldest events and is told how many.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+SERVICE_STARTED = "service_started"
+SERVICE_STOPPED = "service_stopped"
+SERVICE_ERROR = "service_error"
+HEALTH_CHECK = "health_check"
+CONFIG_RELOADED = "config_reloaded"
+CONFIG_ERROR = "config_error"
+
+
+def _frozen(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(data))
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    service: str | None = None
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    time: float = field(default_factory=time.time)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @staticmethod
+    def make(type: str, service: str | None = None, **data: Any) -> Event:
+        if service is not None:
+            data.setdefault("service", service)
+        return Event(type=type, service=service, data=_frozen(data))
+
+
+class Subscription:
+    """A bounded buffer of events for one reader thread."""
+
+    def __init__(self, bus: EventBus, maxlen: int) -> None:
+        self._bus = bus
+        self._buffer: deque[Event] = deque(maxlen=maxlen)
+        self._cond = threading.Condition()
+        self.dropped = 0
+
+    def _offer(self, event: Event) -> None:
+        with self._cond:
+            if len(self._buffer) == self._buffer.maxlen:
+                self.dropped += 1
+            self._buffer.append(event)
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None when none came within timeout."""
+        with self._cond:
+            if not self._buffer and not self._cond.wait_for(lambda: bool(self._buffer), timeout):
+                return None
+            return self._buffer.popleft()
+
+    def drain(self) -> list[Event]:
+        with self._cond:
+            events = list(self._buffer)
+            self._buffer.clear()
+            return events
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscriptions: tuple[Subscription, ...] = ()
+        self._lock = threading.Lock()
+        self._counter = itertools.count()
+
+    def subscribe(self, maxlen: int = 10_000) -> Subscription:
+        sub = Subscription(self, maxlen)
+        with self._lock:
+            self._subscriptions = (*self._subscriptions, sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subscriptions = tuple(s for s in self._subscriptions if s is not sub)
+
+    def publish(self, event: Event) -> None:
+        # The tuple is replaced, never mutated, so iterating it needs no lock.
+        for sub in self._subscriptions:
+            sub._offer(event)

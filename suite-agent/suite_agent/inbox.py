@@ -1,0 +1,81 @@
+"""The only way into the owner thread: immutable messages plus a wake-up fd."""
+
+from __future__ import annotations
+
+import os
+import queue
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Verb = Literal["start", "stop", "restart", "status"]
+
+
+@dataclass(frozen=True)
+class Control:
+    """Start/stop/restart/status of named services; the reply says how each one ended."""
+
+    verb: Verb
+    names: tuple[str, ...]
+    source: str = "api"
+    wait: float | None = 30.0
+    reply: Future[dict[str, Any]] = field(default_factory=Future, compare=False)
+
+
+@dataclass(frozen=True)
+class Reload:
+    """Re-read conf.d. `paths` are the files the watcher saw change (empty: all)."""
+
+    source: str = "signal"
+    paths: tuple[str, ...] = ()
+    reply: Future[dict[str, Any]] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    reason: str = "signal"
+
+
+@dataclass(frozen=True)
+class Call:
+    """Run a read-only function on the owner thread (tests and diagnostics)."""
+
+    fn: Any
+    reply: Future[Any] = field(default_factory=Future, compare=False)
+
+
+Message = Control | Reload | Shutdown | Call
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    @property
+    def fileno(self) -> int:
+        return self._r
+
+    def put(self, message: Message) -> None:
+        self._queue.put(message)
+        try:
+            os.write(self._w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full, so the owner is already due to wake
+
+    def drain(self) -> list[Message]:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        messages: list[Message] = []
+        while True:
+            try:
+                messages.append(self._queue.get_nowait())
+            except queue.Empty:
+                return messages
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)

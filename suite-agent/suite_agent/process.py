@@ -1,0 +1,146 @@
+"""Spawning children in their own process group, signalling and reaping them.
+
+This is the seam between supervision logic and the OS: tests swap in a fake factory.
+Reaping is done only here, with waitpid(-1): the agent is a child subreaper, so orphaned
+grandchildren come back to it and are reaped too (no zombies, even as PID 1).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger("suite_agent.process")
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class Spawned:
+    pid: int
+    stdout: int | None  # read ends of the output pipes, handed to the output pump
+    stderr: int | None
+
+
+class ProcessFactory(Protocol):
+    def spawn(
+        self,
+        argv: Sequence[str],
+        cwd: str | None,
+        env: Mapping[str, str],
+        user: str | int | None,
+        group: str | int | None,
+    ) -> Spawned: ...
+
+    def signal_group(self, pgid: int, signum: int) -> None: ...
+
+    def group_alive(self, pgid: int) -> bool: ...
+
+    def reap(self) -> list[tuple[int, int]]: ...
+
+
+def become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def decode_status(status: int) -> tuple[int | None, int | None]:
+    """(exit code, None) for a normal exit, (None, signal) for a death by signal."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None
+
+
+class PosixProcessFactory:
+    def __init__(self) -> None:
+        self._root = os.geteuid() == 0
+        # Popen objects stay referenced until reaped: a collected Popen with no returncode
+        # would be polled by subprocess' own cleanup, which would steal our waitpid.
+        self._popens: dict[int, subprocess.Popen[bytes]] = {}
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        cwd: str | None,
+        env: Mapping[str, str],
+        user: str | int | None,
+        group: str | int | None,
+    ) -> Spawned:
+        if (user is not None or group is not None) and not self._root:
+            raise PermissionError(errno.EPERM, "user/group need the agent to run as root")
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=cwd,
+                env=dict(env),
+                close_fds=True,
+                process_group=0,
+                user=user,
+                group=group,
+                restore_signals=True,
+            )
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self._popens[popen.pid] = popen
+        return Spawned(popen.pid, out_r, err_r)
+
+    def signal_group(self, pgid: int, signum: int) -> None:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            log.warning("cannot signal process group %d: %s", pgid, exc)
+
+    def group_alive(self, pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def reap(self) -> list[tuple[int, int]]:
+        reaped: list[tuple[int, int]] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            popen = self._popens.pop(pid, None)
+            if popen is not None:
+                popen.returncode = os.waitstatus_to_exitcode(status)
+            reaped.append((pid, status))
+        return reaped
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)

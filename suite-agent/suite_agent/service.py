@@ -1,0 +1,164 @@
+"""A declared service: its replicas, what the operator wants of it, and its status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from suite_agent.config.models import ServiceSpec
+from suite_agent.instance import DOWN, Context, Instance, State
+
+# The state a service shows is that of its most noteworthy replica.
+_PRIORITY = (State.FATAL, State.BACKOFF, State.STOPPING, State.STARTING,
+             State.RUNNING, State.EXITED, State.STOPPED)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str
+    detail: str
+    ready: bool
+    health: str
+    pids: tuple[int, ...]
+    restarts: int
+    started_at: float | None  # wall-clock time the oldest running replica started
+    last_exit_code: int | None
+    last_signal: int | None
+    replicas: int
+    autostart: bool
+    origin: str | None
+
+    def uptime(self, now: float) -> float:
+        return max(0.0, now - self.started_at) if self.started_at is not None else 0.0
+
+
+def _when_all(instances: list[Instance], action: Callable[[Instance, Callable[[], None]], None],
+              then: Callable[[], None] | None) -> None:
+    pending = len(instances)
+    if pending == 0:
+        if then is not None:
+            then()
+        return
+
+    def one_done() -> None:
+        nonlocal pending
+        pending -= 1
+        if pending == 0 and then is not None:
+            then()
+
+    for inst in list(instances):
+        action(inst, one_done)
+
+
+class Service:
+    def __init__(self, ctx: Context, name: str, spec: ServiceSpec, origin: str | None) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.spec = spec
+        self.origin = origin
+        self.wanted = spec.autostart
+        self.removing = False
+        self.instances = [Instance(ctx, name, i, spec) for i in range(spec.replicas)]
+        self._leaving: list[Instance] = []  # scaled away, still stopping
+
+    def start(self) -> None:
+        self.wanted = True
+        for inst in self.instances:
+            inst.start()
+
+    def stop(self, then: Callable[[], None] | None = None) -> None:
+        self.wanted = False
+        _when_all(self.instances, lambda inst, done: inst.stop(done), then)
+
+    def restart(self) -> None:
+        self.wanted = True
+        for inst in self.instances:
+            inst.stop(inst.start)
+
+    def kill(self) -> None:
+        for inst in self.instances:
+            inst.kill()
+
+    def replace(self, spec: ServiceSpec, origin: str | None) -> None:
+        """New process settings: running replicas stop, then start on the new spec."""
+        self.spec, self.origin = spec, origin
+        self.wanted = self.wanted or spec.autostart
+        self._resize(spec.replicas)
+        for inst in self.instances:
+            inst.respec(spec)
+            if self.wanted:
+                inst.stop(inst.start)
+
+    def scale(self, spec: ServiceSpec, origin: str | None) -> None:
+        self.update(spec, origin)
+        self._resize(spec.replicas)
+        if self.wanted:
+            for inst in self.instances:
+                inst.start()
+
+    def update(self, spec: ServiceSpec, origin: str | None) -> None:
+        turned_on = spec.autostart and not self.spec.autostart
+        self.spec, self.origin = spec, origin
+        for inst in self.instances:
+            inst.respec(spec)
+        if turned_on and not self.wanted:
+            self.start()
+
+    def _resize(self, replicas: int) -> None:
+        while len(self.instances) < replicas:
+            self.instances.append(Instance(self.ctx, self.name, len(self.instances), self.spec))
+        extra, self.instances = self.instances[replicas:], self.instances[:replicas]
+        for inst in extra:
+            # Still shown until its group is gone.
+            self._leaving.append(inst)
+            inst.stop(lambda inst=inst: self._left(inst))
+        self.ctx.changed(self.name)
+
+    def _left(self, inst: Instance) -> None:
+        if inst in self._leaving:
+            self._leaving.remove(inst)
+        self.ctx.changed(self.name)
+
+    @property
+    def down(self) -> bool:
+        return all(inst.down for inst in self.all_instances)
+
+    @property
+    def all_instances(self) -> list[Instance]:
+        return self.instances + self._leaving
+
+    @property
+    def state(self) -> State:
+        states = {inst.state for inst in self.all_instances}
+        for state in _PRIORITY:
+            if state in states:
+                return state
+        return State.STOPPED
+
+    def status(self) -> ServiceStatus:
+        insts = self.all_instances
+        state = self.state
+        detail = next((i.detail for i in insts if i.state is state), "")
+        running = [i for i in insts if i.state is State.RUNNING]
+        starts = [i.started_wall for i in running if i.started_wall is not None]
+        last = max((i for i in insts if i.exited_at is not None),
+                   key=lambda i: i.exited_at or 0.0, default=None)
+        return ServiceStatus(
+            name=self.name,
+            state=state.value,
+            detail=detail,
+            ready=bool(self.instances) and all(i.state is State.RUNNING for i in self.instances),
+            health="unknown",
+            pids=tuple(i.pid for i in insts if i.pid is not None),
+            restarts=sum(i.restarts for i in insts),
+            started_at=min(starts) if starts else None,
+            last_exit_code=last.last_exit_code if last is not None else None,
+            last_signal=last.last_signal if last is not None else None,
+            replicas=self.spec.replicas,
+            autostart=self.spec.autostart,
+            origin=self.origin,
+        )
+
+
+__all__ = ["DOWN", "Service", "ServiceStatus"]

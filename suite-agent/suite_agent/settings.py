@@ -1,0 +1,16 @@
+"""The agent's own settings: command-line flags, then SUITE_AGENT_* variables, then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SUITE_AGENT_", extra="ignore")
+
+    conf_dir: Path = Path("conf.d")
+    url: str = "http://127.0.0.1:8080"
+    token: str | None = None
+    log_level: str = "INFO"

@@ -1,0 +1,390 @@
+"""The owner thread: the only code that spawns, signals, reaps and decides.
+
+It sleeps in one select() on the signal wake-up fd (SIGCHLD, SIGTERM, SIGINT, SIGHUP) and
+the inbox fd, bounded by the next timer; so a child's exit wakes it at once. Other threads
+reach it only through the inbox and read only the snapshots and events it publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from suite_agent import events
+from suite_agent.config.loader import ConfigStore, Declared
+from suite_agent.config.models import AgentSection, ServiceSpec
+from suite_agent.events import Event, EventBus
+from suite_agent.inbox import Call, Control, Inbox, Message, Reload, Shutdown
+from suite_agent.instance import Instance, State
+from suite_agent.output import OutputPump
+from suite_agent.plan import Add, Remove, Replace, Scale, Update, plan
+from suite_agent.process import PosixProcessFactory, ProcessFactory, Spawned
+from suite_agent.service import Service
+from suite_agent.snapshot import Snapshot, status_dict
+from suite_agent.timers import Clock, SystemClock, Timer, Timers
+
+log = logging.getLogger("suite_agent")
+
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@dataclass
+class _Waiter:
+    """A command whose reply waits until its services settle (or its deadline passes)."""
+
+    msg: Control
+    timer: Timer | None = None
+    done: bool = field(default=False)
+
+
+def _settled(verb: str, svc: Service) -> bool:
+    if verb == "stop":
+        return svc.down
+    return all(i.state in (State.RUNNING, State.EXITED, State.FATAL) and
+               (i.state is not State.RUNNING or i.pid is not None) for i in svc.instances)
+
+
+def _succeeded(verb: str, svc: Service) -> bool:
+    if verb == "stop":
+        return svc.down
+    return all(i.state is State.RUNNING or
+               (i.state is State.EXITED and i.last_signal is None and
+                i.last_exit_code in i.spec.success_codes) for i in svc.instances)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        conf_dir: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        factory: ProcessFactory | None = None,
+        pump: OutputPump | None = None,
+    ) -> None:
+        self.conf_dir = Path(conf_dir)
+        self.base_dir = self.conf_dir.absolute().parent
+        self.clock: Clock = clock or SystemClock()
+        self.factory: ProcessFactory = factory or PosixProcessFactory()
+        self.timers = Timers(self.clock)
+        self.inbox = Inbox()
+        self.bus = EventBus()
+        self.store = ConfigStore(self.conf_dir)
+        self.agent = AgentSection()
+        self.pump = pump or OutputPump(self._log_dir(self.agent), self.agent.log_max_bytes,
+                                       self.agent.log_backups, self.agent.log_buffer_lines)
+        self.services: dict[str, Service] = {}
+        self.snapshot = Snapshot(started_at=self.clock.time())
+        self.declared: Declared | None = None
+        self._by_pid: dict[int, Instance] = {}
+        self._dirty: set[str] = set()
+        self._waiters: list[_Waiter] = []
+        self._shutting_down = False
+        self._interrupts = 0
+        self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
+        self._base_env = dict(os.environ)
+        self._stop = threading.Event()
+
+    # -- Context for services and instances -----------------------------------------------
+    def emit(self, event: Event) -> None:
+        self.bus.publish(event)
+
+    def attach_output(self, service: str, instance: str, spawned: Spawned) -> None:
+        if spawned.stdout is not None:
+            self.pump.attach(service, instance, "stdout", spawned.stdout)
+        if spawned.stderr is not None:
+            self.pump.attach(service, instance, "stderr", spawned.stderr)
+
+    def track(self, pid: int, instance: Instance | None) -> None:
+        if instance is None:
+            self._by_pid.pop(pid, None)
+        else:
+            self._by_pid[pid] = instance
+
+    def changed(self, service: str) -> None:
+        self._dirty.add(service)
+
+    def process_env(self, spec: ServiceSpec) -> Mapping[str, str]:
+        return {**self._base_env, **spec.environment} if spec.environment else self._base_env
+
+    def process_cwd(self, spec: ServiceSpec) -> str | None:
+        return str(self.base_dir / spec.directory) if spec.directory else None
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until shut down; returns the exit status. Call from the main thread."""
+        selector = selectors.DefaultSelector()
+        sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous = self._install_signals(sig_w)
+        selector.register(sig_r, selectors.EVENT_READ, lambda: self._on_signals(sig_r))
+        selector.register(self.inbox.fileno, selectors.EVENT_READ, self._on_inbox)
+        self.pump.start()
+        try:
+            self.handle_reload(Reload(source="start"))
+            while not (self._shutting_down and self._all_down()):
+                self.turn(selector)
+        finally:
+            self._restore_signals(previous)
+            selector.close()
+            os.close(sig_r)
+            os.close(sig_w)
+            self.pump.stop()
+        log.info("all services stopped; bye")
+        return 0
+
+    def turn(self, selector: selectors.BaseSelector) -> None:
+        deadline = self.timers.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - self.clock.monotonic())
+        for key, _ in selector.select(timeout):
+            key.data()
+        self.timers.run_due()
+        self.after_turn()
+
+    def after_turn(self) -> None:
+        if self._waiters and self._dirty:
+            self._check_waiters()
+        if self._dirty:
+            self._publish()
+
+    def _install_signals(self, wake_fd: int) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+        for signum in HANDLED_SIGNALS:
+            # The handler does nothing: the C-level handler already wrote the signal
+            # number to the wake-up fd, and the loop does the work.
+            previous[signum] = signal.signal(signum, lambda s, f: None)
+        signal.set_wakeup_fd(wake_fd, warn_on_full_buffer=False)
+        return previous
+
+    def _restore_signals(self, previous: dict[int, Any]) -> None:
+        if not previous:
+            return
+        signal.set_wakeup_fd(-1)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signals(self, fd: int) -> None:
+        try:
+            received = set(os.read(fd, 4096))
+        except BlockingIOError:
+            return
+        if signal.SIGCHLD in received:
+            self.handle_sigchld()
+        if signal.SIGHUP in received:
+            self.handle_reload(Reload(source="signal"))
+        if signal.SIGTERM in received or signal.SIGINT in received:
+            self.handle_shutdown(Shutdown(reason="signal"))
+
+    def _on_inbox(self) -> None:
+        for message in self.inbox.drain():
+            self.dispatch(message)
+
+    def dispatch(self, message: Message) -> None:
+        handler: Callable[[Any], None] = getattr(self, "handle_" + type(message).__name__.lower())
+        try:
+            handler(message)
+        except Exception as exc:  # one bad message must not take the owner down
+            log.exception("error handling %s", type(message).__name__)
+            reply = getattr(message, "reply", None)
+            if reply is not None and not reply.done():
+                reply.set_exception(exc)
+
+    # -- handlers -------------------------------------------------------------------------
+    def handle_sigchld(self) -> None:
+        orphans = False
+        for pid, status in self.factory.reap():
+            inst = self._by_pid.get(pid)
+            if inst is None:
+                orphans = True
+            else:
+                inst.on_exit(status)
+        if orphans:
+            for svc in self.services.values():
+                for inst in svc.all_instances:
+                    inst.on_group_check()
+
+    def handle_shutdown(self, msg: Shutdown) -> None:
+        self._interrupts += 1
+        if self._shutting_down:
+            log.warning("second interrupt: killing every process group now")
+            for svc in self.services.values():
+                svc.kill()
+            return
+        log.info("shutting down (%s): stopping every service", msg.reason)
+        self._shutting_down = True
+        self._dirty.update(self.services)
+        for svc in self.services.values():
+            svc.stop()
+
+    def handle_call(self, msg: Call) -> None:
+        msg.reply.set_result(msg.fn(self))
+
+    def handle_control(self, msg: Control) -> None:
+        unknown = [n for n in msg.names if n not in self.services or self.services[n].removing]
+        if unknown or not msg.names:
+            error = f"unknown service: {', '.join(unknown)}" if unknown else "no service named"
+            msg.reply.set_result({"ok": False, "error": error, "unknown": unknown})
+            return
+        if self._shutting_down and msg.verb != "status":
+            msg.reply.set_result({"ok": False, "error": "the agent is shutting down"})
+            return
+        for name in dict.fromkeys(msg.names):
+            svc = self.services[name]
+            if msg.verb == "start":
+                svc.start()
+            elif msg.verb == "stop":
+                svc.stop()
+            elif msg.verb == "restart":
+                svc.restart()
+            log.info("%s: %s requested (%s)", name, msg.verb, msg.source)
+        waiter = _Waiter(msg)
+        if msg.verb == "status" or not msg.wait or self._waiter_done(waiter):
+            self._reply(waiter, final=True)
+            return
+        waiter.timer = self.timers.call_later(msg.wait, lambda: self._reply(waiter, final=False))
+        self._waiters.append(waiter)
+
+    def handle_reload(self, msg: Reload) -> None:
+        declared = self.store.load()
+        summary = self.apply(declared)
+        log.info("configuration loaded (%s): %s", msg.source,
+                 ", ".join(f"{k} {len(v)}" for k, v in summary.items() if k != "errors") or "no change")
+        self.emit(Event.make(events.CONFIG_RELOADED, None, source=msg.source, **summary))
+        if msg.reply is not None:
+            msg.reply.set_result({"ok": not declared.rejected, **summary})
+
+    # -- reconcile ------------------------------------------------------------------------
+    def apply(self, declared: Declared) -> dict[str, Any]:
+        self.declared = declared
+        self._report_rejections(declared)
+        if declared.agent != self.agent:
+            self.agent = declared.agent
+            self.pump.reconfigure(self._log_dir(self.agent), self.agent.log_max_bytes,
+                                  self.agent.log_backups, self.agent.log_buffer_lines)
+        actual = {n: s.spec for n, s in self.services.items() if not s.removing}
+        summary: dict[str, Any] = {"added": [], "changed": [], "removed": [],
+                                   "errors": {f: [str(p) for p in ps] for f, ps in declared.rejected.items()}}
+        for action in plan(declared.services, actual):
+            origin = declared.origins.get(action.name)
+            match action:
+                case Remove(name):
+                    self._remove(name)
+                    summary["removed"].append(name)
+                case Add(name, spec):
+                    self._add(name, spec, origin)
+                    summary["added"].append(name)
+                case Replace(name, spec):
+                    self.services[name].replace(spec, origin)
+                    summary["changed"].append(name)
+                case Scale(name, spec):
+                    self.services[name].scale(spec, origin)
+                    summary["changed"].append(name)
+                case Update(name, spec):
+                    self.services[name].update(spec, origin)
+                    summary["changed"].append(name)
+        for name, svc in self.services.items():
+            if not svc.removing and svc.origin != declared.origins.get(name):
+                svc.origin = declared.origins.get(name)
+                self._dirty.add(name)
+        self._publish()
+        return summary
+
+    def _add(self, name: str, spec: ServiceSpec, origin: str | None) -> None:
+        existing = self.services.get(name)
+        if existing is not None:  # removed a moment ago and still stopping: take it back
+            existing.removing = False
+            existing.replace(spec, origin)
+            return
+        svc = self.services[name] = Service(self, name, spec, origin)
+        self._dirty.add(name)
+        if spec.autostart and not self._shutting_down:
+            svc.start()
+
+    def _remove(self, name: str) -> None:
+        svc = self.services[name]
+        svc.removing = True
+
+        def forget() -> None:
+            if svc.removing and self.services.get(name) is svc:
+                del self.services[name]
+                self.pump.forget(name)
+                self._dirty.add(name)
+
+        svc.stop(forget)
+
+    def _report_rejections(self, declared: Declared) -> None:
+        for file, problems in declared.rejected.items():
+            if self._reported_errors.get(file) == problems:
+                continue
+            for problem in problems:
+                log.error("%s", problem)
+            self.emit(Event.make(events.CONFIG_ERROR, None, file=file,
+                                 errors=[str(p) for p in problems]))
+        self._reported_errors = dict(declared.rejected)
+
+    def _log_dir(self, agent: AgentSection) -> Path:
+        return self.base_dir / agent.log_dir
+
+    # -- replies and snapshots ------------------------------------------------------------
+    def _waiter_done(self, waiter: _Waiter) -> bool:
+        return all(_settled(waiter.msg.verb, self.services[n]) for n in waiter.msg.names
+                   if n in self.services)
+
+    def _check_waiters(self) -> None:
+        for waiter in list(self._waiters):
+            if self._waiter_done(waiter):
+                self._reply(waiter, final=True)
+
+    def _reply(self, waiter: _Waiter, final: bool) -> None:
+        if waiter.done:
+            return
+        waiter.done = True
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        verb, now = waiter.msg.verb, self.clock.time()
+        results: dict[str, Any] = {}
+        pending: list[str] = []
+        for name in dict.fromkeys(waiter.msg.names):
+            svc = self.services.get(name)
+            if svc is None:
+                results[name] = {"ok": verb == "stop", "state": "removed"}
+                continue
+            entry = status_dict(svc.status(), now)
+            entry["ok"] = verb == "status" or _succeeded(verb, svc)
+            if not final and not _settled(verb, svc):
+                pending.append(name)
+            results[name] = entry
+        reply: dict[str, Any] = {"ok": all(r["ok"] for r in results.values()), "results": results}
+        if pending:
+            reply["pending"] = pending
+        waiter.msg.reply.set_result(reply)
+
+    def _publish(self) -> None:
+        statuses = dict(self.snapshot.services)
+        for name in self._dirty:
+            svc = self.services.get(name)
+            if svc is None:
+                statuses.pop(name, None)
+            else:
+                statuses[name] = svc.status()
+        self._dirty.clear()
+        self.snapshot = Snapshot(
+            services=MappingProxyType(statuses),
+            declared=self.declared,
+            generation=self.snapshot.generation + 1,
+            started_at=self.snapshot.started_at,
+            shutting_down=self._shutting_down,
+        )
+
+    def _all_down(self) -> bool:
+        return all(svc.down for svc in self.services.values())

@@ -1,0 +1,157 @@
+"""Drives a real `suite-agent run` from outside, as an operator would: files, signals, psutil."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+
+T = TypeVar("T")
+TOKEN_VAR = "SUITE_TEST_TOKEN"
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def agent_command() -> list[str]:
+    script = shutil.which("suite-agent")
+    return [script] if script else [sys.executable, "-m", "suite_agent"]
+
+
+def processes_with_token(token: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(TOKEN_VAR) == token:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill_leftovers(token: str) -> list[str]:
+    if not token:
+        return []
+    procs = processes_with_token(token)
+    described = []
+    for proc in procs:
+        try:
+            described.append(f"{proc.pid} {' '.join(proc.cmdline())}")
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(procs, timeout=5)
+    return described
+
+
+class Agent:
+    def __init__(self, conf_dir: Path, tmp_path: Path) -> None:
+        self.conf_dir = conf_dir
+        self.log_path = tmp_path / "agent.log"
+        self.token = uuid.uuid4().hex
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, *extra: str, ready: bool = True) -> Agent:
+        env = {**os.environ, TOKEN_VAR: self.token}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [*agent_command(), "run", "--conf-dir", str(self.conf_dir), *extra],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True,
+        )
+        if ready:
+            self.wait_log(r"configuration loaded \(start\)")
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def shutdown(self) -> list[str]:
+        """Stop the agent if still running; return (and kill) whatever it left behind."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop()
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+        leftovers = [p for p in processes_with_token(self.token)]
+        if leftovers:
+            try:
+                psutil.wait_procs(leftovers, timeout=2)
+            except psutil.Error:
+                pass
+        return kill_leftovers(self.token)
+
+    # -- observing ------------------------------------------------------------------------
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, count: int = 1) -> list[str]:
+        regex = re.compile(pattern)
+
+        def found() -> list[str]:
+            lines = [line for line in self.log().splitlines() if regex.search(line)]
+            return lines if len(lines) >= count else []
+
+        try:
+            return wait_for(found, timeout, f"log line /{pattern}/ x{count}")
+        except AssertionError:
+            raise AssertionError(f"no /{pattern}/ x{count} in agent log:\n{self.log()[-4000:]}") from None
+
+    def children(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        try:
+            return psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+
+    def pids_of(self, marker: str) -> list[int]:
+        """Pids of the agent's children whose command line contains `marker`."""
+        pids = []
+        for child in self.children():
+            try:
+                if marker in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+        return sorted(pids)
+
+    def wait_pids(self, marker: str, count: int = 1, timeout: float = 10.0) -> list[int]:
+        return wait_for(lambda: (p := self.pids_of(marker)) and len(p) == count and p,
+                        timeout, f"{count} process(es) of {marker!r}")
+
+    def write(self, name: str, text: str) -> Path:
+        """Write a conf.d file the way Ansible and Terraform do: temp file, then rename."""
+        path = self.conf_dir / name
+        tmp = self.conf_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.rename(tmp, path)
+        return path

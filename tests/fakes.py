@@ -1,0 +1,85 @@
+"""Scripted stand-ins for the clock, the OS process layer and the output pump."""
+
+from __future__ import annotations
+
+import errno
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from suite_agent.process import Spawned
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now + 1_700_000_000
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class FakeFactory:
+    """Processes that exist only in dicts. Each group holds its leader plus any `extra` pids."""
+
+    next_pid: int = 100
+    groups: dict[int, set[int]] = field(default_factory=dict)
+    spawned: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+    signals: list[tuple[int, int]] = field(default_factory=list)
+    ignore: set[int] = field(default_factory=set)  # signals every process ignores
+    missing: set[str] = field(default_factory=set)  # executables that do not exist
+    exits: list[tuple[int, int]] = field(default_factory=list)
+
+    def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
+              user: str | int | None, group: str | int | None) -> Spawned:
+        if argv[0] in self.missing:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv[0])
+        pid = self.next_pid
+        self.next_pid += 1
+        self.groups[pid] = {pid}
+        self.spawned.append((pid, tuple(argv)))
+        return Spawned(pid, None, None)
+
+    def signal_group(self, pgid: int, signum: int) -> None:
+        self.signals.append((pgid, signum))
+        if signum in self.ignore and signum != signal.SIGKILL:
+            return
+        for pid in sorted(self.groups.get(pgid, ())):
+            self.die(pid, signal=signum)
+
+    def group_alive(self, pgid: int) -> bool:
+        return bool(self.groups.get(pgid))
+
+    def reap(self) -> list[tuple[int, int]]:
+        exits, self.exits = self.exits, []
+        return exits
+
+    # -- scripting ------------------------------------------------------------------------
+    def die(self, pid: int, code: int = 0, signal: int | None = None) -> None:
+        for members in self.groups.values():
+            members.discard(pid)
+        self.exits.append((pid, signal if signal is not None else code << 8))
+
+    def add_grandchild(self, pgid: int, pid: int) -> None:
+        self.groups[pgid].add(pid)
+
+    def alive(self) -> set[int]:
+        return set().union(*self.groups.values()) if self.groups else set()
+
+
+class FakePump:
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def attach(self, service: str, instance: str, stream: str, fd: int) -> None: ...
+
+    def forget(self, service: str) -> None: ...
+
+    def reconfigure(self, *args: object) -> None: ...

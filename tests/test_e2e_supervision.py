@@ -1,0 +1,214 @@
+"""The real agent, real children: what an operator sees from outside."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent import Agent, agent_command, wait_for
+
+pytestmark = pytest.mark.e2e
+PY = sys.executable
+
+
+def services(body: str, log_dir: Path | None = None) -> str:
+    head = f"agent: {{log_dir: {log_dir}}}\n" if log_dir else ""
+    return head + "services:\n" + textwrap.indent(textwrap.dedent(body), "  ")
+
+
+def test_respawn_after_kill_9(agent: Agent) -> None:
+    agent.write("a.yaml", services("web: {command: [sleep, '3601']}\n"))
+    agent.start()
+    (pid,) = agent.wait_pids("3601")
+    os.kill(pid, signal.SIGKILL)
+    new = wait_for(lambda: [p for p in agent.pids_of("3601") if p != pid], 2, "a new web process")
+    assert len(new) == 1
+    agent.wait_log(r"web: killed by SIGKILL; restarting")
+
+
+def test_on_failure_restarts_a_crash_but_not_a_clean_exit(agent: Agent) -> None:
+    agent.write("a.yaml", services("""\
+        ok: {command: [sh, -c, 'echo done'], restart: on-failure}
+        bad: {command: [sh, -c, 'sleep 0.2; exit 3'], restart: on-failure, start_limit: {burst: 50}}
+        once: {command: [sh, -c, 'exit 4'], restart: never}
+        """))
+    agent.start()
+    agent.wait_log(r"ok: exited with code 0")
+    agent.wait_log(r"once: exited with code 4")
+    agent.wait_log(r"bad: exited with code 3; restarting", count=2)
+    assert "ok: started" in agent.log() and len(agent.wait_log(r"ok: started")) == 1
+    assert len(agent.wait_log(r"once: started")) == 1
+
+
+def test_always_restarts_a_clean_exit(agent: Agent) -> None:
+    agent.write("a.yaml", services("tick: {command: [sh, -c, 'sleep 0.1'], restart: always, start_limit: {burst: 50}}\n"))
+    agent.start()
+    agent.wait_log(r"tick: exited with code 0; restarting", count=3)
+
+
+def test_crash_loop_goes_fatal_and_says_why(agent: Agent) -> None:
+    agent.write("a.yaml", services(
+        "crashy: {command: [sh, -c, 'exit 1'], backoff: {initial: 20ms}, start_limit: {burst: 3, interval: 30s}}\n"))
+    agent.start()
+    line = agent.wait_log(r"crashy: .*giving up")[0]
+    assert "restarted 3 times within 30s" in line
+    assert len(agent.wait_log(r"crashy: started")) == 4
+
+
+def test_missing_executable_does_not_take_the_agent_down(agent: Agent) -> None:
+    agent.write("a.yaml", services("""\
+        ghost: {command: [/nonexistent/bin], restart: never}
+        fine: {command: [sleep, '3602']}
+        """))
+    agent.start()
+    agent.wait_log(r"ghost: cannot start '/nonexistent/bin': .*No such file")
+    agent.wait_pids("3602")
+    assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_hot_reload_adds_changes_removes_only_what_changed(agent: Agent) -> None:
+    agent.write("a.yaml", services("keep: {command: [sleep, '3603']}\n"))
+    agent.write("b.yaml", services("change: {command: [sleep, '3604']}\ngone: {command: [sleep, '3605']}\n"))
+    agent.start()
+    (keep,) = agent.wait_pids("3603")
+    agent.wait_pids("3604")
+    (gone,) = agent.wait_pids("3605")
+    agent.write("b.yaml", services("change: {command: [sleep, '3614']}\nnew: {command: [sleep, '3606']}\n"))
+    agent.wait_pids("3614")
+    agent.wait_pids("3606")
+    wait_for(lambda: not psutil.pid_exists(gone) or psutil.Process(gone).status() == "zombie", 5, "gone stopped")
+    assert agent.pids_of("3604") == [] and agent.pids_of("3605") == []
+    assert agent.pids_of("3603") == [keep]
+
+
+def test_removed_file_stops_its_services(agent: Agent) -> None:
+    agent.write("a.yaml", services("a: {command: [sleep, '3607']}\n"))
+    agent.write("b.yaml", services("b: {command: [sleep, '3608']}\n"))
+    agent.start()
+    (a,) = agent.wait_pids("3607")
+    agent.wait_pids("3608")
+    (agent.conf_dir / "b.yaml").unlink()
+    wait_for(lambda: agent.pids_of("3608") == [], 5, "b stopped")
+    assert agent.pids_of("3607") == [a]
+
+
+def test_bad_file_keeps_its_last_good_version_until_fixed(agent: Agent) -> None:
+    agent.write("a.yaml", services("a: {command: [sleep, '3609']}\n"))
+    agent.start()
+    (pid,) = agent.wait_pids("3609")
+    agent.write("a.yaml", "services:\n  a:\n    command: [sleep, '3610']\n    restart: sometimes\n")
+    line = agent.wait_log(r"a\.yaml:4: .*restart")[0]
+    assert "always" in line  # the message says what would be valid
+    agent.write("a.yaml", "services:\n  a: {command: [sleep, '3610'\n")  # half-written
+    agent.wait_log(r"a\.yaml:\d+: ", count=2)
+    assert agent.pids_of("3609") == [pid]
+    agent.write("a.yaml", services("a: {command: [sleep, '3610']}\n"))
+    agent.wait_pids("3610")
+    assert agent.pids_of("3609") == []
+
+
+def test_sighup_rereads_at_once(agent: Agent) -> None:
+    agent.write("a.yaml", services("a: {command: [sleep, '3611']}\n"))
+    agent.start()
+    agent.signal(signal.SIGHUP)
+    agent.wait_log(r"configuration loaded \(signal\)")
+
+
+def test_grandchildren_do_not_outlive_their_service(agent: Agent) -> None:
+    agent.write("a.yaml", services(
+        "tree: {command: [sh, -c, 'sleep 3612 & sleep 3612 & (sleep 3612 &) ; wait']}\n"))
+    agent.start()
+
+    def tree() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "3612"]]
+
+    wait_for(lambda: len(tree()) == 3, 5, "three grandchildren")
+    (agent.conf_dir / "a.yaml").unlink()
+    agent.wait_log(r"tree: stopped")
+    assert tree() == []
+
+
+def test_sigkill_when_the_stop_signal_is_ignored(agent: Agent, tmp_path: Path) -> None:
+    script = ("import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "print(0, flush=True); time.sleep(3613)")
+    logs = tmp_path / "logs"
+    agent.write("a.yaml", services(
+        f"stubborn: {{command: [{PY}, -c, '{script}'], stop: {{timeout: 300ms}}}}\n", logs))
+    agent.start()
+    (pid,) = agent.wait_pids("3613")
+    out = logs / "stubborn.stdout.log"
+    wait_for(lambda: out.exists() and out.read_text() == "0\n", 5, "the handler in place")
+    assert agent.stop() == 0
+    assert "stubborn: still running 0.3s after SIGTERM; sending SIGKILL" in agent.log()
+    assert not psutil.pid_exists(pid)
+
+
+def test_output_goes_to_log_files(agent: Agent, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    agent.write("a.yaml", services("talk: {command: [sh, -c, 'echo hello out; echo hello err >&2; sleep 3615']}\n", logs))
+    agent.start()
+    wait_for(lambda: (logs / "talk.stdout.log").exists() and "hello out" in (logs / "talk.stdout.log").read_text(), 5, "stdout log")
+    wait_for(lambda: (logs / "talk.stderr.log").exists() and "hello err" in (logs / "talk.stderr.log").read_text(), 5, "stderr log")
+
+
+def test_environment_and_directory(agent: Agent, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    logs = tmp_path / "logs"
+    agent.write("a.yaml", services(
+        f"env: {{command: 'sh -c \"echo $GREETING from $(pwd); sleep 3616\"', directory: {work}, environment: {{GREETING: 42}}}}\n", logs))
+    agent.start()
+    out = logs / "env.stdout.log"
+    wait_for(lambda: out.exists() and f"42 from {work}" in out.read_text(), 5, "env output")
+
+
+def test_two_hundred_services_start_and_stop_cleanly(agent: Agent, tmp_path: Path) -> None:
+    body = "".join(f"s{i:03d}: {{command: [sleep, '47{i:03d}']}}\n" for i in range(200))
+    agent.write("many.yaml", services(body, tmp_path / "logs"))
+    agent.start()
+    wait_for(lambda: len(agent.children()) == 200, 20, "200 children")
+    pids = [c.pid for c in agent.children()]
+    assert agent.stop() == 0
+    assert [p for p in pids if psutil.pid_exists(p)] == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_terminate_and_interrupt_stop_everything_and_exit_0(agent: Agent, signum: int) -> None:
+    agent.write("a.yaml", services("a: {command: [sleep, '3617'], replicas: 2}\n"))
+    agent.start()
+    pids = agent.wait_pids("3617", 2)
+    agent.signal(signum)
+    assert agent.proc is not None and agent.proc.wait(10) == 0
+    assert not any(psutil.pid_exists(p) for p in pids)
+
+
+def test_validate_reports_file_and_line(conf_dir: Path) -> None:
+    (conf_dir / "good.yaml").write_text("services:\n  a: {command: [x]}\n")
+    (conf_dir / "bad.yaml").write_text("services:\n  b:\n    command: [x]\n    bogus: 1\n")
+    result = subprocess.run([*agent_command(), "validate", "--conf-dir", str(conf_dir)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{conf_dir}/bad.yaml:4: ")
+    (conf_dir / "bad.yaml").unlink()
+    result = subprocess.run([*agent_command(), "validate", "--conf-dir", str(conf_dir)],
+                            capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_usage_error_exits_2() -> None:
+    result = subprocess.run([*agent_command(), "frobnicate"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+
+
+def test_example_conf_d_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([*agent_command(), "validate", "--conf-dir", str(root / "conf.d")],
+                            capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (0, "")
