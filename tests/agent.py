@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import psutil
 
@@ -68,7 +68,7 @@ class Agent:
         self.log_path = tmp_path / "agent.log"
         self.token = uuid.uuid4().hex
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, *extra: str, ready: bool = True) -> Agent:
@@ -122,14 +122,16 @@ class Agent:
             return lines if len(lines) >= count else []
 
         try:
-            return wait_for(found, timeout, f"log line /{pattern}/ x{count}")
+            lines: list[str] = wait_for(found, timeout, f"log line /{pattern}/ x{count}")
+            return lines
         except AssertionError:
             raise AssertionError(f"no /{pattern}/ x{count} in agent log:\n{self.log()[-4000:]}") from None
 
     def children(self) -> list[psutil.Process]:
         assert self.proc is not None
         try:
-            return psutil.Process(self.proc.pid).children()
+            children: list[psutil.Process] = psutil.Process(self.proc.pid).children()
+            return children
         except psutil.NoSuchProcess:
             return []
 
@@ -145,8 +147,11 @@ class Agent:
         return sorted(pids)
 
     def wait_pids(self, marker: str, count: int = 1, timeout: float = 10.0) -> list[int]:
-        return wait_for(lambda: (p := self.pids_of(marker)) and len(p) == count and p,
-                        timeout, f"{count} process(es) of {marker!r}")
+        def found() -> list[int]:
+            pids = self.pids_of(marker)
+            return pids if len(pids) == count else []
+
+        return wait_for(found, timeout, f"{count} process(es) of {marker!r}")
 
     def write(self, name: str, text: str) -> Path:
         """Write a conf.d file the way Ansible and Terraform do: temp file, then rename."""

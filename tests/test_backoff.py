@@ -6,7 +6,8 @@ LIMIT = StartLimitSpec(burst=5, interval=10)
 
 
 def run_crash_loop(times: list[float], ran_for: float = 0.1) -> list[Restart | GiveUp]:
-    streak, history, out = 0, (), []
+    streak, out = 0, []
+    history: tuple[float, ...] = ()
     for now in times:
         d = decide(now, ran_for, streak, history, BACKOFF, LIMIT)
         out.append(d)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ class Harness:
     def write(self, text: str, name: str = "svc.yaml") -> None:
         (self.conf / name).write_text(text)
 
-    def load(self) -> dict:
+    def load(self) -> dict[str, Any]:
         return self.sup.apply(self.sup.store.load())
 
     def settle(self) -> None:

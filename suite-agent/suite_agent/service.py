@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,7 +113,7 @@ class Service:
         for inst in extra:
             # Still shown until its group is gone.
             self._leaving.append(inst)
-            inst.stop(lambda inst=inst: self._left(inst))
+            inst.stop(functools.partial(self._left, inst))
         self.ctx.changed(self.name)
 
     def _left(self, inst: Instance) -> None:

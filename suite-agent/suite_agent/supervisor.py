@@ -24,6 +24,7 @@ from suite_agent.config.models import AgentSection, ServiceSpec
 from suite_agent.events import Event, EventBus
 from suite_agent.inbox import Call, Control, Inbox, Message, Reload, Shutdown
 from suite_agent.instance import Instance, State
+from suite_agent.integrations import AgentHandle, IntegrationManager
 from suite_agent.output import OutputPump
 from suite_agent.plan import Add, Remove, Replace, Scale, Update, plan
 from suite_agent.process import PosixProcessFactory, ProcessFactory, Spawned
@@ -82,6 +83,9 @@ class Supervisor:
                                        self.agent.log_backups, self.agent.log_buffer_lines)
         self.services: dict[str, Service] = {}
         self.snapshot = Snapshot(started_at=self.clock.time())
+        self.integrations = IntegrationManager(lambda manager: AgentHandle(
+            inbox=self.inbox, bus=self.bus, pump=self.pump, snapshot=lambda: self.snapshot,
+            conf_dir=self.conf_dir, parts=manager.parts))
         self.declared: Declared | None = None
         self._by_pid: dict[int, Instance] = {}
         self._dirty: set[str] = set()
@@ -128,6 +132,7 @@ class Supervisor:
         self.pump.start()
         try:
             self.handle_reload(Reload(source="start"))
+            log.info("service output goes to %s", self.pump.log_dir)
             while not (self._shutting_down and self._all_down()):
                 self.turn(selector)
         finally:
@@ -135,6 +140,8 @@ class Supervisor:
             selector.close()
             os.close(sig_r)
             os.close(sig_w)
+            # Parts stop last, so the API answers and the queue sends events to the end.
+            self.integrations.stop()
             self.pump.stop()
         log.info("all services stopped; bye")
         return 0
@@ -269,6 +276,8 @@ class Supervisor:
             self.agent = declared.agent
             self.pump.reconfigure(self._log_dir(self.agent), self.agent.log_max_bytes,
                                   self.agent.log_backups, self.agent.log_buffer_lines)
+        for section in ("api", "queue", "plugins"):
+            self.integrations.configure(section, getattr(declared, section))
         actual = {n: s.spec for n, s in self.services.items() if not s.removing}
         summary: dict[str, Any] = {"added": [], "changed": [], "removed": [],
                                    "errors": {f: [str(p) for p in ps] for f, ps in declared.rejected.items()}}

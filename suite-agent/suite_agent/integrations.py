@@ -1,0 +1,139 @@
+"""Optional parts (REST API, queue, plugins): imported, started and stopped only when configured.
+
+The owner thread only hands section changes over (`configure`, never blocks); a manager
+thread does the imports, binds, connects and joins. A part that fails to start is logged and
+reported as a `config_error` event; the agent and the other parts carry on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from suite_agent import events
+from suite_agent.events import Event, EventBus
+from suite_agent.inbox import Inbox
+from suite_agent.output import OutputPump
+from suite_agent.snapshot import Snapshot
+
+log = logging.getLogger("suite_agent.integrations")
+
+# section name -> "module:function" building the part; imported on first use only.
+FACTORIES: dict[str, str] = {
+    "api": "suite_agent.api:create",
+    "queue": "suite_agent.mq:create",
+    "plugins": "suite_agent.plugins.manager:create",
+}
+
+
+class IntegrationError(Exception):
+    """A part cannot run with this configuration; the message says why, for the operator."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One metric value a part exposes; the REST API turns these into Prometheus families."""
+
+    name: str
+    value: float
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    kind: str = "gauge"  # gauge | counter
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class AgentHandle:
+    """Everything a part may touch: all of it safe to use from any thread."""
+
+    inbox: Inbox
+    bus: EventBus
+    pump: OutputPump
+    snapshot: Callable[[], Snapshot]
+    conf_dir: Path
+    parts: Callable[[], Mapping[str, Integration]]  # the parts running now (for metrics)
+
+
+class Integration(Protocol):
+    def start(self) -> None: ...  # raises IntegrationError when it cannot run
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def samples(self) -> list[Sample]: ...
+
+
+class IntegrationManager:
+    def __init__(self, handle_factory: Callable[[IntegrationManager], AgentHandle]) -> None:
+        self.handle = handle_factory(self)
+        self._parts: dict[str, Integration] = {}
+        self._sections: dict[str, Any] = {}
+        self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="integrations", daemon=True)
+        self._started = False
+
+    def parts(self) -> Mapping[str, Integration]:
+        return MappingProxyType(dict(self._parts))
+
+    def configure(self, name: str, section: Any) -> None:
+        """From the owner thread: the section in force now (None: turned off)."""
+        if self._sections.get(name) == section:
+            return
+        self._sections[name] = section
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        self._queue.put((name, section))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self._started:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            self._apply(*item)
+        for name in list(self._parts):
+            self._stop_part(name)
+
+    def _apply(self, name: str, section: Any) -> None:
+        self._stop_part(name)
+        if section is None:
+            return
+        try:
+            module_name, func = FACTORIES[name].split(":")
+            create = getattr(importlib.import_module(module_name), func)
+            part: Integration = create(self.handle, section)
+            part.start()
+        except IntegrationError as exc:
+            self._fail(name, str(exc))
+            return
+        except Exception as exc:  # a broken part must not take the agent down
+            log.exception("%s: failed to start", name)
+            self._fail(name, f"{type(exc).__name__}: {exc}")
+            return
+        self._parts[name] = part
+        log.info("%s: on", name)
+
+    def _stop_part(self, name: str) -> None:
+        part = self._parts.pop(name, None)
+        if part is None:
+            return
+        try:
+            part.stop()
+        except Exception:
+            log.exception("%s: error while stopping", name)
+        log.info("%s: off", name)
+
+    def _fail(self, name: str, reason: str) -> None:
+        log.error("%s: not started: %s", name, reason)
+        self.handle.bus.publish(Event.make(events.CONFIG_ERROR, None, section=name, errors=[reason]))
