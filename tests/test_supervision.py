@@ -263,3 +263,120 @@ def test_shutdown_stops_everything(h: Harness) -> None:
     h.sup.handle_shutdown(Shutdown())
     h.settle()
     assert h.sup._all_down() and h.factory.alive() == set()
+
+
+# -- probes and dependencies ----------------------------------------------------------------
+from suite_agent.inbox import ProbeChanged, Shutdown  # noqa: E402
+
+
+def probe(h: Harness, name: str, kind: str, ok: bool, index: int = 0) -> None:
+    inst = h.sup.services[name].instances[index]
+    assert inst.pid is not None
+    h.sup.handle_probechanged(ProbeChanged(name, index, inst.pid, kind, ok, "scripted"))
+    h.settle()
+
+
+def test_dependent_waits_for_a_healthy_dependency_and_says_so(h: Harness) -> None:
+    h.write("services:\n  db: {command: [db], health: {readiness: {tcp: {port: 5432}}}}\n"
+            "  app: {command: [app], depends_on: {db: {condition: healthy}}}\n")
+    h.load()
+    h.settle()
+    app = h.sup.services["app"].status()
+    assert (app.state, app.detail, app.pids) == ("starting", "waiting for db (healthy)", ())
+    assert h.sup.snapshot.services["app"].detail == "waiting for db (healthy)"
+    probe(h, "db", "readiness", True)
+    assert h.state("app") == "running"
+
+
+def test_completed_successfully_waits_for_a_clean_exit(h: Harness) -> None:
+    h.write("services:\n  migrate: {command: [m], restart: never}\n"
+            "  app: {command: [app], depends_on: {migrate: {condition: completed_successfully}}}\n")
+    h.load()
+    h.settle()
+    assert h.state("app") == "starting"
+    h.factory.die(h.pids("migrate")[0], code=0)
+    h.settle()
+    assert h.state("app") == "running"
+
+
+def test_a_failed_one_shot_keeps_its_dependents_waiting(h: Harness) -> None:
+    h.write("services:\n  migrate: {command: [m], restart: never}\n"
+            "  app: {command: [app], depends_on: {migrate: {condition: completed_successfully}}}\n")
+    h.load()
+    h.factory.die(h.pids("migrate")[0], code=2)
+    h.settle()
+    assert h.state("app") == "starting" and h.pids("app") == ()
+
+
+def test_starting_a_service_starts_its_dependencies(h: Harness) -> None:
+    h.write("services:\n  db: {command: [db], autostart: false}\n"
+            "  app: {command: [app], autostart: false, depends_on: [db]}\n")
+    h.load()
+    msg = h.control("start", "app")
+    h.settle()
+    assert h.state("db") == "running" and h.state("app") == "running"
+    assert msg.reply.result(0)["ok"]
+
+
+def test_liveness_failure_restarts_and_counts(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a], health: {liveness: {tcp: {port: 1}}}}\n")
+    h.load()
+    (pid,) = h.pids("a")
+    probe(h, "a", "liveness", True)
+    assert h.sup.services["a"].status().health == "healthy"
+    probe(h, "a", "liveness", False)
+    assert (pid, signal.SIGTERM) in h.factory.signals
+    h.settle()
+    status = h.sup.services["a"].status()
+    assert status.state == "running" and status.pids != (pid,) and status.restarts == 1
+    assert status.health == "unknown"  # a new process has no verdict yet
+
+
+def test_a_verdict_about_an_old_process_is_ignored(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a], health: {liveness: {tcp: {port: 1}}}}\n")
+    h.load()
+    (pid,) = h.pids("a")
+    h.sup.handle_probechanged(ProbeChanged("a", 0, pid - 1, "liveness", False, "stale"))
+    h.settle()
+    assert h.pids("a") == (pid,) and h.factory.signals == []
+
+
+def test_startup_probe_keeps_the_service_starting(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a], health: {startup: {tcp: {port: 1}}}}\n")
+    h.load()
+    status = h.sup.services["a"].status()
+    assert status.state == "starting" and not status.ready
+    probe(h, "a", "startup", True)
+    status = h.sup.services["a"].status()
+    assert status.state == "running" and status.ready
+
+
+def test_ready_after_delays_readiness(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a], ready_after: 2s}\n")
+    h.load()
+    assert not h.sup.services["a"].status().ready
+    h.advance(2.0)
+    assert h.sup.services["a"].status().ready
+
+
+def test_shutdown_stops_dependents_first(h: Harness) -> None:
+    h.write("services:\n  db: {command: [db]}\n  app: {command: [app], depends_on: [db]}\n"
+            "  web: {command: [web], depends_on: [app]}\n")
+    h.load()
+    h.settle()
+    order = {pid: name for name in ("db", "app", "web") for pid in h.pids(name)}
+    h.sup.handle_shutdown(Shutdown())
+    for _ in range(5):
+        h.settle()
+    assert [order[pgid] for pgid, _ in h.factory.signals] == ["web", "app", "db"]
+    assert h.sup._all_down()
+
+
+def test_health_events_on_readiness_change(h: Harness) -> None:
+    sub = h.sup.bus.subscribe()
+    h.write("services:\n  a: {command: [a], health: {readiness: {tcp: {port: 1}}}}\n")
+    h.load()
+    probe(h, "a", "readiness", True)
+    probe(h, "a", "readiness", False)
+    checks = [e for e in sub.drain() if e.type == "health_check"]
+    assert [(e.data["ready"], e.data["health"]) for e in checks] == [(True, "healthy"), (False, "unhealthy")]

@@ -44,7 +44,19 @@ class Call:
     reply: Future[Any] = field(default_factory=Future, compare=False)
 
 
-Message = Control | Reload | Shutdown | Call
+@dataclass(frozen=True)
+class ProbeChanged:
+    """A probe's verdict flipped (or, to observers, one check's result)."""
+
+    service: str
+    index: int
+    pid: int
+    kind: str  # startup | liveness | readiness
+    ok: bool
+    message: str
+
+
+Message = Control | Reload | Shutdown | Call | ProbeChanged
 
 
 class Inbox:

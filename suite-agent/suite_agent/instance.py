@@ -54,6 +54,14 @@ class Context(Protocol):
 
     def process_cwd(self, spec: ServiceSpec) -> str | None: ...
 
+    def unmet_dependencies(self, spec: ServiceSpec) -> list[str]: ...
+
+    def wait_for_dependencies(self, instance: Instance) -> None: ...
+
+    def probe(self, instance: Instance, on: bool) -> None: ...
+
+    def start_dependencies(self, spec: ServiceSpec) -> None: ...
+
 
 class Instance:
     def __init__(self, ctx: Context, service: str, index: int, spec: ServiceSpec) -> None:
@@ -78,6 +86,11 @@ class Instance:
         self._timer: Timer | None = None  # backoff delay or stop escalation
         self._recheck_timer: Timer | None = None
         self._when_down: list[Callable[[], None]] = []
+        self.wanted = False  # an operator (or autostart) asked for it to run
+        self.ready = False
+        self.verdicts: dict[str, bool] = {}  # latest probe verdicts of this process
+        self._ready_timer: Timer | None = None
+        self._last_run = 0.0  # seconds the last process ran: a long run resets the backoff
 
     # -- commands -------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,11 +99,16 @@ class Instance:
         if self.state is State.STOPPING:
             self._when_down.append(self.start)
             return
+        self.wanted = True
         self._cancel_timer()
         self._streak, self._history = 0, ()  # an operator's start forgives past crashes
-        self._spawn()
+        self._begin()
 
     def stop(self, then: Callable[[], None] | None = None) -> None:
+        self.wanted = False
+        self._halt(then)
+
+    def _halt(self, then: Callable[[], None] | None = None) -> None:
         if then is not None:
             self._when_down.append(then)
         if self.state is State.STOPPING:
@@ -102,6 +120,7 @@ class Instance:
             self._notify_down()
             return
         assert self.pgid is not None
+        self._not_ready()
         self._set(State.STOPPING, f"sent SIG{self.spec.stop.signal}")
         self.ctx.factory.signal_group(self.pgid, self.spec.stop.signum)
         self._timer = self.ctx.timers.call_later(self.spec.stop.timeout, self._escalate)
@@ -115,6 +134,77 @@ class Instance:
     def down(self) -> bool:
         return self.state in DOWN and self.pid is None
 
+    @property
+    def health(self) -> str:
+        if self.pid is None or not self.verdicts:
+            return "unknown"
+        if not all(self.verdicts.values()):
+            return "unhealthy"
+        probes = self.spec.health
+        defined = [k for k in ("startup", "liveness", "readiness") if getattr(probes, k) is not None]
+        return "healthy" if all(k in self.verdicts for k in defined) else "unknown"
+
+    @property
+    def succeeded(self) -> bool:
+        return (self.state is State.EXITED and self.last_signal is None
+                and self.last_exit_code in self.spec.success_codes)
+
+    def on_probe(self, kind: str, ok: bool, message: str) -> None:
+        health_before, ready_before = self.health, self.ready
+        self.verdicts[kind] = ok
+        if kind == "readiness":
+            self.ready = ok and self.state is State.RUNNING
+        elif kind == "startup" and ok and self.state is State.STARTING:
+            log.info("%s: startup probe passed", self.name)
+            self._set(State.RUNNING, f"pid {self.pid}")
+            self._arm_ready()
+        self._report_health(kind, message, health_before, ready_before)
+        if not ok and kind in ("startup", "liveness"):
+            why = f"{kind} probe failed: {message}"
+            log.warning("%s: %s; restarting", self.name, why)
+            self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                     pid=self.pid, error=why))
+            self._halt(lambda: self._restart_after_failure(why) if self.wanted else None)
+
+    def _report_health(self, probe: str | None, message: str, health_before: str,
+                       ready_before: bool) -> None:
+        if (self.health, self.ready) == (health_before, ready_before):
+            return
+        if probe is not None or self.spec.ready_after > 0:
+            log.info("%s: %s, %s (%s)", self.name, "ready" if self.ready else "not ready",
+                     self.health, message)
+        self.ctx.changed(self.service)
+        self.ctx.emit(Event.make(events.HEALTH_CHECK, self.service, instance=self.name, pid=self.pid,
+                                 probe=probe, ok=self.verdicts.get(probe) if probe else None,
+                                 message=message, health=self.health, ready=self.ready))
+
+    def _arm_ready(self) -> None:
+        """Without a readiness probe, a running process is ready after `ready_after`."""
+        if self.spec.health.readiness is not None:
+            return
+        if self.spec.ready_after <= 0:
+            self._become_ready("running")
+        else:
+            self._ready_timer = self.ctx.timers.call_later(
+                self.spec.ready_after, lambda: self._become_ready(f"running for {self.spec.ready_after:g}s"))
+
+    def _become_ready(self, why: str) -> None:
+        self._ready_timer = None
+        health_before, ready_before = self.health, self.ready
+        self.ready = True
+        self._report_health(None, why, health_before, ready_before)
+
+    def _not_ready(self) -> None:
+        if self._ready_timer is not None:
+            self._ready_timer.cancel()
+            self._ready_timer = None
+        self.ctx.probe(self, False)
+        health_before, ready_before = self.health, self.ready
+        self.ready = False
+        self.verdicts = {}
+        if ready_before:
+            self._report_health(None, "not running", health_before, ready_before)
+
     # -- process events -------------------------------------------------------------------
     def on_exit(self, status: int) -> None:
         code, sig = decode_status(status)
@@ -123,6 +213,8 @@ class Instance:
         self.pid = None
         self.last_exit_code, self.last_signal = code, sig
         self.exited_at = self.ctx.clock.monotonic()
+        self._last_run = self.exited_at - self.started_at
+        self._not_ready()
         how = f"exited with code {code}" if sig is None else f"killed by {signal_name(sig)}"
         if self.state is State.STOPPING:
             self.ctx.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
@@ -142,14 +234,15 @@ class Instance:
         if policy == "never" or (policy == "on-failure" and success):
             log.info("%s: %s", self.name, how)
             self._set(State.EXITED, how)
+            if success and self.spec.health.readiness is None:
+                self._become_ready(how)  # a finished one-shot counts as ready
             self._notify_down()
             return
         self._restart_after_failure(how)
 
     def _restart_after_failure(self, why: str) -> None:
         now = self.ctx.clock.monotonic()
-        ran_for = now - self.started_at if self.started_wall is not None else 0.0
-        decision = backoff.decide(now, ran_for, self._streak, self._history,
+        decision = backoff.decide(now, self._last_run, self._streak, self._history,
                                   self.spec.backoff, self.spec.start_limit)
         if isinstance(decision, backoff.GiveUp):
             self._give_up(f"{why}; {decision.reason}")
@@ -158,11 +251,11 @@ class Instance:
         self.restarts += 1
         if decision.delay <= 0:
             log.info("%s: %s; restarting", self.name, why)
-            self._spawn()
+            self._begin()
             return
         log.info("%s: %s; restarting in %.3gs", self.name, why, decision.delay)
         self._set(State.BACKOFF, f"{why}; restarting in {decision.delay:.3g}s")
-        self._timer = self.ctx.timers.call_later(decision.delay, self._spawn)
+        self._timer = self.ctx.timers.call_later(decision.delay, self._begin)
 
     def _give_up(self, reason: str) -> None:
         log.error("%s: %s", self.name, reason)
@@ -176,6 +269,28 @@ class Instance:
             self._check_group()
 
     # -- internals ------------------------------------------------------------------------
+    def _begin(self) -> None:
+        """Spawn now, or wait (as `starting`) until the dependencies' conditions hold."""
+        self._timer = None
+        spec = self.next_spec
+        unmet = self.ctx.unmet_dependencies(spec) if spec.depends_on else []
+        if unmet:
+            detail = "waiting for " + ", ".join(unmet)
+            if detail != self.detail:
+                log.info("%s: %s", self.name, detail)
+            self._set(State.STARTING, detail)
+            self.ctx.wait_for_dependencies(self)
+            return
+        self._spawn()
+
+    @property
+    def next_spec(self) -> ServiceSpec:
+        return self._next_spec or self.spec
+
+    def dependencies_met(self) -> None:
+        if self.state is State.STARTING and self.pid is None and self.wanted:
+            self._spawn()
+
     def _spawn(self) -> None:
         self._timer = None
         if self._next_spec is not None:
@@ -186,6 +301,7 @@ class Instance:
                                              self.ctx.process_env(spec), spec.user, spec.group)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.started_wall = None
+            self._last_run = 0.0
             why = f"cannot start {spec.command[0]!r}: {exc}"
             self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name, error=why))
             if spec.restart == "never":
@@ -198,9 +314,16 @@ class Instance:
         self.started_wall = self.ctx.clock.time()
         self.ctx.track(spawned.pid, self)
         self.ctx.attach_output(self.service, self.name, spawned)
-        self._set(State.RUNNING, f"pid {spawned.pid}")
         log.info("%s: started (pid %d)", self.name, spawned.pid)
         self.ctx.emit(Event.make(events.SERVICE_STARTED, self.service, instance=self.name, pid=spawned.pid))
+        probes = spec.health
+        if probes.startup or probes.liveness or probes.readiness:
+            self.ctx.probe(self, True)
+        if probes.startup is not None:
+            self._set(State.STARTING, f"pid {spawned.pid}; waiting for the startup probe")
+        else:
+            self._set(State.RUNNING, f"pid {spawned.pid}")
+            self._arm_ready()
 
     def respec(self, spec: ServiceSpec) -> None:
         """The spec for the next process; the running one keeps its own stop settings."""

@@ -13,7 +13,9 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -144,3 +146,37 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return str(signum)
+
+
+class ForeignChildren:
+    """Children that other threads start (exec probes), reaped by the owner on their behalf.
+
+    Spawning and registering happen under one lock that `deliver` also takes, so the owner
+    cannot reap such a child before its future is registered, however fast it exits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Future[int]] = {}
+
+    def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
+              output_fd: int) -> tuple[int, Future[int]]:
+        """Start argv in its own process group, output to output_fd; the future gets its status."""
+        exited: Future[int] = Future()
+        with self._lock:
+            popen = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                     stdout=output_fd, stderr=output_fd, process_group=0,
+                                     close_fds=True)
+            # The owner reaps this pid; a returncode keeps subprocess from ever polling it.
+            popen.returncode = 0
+            self._waiting[popen.pid] = exited
+        return popen.pid, exited
+
+    def deliver(self, pid: int, status: int) -> bool:
+        with self._lock:
+            exited = self._waiting.pop(pid, None)
+        if exited is None:
+            return False
+        exited.set_result(status)
+        return True
+

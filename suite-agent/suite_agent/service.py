@@ -65,6 +65,7 @@ class Service:
 
     def start(self) -> None:
         self.wanted = True
+        self.ctx.start_dependencies(self.spec)
         for inst in self.instances:
             inst.start()
 
@@ -130,6 +131,25 @@ class Service:
         return self.instances + self._leaving
 
     @property
+    def ready(self) -> bool:
+        return all(inst.ready for inst in self.instances)
+
+    @property
+    def health(self) -> str:
+        healths = {inst.health for inst in self.instances}
+        if "unhealthy" in healths:
+            return "unhealthy"
+        return "healthy" if healths == {"healthy"} else "unknown"
+
+    def meets(self, condition: str) -> bool:
+        """Whether a dependent waiting on this service with `condition` may start."""
+        if condition == "healthy":
+            return self.ready
+        if condition == "completed_successfully":
+            return all(inst.succeeded for inst in self.instances)
+        return all(inst.state is State.RUNNING or inst.succeeded for inst in self.instances)
+
+    @property
     def state(self) -> State:
         states = {inst.state for inst in self.all_instances}
         for state in _PRIORITY:
@@ -149,8 +169,8 @@ class Service:
             name=self.name,
             state=state.value,
             detail=detail,
-            ready=bool(self.instances) and all(i.state is State.RUNNING for i in self.instances),
-            health="unknown",
+            ready=self.ready,
+            health=self.health,
             pids=tuple(i.pid for i in insts if i.pid is not None),
             restarts=sum(i.restarts for i in insts),
             started_at=min(starts) if starts else None,

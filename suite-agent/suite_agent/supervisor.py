@@ -22,12 +22,13 @@ from suite_agent import events
 from suite_agent.config.loader import ConfigStore, Declared
 from suite_agent.config.models import AgentSection, ServiceSpec
 from suite_agent.events import Event, EventBus
-from suite_agent.inbox import Call, Control, Inbox, Message, Reload, Shutdown
+from suite_agent.inbox import Call, Control, Inbox, Message, ProbeChanged, Reload, Shutdown
 from suite_agent.instance import Instance, State
 from suite_agent.integrations import AgentHandle, IntegrationManager
 from suite_agent.output import OutputPump
 from suite_agent.plan import Add, Remove, Replace, Scale, Update, plan
-from suite_agent.process import PosixProcessFactory, ProcessFactory, Spawned
+from suite_agent.prober import Prober
+from suite_agent.process import ForeignChildren, PosixProcessFactory, ProcessFactory, Spawned
 from suite_agent.service import Service
 from suite_agent.snapshot import Snapshot, status_dict
 from suite_agent.timers import Clock, SystemClock, Timer, Timers
@@ -88,6 +89,10 @@ class Supervisor:
             conf_dir=self.conf_dir, parts=manager.parts))
         self.declared: Declared | None = None
         self._by_pid: dict[int, Instance] = {}
+        self.foreign = ForeignChildren()
+        self.prober = Prober(self.inbox, self.foreign)
+        self._waiting: set[Instance] = set()  # starting once their dependencies allow
+        self._pending_stops: dict[str, Callable[[], None] | None] = {}  # stop once dependents are down
         self._dirty: set[str] = set()
         self._waiters: list[_Waiter] = []
         self._shutting_down = False
@@ -99,6 +104,8 @@ class Supervisor:
     # -- Context for services and instances -----------------------------------------------
     def emit(self, event: Event) -> None:
         self.bus.publish(event)
+        if event.type == events.SERVICE_STARTED and event.service is not None:
+            self._restart_dependents(event.service)
 
     def attach_output(self, service: str, instance: str, spawned: Spawned) -> None:
         if spawned.stdout is not None:
@@ -121,6 +128,32 @@ class Supervisor:
     def process_cwd(self, spec: ServiceSpec) -> str | None:
         return str(self.base_dir / spec.directory) if spec.directory else None
 
+    def unmet_dependencies(self, spec: ServiceSpec) -> list[str]:
+        unmet = []
+        for name, dep in spec.depends_on.items():
+            svc = self.services.get(name)
+            if svc is None or svc.removing or not svc.meets(dep.condition):
+                unmet.append(f"{name} ({dep.condition})")
+        return unmet
+
+    def wait_for_dependencies(self, instance: Instance) -> None:
+        self._waiting.add(instance)
+
+    def start_dependencies(self, spec: ServiceSpec) -> None:
+        # Starting a service starts what it depends on, as `docker compose up app` would.
+        for name in spec.depends_on:
+            svc = self.services.get(name)
+            if svc is not None and not svc.wanted and not svc.removing:
+                svc.start()
+
+    def probe(self, instance: Instance, on: bool) -> None:
+        key = (instance.service, instance.index)
+        if on and instance.pid is not None:
+            spec = instance.spec
+            self.prober.watch(key, instance.pid, spec.health, self.process_cwd(spec), self.process_env(spec))
+        else:
+            self.prober.unwatch(key)
+
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
         """Run until shut down; returns the exit status. Call from the main thread."""
@@ -142,6 +175,7 @@ class Supervisor:
             os.close(sig_w)
             # Parts stop last, so the API answers and the queue sends events to the end.
             self.integrations.stop()
+            self.prober.stop()
             self.pump.stop()
         log.info("all services stopped; bye")
         return 0
@@ -155,6 +189,10 @@ class Supervisor:
         self.after_turn()
 
     def after_turn(self) -> None:
+        if self._dirty and self._waiting:
+            self._release_waiting()
+        if self._dirty and self._pending_stops:
+            self._advance_stops()
         if self._waiters and self._dirty:
             self._check_waiters()
         if self._dirty:
@@ -210,7 +248,7 @@ class Supervisor:
         for pid, status in self.factory.reap():
             inst = self._by_pid.get(pid)
             if inst is None:
-                orphans = True
+                orphans = orphans or not self.foreign.deliver(pid, status)
             else:
                 inst.on_exit(status)
         if orphans:
@@ -228,8 +266,17 @@ class Supervisor:
         log.info("shutting down (%s): stopping every service", msg.reason)
         self._shutting_down = True
         self._dirty.update(self.services)
-        for svc in self.services.values():
-            svc.stop()
+        for name in self.services:
+            self._pending_stops.setdefault(name, None)
+        self._advance_stops()
+
+    def handle_probechanged(self, msg: ProbeChanged) -> None:
+        svc = self.services.get(msg.service)
+        if svc is None or msg.index >= len(svc.instances):
+            return
+        inst = svc.instances[msg.index]
+        if inst.pid == msg.pid:  # else: a verdict on a process that is already gone
+            inst.on_probe(msg.kind, msg.ok, msg.message)
 
     def handle_call(self, msg: Call) -> None:
         msg.reply.set_result(msg.fn(self))
@@ -327,7 +374,42 @@ class Supervisor:
                 self.pump.forget(name)
                 self._dirty.add(name)
 
-        svc.stop(forget)
+        self._pending_stops[name] = forget
+        self._advance_stops()
+
+    # -- dependencies ---------------------------------------------------------------------
+    def _release_waiting(self) -> None:
+        released = True
+        while released and self._waiting:
+            released = False
+            for inst in list(self._waiting):
+                if inst.state is not State.STARTING or inst.pid is not None or not inst.wanted:
+                    self._waiting.discard(inst)
+                elif not self.unmet_dependencies(inst.next_spec):
+                    self._waiting.discard(inst)
+                    inst.dependencies_met()
+                    released = True
+
+    def _advance_stops(self) -> None:
+        """Stop what is due to stop, dependents before the services they depend on."""
+        for name, then in list(self._pending_stops.items()):
+            svc = self.services.get(name)
+            if svc is None:
+                del self._pending_stops[name]
+                continue
+            blocked = any(name in other.spec.depends_on and not other.down and
+                          (other.name in self._pending_stops or not other.wanted)
+                          for other in self.services.values() if other is not svc)
+            if not blocked:
+                del self._pending_stops[name]
+                svc.stop(then)
+
+    def _restart_dependents(self, started: str) -> None:
+        for svc in self.services.values():
+            dep = svc.spec.depends_on.get(started)
+            if dep is not None and dep.restart and svc.wanted and svc.state is State.RUNNING:
+                log.info("%s: restarting because %s restarted", svc.name, started)
+                svc.restart()
 
     def _report_rejections(self, declared: Declared) -> None:
         for file, problems in declared.rejected.items():

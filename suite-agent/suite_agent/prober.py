@@ -1,0 +1,176 @@
+"""Schedules health probes off the owner thread and reports only their transitions.
+
+One scheduler thread keeps a deadline heap; checks run on a bounded worker pool, each with
+its own timeout, so a hanging target or a thousand probes never reach the owner's loop.
+Thresholds are counted here (Kubernetes semantics); the owner hears `ProbeChanged` when a
+probe's verdict flips, and acts: restart on liveness/startup failure, `ready` on readiness.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from suite_agent.config.models import HealthSpec, Probe
+from suite_agent.inbox import Inbox, ProbeChanged
+from suite_agent.probes import CheckResult, run_check
+from suite_agent.process import ForeignChildren
+
+log = logging.getLogger("suite_agent.prober")
+
+Key = tuple[str, int]  # (service, replica index)
+KINDS = ("startup", "liveness", "readiness")
+
+
+@dataclass
+class _Verdict:
+    successes: int = 0
+    failures: int = 0
+    ok: bool | None = None  # None until a threshold is first reached
+
+
+@dataclass
+class _Watch:
+    key: Key
+    pid: int
+    health: HealthSpec
+    cwd: str | None
+    env: Mapping[str, str]
+    since: float
+    started_up: bool
+    verdicts: dict[str, _Verdict] = field(default_factory=lambda: {k: _Verdict() for k in KINDS})
+    in_flight: set[str] = field(default_factory=set)
+    done: bool = False  # failed for good: the owner restarts the process
+
+
+class Prober:
+    def __init__(self, inbox: Inbox, foreign: ForeignChildren, max_workers: int = 16,
+                 on_result: Callable[[ProbeChanged], None] | None = None) -> None:
+        self._inbox = inbox
+        self._foreign = foreign
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
+        self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._watches: dict[Key, _Watch] = {}
+        self._heap: list[tuple[float, int, Key, int, str]] = []
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+        self._started = False
+        self.on_result = on_result  # every check's result, for observers (plugins)
+
+    # -- from the owner thread (never blocks) ---------------------------------------------
+    def watch(self, key: Key, pid: int, health: HealthSpec, cwd: str | None,
+              env: Mapping[str, str]) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        self._commands.put(lambda: self._watch(_Watch(key, pid, health, cwd, env, time.monotonic(),
+                                                      started_up=health.startup is None)))
+
+    def unwatch(self, key: Key) -> None:
+        self._commands.put(lambda: self._unwatch(key))
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self._started:
+            self._commands.put(None)
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- scheduler thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            timeout = max(0.0, self._heap[0][0] - time.monotonic()) if self._heap else None
+            try:
+                command = self._commands.get(timeout=timeout)
+            except queue.Empty:
+                command = _idle
+            if command is None:
+                return
+            try:
+                command()
+                self._run_due()
+            except Exception:  # the prober must outlive any bug in one probe's bookkeeping
+                log.exception("prober error")
+
+    def _watch(self, watch: _Watch) -> None:
+        self._watches[watch.key] = watch
+        for kind in self._active_kinds(watch):
+            probe = self._probe(watch, kind)
+            self._schedule(watch, kind, watch.since + probe.initial_delay)
+
+    def _unwatch(self, key: Key) -> None:
+        self._watches.pop(key, None)
+
+    def _active_kinds(self, watch: _Watch) -> list[str]:
+        if not watch.started_up:
+            return ["startup"]
+        return [k for k in ("liveness", "readiness") if getattr(watch.health, k) is not None]
+
+    @staticmethod
+    def _probe(watch: _Watch, kind: str) -> Probe:
+        probe: Probe | None = getattr(watch.health, kind)
+        assert probe is not None
+        return probe
+
+    def _schedule(self, watch: _Watch, kind: str, when: float) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), watch.key, watch.pid, kind))
+
+    def _run_due(self) -> None:
+        now = time.monotonic()
+        while self._heap and self._heap[0][0] <= now:
+            _, _, key, pid, kind = heapq.heappop(self._heap)
+            watch = self._watches.get(key)
+            if watch is None or watch.pid != pid or watch.done or kind in watch.in_flight:
+                continue
+            watch.in_flight.add(kind)
+            probe = self._probe(watch, kind)
+            started = time.monotonic()
+            future = self._pool.submit(run_check, probe, self._foreign, watch.cwd, watch.env)
+            future.add_done_callback(functools.partial(self._checked, watch, kind, started))
+
+    def _checked(self, watch: _Watch, kind: str, started: float, future: Future[CheckResult]) -> None:
+        # On a worker thread: hand the result back to the scheduler thread.
+        self._commands.put(functools.partial(self._result, watch, kind, started, future.result()))
+
+    def _result(self, watch: _Watch, kind: str, started: float, result: CheckResult) -> None:
+        watch.in_flight.discard(kind)
+        if self._watches.get(watch.key) is not watch or watch.done:
+            return
+        probe = self._probe(watch, kind)
+        verdict = watch.verdicts[kind]
+        if result.ok:
+            verdict.successes, verdict.failures = verdict.successes + 1, 0
+        else:
+            verdict.successes, verdict.failures = 0, verdict.failures + 1
+        before = verdict.ok
+        if result.ok and verdict.successes >= probe.success_threshold:
+            verdict.ok = True
+        elif not result.ok and verdict.failures >= probe.failure_threshold:
+            verdict.ok = False
+        change = ProbeChanged(watch.key[0], watch.key[1], watch.pid, kind, bool(result.ok), result.message)
+        if self.on_result is not None:
+            self.on_result(change)
+        if verdict.ok is not before and verdict.ok is not None:
+            self._inbox.put(ProbeChanged(watch.key[0], watch.key[1], watch.pid, kind,
+                                         verdict.ok, result.message))
+            if not verdict.ok and kind in ("startup", "liveness"):
+                watch.done = True
+                return
+            if kind == "startup":
+                watch.started_up = True
+                for other in self._active_kinds(watch):
+                    self._schedule(watch, other, max(time.monotonic(),
+                                                     watch.since + self._probe(watch, other).initial_delay))
+                return
+        self._schedule(watch, kind, max(time.monotonic(), started + probe.period))
+
+
+def _idle() -> None:
+    pass
