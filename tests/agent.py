@@ -80,7 +80,7 @@ class Agent:
             env=env, start_new_session=True,
         )
         if ready:
-            self.wait_log(r"configuration loaded \(start\)")
+            self.wait_log(r"configuration loaded \(start")
         return self
 
     def signal(self, signum: int) -> None:

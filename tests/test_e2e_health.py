@@ -64,6 +64,7 @@ def test_migration_runs_once_before_the_app(agent: Agent, tmp_path: Path) -> Non
         """))
     agent.start()
     agent.wait_pids("3620")
+    agent.wait_log(r"app: started")
     assert flag.read_text() == "once\n"
     assert agent.log().index("migrate: exited with code 0") < agent.log().index("app: started")
 

@@ -56,7 +56,16 @@ class ProbeChanged:
     message: str
 
 
-Message = Control | Reload | Shutdown | Call | ProbeChanged
+@dataclass(frozen=True)
+class Loaded:
+    """A freshly loaded configuration for the owner to apply; the replies wait for the summary."""
+
+    declared: Any  # config.loader.Declared
+    source: str
+    replies: tuple[Future[dict[str, Any]], ...] = ()
+
+
+Message = Control | Reload | Shutdown | Call | ProbeChanged | Loaded
 
 
 class Inbox:

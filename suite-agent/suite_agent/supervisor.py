@@ -22,9 +22,10 @@ from suite_agent import events
 from suite_agent.config.loader import ConfigStore, Declared
 from suite_agent.config.models import AgentSection, ServiceSpec
 from suite_agent.events import Event, EventBus
-from suite_agent.inbox import Call, Control, Inbox, Message, ProbeChanged, Reload, Shutdown
+from suite_agent.inbox import Call, Control, Inbox, Loaded, Message, ProbeChanged, Reload, Shutdown
 from suite_agent.instance import Instance, State
 from suite_agent.integrations import AgentHandle, IntegrationManager
+from suite_agent.loading import ConfigLoader
 from suite_agent.output import OutputPump
 from suite_agent.plan import Add, Remove, Replace, Scale, Update, plan
 from suite_agent.prober import Prober
@@ -79,6 +80,7 @@ class Supervisor:
         self.inbox = Inbox()
         self.bus = EventBus()
         self.store = ConfigStore(self.conf_dir)
+        self.loader = ConfigLoader(self.store, self.inbox)
         self.agent = AgentSection()
         self.pump = pump or OutputPump(self._log_dir(self.agent), self.agent.log_max_bytes,
                                        self.agent.log_backups, self.agent.log_buffer_lines)
@@ -163,9 +165,9 @@ class Supervisor:
         selector.register(sig_r, selectors.EVENT_READ, lambda: self._on_signals(sig_r))
         selector.register(self.inbox.fileno, selectors.EVENT_READ, self._on_inbox)
         self.pump.start()
+        self.loader.start()
         try:
             self.handle_reload(Reload(source="start"))
-            log.info("service output goes to %s", self.pump.log_dir)
             while not (self._shutting_down and self._all_down()):
                 self.turn(selector)
         finally:
@@ -174,6 +176,7 @@ class Supervisor:
             os.close(sig_r)
             os.close(sig_w)
             # Parts stop last, so the API answers and the queue sends events to the end.
+            self.loader.stop()
             self.integrations.stop()
             self.prober.stop()
             self.pump.stop()
@@ -307,13 +310,26 @@ class Supervisor:
         self._waiters.append(waiter)
 
     def handle_reload(self, msg: Reload) -> None:
-        declared = self.store.load()
-        summary = self.apply(declared)
+        self.loader.request(msg)
+
+    def handle_loaded(self, msg: Loaded) -> None:
+        if self._shutting_down:
+            for reply in msg.replies:
+                reply.set_result({"ok": False, "error": "the agent is shutting down"})
+            return
+        first = self.declared is None
+        summary = self.apply(msg.declared)
+        if msg.source == "watch" and not any(summary[k] for k in ("added", "changed", "removed")):
+            for reply in msg.replies:  # the watcher's catch-up found nothing new: stay quiet
+                reply.set_result({"ok": not msg.declared.rejected, **summary})
+            return
         log.info("configuration loaded (%s): %s", msg.source,
-                 ", ".join(f"{k} {len(v)}" for k, v in summary.items() if k != "errors") or "no change")
+                 ", ".join(f"{k} {len(v)}" for k, v in summary.items() if k != "errors"))
+        if first:
+            log.info("service output goes to %s", self.pump.log_dir)
         self.emit(Event.make(events.CONFIG_RELOADED, None, source=msg.source, **summary))
-        if msg.reply is not None:
-            msg.reply.set_result({"ok": not declared.rejected, **summary})
+        for reply in msg.replies:
+            reply.set_result({"ok": not msg.declared.rejected, **summary})
 
     # -- reconcile ------------------------------------------------------------------------
     def apply(self, declared: Declared) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Watches conf.d/ with watchfiles and asks the owner to reload; never touches state."""
+"""Watches conf.d/ (inotify, through watchfiles' notify binding) and asks the owner to reload.
+
+The watch is armed before anything is read: right after arming, one catch-up reload picks up
+whatever changed between the agent's first read and that moment, so no edit is ever lost.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ from suite_agent.inbox import Inbox, Reload
 
 log = logging.getLogger("suite_agent.watch")
 
-# Changes are yielded STEP ms after the last one, and at most DEBOUNCE ms after the first:
+# Changes are handed over STEP ms after the last one, and at most DEBOUNCE ms after the first:
 # an editor's truncate-then-write or Ansible's write-then-rename arrives as one reload.
-DEBOUNCE_MS = 100
-STEP_MS = 20
+# STEP is also how often the notify thread wakes while idle.
+DEBOUNCE_MS = 150
+STEP_MS = 50
 
 
 class ConfigWatcher:
@@ -33,21 +38,22 @@ class ConfigWatcher:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        import watchfiles
-
         while not self._stop.is_set():
             try:
-                for changes in watchfiles.watch(
-                    self.conf_dir,
-                    watch_filter=lambda _change, path: is_config_file(path),
-                    debounce=DEBOUNCE_MS,
-                    step=STEP_MS,
-                    stop_event=self._stop,
-                    recursive=False,
-                    raise_interrupt=False,
-                ):
-                    paths = tuple(sorted({path for _change, path in changes}))
-                    self.inbox.put(Reload(source="file", paths=paths))
+                self._watch()
             except Exception as exc:  # e.g. conf.d removed: keep trying, the agent runs on
                 log.warning("cannot watch %s (%s); retrying", self.conf_dir, exc)
                 self._stop.wait(1.0)
+
+    def _watch(self) -> None:
+        from watchfiles._rust_notify import RustNotify
+
+        with RustNotify([str(self.conf_dir)], False, False, 300, False, False) as notify:
+            self.inbox.put(Reload(source="watch"))
+            while not self._stop.is_set():
+                changes = notify.watch(DEBOUNCE_MS, STEP_MS, 0, self._stop)
+                if isinstance(changes, str):  # "stop", "signal" or "timeout"
+                    continue
+                paths = tuple(sorted({path for _change, path in changes if is_config_file(path)}))
+                if paths:
+                    self.inbox.put(Reload(source="file", paths=paths))
