@@ -164,13 +164,9 @@ class ForeignChildren:
         """Start argv in its own process group, output to output_fd; the future gets its status."""
         exited: Future[int] = Future()
         with self._lock:
-            popen = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                                     stdout=output_fd, stderr=output_fd, process_group=0,
-                                     close_fds=True)
-            # The owner reaps this pid; a returncode keeps subprocess from ever polling it.
-            popen.returncode = 0
-            self._waiting[popen.pid] = exited
-        return popen.pid, exited
+            pid = _spawn_probe(argv, cwd, env, output_fd)
+            self._waiting[pid] = exited
+        return pid, exited
 
     def deliver(self, pid: int, status: int) -> bool:
         with self._lock:
@@ -180,3 +176,18 @@ class ForeignChildren:
         exited.set_result(status)
         return True
 
+
+
+def _spawn_probe(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], output_fd: int) -> int:
+    if cwd is None:
+        # posix_spawn (vfork-like) costs a third of Popen's fork of the whole agent.
+        return os.posix_spawnp(argv[0], list(argv), dict(env), setpgroup=0, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, output_fd, 1),
+            (os.POSIX_SPAWN_DUP2, output_fd, 2),
+        ])
+    popen = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                             stdout=output_fd, stderr=output_fd, process_group=0, close_fds=True)
+    # The owner reaps this pid; a returncode keeps subprocess from ever polling it.
+    popen.returncode = 0
+    return popen.pid
