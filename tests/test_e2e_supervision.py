@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -212,3 +214,41 @@ def test_example_conf_d_is_valid() -> None:
     result = subprocess.run([*agent_command(), "validate", "--conf-dir", str(root / "conf.d")],
                             capture_output=True, text=True, timeout=30)
     assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_replicas_change_scales_without_touching_running_ones(agent: Agent) -> None:
+    agent.write("a.yaml", services("w: {command: [sleep, '3640'], replicas: 2}\n"))
+    agent.start()
+    first = agent.wait_pids("3640", 2)
+    agent.write("a.yaml", services("w: {command: [sleep, '3640'], replicas: 3}\n"))
+    third = agent.wait_pids("3640", 3)
+    assert set(first) < set(third)
+    agent.write("a.yaml", services("w: {command: [sleep, '3640'], replicas: 1}\n"))
+    (left,) = agent.wait_pids("3640", 1)
+    assert left in first
+
+
+def test_bad_directory_is_reported_and_the_rest_runs(agent: Agent, tmp_path: Path) -> None:
+    agent.write("a.yaml", services(f"""\
+        lost: {{command: [sleep, '3641'], directory: {tmp_path}/missing, restart: never}}
+        fine: {{command: [sleep, '3642']}}
+        """))
+    agent.start()
+    agent.wait_log(r"lost: cannot start 'sleep': .*No such file or directory")
+    agent.wait_pids("3642")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_user_and_group_apply_when_root(agent: Agent, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    agent.write("a.yaml", services("who: {command: [sh, -c, 'id -u; id -g; sleep 3643'], user: nobody, group: nogroup}\n", logs))
+    agent.start()
+    out = logs / "who.stdout.log"
+    wait_for(lambda: out.exists() and len(out.read_text().split()) == 2, 5, "id output")
+    assert out.read_text().split() == [str(pwd.getpwnam("nobody").pw_uid), str(grp.getgrnam("nogroup").gr_gid)]
+
+
+def test_unknown_user_is_a_clear_spawn_error(agent: Agent) -> None:
+    agent.write("a.yaml", services("who: {command: [sleep, '3644'], user: no-such-user-xyz, restart: never}\n"))
+    agent.start()
+    agent.wait_log(r"who: cannot start 'sleep': .*no-such-user-xyz")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Protocol
@@ -299,7 +298,7 @@ class Instance:
         try:
             spawned = self.ctx.factory.spawn(spec.command, self.ctx.process_cwd(spec),
                                              self.ctx.process_env(spec), spec.user, spec.group)
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        except Exception as exc:  # whatever the OS or a bad spec throws, this service alone fails
             self.started_wall = None
             self._last_run = 0.0
             why = f"cannot start {spec.command[0]!r}: {exc}"

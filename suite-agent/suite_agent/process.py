@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import grp
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import threading
@@ -82,6 +84,7 @@ class PosixProcessFactory:
     ) -> Spawned:
         if (user is not None or group is not None) and not self._root:
             raise PermissionError(errno.EPERM, "user/group need the agent to run as root")
+        _check_account(user, group)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -139,6 +142,20 @@ class PosixProcessFactory:
                 popen.returncode = os.waitstatus_to_exitcode(status)
             reaped.append((pid, status))
         return reaped
+
+
+def _check_account(user: str | int | None, group: str | int | None) -> None:
+    # Popen would raise a bare KeyError from the lookup; say what is missing instead.
+    if isinstance(user, str):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise ValueError(f"no such user {user!r}") from None
+    if isinstance(group, str):
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ValueError(f"no such group {group!r}") from None
 
 
 def signal_name(signum: int) -> str:

@@ -1,0 +1,49 @@
+import threading
+
+from suite_agent.events import Event, EventBus
+
+
+def test_every_subscriber_gets_every_event_in_order() -> None:
+    bus = EventBus()
+    a, b = bus.subscribe(), bus.subscribe()
+    for i in range(5):
+        bus.publish(Event.make("service_started", "web", pid=i))
+    assert [e.data["pid"] for e in a.drain()] == list(range(5))
+    assert [e.data["pid"] for e in b.drain()] == list(range(5))
+
+
+def test_a_slow_subscriber_loses_its_oldest_events_and_is_told() -> None:
+    bus = EventBus()
+    slow = bus.subscribe(maxlen=3)
+    for i in range(10):
+        bus.publish(Event.make("service_started", "web", pid=i))
+    assert [e.data["pid"] for e in slow.drain()] == [7, 8, 9]
+    assert slow.dropped == 7
+
+
+def test_get_waits_for_the_next_event() -> None:
+    bus = EventBus()
+    sub = bus.subscribe()
+    threading.Timer(0.05, lambda: bus.publish(Event.make("config_reloaded"))).start()
+    event = sub.get(timeout=5)
+    assert event is not None and event.type == "config_reloaded"
+    assert sub.get(timeout=0.01) is None
+
+
+def test_unsubscribed_gets_nothing_more() -> None:
+    bus = EventBus()
+    sub = bus.subscribe()
+    sub.close()
+    bus.publish(Event.make("config_reloaded"))
+    assert sub.drain() == []
+
+
+def test_events_are_immutable_and_carry_the_service() -> None:
+    event = Event.make("service_stopped", "db", pid=3, exit_code=1)
+    assert event.data == {"service": "db", "pid": 3, "exit_code": 1}
+    try:
+        event.data["pid"] = 4  # type: ignore[index]
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("event data must be read-only")
