@@ -15,7 +15,6 @@ import selectors
 import signal
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,18 +22,34 @@ from typing import Any
 from suite_agent import events
 from suite_agent.config.loader import ConfigStore, Declared
 from suite_agent.config.models import AgentSection, ServiceSpec
+from suite_agent.dependencies import Dependencies
 from suite_agent.events import Event, EventBus
-from suite_agent.inbox import Call, Control, Inbox, Loaded, Message, ProbeChanged, Reload, Shutdown
-from suite_agent.instance import Instance, State
+from suite_agent.inbox import (
+    Call,
+    Control,
+    Inbox,
+    Loaded,
+    Message,
+    ProbeChanged,
+    Reload,
+    Shutdown,
+)
+from suite_agent.instance import Instance
 from suite_agent.integrations import AgentHandle, IntegrationManager
 from suite_agent.loading import ConfigLoader
 from suite_agent.output import OutputPump
 from suite_agent.plan import Add, Remove, Replace, Scale, Update, plan
 from suite_agent.prober import Prober
-from suite_agent.process import ForeignChildren, PosixProcessFactory, ProcessFactory, Spawned
+from suite_agent.process import (
+    ForeignChildren,
+    PosixProcessFactory,
+    ProcessFactory,
+    Spawned,
+)
+from suite_agent.replies import Waiters
 from suite_agent.service import Service
-from suite_agent.snapshot import Snapshot, status_dict
-from suite_agent.timers import Clock, SystemClock, Timer, Timers
+from suite_agent.snapshot import Snapshot
+from suite_agent.timers import Clock, SystemClock, Timers
 
 log = logging.getLogger("suite_agent")
 
@@ -48,30 +63,6 @@ def release_memory() -> None:
 
 
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-@dataclass
-class _Waiter:
-    """A command whose reply waits until its services settle (or its deadline passes)."""
-
-    msg: Control
-    timer: Timer | None = None
-    done: bool = field(default=False)
-
-
-def _settled(verb: str, svc: Service) -> bool:
-    if verb == "stop":
-        return svc.down
-    return all(i.state in (State.RUNNING, State.EXITED, State.FATAL) and
-               (i.state is not State.RUNNING or i.pid is not None) for i in svc.instances)
-
-
-def _succeeded(verb: str, svc: Service) -> bool:
-    if verb == "stop":
-        return svc.down
-    return all(i.state is State.RUNNING or
-               (i.state is State.EXITED and i.last_signal is None and
-                i.last_exit_code in i.spec.success_codes) for i in svc.instances)
 
 
 class Supervisor:
@@ -104,10 +95,9 @@ class Supervisor:
         self._by_pid: dict[int, Instance] = {}
         self.foreign = ForeignChildren()
         self.prober = Prober(self.inbox, self.foreign)
-        self._waiting: set[Instance] = set()  # starting once their dependencies allow
-        self._pending_stops: dict[str, Callable[[], None] | None] = {}  # stop once dependents are down
+        self.dependencies = Dependencies(self.services)
+        self.waiters = Waiters(self.services, self.timers, self.clock)
         self._dirty: set[str] = set()
-        self._waiters: list[_Waiter] = []
         self._shutting_down = False
         self._interrupts = 0
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
@@ -118,7 +108,7 @@ class Supervisor:
     def emit(self, event: Event) -> None:
         self.bus.publish(event)
         if event.type == events.SERVICE_STARTED and event.service is not None:
-            self._restart_dependents(event.service)
+            self.dependencies.restart_dependents(event.service)
 
     def attach_output(self, service: str, instance: str, spawned: Spawned) -> None:
         if spawned.stdout is not None:
@@ -142,22 +132,13 @@ class Supervisor:
         return str(self.base_dir / spec.directory) if spec.directory else None
 
     def unmet_dependencies(self, spec: ServiceSpec) -> list[str]:
-        unmet = []
-        for name, dep in spec.depends_on.items():
-            svc = self.services.get(name)
-            if svc is None or svc.removing or not svc.meets(dep.condition):
-                unmet.append(f"{name} ({dep.condition})")
-        return unmet
+        return self.dependencies.unmet(spec)
 
     def wait_for_dependencies(self, instance: Instance) -> None:
-        self._waiting.add(instance)
+        self.dependencies.wait(instance)
 
     def start_dependencies(self, spec: ServiceSpec) -> None:
-        # Starting a service starts what it depends on, as `docker compose up app` would.
-        for name in spec.depends_on:
-            svc = self.services.get(name)
-            if svc is not None and not svc.wanted and not svc.removing:
-                svc.start()
+        self.dependencies.start_for(spec)
 
     def probe(self, instance: Instance, on: bool) -> None:
         key = (instance.service, instance.index)
@@ -203,12 +184,10 @@ class Supervisor:
         self.after_turn()
 
     def after_turn(self) -> None:
-        if self._dirty and self._waiting:
-            self._release_waiting()
-        if self._dirty and self._pending_stops:
-            self._advance_stops()
-        if self._waiters and self._dirty:
-            self._check_waiters()
+        if self._dirty and self.dependencies.busy:
+            self.dependencies.advance()
+        if self._dirty and self.waiters:
+            self.waiters.check()
         if self._dirty:
             self._publish()
 
@@ -280,9 +259,7 @@ class Supervisor:
         log.info("shutting down (%s): stopping every service", msg.reason)
         self._shutting_down = True
         self._dirty.update(self.services)
-        for name in self.services:
-            self._pending_stops.setdefault(name, None)
-        self._advance_stops()
+        self.dependencies.stop_in_order(dict.fromkeys(self.services))
 
     def handle_probechanged(self, msg: ProbeChanged) -> None:
         svc = self.services.get(msg.service)
@@ -313,12 +290,7 @@ class Supervisor:
             elif msg.verb == "restart":
                 svc.restart()
             log.info("%s: %s requested (%s)", name, msg.verb, msg.source)
-        waiter = _Waiter(msg)
-        if msg.verb == "status" or not msg.wait or self._waiter_done(waiter):
-            self._reply(waiter, final=True)
-            return
-        waiter.timer = self.timers.call_later(msg.wait, lambda: self._reply(waiter, final=False))
-        self._waiters.append(waiter)
+        self.waiters.add(msg)
 
     def handle_reload(self, msg: Reload) -> None:
         self.loader.request(msg)
@@ -402,42 +374,7 @@ class Supervisor:
                 self.pump.forget(name)
                 self._dirty.add(name)
 
-        self._pending_stops[name] = forget
-        self._advance_stops()
-
-    # -- dependencies ---------------------------------------------------------------------
-    def _release_waiting(self) -> None:
-        released = True
-        while released and self._waiting:
-            released = False
-            for inst in list(self._waiting):
-                if inst.state is not State.STARTING or inst.pid is not None or not inst.wanted:
-                    self._waiting.discard(inst)
-                elif not self.unmet_dependencies(inst.next_spec):
-                    self._waiting.discard(inst)
-                    inst.dependencies_met()
-                    released = True
-
-    def _advance_stops(self) -> None:
-        """Stop what is due to stop, dependents before the services they depend on."""
-        for name, then in list(self._pending_stops.items()):
-            svc = self.services.get(name)
-            if svc is None:
-                del self._pending_stops[name]
-                continue
-            blocked = any(name in other.spec.depends_on and not other.down and
-                          (other.name in self._pending_stops or not other.wanted)
-                          for other in self.services.values() if other is not svc)
-            if not blocked:
-                del self._pending_stops[name]
-                svc.stop(then)
-
-    def _restart_dependents(self, started: str) -> None:
-        for svc in self.services.values():
-            dep = svc.spec.depends_on.get(started)
-            if dep is not None and dep.restart and svc.wanted and svc.state is State.RUNNING:
-                log.info("%s: restarting because %s restarted", svc.name, started)
-                svc.restart()
+        self.dependencies.stop_in_order({name: forget})
 
     def _report_rejections(self, declared: Declared) -> None:
         for file, problems in declared.rejected.items():
@@ -452,42 +389,7 @@ class Supervisor:
     def _log_dir(self, agent: AgentSection) -> Path:
         return self.base_dir / agent.log_dir
 
-    # -- replies and snapshots ------------------------------------------------------------
-    def _waiter_done(self, waiter: _Waiter) -> bool:
-        return all(_settled(waiter.msg.verb, self.services[n]) for n in waiter.msg.names
-                   if n in self.services)
-
-    def _check_waiters(self) -> None:
-        for waiter in list(self._waiters):
-            if self._waiter_done(waiter):
-                self._reply(waiter, final=True)
-
-    def _reply(self, waiter: _Waiter, final: bool) -> None:
-        if waiter.done:
-            return
-        waiter.done = True
-        if waiter.timer is not None:
-            waiter.timer.cancel()
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-        verb, now = waiter.msg.verb, self.clock.time()
-        results: dict[str, Any] = {}
-        pending: list[str] = []
-        for name in dict.fromkeys(waiter.msg.names):
-            svc = self.services.get(name)
-            if svc is None:
-                results[name] = {"ok": verb == "stop", "state": "removed"}
-                continue
-            entry = status_dict(svc.status(), now)
-            entry["ok"] = verb == "status" or _succeeded(verb, svc)
-            if not final and not _settled(verb, svc):
-                pending.append(name)
-            results[name] = entry
-        reply: dict[str, Any] = {"ok": all(r["ok"] for r in results.values()), "results": results}
-        if pending:
-            reply["pending"] = pending
-        waiter.msg.reply.set_result(reply)
-
+    # -- snapshots ------------------------------------------------------------------------
     def _publish(self) -> None:
         statuses = dict(self.snapshot.services)
         for name in self._dirty:

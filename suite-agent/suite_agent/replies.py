@@ -1,0 +1,88 @@
+"""Replies to control commands: sent once the named services settle, or at the deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from suite_agent.inbox import Control
+from suite_agent.instance import State
+from suite_agent.service import Service
+from suite_agent.snapshot import status_dict
+from suite_agent.timers import Clock, Timer, Timers
+
+
+def settled(verb: str, svc: Service) -> bool:
+    """Nothing more will happen to it by itself: stopped, or running, finished or given up."""
+    if verb == "stop":
+        return svc.down
+    return all(i.state in (State.RUNNING, State.EXITED, State.FATAL) for i in svc.instances)
+
+
+def succeeded(verb: str, svc: Service) -> bool:
+    if verb == "stop":
+        return svc.down
+    return all(i.state is State.RUNNING or i.succeeded for i in svc.instances)
+
+
+@dataclass
+class _Waiter:
+    msg: Control
+    timer: Timer | None = None
+    done: bool = False
+
+
+class Waiters:
+    def __init__(self, services: Mapping[str, Service], timers: Timers, clock: Clock) -> None:
+        self._services = services
+        self._timers = timers
+        self._clock = clock
+        self._waiting: list[_Waiter] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def add(self, msg: Control) -> None:
+        """Reply now if there is nothing to wait for, else once settled or after msg.wait."""
+        waiter = _Waiter(msg)
+        if msg.verb == "status" or not msg.wait or self._settled(waiter):
+            self._reply(waiter, final=True)
+            return
+        waiter.timer = self._timers.call_later(msg.wait, lambda: self._reply(waiter, final=False))
+        self._waiting.append(waiter)
+
+    def check(self) -> None:
+        for waiter in list(self._waiting):
+            if self._settled(waiter):
+                self._reply(waiter, final=True)
+
+    def _settled(self, waiter: _Waiter) -> bool:
+        return all(settled(waiter.msg.verb, self._services[n]) for n in waiter.msg.names
+                   if n in self._services)
+
+    def _reply(self, waiter: _Waiter, final: bool) -> None:
+        if waiter.done:
+            return
+        waiter.done = True
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+        verb, now = waiter.msg.verb, self._clock.time()
+        results: dict[str, Any] = {}
+        pending: list[str] = []
+        for name in dict.fromkeys(waiter.msg.names):
+            svc = self._services.get(name)
+            if svc is None:
+                results[name] = {"ok": verb == "stop", "state": "removed"}
+                continue
+            entry = status_dict(svc.status(), now)
+            entry["ok"] = verb == "status" or succeeded(verb, svc)
+            if not final and not settled(verb, svc):
+                pending.append(name)
+            results[name] = entry
+        reply: dict[str, Any] = {"ok": all(r["ok"] for r in results.values()), "results": results}
+        if pending:
+            reply["pending"] = pending
+        waiter.msg.reply.set_result(reply)
