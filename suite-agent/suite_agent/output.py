@@ -6,15 +6,12 @@ read end of every output pipe and reads them all from ONE background thread with
 (epoll on Linux) and non-blocking reads. What it reads goes to two places:
 
 * per-instance log files, ``<log_dir>/<instance>.stdout.log`` and ``<instance>.stderr.log``,
-  rotated by size like :class:`logging.handlers.RotatingFileHandler` (``x.log`` -> ``x.log.1``
-  ... ``x.log.N``; ``backups=0`` truncates in place). A file is opened on the first byte of
-  output only, so a thousand quiet services do not cost two thousand open files, and it is closed
-  when the last pipe writing to it reaches end of file. Bytes are written as read, unbuffered and
-  without fsync, so ``tail -f`` sees them at once.
+  rotated by size (:mod:`suite_agent.logfile`). A file is opened on the first byte of output and
+  closed when the last pipe writing to it reaches end of file.
 * a bounded buffer of recent lines per service and stream, for the REST logs route and
   ``suite-agent logs NAME [-f]``: :meth:`OutputPump.recent` and :meth:`OutputPump.wait_for_lines`.
   Every :class:`LogLine` carries a ``seq`` that grows across the whole pump, so a follower asks
-  for "lines after the last seq I saw".
+  for "lines after the last seq I saw". How bytes become lines is :mod:`suite_agent.lines`.
 
 File I/O happens on the pump thread only and under no lock; the only lock (a
 :class:`threading.Condition`) guards the in-memory buffers and is held for list operations only.
@@ -34,170 +31,53 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MAX_LINE", "READ_SIZE", "STREAMS", "LogLine", "OutputPump"]
+from suite_agent.lines import MAX_LINE, Batch, LogLine, flush_partial, split_lines
+from suite_agent.logfile import RETRY_AFTER, FailureReports, LogFile, LogFileSettings
+
+# MAX_LINE, RETRY_AFTER and LogLine live with what they govern and are re-exported from here,
+# where callers have always imported them.
+__all__ = [
+    "MAX_LINE",
+    "READS_PER_TURN",
+    "READ_SIZE",
+    "RETRY_AFTER",
+    "STREAMS",
+    "LogLine",
+    "OutputPump",
+]
 
 log = logging.getLogger("suite_agent.output")
 
 STREAMS: tuple[str, str] = ("stdout", "stderr")
 READ_SIZE = 65536
 """Bytes asked for by each ``os.read``."""
-MAX_LINE = 64 * 1024
-"""A partial line that reaches this many bytes without a newline is flushed as a line."""
 READS_PER_TURN = 16
 """Reads from one pipe before the pump turns to the others (1 MiB): a pipe that is always full
 cannot starve the rest. The selector is level-triggered, so the pipe is read again next turn."""
-RETRY_AFTER = 5.0
-"""Seconds a log file that failed to open or write is left alone before the pump tries again."""
-
-
-@dataclass(frozen=True)
-class LogLine:
-    """One line of output. ``seq`` grows monotonically across every service of the pump."""
-
-    seq: int
-    time: float
-    instance: str
-    stream: str
-    text: str
 
 
 @dataclass(frozen=True)
 class _Settings:
-    log_dir: Path
-    max_bytes: int
-    backups: int
+    files: LogFileSettings
     buffer_lines: int
 
 
 def _settings(
     log_dir: str | os.PathLike[str], max_bytes: int, backups: int, buffer_lines: int
 ) -> _Settings:
-    if max_bytes < 0:
-        raise ValueError(f"max_bytes must be >= 0 (0: never rotate), not {max_bytes}")
-    if backups < 0:
-        raise ValueError(f"backups must be >= 0, not {backups}")
+    files = LogFileSettings(Path(log_dir), max_bytes, backups)  # checks max_bytes, then backups
     if buffer_lines < 0:
         raise ValueError(f"buffer_lines must be >= 0, not {buffer_lines}")
-    return _Settings(Path(log_dir), max_bytes, backups, buffer_lines)
+    return _Settings(files, buffer_lines)
 
 
 def _check_stream(stream: str) -> None:
     if stream not in STREAMS:
         raise ValueError(f"stream must be one of {', '.join(STREAMS)}, not {stream!r}")
-
-
-class _LogFile:
-    """One rotated log file, opened lazily, written with plain os.write from the pump thread."""
-
-    def __init__(self, pump: OutputPump, instance: str, stream: str) -> None:
-        self.pump = pump
-        self.name = f"{instance}.{stream}.log"
-        self.users = 0  # pipes currently writing here
-        self.path: Path | None = None
-        self.fd = -1
-        self.size = 0
-        self.retry_at = 0.0  # monotonic time before which a failed file is not retried
-
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        if self.fd < 0:
-            if time.monotonic() < self.retry_at:
-                return  # still failing: the bytes are dropped, the pipe keeps being read
-            if not self._open():
-                return
-        try:
-            self._write(data)
-        except OSError as exc:
-            self._failed("cannot write", exc)
-
-    def _open(self) -> bool:
-        settings = self.pump._settings
-        path = settings.log_dir / self.name
-        try:
-            settings.log_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            self.path = path
-            self._failed("cannot open", exc)
-            return False
-        self.path, self.fd = path, fd
-        self.size = os.fstat(fd).st_size
-        self.pump._file_ok(path)
-        return True
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            max_bytes = self.pump._settings.max_bytes
-            if max_bytes <= 0:
-                self._write_all(view)
-                return
-            if self.size >= max_bytes:
-                self._rotate()
-                if self.fd < 0:
-                    return
-            room = max_bytes - self.size
-            if len(view) <= room:
-                self._write_all(view)
-                return
-            # Cut at the last newline that fits so a rotated file ends with a whole line; a line
-            # longer than the room goes to a fresh file, and only one longer than max_bytes
-            # itself is split across two files.
-            cut = bytes(view[:room]).rfind(b"\n") + 1
-            if cut == 0:
-                if self.size > 0:
-                    self._rotate()
-                    if self.fd < 0:
-                        return
-                    continue
-                cut = room
-            self._write_all(view[:cut])
-            view = view[cut:]
-
-    def _write_all(self, view: memoryview) -> None:
-        while view:
-            n = os.write(self.fd, view)
-            self.size += n
-            view = view[n:]
-
-    def _rotate(self) -> None:
-        assert self.path is not None
-        backups = self.pump._settings.backups
-        if backups == 0:
-            os.ftruncate(self.fd, 0)
-            self.size = 0
-            return
-        self._close()
-        base = str(self.path)
-        for i in range(backups - 1, 0, -1):
-            src = f"{base}.{i}"
-            if os.path.exists(src):
-                os.replace(src, f"{base}.{i + 1}")
-        if os.path.exists(base):
-            os.replace(base, f"{base}.1")
-        # Reopen under the current settings: a new log_dir takes effect from here on.
-        self._open()
-
-    def _failed(self, what: str, exc: OSError) -> None:
-        self._close()
-        self.retry_at = time.monotonic() + RETRY_AFTER
-        assert self.path is not None
-        self.pump._file_failed(self.path, what, exc)
-
-    def _close(self) -> None:
-        if self.fd >= 0:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-            self.fd = -1
-
-    def close(self) -> None:
-        self._close()
 
 
 @dataclass(eq=False)
@@ -208,53 +88,9 @@ class _Source:
     instance: str
     stream: str
     fd: int
-    file: _LogFile
-    partial: bytearray = field(default_factory=bytearray)
+    file: LogFile
+    partial: bytearray = field(default_factory=bytearray)  # the line still waiting for "\n"
     broken: bool = False  # an unexpected error was already logged for this pipe
-
-
-def _cut_point(data: bytes | bytearray, limit: int) -> int:
-    """`limit`, or up to 3 bytes less so the cut does not split a UTF-8 sequence."""
-    for p in range(limit - 1, max(limit - 5, -1), -1):
-        b = data[p]
-        if b & 0xC0 == 0x80:
-            continue  # a continuation byte: look further back for the lead byte
-        need = 4 if b >= 0xF0 else 3 if b >= 0xE0 else 2 if b >= 0xC0 else 1
-        return p if p > 0 and p + need > limit else limit
-    return limit
-
-
-class _Batch:
-    """Complete raw lines of one pipe in one turn. Only the last `keep` lines are kept: the rest
-    would be pushed out of the buffer at once, but they still count for `seq`."""
-
-    __slots__ = ("keep", "lines", "total")
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self.lines: list[bytes] = []
-        self.total = 0
-
-    def add(self, line: bytes | bytearray) -> None:
-        self.total += 1
-        if self.keep:
-            self.lines.append(bytes(line))
-            self._trim()
-
-    def add_block(self, block: bytes, count: int) -> None:
-        """`block` holds `count` lines separated by newlines (no trailing newline)."""
-        self.total += count
-        if not self.keep:
-            return
-        if count <= self.keep:
-            self.lines.extend(block.split(b"\n"))
-        else:
-            self.lines.extend(block.rsplit(b"\n", self.keep)[1:])
-        self._trim()
-
-    def _trim(self) -> None:
-        if len(self.lines) > 2 * self.keep:
-            del self.lines[: -self.keep]
 
 
 class OutputPump:
@@ -275,13 +111,13 @@ class OutputPump:
         self._stopping = False
         self._drain_for = 1.0  # seconds stop() lets the thread read what is left
         self._refusing = False  # the attach queue is closed: attach() closes what it gets
-        self._closed = False  # the thread has finished and closed every fd
+        self._closed = False  # every fd is closed: the thread has finished, or never started
         # Owned by the pump thread only.
         self._selector = selectors.DefaultSelector()
         self._sources: dict[int, _Source] = {}
-        self._files: dict[tuple[str, str], _LogFile] = {}
+        self._files: dict[tuple[str, str], LogFile] = {}
         self._seq = 0
-        self._warned: set[Path] = set()
+        self._reports = FailureReports()
         # Shared with readers, guarded by _cond (held for in-memory work only).
         self._cond = threading.Condition(threading.Lock())
         self._buffers: dict[str, dict[str, deque[LogLine]]] = {}
@@ -314,7 +150,7 @@ class OutputPump:
             self._drain_for = max(0.0, min(1.0, timeout / 2))
         thread = self._thread
         if thread is None:
-            self._close_unstarted()
+            self._shutdown()  # nothing is attached yet but what waits in the queue
             return
         self._wake()
         thread.join(timeout)
@@ -426,7 +262,7 @@ class OutputPump:
 
     @property
     def log_dir(self) -> Path:
-        return self._settings.log_dir
+        return self._settings.files.log_dir
 
     # ------------------------------------------------------------------ readers' helpers
 
@@ -470,12 +306,14 @@ class OutputPump:
 
     def _turn(self, timeout: float | None = None, *, for_idle: bool = True) -> int:
         """One select and the reads it allows; returns how many pipes were readable."""
+        # A wait_idle() caller is owed an answer: poll instead of blocking, and count this turn
+        # as idle only if it began after the request and found nothing left to read or attach.
         idle_target = self._idle_requested
         self._take_attachments()
         if idle_target > self._idle_done:
             timeout = 0
         events = self._selector.select(timeout)
-        batches: list[tuple[_Source, _Batch]] = []
+        batches: list[tuple[_Source, Batch]] = []
         readable = 0
         for key, _mask in events:
             source: _Source | None = key.data
@@ -483,7 +321,7 @@ class OutputPump:
                 self._drain_wake()
                 continue
             readable += 1
-            batch = _Batch(self._settings.buffer_lines)
+            batch = Batch(self._settings.buffer_lines)
             self._read(source, batch)
             if batch.total:
                 batches.append((source, batch))
@@ -500,11 +338,9 @@ class OutputPump:
         return readable
 
     def _drain_wake(self) -> None:
-        try:
+        with suppress(BlockingIOError):
             while os.read(self._wake_r, 4096):
                 pass
-        except BlockingIOError:
-            pass
 
     def _take_attachments(self) -> None:
         while True:
@@ -520,7 +356,7 @@ class OutputPump:
                 os.set_blocking(fd, False)
                 file = self._files.get(key)
                 if file is None:
-                    file = self._files[key] = _LogFile(self, instance, stream)
+                    file = self._files[key] = LogFile(instance, stream, self._reports)
                 source = _Source(service, instance, stream, fd, file)
                 self._selector.register(fd, selectors.EVENT_READ, source)
             except (OSError, ValueError) as exc:
@@ -535,7 +371,10 @@ class OutputPump:
             file.users += 1
             self._sources[fd] = source
 
-    def _read(self, source: _Source, batch: _Batch) -> None:
+    # Called through the instance so that a test can make splitting fail (test_output.py).
+    _split = staticmethod(split_lines)
+
+    def _read(self, source: _Source, batch: Batch) -> None:
         chunks: list[bytes] = []
         eof = False
         for _ in range(READS_PER_TURN):
@@ -555,14 +394,15 @@ class OutputPump:
                 break
             chunks.append(data)
             try:
-                self._split(source, data, batch)
+                self._split(source.partial, data, batch)
             except Exception:
                 if not source.broken:
                     source.broken = True
                     log.exception("output pump: cannot split output of %s", source.instance)
         if chunks:
             try:
-                source.file.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                read = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                source.file.write(read, self._settings.files)
             except Exception:
                 if not source.broken:
                     source.broken = True
@@ -570,45 +410,14 @@ class OutputPump:
         if eof:
             self._eof(source, batch)
 
-    @staticmethod
-    def _split(source: _Source, data: bytes, batch: _Batch) -> None:
-        partial = source.partial
-        first_nl = data.find(b"\n")
-        if first_nl < 0:
-            partial += data
-            OutputPump._cap(partial, batch)
-            return
-        # The first line continues the partial one and may be longer than MAX_LINE.
-        partial += data[:first_nl]
-        OutputPump._cap(partial, batch)
-        batch.add(partial)
-        partial.clear()
-        last_nl = data.rfind(b"\n")
-        if last_nl > first_nl:
-            block = data[first_nl + 1 : last_nl]
-            batch.add_block(block, data.count(b"\n", first_nl + 1, last_nl) + 1)
-        partial += data[last_nl + 1 :]
-        OutputPump._cap(partial, batch)
-
-    @staticmethod
-    def _cap(partial: bytearray, batch: _Batch) -> None:
-        while len(partial) > MAX_LINE:
-            cut = _cut_point(partial, MAX_LINE)
-            batch.add(partial[:cut])
-            del partial[:cut]
-
-    def _eof(self, source: _Source, batch: _Batch) -> None:
-        if source.partial:
-            batch.add(source.partial)
-            source.partial = bytearray()
+    def _eof(self, source: _Source, batch: Batch) -> None:
+        flush_partial(source.partial, batch)
         self._drop(source)
 
     def _drop(self, source: _Source) -> None:
         self._sources.pop(source.fd, None)
-        try:
+        with suppress(KeyError, ValueError, OSError):
             self._selector.unregister(source.fd)
-        except (KeyError, ValueError, OSError):
-            pass
         self._close_fd(source.fd)
         file = source.file
         file.users -= 1
@@ -620,24 +429,16 @@ class OutputPump:
 
     @staticmethod
     def _close_fd(fd: int) -> None:
-        try:
+        with suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
-    def _publish(self, batches: list[tuple[_Source, _Batch]]) -> None:
+    def _publish(self, batches: list[tuple[_Source, Batch]]) -> None:
         if not batches:
             return
         now = time.time()
         made: list[tuple[_Source, list[LogLine], int]] = []
         for source, batch in batches:
-            kept = batch.lines[-batch.keep :] if batch.keep else []
-            # Lines dropped for the bound are the oldest ones; they still used their seqs.
-            first = self._seq + batch.total - len(kept) + 1
-            lines = [
-                LogLine(first + i, now, source.instance, source.stream, _text(raw))
-                for i, raw in enumerate(kept)
-            ]
+            lines = batch.log_lines(self._seq, now, source.instance, source.stream)
             self._seq += batch.total
             made.append((source, lines, self._seq))
         with self._cond:
@@ -645,27 +446,13 @@ class OutputPump:
             for source, lines, newest in made:
                 streams = self._buffers.setdefault(source.service, {})
                 buf = streams.get(source.stream)
-                if buf is None or buf.maxlen != maxlen:
-                    buf = streams[source.stream] = deque(buf or (), maxlen=maxlen)
+                if buf is None:
+                    # reconfigure() resizes existing buffers under this lock, so only new ones
+                    # need the current bound.
+                    buf = streams[source.stream] = deque(maxlen=maxlen)
                 buf.extend(lines)
                 self._last_seq[(source.service, source.stream)] = newest
             self._cond.notify_all()
-
-    def _file_failed(self, path: Path, what: str, exc: OSError) -> None:
-        if path not in self._warned:
-            self._warned.add(path)
-            log.warning(
-                "%s log file %s: %s (output is still read and buffered; retrying every %.0fs)",
-                what,
-                path,
-                exc.strerror or exc,
-                RETRY_AFTER,
-            )
-
-    def _file_ok(self, path: Path) -> None:
-        if path in self._warned:
-            self._warned.discard(path)
-            log.info("log file %s is writable again", path)
 
     def _recover(self) -> None:
         """After an unexpected error: drop pipes that are no longer valid, then pause briefly
@@ -688,15 +475,17 @@ class OutputPump:
             except Exception:
                 log.exception("output pump: error while draining")
                 break
-        batches: list[tuple[_Source, _Batch]] = []
+        batches: list[tuple[_Source, Batch]] = []
         for source in list(self._sources.values()):
-            batch = _Batch(self._settings.buffer_lines)
+            batch = Batch(self._settings.buffer_lines)
             self._eof(source, batch)
             if batch.total:
                 batches.append((source, batch))
         self._publish(batches)
 
     def _shutdown(self) -> None:
+        """Close every pipe, file and fd of the pump and release its waiters: run by the thread
+        as it ends, or by stop() when the thread never started (then only queued fds are open)."""
         self._refusing = True
         self._close_queued()
         for source in list(self._sources.values()):
@@ -714,17 +503,6 @@ class OutputPump:
             self._closed = True
             self._cond.notify_all()
 
-    def _close_unstarted(self) -> None:
-        """stop() before start(): close what was attached and the wake-up pipe."""
-        self._refusing = True
-        self._close_queued()
-        self._selector.close()
-        self._close_fd(self._wake_r)
-        self._close_fd(self._wake_w)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
     def _close_queued(self) -> None:
         """Close the fds still waiting in the attach queue (the pump will not read them)."""
         while True:
@@ -733,9 +511,3 @@ class OutputPump:
             except queue.Empty:
                 return
             self._close_fd(fd)
-
-
-def _text(raw: bytes) -> str:
-    if raw.endswith(b"\r"):
-        raw = raw[:-1]
-    return raw.decode("utf-8", errors="replace")
