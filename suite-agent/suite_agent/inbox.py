@@ -63,6 +63,7 @@ class Loaded:
     declared: Any  # config.loader.Declared
     source: str
     replies: tuple[Future[dict[str, Any]], ...] = ()
+    problem: str | None = None  # plugins could not transform it; the files' version is used
 
 
 Message = Control | Reload | Shutdown | Call | ProbeChanged | Loaded

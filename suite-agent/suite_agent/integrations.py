@@ -73,22 +73,31 @@ class IntegrationManager:
         self.handle = handle_factory(self)
         self._parts: dict[str, Integration] = {}
         self._sections: dict[str, Any] = {}
-        self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, Any, threading.Event] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # configure() from the owner, ensure() from the loader
         self._thread = threading.Thread(target=self._run, name="integrations", daemon=True)
         self._started = False
 
     def parts(self) -> Mapping[str, Integration]:
         return MappingProxyType(dict(self._parts))
 
-    def configure(self, name: str, section: Any) -> None:
-        """From the owner thread: the section in force now (None: turned off)."""
-        if self._sections.get(name) == section:
-            return
-        self._sections[name] = section
-        if not self._started:
-            self._started = True
-            self._thread.start()
-        self._queue.put((name, section))
+    def configure(self, name: str, section: Any) -> threading.Event:
+        """The section in force now (None: turned off); the event is set once it is applied."""
+        done = threading.Event()
+        with self._lock:
+            if self._sections.get(name, None) == section:
+                done.set()
+                return done
+            self._sections[name] = section
+            if not self._started:
+                self._started = True
+                self._thread.start()
+            self._queue.put((name, section, done))
+        return done
+
+    def ensure(self, name: str, section: Any, timeout: float) -> None:
+        """Like configure, waiting until applied: for the loader thread, never the owner."""
+        self.configure(name, section).wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         if not self._started:
@@ -101,7 +110,9 @@ class IntegrationManager:
             item = self._queue.get()
             if item is None:
                 break
-            self._apply(*item)
+            name, section, done = item
+            self._apply(name, section)
+            done.set()
         for name in list(self._parts):
             self._stop_part(name)
 

@@ -17,7 +17,8 @@ from suite_agent.inbox import Inbox, Loaded, Reload
 
 log = logging.getLogger("suite_agent.config")
 
-Transform = Callable[[Declared], Declared]
+# Returns the configuration to apply, and a problem to report when it could not be transformed.
+Transform = Callable[[Declared], tuple[Declared, str | None]]
 
 
 class ConfigLoader:
@@ -58,13 +59,14 @@ class ConfigLoader:
     def _load(self, batch: list[Reload]) -> None:
         replies = tuple(m.reply for m in batch if m.reply is not None)
         source = ", ".join(dict.fromkeys(m.source for m in batch))
+        problem = None
         try:
             declared = self.store.load()
             if self.transform is not None:
-                declared = self.transform(declared)
+                declared, problem = self.transform(declared)
         except Exception as exc:  # a loader bug must not stop later reloads
             log.exception("cannot load the configuration")
             for reply in replies:
                 reply.set_exception(exc)
             return
-        self.inbox.put(Loaded(declared, source, replies))
+        self.inbox.put(Loaded(declared, source, replies, problem))

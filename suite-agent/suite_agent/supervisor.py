@@ -7,6 +7,7 @@ reach it only through the inbox and read only the snapshots and events it publis
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
 import logging
@@ -22,6 +23,7 @@ from typing import Any
 from suite_agent import events
 from suite_agent.config.loader import ConfigStore, Declared
 from suite_agent.config.models import AgentSection, ServiceSpec
+from suite_agent.config.transform import apply_result, as_file
 from suite_agent.dependencies import Dependencies
 from suite_agent.events import Event, EventBus
 from suite_agent.inbox import (
@@ -62,6 +64,8 @@ def release_memory() -> None:
         pass
 
 
+PLUGIN_START_TIMEOUT = 30.0
+PLUGIN_HOOK_TIMEOUT = 5.0
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -83,6 +87,7 @@ class Supervisor:
         self.bus = EventBus()
         self.store = ConfigStore(self.conf_dir)
         self.loader = ConfigLoader(self.store, self.inbox)
+        self.loader.transform = self._through_plugins
         self.agent = AgentSection()
         self.pump = pump or OutputPump(self._log_dir(self.agent), self.agent.log_max_bytes,
                                        self.agent.log_backups, self.agent.log_buffer_lines)
@@ -147,6 +152,23 @@ class Supervisor:
             self.prober.watch(key, instance.pid, spec.health, self.process_cwd(spec), self.process_env(spec))
         else:
             self.prober.unwatch(key)
+
+    # -- on the loader thread -------------------------------------------------------------
+    def _through_plugins(self, declared: Declared) -> tuple[Declared, str | None]:
+        """Plugins' on_config_load, run before the owner sees the configuration."""
+        if declared.plugins is None and "plugins" not in self.integrations.parts():
+            return declared, None
+        # Plugins named by this very configuration must see it: start them first.
+        self.integrations.ensure("plugins", declared.plugins, PLUGIN_START_TIMEOUT)
+        transform = getattr(self.integrations.parts().get("plugins"), "transform_config", None)
+        if transform is None:
+            return declared, None
+        original = as_file(declared)
+        try:
+            result = transform(copy.deepcopy(original), PLUGIN_HOOK_TIMEOUT)
+            return (declared, None) if result == original else (apply_result(declared, result), None)
+        except Exception as exc:  # a plugin's mistake leaves the files' configuration in force
+            return declared, f"on_config_load: {exc}"
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -300,6 +322,9 @@ class Supervisor:
             for reply in msg.replies:
                 reply.set_result({"ok": False, "error": "the agent is shutting down"})
             return
+        if msg.problem is not None:
+            log.error("configuration not transformed by plugins: %s", msg.problem)
+            self.emit(Event.make(events.CONFIG_ERROR, None, source="plugins", errors=[msg.problem]))
         first = self.declared is None
         summary = self.apply(msg.declared)
         if msg.source == "watch" and not any(summary[k] for k in ("added", "changed", "removed")):

@@ -159,7 +159,7 @@ def _unknown(
 def _cycle(chosen: Sequence[Version], rank: Rank) -> dict[Version, list[Problem]]:
     """A dependency cycle, blamed on the lowest-ranked file on it."""
     origin = {name: v for v in chosen for name in v.config.services}
-    cycle = _find_cycle({name: list(v.config.services[name].depends_on) for name, v in origin.items()})
+    cycle = find_cycle({name: list(v.config.services[name].depends_on) for name, v in origin.items()})
     if not cycle:
         return {}
     culprit = max((origin[name] for name in cycle), key=rank)
@@ -182,7 +182,7 @@ def _remover(
     return None
 
 
-def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str]:
+def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str]:
     """One dependency cycle, as the list of services on it, or [] when there is none."""
     depends = {name: {d for d in deps if d in graph} for name, deps in graph.items()}
     used_by: dict[str, list[str]] = {name: [] for name in graph}
