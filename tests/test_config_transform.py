@@ -59,3 +59,9 @@ def test_plugins_cannot_turn_plugins_off(declared: Declared) -> None:
     config = as_file(declared)
     del config["plugins"]
     assert apply_result(declared, config).plugins == declared.plugins
+
+
+def test_a_plugin_named_with_no_options_gets_empty_options(conf_dir: Path) -> None:
+    (conf_dir / "p.yaml").write_text("plugins:\n  audit_log:\n")
+    declared = ConfigStore(conf_dir).load()
+    assert declared.rejected == {} and declared.plugins == {"audit_log": {}}

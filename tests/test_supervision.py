@@ -380,3 +380,12 @@ def test_health_events_on_readiness_change(h: Harness) -> None:
     probe(h, "a", "readiness", False)
     checks = [e for e in sub.drain() if e.type == "health_check"]
     assert [(e.data["ready"], e.data["health"]) for e in checks] == [(True, "healthy"), (False, "unhealthy")]
+
+
+def test_commands_are_events_with_their_source(h: Harness) -> None:
+    sub = h.sup.bus.subscribe()
+    h.write("services:\n  a: {command: [a]}\n")
+    h.load()
+    h.sup.handle_control(Control("restart", ("a",), source="queue"))
+    (command,) = [e for e in sub.drain() if e.type == "command"]
+    assert dict(command.data) == {"verb": "restart", "services": ["a"], "source": "queue"}

@@ -22,6 +22,8 @@ SERVICE_ERROR = "service_error"
 HEALTH_CHECK = "health_check"
 CONFIG_RELOADED = "config_reloaded"
 CONFIG_ERROR = "config_error"
+COMMAND = "command"  # a start/stop/restart asked for, with its source (api, queue, ...)
+PROBE_RESULT = "probe_result"  # every check's result: on the probe bus only, never the main one
 
 
 def _frozen(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -47,9 +49,10 @@ class Subscription:
     """A bounded buffer of events for one reader thread."""
 
     def __init__(self, bus: EventBus, maxlen: int) -> None:
-        self._bus = bus
+        self._buses = [bus]
         self._buffer: deque[Event] = deque(maxlen=maxlen)
         self._cond = threading.Condition()
+        self._closed = False
         self.dropped = 0
 
     def _offer(self, event: Event) -> None:
@@ -60,11 +63,11 @@ class Subscription:
             self._cond.notify()
 
     def get(self, timeout: float | None = None) -> Event | None:
-        """The next event, or None when none came within timeout."""
+        """The next event, or None when none came within timeout or the subscription closed."""
         with self._cond:
-            if not self._buffer and not self._cond.wait_for(lambda: bool(self._buffer), timeout):
+            if not self._cond.wait_for(lambda: bool(self._buffer) or self._closed, timeout):
                 return None
-            return self._buffer.popleft()
+            return self._buffer.popleft() if self._buffer else None
 
     def drain(self) -> list[Event]:
         with self._cond:
@@ -73,7 +76,11 @@ class Subscription:
             return events
 
     def close(self) -> None:
-        self._bus.unsubscribe(self)
+        for bus in self._buses:
+            bus.unsubscribe(self)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 class EventBus:
@@ -84,9 +91,15 @@ class EventBus:
 
     def subscribe(self, maxlen: int = 10_000) -> Subscription:
         sub = Subscription(self, maxlen)
+        self.attach(sub)
+        return sub
+
+    def attach(self, sub: Subscription) -> None:
+        """Feed an existing subscription from this bus too (one reader, two sources)."""
+        if self not in sub._buses:
+            sub._buses.append(self)
         with self._lock:
             self._subscriptions = (*self._subscriptions, sub)
-        return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:

@@ -58,6 +58,7 @@ class AgentHandle:
     snapshot: Callable[[], Snapshot]
     conf_dir: Path
     parts: Callable[[], Mapping[str, Integration]]  # the parts running now (for metrics)
+    probes: EventBus = field(default_factory=EventBus)  # every probe check's result, for plugins
 
 
 class Integration(Protocol):

@@ -85,6 +85,7 @@ class Supervisor:
         self.timers = Timers(self.clock)
         self.inbox = Inbox()
         self.bus = EventBus()
+        self.probe_bus = EventBus()
         self.store = ConfigStore(self.conf_dir)
         self.loader = ConfigLoader(self.store, self.inbox)
         self.loader.transform = self._through_plugins
@@ -94,12 +95,12 @@ class Supervisor:
         self.services: dict[str, Service] = {}
         self.snapshot = Snapshot(started_at=self.clock.time())
         self.integrations = IntegrationManager(lambda manager: AgentHandle(
-            inbox=self.inbox, bus=self.bus, pump=self.pump, snapshot=lambda: self.snapshot,
+            inbox=self.inbox, bus=self.bus, probes=self.probe_bus, pump=self.pump, snapshot=lambda: self.snapshot,
             conf_dir=self.conf_dir, parts=manager.parts))
         self.declared: Declared | None = None
         self._by_pid: dict[int, Instance] = {}
         self.foreign = ForeignChildren()
-        self.prober = Prober(self.inbox, self.foreign)
+        self.prober = Prober(self.inbox, self.foreign, on_result=self._probe_result)
         self.dependencies = Dependencies(self.services)
         self.waiters = Waiters(self.services, self.timers, self.clock)
         self._dirty: set[str] = set()
@@ -152,6 +153,13 @@ class Supervisor:
             self.prober.watch(key, instance.pid, spec.health, self.process_cwd(spec), self.process_env(spec))
         else:
             self.prober.unwatch(key)
+
+    # -- on the prober thread -------------------------------------------------------------
+    def _probe_result(self, result: ProbeChanged) -> None:
+        instance = result.service if result.index == 0 else f"{result.service}.{result.index}"
+        self.probe_bus.publish(Event.make(events.PROBE_RESULT, result.service, instance=instance,
+                                          pid=result.pid, probe=result.kind, ok=result.ok,
+                                          message=result.message))
 
     # -- on the loader thread -------------------------------------------------------------
     def _through_plugins(self, declared: Declared) -> tuple[Declared, str | None]:
@@ -312,6 +320,9 @@ class Supervisor:
             elif msg.verb == "restart":
                 svc.restart()
             log.info("%s: %s requested (%s)", name, msg.verb, msg.source)
+        if msg.verb != "status":
+            self.emit(Event.make(events.COMMAND, None, verb=msg.verb, services=list(msg.names),
+                                 source=msg.source))
         self.waiters.add(msg)
 
     def handle_reload(self, msg: Reload) -> None:

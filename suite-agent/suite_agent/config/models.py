@@ -100,6 +100,13 @@ Environment = Annotated[
 ]
 
 
+def _empty_options(value: object) -> object:
+    # `plugins: {audit_log: }` reads as None: a plugin turned on with no options.
+    if isinstance(value, dict):
+        return {name: {} if options is None else options for name, options in value.items()}
+    return value
+
+
 def _depends_list(value: object) -> object:
     if isinstance(value, list):
         if not all(isinstance(name, str) for name in value):
@@ -271,7 +278,7 @@ class ConfigFile(Model):
     services: dict[ServiceName, ServiceSpec] = Field(default_factory=dict)
     api: ApiSection | None = None
     queue: QueueSection | None = None
-    plugins: dict[str, dict[str, Any]] | None = None
+    plugins: Annotated[dict[str, dict[str, Any]], BeforeValidator(_empty_options)] | None = None
     agent: AgentSection | None = None
 
 
