@@ -389,3 +389,13 @@ def test_commands_are_events_with_their_source(h: Harness) -> None:
     h.sup.handle_control(Control("restart", ("a",), source="queue"))
     (command,) = [e for e in sub.drain() if e.type == "command"]
     assert dict(command.data) == {"verb": "restart", "services": ["a"], "source": "queue"}
+
+
+def test_start_replies_once_the_service_is_ready(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a], autostart: false, health: {readiness: {tcp: {port: 1}}}}\n")
+    h.load()
+    msg = h.control("start", "a")
+    h.settle()
+    assert h.state("a") == "running" and not msg.reply.done()
+    probe(h, "a", "readiness", True)
+    assert msg.reply.result(0)["ok"] and msg.reply.result(0)["results"]["a"]["ready"] is True

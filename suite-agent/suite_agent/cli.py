@@ -31,7 +31,46 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--conf-dir", help="configuration folder (default ./conf.d)")
     schema = sub.add_parser("schema", help="write the JSON Schemas of conf.d files")
     schema.add_argument("--out", default="schemas", help="output folder (default ./schemas)")
+    _client_parsers(sub)
     return parser
+
+
+def _client_parsers(sub: Any) -> None:
+    def remote(name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        p.add_argument("--url", help="the agent's REST API (default $SUITE_AGENT_URL or http://127.0.0.1:8080)")
+        p.add_argument("--token", help="bearer token (default $SUITE_AGENT_TOKEN)")
+        return p
+
+    status = remote("status", "state of the services of a running agent")
+    status.add_argument("names", nargs="*", metavar="NAME")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for verb in ("start", "stop", "restart"):
+        remote(verb, f"{verb} services of a running agent").add_argument("names", nargs="+", metavar="NAME")
+    remote("reload", "make a running agent re-read conf.d now")
+    logs = remote("logs", "recent output of a service")
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--stream", choices=("stdout", "stderr"), help="one stream only")
+
+
+def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
+    from suite_agent import client
+
+    try:
+        if args.command == "status":
+            return client.status(settings, args.names, args.json)
+        if args.command in ("start", "stop", "restart"):
+            return client.control(settings, args.command, args.names)
+        if args.command == "reload":
+            return client.reload(settings)
+        return client.logs(settings, args.name, args.lines, args.follow, args.stream)
+    except client.ClientError as exc:
+        print(f"suite-agent {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0 if args.command == "logs" else 130
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -99,4 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_validate(settings)
     if args.command == "schema":
         return cmd_schema(args.out)
+    if args.command in ("status", "start", "stop", "restart", "reload", "logs"):
+        return cmd_client(args, settings)
     return 2

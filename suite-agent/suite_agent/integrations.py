@@ -74,6 +74,7 @@ class IntegrationManager:
         self.handle = handle_factory(self)
         self._parts: dict[str, Integration] = {}
         self._sections: dict[str, Any] = {}
+        self._failed: set[str] = set()  # parts whose last start failed: a reload tries again
         self._queue: queue.SimpleQueue[tuple[str, Any, threading.Event] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # configure() from the owner, ensure() from the loader
         self._thread = threading.Thread(target=self._run, name="integrations", daemon=True)
@@ -86,7 +87,7 @@ class IntegrationManager:
         """The section in force now (None: turned off); the event is set once it is applied."""
         done = threading.Event()
         with self._lock:
-            if self._sections.get(name, None) == section:
+            if self._sections.get(name, None) == section and name not in self._failed:
                 done.set()
                 return done
             self._sections[name] = section
@@ -120,6 +121,8 @@ class IntegrationManager:
     def _apply(self, name: str, section: Any) -> None:
         self._stop_part(name)
         if section is None:
+            with self._lock:
+                self._failed.discard(name)
             return
         try:
             module_name, func = FACTORIES[name].split(":")
@@ -134,6 +137,8 @@ class IntegrationManager:
             self._fail(name, f"{type(exc).__name__}: {exc}")
             return
         self._parts[name] = part
+        with self._lock:
+            self._failed.discard(name)
         log.info("%s: on", name)
 
     def _stop_part(self, name: str) -> None:
@@ -147,5 +152,7 @@ class IntegrationManager:
         log.info("%s: off", name)
 
     def _fail(self, name: str, reason: str) -> None:
+        with self._lock:
+            self._failed.add(name)
         log.error("%s: not started: %s", name, reason)
         self.handle.bus.publish(Event.make(events.CONFIG_ERROR, None, section=name, errors=[reason]))

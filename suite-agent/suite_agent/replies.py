@@ -14,16 +14,18 @@ from suite_agent.timers import Clock, Timer, Timers
 
 
 def settled(verb: str, svc: Service) -> bool:
-    """Nothing more will happen to it by itself: stopped, or running, finished or given up."""
+    """Nothing more to wait for: stopped; or ready (running and passing readiness), finished
+    or given up. A deploy step that starts a service can route traffic once this holds."""
     if verb == "stop":
         return svc.down
-    return all(i.state in (State.RUNNING, State.EXITED, State.FATAL) for i in svc.instances)
+    return all((i.state is State.RUNNING and i.ready) or i.state in (State.EXITED, State.FATAL)
+               for i in svc.instances)
 
 
 def succeeded(verb: str, svc: Service) -> bool:
     if verb == "stop":
         return svc.down
-    return all(i.state is State.RUNNING or i.succeeded for i in svc.instances)
+    return all((i.state is State.RUNNING and i.ready) or i.succeeded for i in svc.instances)
 
 
 @dataclass

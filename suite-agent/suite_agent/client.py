@@ -1,0 +1,233 @@
+"""The command-line client of a running agent's REST API: status, start/stop/restart, reload, logs.
+
+Every command returns an exit status: 0 done, 1 unknown name, failed action, agent unreachable
+or token refused (one line on stderr says which).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+from urllib.parse import quote, urlencode, urlsplit
+
+from suite_agent.settings import Settings
+
+FOLLOW_WAIT = 25.0  # seconds each long poll of `logs -f` may wait on the agent
+
+
+class ClientError(Exception):
+    """Something the user must be told in one line; the command exits 1."""
+
+
+class Api:
+    def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClientError(f"{url!r} is not an http(s) URL (set --url or SUITE_AGENT_URL)")
+        self.url = f"{parts.scheme}://{parts.netloc}"
+        self._parts = parts
+        self._prefix = parts.path.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
+                timeout: float | None = None) -> tuple[int, Any]:
+        target = self._prefix + path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        for attempt in (1, 2):
+            conn = self._connection(timeout)
+            try:
+                conn.request(method, target, body=data, headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+                break
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as exc:
+                self.close()
+                if attempt == 2:  # a kept-alive connection the server closed: retry once
+                    raise ClientError(f"the agent at {self.url} closed the connection: {exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise ClientError(_unreachable(self.url, exc)) from None
+        if response.status == 401:
+            raise ClientError(f"the agent at {self.url} refused the token "
+                              "(set SUITE_AGENT_TOKEN or --token to the api token)")
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            raise ClientError(f"{self.url}{path}: not a suite-agent answer (HTTP {response.status})") from None
+        return response.status, payload
+
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+            self._conn = cls(self._parts.hostname or "", self._parts.port, timeout=self.timeout)
+        self._conn.timeout = timeout or self.timeout
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(self._conn.timeout)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        why = "connection refused (is `suite-agent run` running, with an `api` section in conf.d?)"
+    elif isinstance(exc, (socket.timeout, TimeoutError)):
+        why = "no answer in time"
+    elif isinstance(exc, socket.gaierror):
+        why = f"cannot resolve the host ({exc.strerror})"
+    else:
+        why = str(exc) or type(exc).__name__
+    return f"cannot reach the agent at {url}: {why}"
+
+
+def _api(settings: Settings) -> Api:
+    return Api(settings.url, settings.token)
+
+
+def _error(payload: Any, status: int) -> str:
+    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+        return str(payload["error"])
+    return f"HTTP {status}"
+
+
+# -- status --------------------------------------------------------------------------------
+
+def status(settings: Settings, names: Sequence[str], as_json: bool, out: TextIO = sys.stdout) -> int:
+    api = _api(settings)
+    code, payload = api.request("GET", "/api/services")
+    if code != 200:
+        raise ClientError(_error(payload, code))
+    services: dict[str, Any] = payload["services"]
+    unknown = [n for n in names if n not in services]
+    if unknown:
+        raise ClientError(f"unknown service: {', '.join(unknown)}")
+    if names:
+        services = {n: services[n] for n in dict.fromkeys(names)}
+    if as_json:
+        json.dump({"services": services}, out, indent=2, sort_keys=False)
+        out.write("\n")
+    else:
+        out.write(table(services.values()))
+    return 0
+
+
+def table(rows: Iterable[Mapping[str, Any]]) -> str:
+    header = ("NAME", "STATE", "READY", "HEALTH", "PID", "UPTIME", "RESTARTS", "EXIT", "DETAIL")
+    lines = [header]
+    for s in rows:
+        pids = s.get("pids") or []
+        exit_code = s.get("last_exit_code")
+        lines.append((
+            str(s.get("name", "")), str(s.get("state", "")), "yes" if s.get("ready") else "no",
+            str(s.get("health", "")), ",".join(map(str, pids)) or "-",
+            duration(float(s.get("uptime") or 0)) if pids else "-", str(s.get("restarts", 0)),
+            "-" if exit_code is None else str(exit_code), str(s.get("detail", "")),
+        ))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] + "\n"
+        for row in lines
+    ).replace(" \n", "\n")
+
+
+def duration(seconds: float) -> str:
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+# -- start / stop / restart ----------------------------------------------------------------
+
+def control(settings: Settings, verb: str, names: Sequence[str], out: TextIO = sys.stdout) -> int:
+    api = _api(settings)
+    code, payload = api.request("POST", f"/api/services/{verb}", body={"services": list(names)})
+    if code in (400, 404, 413, 503) or not isinstance(payload, dict) or "results" not in payload:
+        raise ClientError(_error(payload, code))
+    results: dict[str, Any] = payload["results"]
+    for name, result in results.items():
+        mark = "ok" if result.get("ok") else "FAILED"
+        detail = result.get("detail") or ""
+        out.write(f"{name}: {result.get('state')}{f' ({detail})' if detail else ''} [{mark}]\n")
+    pending = payload.get("pending") or []
+    if pending:
+        raise ClientError(f"{verb}: not settled yet: {', '.join(pending)} "
+                          f"(follow with: suite-agent status {' '.join(pending)})")
+    if not payload.get("ok"):
+        failed = [n for n, r in results.items() if not r.get("ok")]
+        raise ClientError(f"{verb} failed: {', '.join(failed)}")
+    return 0
+
+
+# -- reload --------------------------------------------------------------------------------
+
+def reload(settings: Settings, out: TextIO = sys.stdout) -> int:
+    code, payload = _api(settings).request("POST", "/api/reload")
+    if code != 200 or not isinstance(payload, dict):
+        raise ClientError(_error(payload, code))
+    changes = [f"{what} {', '.join(payload.get(what) or [])}" for what in ("added", "changed", "removed")
+               if payload.get(what)]
+    out.write(("reloaded: " + "; ".join(changes) if changes else "reloaded: no change") + "\n")
+    errors: dict[str, list[str]] = payload.get("errors") or {}
+    for problems in errors.values():
+        out.writelines(f"{problem}\n" for problem in problems)
+    if errors:
+        raise ClientError(f"{len(errors)} file(s) rejected; what they declare before stays in force")
+    return 0
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+def logs(settings: Settings, name: str, lines: int, follow: bool, stream: str | None,
+         out: TextIO = sys.stdout) -> int:
+    api = _api(settings)
+    path = f"/api/services/{quote(name, safe='')}/logs"
+    query: dict[str, Any] = {"lines": lines}
+    if stream:
+        query["stream"] = stream
+    after = _print_lines(api, path, query, out, name)
+    while follow:
+        query = {"lines": 10_000, "after": after, "wait": f"{FOLLOW_WAIT:g}s", **({"stream": stream} if stream else {})}
+        try:
+            after = _print_lines(api, path, query, out, name, timeout=FOLLOW_WAIT + 10, after=after)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def _print_lines(api: Api, path: str, query: Mapping[str, Any], out: TextIO, name: str,
+                 timeout: float | None = None, after: int = 0) -> int:
+    code, payload = api.request("GET", path, query=query, timeout=timeout)
+    if code == 429:  # every stream slot is taken: back off instead of hammering the agent
+        time.sleep(1.0)
+        return after
+    if code != 200 or not isinstance(payload, dict):
+        raise ClientError(_error(payload, code))
+    found = payload.get("lines") or []
+    for line in found:
+        # Replicas are told apart by their instance name.
+        prefix = f"{line['instance']} | " if line.get("instance") != name else ""
+        out.write(f"{prefix}{line['text']}\n")
+    out.flush()
+    if found:
+        return int(found[-1]["seq"])
+    last = int(payload.get("last_seq") or 0)
+    return 0 if last < after else after  # the agent restarted: its seqs began again

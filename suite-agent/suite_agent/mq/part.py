@@ -1,0 +1,83 @@
+"""The queue part: a command consumer and an event publisher, each on its own connection and thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from suite_agent.config.models import QueueSection
+from suite_agent.integrations import AgentHandle, Sample
+from suite_agent.mq import topology
+from suite_agent.mq.consumer import CommandConsumer
+from suite_agent.mq.link import Link
+from suite_agent.mq.publisher import EventPublisher
+from suite_agent.mq.stats import Stats
+
+log = logging.getLogger("suite_agent.mq")
+
+OUTBOX_MAX = 10_000
+
+
+class QueuePart:
+    def __init__(self, handle: AgentHandle, section: QueueSection, outbox_max: int = OUTBOX_MAX) -> None:
+        self.handle = handle
+        self.section = section
+        self.outbox_max = outbox_max
+        self.stats = Stats()
+        self._stop_commands = threading.Event()
+        self._stop_events = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        topology.check(self.section)
+        section = self.section
+        # Subscribed before anything else, so no event from now on is missed.
+        publisher = EventPublisher(Link(section.url, "events", self.stats),
+                                   self.handle.bus.subscribe(self.outbox_max), topology.exchange(section),
+                                   section.agent_id, self.outbox_max, self._stop_events)
+        consumer = CommandConsumer(Link(section.url, "commands", self.stats), topology.control_queue(section),
+                                   self.handle, section.agent_id, self._stop_commands)
+        self._threads = [threading.Thread(target=_background(publisher.run), name="queue-events", daemon=True),
+                         threading.Thread(target=_background(consumer.run), name="queue-commands", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        log.info("queue: %s, exchange %r, agent %r, commands from queue %r", topology.safe_uri(section.url),
+                 section.exchange, section.agent_id, topology.control_queue_name(section.agent_id))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        # Commands first: a command refused on the way out still gets its event sent.
+        deadline = time.monotonic() + timeout
+        self._stop_commands.set()
+        for thread in self._threads[1:]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._stop_events.set()
+        for thread in self._threads[:1]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for thread in self._threads:
+            if thread.is_alive():
+                log.warning("queue: %s thread still busy after %gs", thread.name, timeout)
+
+    def samples(self) -> list[Sample]:
+        return self.stats.samples()
+
+
+BACKGROUND_NICE = 10
+
+
+def _background(run: Callable[[], None]) -> Callable[[], None]:
+    """`run` at a lower CPU priority, for its thread alone (Linux threads have their own nice).
+
+    When the machine is saturated (a restart storm), the owner thread and the services go
+    first and the queue catches up from its outbox, so respawns are not slowed by it.
+    """
+    def lowered() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        except OSError as exc:
+            log.debug("queue: cannot lower the priority of %s: %s", threading.current_thread().name, exc)
+        run()
+
+    return lowered

@@ -1,0 +1,11 @@
+"""Plugins: stevedore extensions of the entry-point group `suite_agent.plugins`.
+
+Importing this package gives plugin authors their API; the loader (`manager`, which imports
+stevedore) is imported only when conf.d has a `plugins` section.
+"""
+
+from suite_agent.plugins.base import PluginBase, PluginInfo, ServiceError
+
+ENTRY_POINT_GROUP = "suite_agent.plugins"
+
+__all__ = ["ENTRY_POINT_GROUP", "PluginBase", "PluginInfo", "ServiceError"]

@@ -1,0 +1,397 @@
+"""Real brokers for the queue tests, used the way a user's plain kombu code would use them.
+
+- `broker` (Redis and RabbitMQ) and `redis_broker` fixtures: the broker must be reachable; under
+  CI=true an unreachable broker FAILS the test, elsewhere it is skipped with how to start it.
+- Every test gets its own exchange and agent ids (a uuid), and everything it created on the
+  broker is deleted afterwards, so parallel runs never see each other.
+- `EventReader`: a kombu consumer bound to the test's exchange; `Commander`: a kombu producer
+  that sends a command and waits for the reply on its own reply queue.
+- `PrivateRedis`: a redis-server of the test's own, on a free port, to kill and start again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange, Producer, Queue, binding
+
+REDIS_URL = os.environ.get("SUITE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("SUITE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+URLS = {"redis": REDIS_URL, "amqp": AMQP_URL}
+HOW_TO_START = {
+    "redis": "redis-server --daemonize yes --port 6379 --save '' --appendonly no",
+    "amqp": "rabbitmq-server -detached",
+}
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+CE_CONTENT_TYPE = "application/cloudevents+json"
+# Commands share the exchange, so a reader binds the event keys it wants rather than suite.#
+EVENT_KEYS = ("suite.service_started", "suite.service_stopped", "suite.service_error", "suite.health_check",
+              "suite.config_reloaded", "suite.config_error", "suite.command_rejected")
+
+
+def unavailable(what: str, how: str) -> None:
+    """Fail under CI (the broker is part of the test environment there), else skip."""
+    message = f"{what}; start it with: {how}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: a missing broker is a failure)")
+    pytest.skip(message)
+
+
+def require(kind: str) -> str:
+    url = URLS[kind]
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=0)
+    except Exception as exc:
+        unavailable(f"{kind} broker at {url} is unreachable ({type(exc).__name__}: {exc})", HOW_TO_START[kind])
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def queue_yaml(url: str, exchange: str, agent_id: str) -> str:
+    return f"queue: {{url: '{url}', exchange: {exchange}, agent_id: {agent_id}}}\n"
+
+
+# -- reading events ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Received:
+    routing_key: str
+    content_type: str | None
+    properties: dict[str, Any]
+    body: dict[str, Any]
+
+
+class EventReader:
+    """A plain kombu consumer of the agent's events: its own connection, queue and bindings."""
+
+    def __init__(self, url: str, exchange: str, queue_name: str, keys: tuple[str, ...]) -> None:
+        self.url = url
+        ex = Exchange(exchange, type="topic", durable=True)
+        self.queue = Queue(queue_name, bindings=[binding(ex, routing_key=key) for key in keys], durable=False)
+        self.received: list[Received] = []
+        self.conn = Connection(url)
+        self._open()
+
+    def _open(self) -> None:
+        consumer = self.conn.Consumer(self.queue, on_message=self._on_message, accept=[CE_CONTENT_TYPE])
+        consumer.consume()  # declares the queue and its bindings first
+
+    def reopen(self) -> None:
+        """After a broker restart: a new connection, and the queue and bindings declared again."""
+        try:
+            self.conn.release()
+        except Exception:
+            pass
+        self.conn = Connection(self.url)
+        self._open()
+
+    def _on_message(self, message: Any) -> None:
+        self.received.append(Received(message.delivery_info.get("routing_key", ""), message.content_type,
+                                      dict(message.properties), json.loads(message.body)))
+        message.ack()
+
+    def wait(self, until: Callable[[list[Received]], Any], timeout: float = 10.0, what: str = "events") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = until(self.received)
+            if found:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                seen = [(r.routing_key, r.body.get("subject"), r.body.get("data")) for r in self.received]
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; got: {seen}")
+            try:
+                self.conn.drain_events(timeout=min(left, 0.2))
+            except TimeoutError:
+                pass
+
+    def drain(self, seconds: float) -> None:
+        """Keep reading for a while (to see that nothing more comes)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self.conn.drain_events(timeout=min(left, 0.1))
+            except TimeoutError:
+                pass
+
+    def of(self, type_: str, subject: str | None = None) -> list[dict[str, Any]]:
+        return [r.body for r in self.received
+                if r.body.get("type") == type_ and (subject is None or r.body.get("subject") == subject)]
+
+    def wait_for(self, type_: str, subject: str | None = None, count: int = 1, timeout: float = 10.0,
+                 where: Callable[[dict[str, Any]], bool] = lambda body: True) -> list[dict[str, Any]]:
+        def found(_: list[Received]) -> list[dict[str, Any]]:
+            events = [e for e in self.of(type_, subject) if where(e)]
+            return events if len(events) >= count else []
+
+        result: list[dict[str, Any]] = self.wait(found, timeout, f"{count} x {type_} {subject or ''}")
+        return result
+
+    def close(self) -> None:
+        try:
+            self.conn.release()
+        except Exception:
+            pass
+
+
+# -- sending commands -------------------------------------------------------------------------
+class Commander:
+    """A plain kombu producer sending commands, and the consumer of its own reply queue."""
+
+    def __init__(self, url: str, exchange: str, reply_queue: str) -> None:
+        self.exchange = Exchange(exchange, type="topic", durable=True)
+        self.reply_queue = Queue(reply_queue, exclusive=url.startswith("amqp"), auto_delete=True, durable=False)
+        self.conn = Connection(url)
+        self.producer = Producer(self.conn.channel(), exchange=self.exchange)
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.reply_meta: dict[str, dict[str, Any]] = {}
+        self._consumer = self.conn.Consumer(self.reply_queue, on_message=self._on_reply, accept=["json"])
+        self._consumer.consume()  # declared before anything is sent, so no reply is lost
+
+    def _on_reply(self, message: Any) -> None:
+        cid = message.properties.get("correlation_id")
+        self.replies.setdefault(cid, json.loads(message.body))
+        self.reply_meta.setdefault(cid, {"count": 0, "content_type": message.content_type})
+        self.reply_meta[cid]["count"] += 1
+        message.ack()
+
+    def publish(self, routing_key: str, body: Any = None, *, raw: bytes | str | None = None,
+                reply: bool = True, **properties: Any) -> str:
+        cid = properties.pop("correlation_id", None) or uuid.uuid4().hex
+        if reply:
+            properties["reply_to"] = self.reply_queue.name
+        if raw is not None:
+            self.producer.publish(raw, routing_key=routing_key, correlation_id=cid,
+                                  content_type="application/json", content_encoding="utf-8", **properties)
+        else:
+            self.producer.publish({} if body is None else body, routing_key=routing_key,
+                                  correlation_id=cid, serializer="json", **properties)
+        return cid
+
+    def wait_reply(self, cid: str, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while cid not in self.replies:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no reply for {cid} within {timeout}s")
+            try:
+                self.conn.drain_events(timeout=min(left, 0.2))
+            except TimeoutError:
+                pass
+        return self.replies[cid]
+
+    def wait_replies(self, cid: str, count: int, timeout: float = 10.0) -> None:
+        """Wait until `count` replies carried this correlation id (a broadcast, several agents)."""
+        self.wait_reply(cid, timeout)
+        deadline = time.monotonic() + timeout
+        while self.reply_meta[cid]["count"] < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.reply_meta[cid]['count']} of {count} replies for {cid}")
+            self.drain(0.05)
+
+    def drain(self, seconds: float) -> None:
+        """Keep reading replies for a while (to see that nothing more comes)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self.conn.drain_events(timeout=min(left, 0.1))
+            except TimeoutError:
+                pass
+
+    def send(self, routing_key: str, body: Any = None, timeout: float = 10.0, **properties: Any) -> dict[str, Any]:
+        return self.wait_reply(self.publish(routing_key, body, **properties), timeout)
+
+    def close(self) -> None:
+        try:
+            self.conn.release()
+        except Exception:
+            pass
+
+
+# -- one test's corner of a broker ------------------------------------------------------------
+@dataclass
+class Broker:
+    kind: str
+    url: str
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _agents: list[str] = field(default_factory=list)
+    _queues: list[str] = field(default_factory=list)
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def exchange(self) -> str:
+        return f"suite_test_{self.uid}"
+
+    def agent_id(self, name: str = "a") -> str:
+        agent_id = f"t{self.uid}-{name}"
+        self._agents.append(agent_id)
+        return agent_id
+
+    def track(self, agent_id: str) -> None:
+        """An agent id made elsewhere (another broker's) whose queue here is to be deleted too."""
+        self._agents.append(agent_id)
+
+    def section(self, agent_id: str, url: str | None = None) -> str:
+        return queue_yaml(url or self.url, self.exchange, agent_id)
+
+    def events(self, *keys: str, url: str | None = None) -> EventReader:
+        name = f"suite_test_{self.uid}.events.{len(self._queues)}"
+        self._queues.append(name)
+        reader = EventReader(url or self.url, self.exchange, name, keys or EVENT_KEYS)
+        self._closers.append(reader.close)
+        return reader
+
+    def commander(self, url: str | None = None) -> Commander:
+        name = f"suite_test_{self.uid}.reply.{len(self._queues)}"
+        self._queues.append(name)
+        commander = Commander(url or self.url, self.exchange, name)
+        self._closers.append(commander.close)
+        return commander
+
+    def cleanup(self, url: str | None = None) -> None:
+        for close in reversed(self._closers):
+            close()
+        self._closers.clear()
+        url = url or self.url
+        try:
+            if url.startswith("redis"):
+                import redis
+
+                client = redis.Redis.from_url(url)
+                for key in client.scan_iter(f"*{self.uid}*"):
+                    client.delete(key)
+                client.close()
+                return
+            with Connection(url) as conn:
+                channel = conn.channel()
+                for name in [*self._queues, *(f"suite_agent.{a}.control" for a in self._agents)]:
+                    try:
+                        channel.queue_delete(name)
+                    except Exception:
+                        channel = conn.channel()
+                channel.exchange_delete(self.exchange)
+        except Exception as exc:  # a broker gone by now has nothing left to clean
+            print(f"cleanup of {self.uid} on {url}: {exc}")
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    b = Broker(request.param, require(request.param))
+    try:
+        yield b
+    finally:
+        b.cleanup()
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[Broker]:
+    b = Broker("redis", require("redis"))
+    try:
+        yield b
+    finally:
+        b.cleanup()
+
+
+# -- a redis-server of the test's own ---------------------------------------------------------
+class PrivateRedis:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        if not Path(REDIS_SERVER).exists():
+            unavailable(f"{REDIS_SERVER} not found", "apt-get install redis-server")
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PrivateRedis:
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--dbfilename", "dump.rdb"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 10
+        while not self.ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.02)
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=1)
+            ok = bool(client.ping())
+            client.close()
+            return ok
+        except redis.RedisError:
+            return False
+
+    def save(self) -> None:
+        """Snapshot to dump.rdb, which the next start() loads: the bindings survive the restart."""
+        import redis
+
+        client = redis.Redis(port=self.port)
+        client.save()
+        client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+
+
+# -- checks -----------------------------------------------------------------------------------
+def assert_cloudevent(received: Received | dict[str, Any], agent_id: str) -> dict[str, Any]:
+    """A CloudEvents 1.0 structured-mode JSON body as CONTRACT.md describes it."""
+    if isinstance(received, Received):
+        assert received.content_type == CE_CONTENT_TYPE, received
+        assert received.properties.get("delivery_mode") == 2, received.properties
+        assert received.routing_key == received.body["type"]
+        body = received.body
+    else:
+        body = received
+    for attribute in ("specversion", "id", "source", "type", "time", "datacontenttype", "data"):
+        assert attribute in body, f"{attribute} missing in {body}"
+    assert body["specversion"] == "1.0"
+    assert isinstance(body["id"], str) and body["id"]
+    assert body["source"] == f"suite-agent/{agent_id}"
+    assert isinstance(body["type"], str) and body["type"].startswith("suite.")
+    assert body["time"].endswith("Z")
+    datetime.fromisoformat(body["time"].replace("Z", "+00:00"))
+    assert body["datacontenttype"] == "application/json"
+    assert isinstance(body["data"], dict)
+    if "subject" in body:
+        assert isinstance(body["subject"], str) and body["data"].get("service") == body["subject"]
+    return body

@@ -1,0 +1,138 @@
+"""Pieces of the REST API in-process, for what a real agent cannot be made to do on demand."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from api_helpers import Api, free_port
+from suite_agent.api.context import StreamSlots
+from suite_agent.api.listen import Listen, is_loopback, parse_listen
+from suite_agent.api.metrics import samples_to_families
+from suite_agent.api.part import ApiPart
+from suite_agent.api.sse import EventStream
+from suite_agent.config.models import ApiSection
+from suite_agent.events import Event, EventBus
+from suite_agent.inbox import Inbox
+from suite_agent.integrations import AgentHandle, IntegrationError, Sample
+from suite_agent.snapshot import Snapshot
+
+
+def handle(tmp_path: Path, bus: EventBus | None = None) -> AgentHandle:
+    return AgentHandle(inbox=Inbox(), bus=bus or EventBus(), pump=None,  # type: ignore[arg-type]
+                       snapshot=lambda: Snapshot(started_at=time.time()), conf_dir=tmp_path / "conf.d",
+                       parts=dict)
+
+
+def test_a_stalled_owner_makes_health_503_but_not_the_snapshot_routes(tmp_path: Path) -> None:
+    port = free_port()
+    part = ApiPart(handle(tmp_path), ApiSection(listen=f"127.0.0.1:{port}"))  # nobody drains the inbox
+    part.start()
+    try:
+        api = Api(port)
+        began = time.monotonic()
+        health = api.get("/api/health")
+        assert health.status == 503 and health.json["status"] == "stalled" and "error" in health.json
+        assert 1.5 < time.monotonic() - began < 5
+        assert api.get("/livez").status == 503
+        assert api.get("/api/services").json["services"] == {}
+        stalled = api.post("/api/services/start?wait=0", {"services": ["x"]})
+        assert stalled.status == 503 and "did not answer" in stalled.json["error"]
+    finally:
+        part.stop()
+    assert Api(port).refused()
+
+
+def test_a_port_taken_by_another_part_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    first = ApiPart(handle(tmp_path), ApiSection(listen=f"127.0.0.1:{port}"))
+    first.start()
+    try:
+        second = ApiPart(handle(tmp_path), ApiSection(listen=f"127.0.0.1:{port}"))
+        with pytest.raises(IntegrationError, match="already in use"):
+            second.start()
+    finally:
+        first.stop()
+
+
+class _Ctx:
+    def __init__(self, bus: EventBus, buffer: int) -> None:
+        self.handle = handle(Path("/nonexistent"), bus)
+        self.slots = StreamSlots(2)
+        self.sse_buffer = buffer
+        self.agent_id = "test"
+        self.stopping = threading.Event()
+
+
+def test_an_event_stream_that_falls_behind_is_cut_and_frees_its_slot() -> None:
+    bus = EventBus()
+    ctx: Any = _Ctx(bus, buffer=5)
+    stream = EventStream(ctx, None, heartbeat=60)
+    assert next(stream).startswith(b"retry:")
+    for i in range(6):
+        bus.publish(Event.make("service_started", f"s{i}"))
+    assert b"fell behind by 1" in next(stream)
+    with pytest.raises(StopIteration):
+        next(stream)
+    assert ctx.slots.active == 0
+    assert bus._subscriptions == ()
+
+
+def test_stream_slots_are_bounded() -> None:
+    ctx: Any = _Ctx(EventBus(), buffer=5)
+    streams = [EventStream(ctx, None, 60), EventStream(ctx, None, 60)]
+    with pytest.raises(Exception, match="too many"):
+        EventStream(ctx, None, 60)
+    for s in streams:
+        s.close()
+    assert ctx.slots.active == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:8080", Listen("127.0.0.1", 8080)), ("[::1]:9", Listen("::1", 9)),
+    (":8080", Listen("0.0.0.0", 8080)), ("localhost:1", Listen("localhost", 1)),
+])
+def test_listen_forms(text: str, expected: Listen) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8080", "::1:80", "host:", "host:0", "host:http", "[::1]:70000"])
+def test_bad_listen_forms(text: str) -> None:
+    with pytest.raises(IntegrationError):
+        parse_listen(text)
+
+
+def test_loopback() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::")
+
+
+def test_part_samples_become_prometheus_families() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.registry import Collector
+
+    samples = [
+        Sample("queue_outbox", 3, {"broker": "redis"}),
+        Sample("queue_sent_total", 7, {"broker": "redis"}, kind="counter", help="sent"),
+        Sample("queue_sent_total", 2, {"broker": "amqp", "x-y": "1"}, kind="counter"),
+        Sample("plugin.metric-1", 1.5),
+        Sample("suite_agent_service_up", 9),  # would clash with a built-in family: dropped
+    ]
+
+    class C(Collector):
+        def collect(self) -> Any:
+            return samples_to_families(samples, {"suite_agent_service_up"})
+
+    registry = CollectorRegistry()
+    registry.register(C())
+    text = generate_latest(registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["queue_sent"].type == "counter"
+    assert {s.labels["broker"] for s in families["queue_sent"].samples if s.name == "queue_sent_total"} == {"redis", "amqp"}
+    assert families["plugin_metric_1"].samples[0].value == 1.5
+    assert "suite_agent_service_up" not in families

@@ -1,0 +1,160 @@
+"""The queue part through the integration seam, in this process, against the real brokers.
+
+What cannot be seen from outside a running agent (its outbox and its metrics samples) is
+checked here, with the real IntegrationManager, bus and inbox, and a stand-in owner thread
+that answers commands.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, cast
+
+import pytest
+
+from agent import wait_for
+from brokers import Broker, PrivateRedis, broker, redis_broker  # noqa: F401  (fixtures)
+from suite_agent.config.models import QueueSection
+from suite_agent.events import Event, EventBus
+from suite_agent.inbox import Control, Inbox, Reload
+from suite_agent.integrations import AgentHandle, Integration, IntegrationManager
+from suite_agent.mq import COMMAND_REJECTED, QueuePart
+from suite_agent.output import OutputPump
+from suite_agent.snapshot import Snapshot
+
+
+def value(part: Integration, name: str, **labels: str) -> float:
+    for sample in part.samples():
+        if sample.name == name and dict(sample.labels) == labels:
+            return sample.value
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def queue_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("queue-")]
+
+
+class StandInOwner:
+    """Answers the inbox the way the owner does, for services named in `known`."""
+
+    def __init__(self, inbox: Inbox, known: tuple[str, ...]) -> None:
+        self.inbox = inbox
+        self.known = known
+        self.handled: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stand-in-owner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            select.select([self.inbox.fileno], [], [], 0.1)
+            for message in self.inbox.drain():
+                self.handled.append(message)
+                if isinstance(message, Reload) and message.reply is not None:
+                    message.reply.set_result({"ok": True, "added": [], "changed": [], "removed": [], "errors": {}})
+                elif isinstance(message, Control):
+                    unknown = [n for n in message.names if n not in self.known]
+                    if unknown:
+                        message.reply.set_result({"ok": False, "error": f"unknown service: {', '.join(unknown)}",
+                                                  "unknown": unknown})
+                    else:
+                        ok = message.verb != "stop"  # so that "error" is counted too
+                        message.reply.set_result({"ok": ok, "results": {n: {"ok": ok} for n in message.names}})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def snapshot_of(*names: str) -> Callable[[], Snapshot]:
+    """The part reads only the service names from the snapshot."""
+    snap = Snapshot(services=cast(Any, MappingProxyType(dict.fromkeys(names))))
+    return lambda: snap
+
+
+@pytest.fixture
+def seam(tmp_path: Path) -> Iterator[tuple[IntegrationManager, StandInOwner]]:
+    inbox, bus = Inbox(), EventBus()
+    pump = OutputPump(tmp_path / "logs")
+    manager = IntegrationManager(lambda m: AgentHandle(inbox=inbox, bus=bus, pump=pump, snapshot=snapshot_of("web"),
+                                                       conf_dir=tmp_path, parts=m.parts))
+    owner = StandInOwner(inbox, ("web",))
+    try:
+        yield manager, owner
+    finally:
+        manager.stop()
+        owner.stop()
+        inbox.close()
+
+
+def test_samples_count_commands_by_result_and_the_part_stops_cleanly(
+    broker: Broker, seam: tuple[IntegrationManager, StandInOwner]
+) -> None:
+    manager, owner = seam
+    reader = broker.events("suite.command_rejected")
+    cmd = broker.commander()
+    manager.configure("queue", QueueSection(url=broker.url, exchange=broker.exchange, agent_id=broker.agent_id()))
+    part = wait_for(lambda: manager.parts().get("queue"), 10, "the queue part")
+    wait_for(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
+
+    assert cmd.send("suite.control.status", {"services": ["web"]})["ok"] is True
+    assert cmd.send("suite.control.status")["results"] == {"web": {"ok": True}}  # no names: every service
+    assert cmd.send("suite.control.stop", {"services": ["web"]})["ok"] is False
+    assert cmd.send("suite.control.start", {"services": ["nope"]})["error"] == "unknown service: nope"
+    assert cmd.send("suite.control.start", {"services": 3})["ok"] is False
+    first = cmd.send("suite.control.reload", message_id="r-1")
+    assert first == {"ok": True, "results": {"added": [], "changed": [], "removed": [], "errors": {}}}
+    assert cmd.send("suite.control.reload", message_id="r-1") == first
+    reader.wait_for("suite." + COMMAND_REJECTED, count=2)
+
+    assert {r: value(part, "suite_agent_queue_commands_total", result=r)
+            for r in ("ok", "error", "rejected", "duplicate")} == {"ok": 3, "error": 1, "rejected": 2, "duplicate": 1}
+    assert sum(isinstance(m, Reload) for m in owner.handled) == 1  # the duplicate was not applied
+    wait_for(lambda: value(part, "suite_agent_queue_events_published_total") >= 2, 5, "the rejections published")
+    assert value(part, "suite_agent_queue_outbox_size") == 0
+    assert value(part, "suite_agent_queue_events_dropped_total") == 0
+    assert value(part, "suite_agent_queue_reconnects_total") == 0
+
+    manager.configure("queue", None)
+    wait_for(lambda: "queue" not in manager.parts() and not queue_threads(), 10, "the part's threads gone")
+
+
+def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
+    tmp_path: Path, redis_broker: Broker
+) -> None:
+    server = PrivateRedis(tmp_path).start()
+    reader = redis_broker.events("suite.tick", url=server.url)
+    server.save()  # the reader's binding is back when the server is
+    server.kill()
+    reader.close()
+    bus, inbox = EventBus(), Inbox()
+    handle = AgentHandle(inbox=inbox, bus=bus, pump=OutputPump(tmp_path / "logs"), snapshot=snapshot_of(),
+                         conf_dir=tmp_path, parts=lambda: MappingProxyType({}))
+    part = QueuePart(handle, QueueSection(url=server.url, exchange=redis_broker.exchange,
+                                          agent_id=redis_broker.agent_id()), outbox_max=100)
+    part.start()
+    try:
+        for n in range(250):
+            bus.publish(Event.make("tick", None, n=n))
+        wait_for(lambda: value(part, "suite_agent_queue_events_dropped_total") == 150, 5, "150 dropped")
+        # The outbox counts what the publisher took from the bus: it takes within a turn.
+        wait_for(lambda: value(part, "suite_agent_queue_outbox_size") == 100, 5, "100 in the outbox")
+        assert value(part, "suite_agent_queue_connected") == 0
+
+        server.start()
+        reader.reopen()
+        reader.wait(lambda received: len(received) >= 100, 15, "the outbox sent")
+        reader.drain(0.2)
+        assert [r.body["data"]["n"] for r in reader.received] == list(range(150, 250))
+        wait_for(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
+        assert value(part, "suite_agent_queue_events_published_total") == 100
+        assert value(part, "suite_agent_queue_outbox_size") == 0
+    finally:
+        part.stop()
+        server.kill()
+        inbox.close()
+    assert not queue_threads()

@@ -1,0 +1,231 @@
+"""The plugins part in this process, with real plugins loaded by entry point: what the core calls
+directly (transform_config), what /metrics and the JSON metrics read (samples, metrics_json), and
+unloading (stop)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent import wait_for
+from plugin_dist.installed import ensure_installed
+from suite_agent.events import Event, EventBus
+from suite_agent.inbox import Inbox
+from suite_agent.integrations import AgentHandle, Sample
+from suite_agent.output import OutputPump
+from suite_agent.plugins.manager import PluginManager, create
+from suite_agent.snapshot import Snapshot
+
+Make = Callable[[Mapping[str, Mapping[str, Any]]], PluginManager]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _test_plugins() -> None:
+    ensure_installed()
+
+
+@pytest.fixture
+def bus() -> EventBus:
+    return EventBus()
+
+
+@pytest.fixture
+def make(tmp_path: Path, bus: EventBus) -> Iterator[Make]:
+    inbox = Inbox()
+    handle = AgentHandle(inbox=inbox, bus=bus, pump=OutputPump(tmp_path / "logs"),
+                         snapshot=lambda: Snapshot(), conf_dir=tmp_path, parts=dict)
+    managers: list[PluginManager] = []
+
+    def make(section: Mapping[str, Mapping[str, Any]]) -> PluginManager:
+        manager = create(handle, section)
+        manager.start()
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        manager.stop(1.0)
+    inbox.close()
+
+
+def loaded(manager: PluginManager, *names: str) -> None:
+    wait_for(lambda: all(h.state != "loading" for h in manager.hosts), 10, "plugins to load")
+    states = {h.name: h.state for h in manager.hosts}
+    assert {n: states[n] for n in names} == dict.fromkeys(names, "loaded"), states
+
+
+def recorded(path: Path, hook: str | None = None) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [line for line in lines if hook is None or line["hook"] == hook]
+
+
+def plugin_errors(sub: Any, *plugins: str) -> list[dict[str, Any]]:
+    """The plugin_error events so far, once there is one for each of `plugins`."""
+    found: list[dict[str, Any]] = []
+
+    def complete() -> bool:
+        found.extend(dict(e.data) for e in sub.drain() if e.type == "plugin_error")
+        return {e["plugin"] for e in found} >= set(plugins)
+
+    wait_for(complete, 5, f"plugin_error events of {plugins}")
+    return found
+
+
+def by_name(samples: list[Sample]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples}
+
+
+# -- on_config_load -------------------------------------------------------------------------
+def test_transform_config_chains_plugins_and_skips_the_ones_that_fail(
+        make: Make, bus: EventBus, tmp_path: Path) -> None:
+    sub = bus.subscribe()
+    manager = make({
+        "test_rec1": {"path": str(tmp_path / "1"), "config_patch": {
+            "services": {"web": {"environment": {"DB_PASSWORD": "from-vault"}}}}},
+        "test_rec2": {"path": str(tmp_path / "2"), "raise": ["on_config_load"]},
+        "test_rec3": {"path": str(tmp_path / "3"), "config_return": ["not", "a", "dict"]},
+        "test_rec4": {"path": str(tmp_path / "4"), "config_return": None,
+                      "config_patch": {"services": {"web": {"command": "ignored"}}}},
+    })
+    loaded(manager, "test_rec1", "test_rec2", "test_rec3", "test_rec4")
+    config = {"services": {"web": {"command": ["sleep", "1"], "environment": {"PORT": "80"}}},
+              "api": {"listen": "127.0.0.1:8080"}}
+    result = manager.transform_config(config, timeout=2.0)
+    assert result == {"services": {"web": {"command": ["sleep", "1"],
+                                           "environment": {"PORT": "80", "DB_PASSWORD": "from-vault"}}},
+                      "api": {"listen": "127.0.0.1:8080"}}
+    assert "DB_PASSWORD" not in config["services"]["web"]["environment"]  # the input is left alone
+    # Each plugin saw what the one before it handed on.
+    assert recorded(tmp_path / "2", "on_config_load")[0]["args"][0] == result
+    assert recorded(tmp_path / "4", "on_config_load")[0]["args"][0] == result
+    errors = {e["plugin"]: e for e in plugin_errors(sub, "test_rec2", "test_rec3")}
+    assert errors["test_rec2"]["hook"] == "on_config_load"
+    assert errors["test_rec2"]["error"] == "RuntimeError: boom in on_config_load"
+    assert errors["test_rec3"]["error"] == "on_config_load returned list, not a dict (or None for no change)"
+    assert set(errors) == {"test_rec2", "test_rec3"}
+
+
+def test_transform_config_does_not_wait_for_a_hanging_plugin_longer_than_the_timeout(
+        make: Make, bus: EventBus, tmp_path: Path) -> None:
+    sub = bus.subscribe()
+    manager = make({
+        "test_rec1": {"path": str(tmp_path / "1"), "hang": ["on_config_load"]},
+        "test_rec2": {"path": str(tmp_path / "2"), "config_patch": {"agent": {"log_dir": "elsewhere"}}},
+    })
+    loaded(manager, "test_rec1", "test_rec2")
+    started = time.monotonic()
+    result = manager.transform_config({"services": {}}, timeout=0.3)
+    assert time.monotonic() - started < 2.0
+    assert result == {"services": {}, "agent": {"log_dir": "elsewhere"}}
+    (error,) = plugin_errors(sub, "test_rec1")
+    assert error["plugin"] == "test_rec1"
+    assert error["error"].startswith("on_config_load did not return within 0.3s (stuck at ")
+
+
+# -- on_metrics_collect ---------------------------------------------------------------------
+def test_metrics_become_gauges_and_garbage_is_counted_once(make: Make, bus: EventBus, tmp_path: Path) -> None:
+    sub = bus.subscribe()
+    manager = make({
+        "test_rec1": {"path": str(tmp_path / "1"), "metrics": {"queue_depth": 3, "ratio": 0.5,
+                                                                "up": True, "label": "blue"}},
+        "test_rec2": {"path": str(tmp_path / "2"), "metrics": [1, 2]},
+        "test_seed_custom_metrics": {},
+        "example": {"business_metric": 7},
+    })
+    loaded(manager, "test_rec1", "test_rec2", "test_seed_custom_metrics", "example")
+
+    def gauges() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        found = by_name(manager.samples())
+        return found if ("suite_agent_plugin_example_custom_business_metric", ()) in found and \
+            ("suite_agent_plugin_test_rec1_ratio", ()) in found else {}
+
+    found = wait_for(gauges, 10, "plugin gauges")
+    assert found[("suite_agent_plugin_test_rec1_queue_depth", ())] == 3.0
+    assert found[("suite_agent_plugin_test_rec1_ratio", ())] == 0.5
+    assert found[("suite_agent_plugin_test_rec1_up", ())] == 1.0
+    assert ("suite_agent_plugin_test_rec1_label", ()) not in found
+    assert found[("suite_agent_plugin_test_seed_custom_metrics_requests_per_second", ())] == 12.5
+    assert found[("suite_agent_plugin_test_seed_custom_metrics_custom_business_metric", ())] == 42.0
+    assert found[("suite_agent_plugin_example_custom_business_metric", ())] == 7.0
+    assert found[("suite_agent_plugins_loaded", ())] == 4.0
+    # A few more scrapes: the non-number is reported once, the non-dict every time it happens.
+    calls_before = len(recorded(tmp_path / "1", "on_metrics_collect"))
+    wait_for(lambda: manager.samples() and len(recorded(tmp_path / "1", "on_metrics_collect")) >= calls_before + 2,
+             10, "two more collections")
+    found = by_name(manager.samples())
+    errors = ("suite_agent_plugin_errors_total", (("hook", "on_metrics_collect"), ("plugin", "test_rec1")))
+    assert found[errors] == 1.0
+    garbage = ("suite_agent_plugin_errors_total", (("hook", "on_metrics_collect"), ("plugin", "test_rec2")))
+    assert found[garbage] >= 2.0
+    reported = plugin_errors(sub, "test_rec1", "test_rec2")
+    assert [e["error"] for e in reported if e["plugin"] == "test_rec1"] == [
+        "metric 'label' is str, not a number: left out of /metrics"]
+    assert {e["error"] for e in reported if e["plugin"] == "test_rec2"} == {
+        "on_metrics_collect returned list, not a dict"}
+    as_json = manager.metrics_json()
+    assert as_json["test_rec1"]["metrics"] == {"queue_depth": 3, "ratio": 0.5, "up": True, "label": "blue"}
+    assert as_json["test_rec1"]["state"] == "loaded" and as_json["test_rec1"]["version"] == "1.0.0"
+    assert as_json["test_rec2"]["metrics"] == {}
+    assert as_json["test_rec2"]["last_error"] == "on_metrics_collect: on_metrics_collect returned list, not a dict"
+    json.dumps(as_json)
+
+
+def test_a_scrape_never_waits_for_a_hanging_plugin(make: Make, tmp_path: Path) -> None:
+    manager = make({
+        "test_rec1": {"path": str(tmp_path / "1"), "hang": ["on_metrics_collect"], "_timeout": 0.5},
+        "test_rec2": {"path": str(tmp_path / "2"), "metrics": {"fine": 1}},
+    })
+    loaded(manager, "test_rec1", "test_rec2")
+    deadline = time.monotonic() + 10
+    while ("suite_agent_plugin_test_rec2_fine", ()) not in by_name(manager.samples()):
+        assert time.monotonic() < deadline, "no value from test_rec2"
+        time.sleep(0.05)
+    for _ in range(20):
+        started = time.monotonic()
+        manager.samples()
+        assert time.monotonic() - started < 0.05
+    stuck = ("suite_agent_plugin_stuck_threads", (("plugin", "test_rec1"),))
+    found = wait_for(lambda: (f := by_name(manager.samples()))[stuck] == 1.0 and f, 5, "the call abandoned")
+    assert found[("suite_agent_plugin_errors_total", (("hook", "on_metrics_collect"), ("plugin", "test_rec1")))] == 1.0
+
+
+# -- options and unloading ------------------------------------------------------------------
+def test_bad_agent_options_refuse_the_plugin_with_a_clear_message(make: Make, bus: EventBus, tmp_path: Path) -> None:
+    sub = bus.subscribe()
+    manager = make({
+        "test_rec1": {"path": str(tmp_path / "1"), "_timeout": "soon"},
+        "test_rec2": {"path": str(tmp_path / "2"), "_timout": 1},
+        "test_rec3": {"path": str(tmp_path / "3"), "_timeout": "250ms", "colour": "red"},
+    })
+    loaded(manager, "test_rec3")
+    errors = {e["plugin"]: e["error"] for e in plugin_errors(sub, "test_rec1", "test_rec2")}
+    assert errors["test_rec1"].startswith("_timeout: 'soon' is not a duration")
+    assert errors["test_rec2"] == ("unknown agent option '_timout' (the agent's options are: _timeout; "
+                                   "the plugin's own do not start with _)")
+    assert recorded(tmp_path / "3", "validate_options")[0]["args"] == [{"path": str(tmp_path / "3"),
+                                                                        "colour": "red"}]
+    assert manager.hosts[2].timeout == 0.25
+    assert not (tmp_path / "1").exists() and not (tmp_path / "2").exists()
+
+
+def test_stop_calls_on_shutdown_once_each_within_the_timeout(make: Make, bus: EventBus, tmp_path: Path) -> None:
+    manager = make({
+        "test_rec1": {"path": str(tmp_path / "1")},
+        "test_rec2": {"path": str(tmp_path / "2"), "hang": ["on_shutdown"], "_timeout": 0.3},
+    })
+    loaded(manager, "test_rec1", "test_rec2")
+    bus.publish(Event.make("service_started", "web", instance="web", pid=42))
+    wait_for(lambda: recorded(tmp_path / "1", "on_service_start"), 5, "the hook call")
+    started = time.monotonic()
+    manager.stop(1.0)
+    assert time.monotonic() - started < 2.0
+    for n in ("1", "2"):
+        assert len(recorded(tmp_path / n, "on_shutdown")) == 1
+    assert not manager._thread.is_alive()
+    assert all(not h.runner._thread.is_alive() for h in manager.hosts)
