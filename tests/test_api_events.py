@@ -41,7 +41,11 @@ def test_sse_type_filter_and_heartbeats(agent: Agent) -> None:
         wait_for(lambda: reader.comments.count("heartbeat") >= 2, 5, "two heartbeats")
         api.post("/api/services/web/restart")
         reader.wait_event("service_stopped", "web")
-        time.sleep(0.3)  # what else the restart sent has had time to arrive
+        # A later event that passes the filter: once it is here, the restart's service_started
+        # (sent before it, on the same ordered stream) would be here too, had it passed.
+        api.post("/api/services/web/stop")
+        wait_for(lambda: len([e for e in reader.events if e.event == "service_stopped"]) == 2, 10,
+                 "the stop's service_stopped")
         assert {e.event for e in reader.events} == {"service_stopped"}
     finally:
         reader.close()
@@ -91,7 +95,7 @@ def test_webhook_is_signed_retried_and_filtered(agent: Agent) -> None:
     try:
         api = start_with_api(agent, "web: {command: [sleep, '3601']}\n", api_extra=extra)
         (first,) = agent.wait_pids("3601")
-        api.post("/api/services/web/restart")
+        # The agent's first start is sent too: the API subscribes from the moment it is configured.
         got = wait_for(lambda: receiver.received, 10, "the webhook POST")[0]
         assert receiver.attempts == 2  # the first attempt got a 500 and was retried
         assert got.headers["content-type"] == "application/cloudevents+json"
@@ -99,12 +103,15 @@ def test_webhook_is_signed_retried_and_filtered(agent: Agent) -> None:
         assert got.headers["x-suite-signature"] == expected
         body = got.json
         assert body["type"] == "suite.service_started" and body["subject"] == "web"
-        assert body["data"]["pid"] == agent.pids_of("3601")[0]
+        assert body["data"]["pid"] == first
+        api.post("/api/services/web/restart")
+        (new,) = agent.wait_pids("3601")
+        restarted = wait_for(lambda: receiver.received[1:], 10, "the restart's webhook POST")[0]
+        assert restarted.json["data"]["pid"] == new != first
         stopped = wait_for(lambda: other.received, 10, "the service_stopped POST")[0]
         assert stopped.json["type"] == "suite.service_stopped" and stopped.json["data"]["pid"] == first
         assert "x-suite-signature" not in stopped.headers
-        time.sleep(0.3)
-        assert [r.json["type"] for r in receiver.received] == ["suite.service_started"]
+        assert [r.json["type"] for r in receiver.received] == ["suite.service_started"] * 2
         assert all(r.json["type"] == "suite.service_stopped" for r in other.received)
     finally:
         receiver.close()

@@ -756,7 +756,8 @@ def test_example_conf_d_is_valid() -> None:
     declared = ConfigStore(REPO / "conf.d").load()
     assert {"web", "clock", "hello"} <= set(declared.services)
     assert declared.services["hello"].restart == "never"
-    assert (declared.api, declared.queue, declared.plugins) == (None, None, None)
+    assert declared.api is not None and declared.api.listen == "127.0.0.1:8080" and declared.api.token is None
+    assert (declared.queue, declared.plugins) == (None, None)
     for path in sorted((REPO / "conf.d").glob("*.y*ml")):
         assert path.read_text().startswith("# yaml-language-server: $schema=../schemas/conf.d.schema.json\n")
 

@@ -47,3 +47,16 @@ def test_events_are_immutable_and_carry_the_service() -> None:
         pass
     else:
         raise AssertionError("event data must be read-only")
+
+
+def test_a_late_subscriber_can_catch_up_from_a_moment() -> None:
+    bus = EventBus()
+    old = Event.make("service_started", "a", pid=1)
+    bus.publish(old)
+    since = old.time + 1e-6
+    fresh = [Event(type="service_started", service="b", time=since + i) for i in range(3)]
+    for event in fresh:
+        bus.publish(event)
+    late = bus.subscribe(since=since)
+    bus.publish(Event.make("service_stopped", "b"))
+    assert [e.type for e in late.drain()] == ["service_started"] * 3 + ["service_stopped"]

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from suite_agent.config.models import QueueSection
 from suite_agent.inbox import Control, Reload
 from suite_agent.integrations import IntegrationError
@@ -76,10 +75,11 @@ def test_any_body_parses_or_is_a_command_error(verb: str, body: Any) -> None:
 
 
 def test_inbox_messages_and_replies() -> None:
-    status_all = commands.to_inbox(Command("status", (), 30.0), {"b": 1, "a": 2}.keys())
+    status_all, answer = commands.to_inbox(Command("status", (), 30.0), {"b": 1, "a": 2}.keys())
     assert isinstance(status_all, Control) and status_all.names == ("a", "b") and status_all.source == "queue"
-    reload = commands.to_inbox(Command("reload", (), 30.0), ())
-    assert isinstance(reload, Reload) and reload.reply is not None and reload.source == "queue"
+    assert status_all.reply is answer
+    reload, answer = commands.to_inbox(Command("reload", (), 30.0), ())
+    assert isinstance(reload, Reload) and reload.reply is answer and reload.source == "queue"
     summary = {"ok": False, "added": ["x"], "changed": [], "removed": [], "errors": {"f.yaml": ["bad"]}}
     assert commands.reply(Command("reload", (), 1.0), summary) == {
         "ok": False, "results": {"added": ["x"], "changed": [], "removed": [], "errors": {"f.yaml": ["bad"]}}}

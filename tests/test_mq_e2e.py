@@ -13,7 +13,11 @@ import pytest
 from kombu import Connection
 
 from agent import Agent, wait_for
-from brokers import Broker, Received, assert_cloudevent, broker  # noqa: F401  (fixture)
+
+pytest.register_assert_rewrite("brokers")  # before its import: its checks are asserts
+from brokers import Broker, assert_cloudevent
+
+pytest_plugins = ["brokers"]  # the broker fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -98,7 +102,7 @@ def test_commands_are_answered_on_reply_to_with_the_correlation_id(broker: Broke
     cid = cmd.publish("suite.control.status", {"services": ["web"]}, correlation_id="my-id-1")
     reply = cmd.wait_reply("my-id-1")
     assert cid == "my-id-1" and cmd.reply_meta[cid]["content_type"] == "application/json"
-    assert reply["ok"] is True and reply["results"]["web"]["pids"] == [web]
+    assert reply["ok"] is True and reply["results"]["web"]["pids"] == [web] and reply["agent"] == agent_id
     assert reply["results"]["web"]["state"] == "running"
 
     every = cmd.send("suite.control.status")
@@ -148,6 +152,7 @@ def test_a_targeted_command_reaches_one_agent_of_two(broker: Broker, agent: Agen
 
         broadcast = cmd.publish("suite.control.status", {"services": ["web"]})
         cmd.wait_replies(broadcast, 2)
+        assert sorted(r["agent"] for r in cmd.all_replies[broadcast]) == sorted([id_a, id_b])
         cmd.drain(0.3)
         assert cmd.reply_meta[cid]["count"] == 1  # agent a never answered the targeted one
         assert agent.pids_of("3721") == [a_pid]
@@ -224,10 +229,10 @@ def test_a_command_sent_twice_is_applied_once(broker: Broker, agent: Agent) -> N
     assert cmd.send("suite.control.restart", {"services": ["web"]}, correlation_id="corr-2") == by_cid
 
     assert cmd.send("suite.control.status", {"services": ["web"]})["results"]["web"]["pids"] == [newer]
-    reader.wait_for("suite.service_started", "web", count=2)
-    cmd.drain(0.3)
-    reader.drain(0.3)
-    assert len(reader.of("suite.service_started", "web")) == 2
+    # A sentinel start after the duplicates: once its event is here, theirs would be too.
+    agent.write("sentinel.yaml", services("sentinel: {command: [sleep, '3742']}\n"))
+    reader.wait_for("suite.service_started", "sentinel")
+    assert len(reader.of("suite.service_started", "web")) == 3  # the first start, then two restarts
     assert agent.log().count("web: restart requested (queue)") == 2
 
 
@@ -269,3 +274,14 @@ def test_an_unsupported_queue_url_is_refused_and_services_run_on(agent: Agent) -
     agent.wait_log(r"queue: not started: queue.url: Kafka is planned, not supported yet")
     agent.wait_pids("3761")
     assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_the_first_starts_at_agent_start_are_sent(broker: Broker, agent: Agent) -> None:
+    reader = broker.events()
+    agent_id = broker.agent_id()
+    start(agent, broker, agent_id, "first: {command: [sleep, '3790']}\n")
+    (pid,) = agent.wait_pids("3790")
+    started = reader.wait_for("suite.service_started", "first")[0]
+    assert started["data"]["pid"] == pid
+    loaded = reader.wait_for("suite.config_reloaded", where=lambda e: "first" in e["data"]["added"])[0]
+    assert_cloudevent(next(r for r in reader.received if r.body["id"] == loaded["id"]), agent_id)

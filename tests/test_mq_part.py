@@ -17,7 +17,6 @@ from typing import Any, cast
 import pytest
 
 from agent import wait_for
-from brokers import Broker, PrivateRedis, broker, redis_broker  # noqa: F401  (fixtures)
 from suite_agent.config.models import QueueSection
 from suite_agent.events import Event, EventBus
 from suite_agent.inbox import Control, Inbox, Reload
@@ -25,6 +24,11 @@ from suite_agent.integrations import AgentHandle, Integration, IntegrationManage
 from suite_agent.mq import COMMAND_REJECTED, QueuePart
 from suite_agent.output import OutputPump
 from suite_agent.snapshot import Snapshot
+
+pytest.register_assert_rewrite("brokers")  # before its import: its checks are asserts
+from brokers import Broker, PrivateRedis
+
+pytest_plugins = ["brokers"]  # the broker fixtures
 
 
 def value(part: Integration, name: str, **labels: str) -> float:
@@ -97,7 +101,8 @@ def test_samples_count_commands_by_result_and_the_part_stops_cleanly(
     manager, owner = seam
     reader = broker.events("suite.command_rejected")
     cmd = broker.commander()
-    manager.configure("queue", QueueSection(url=broker.url, exchange=broker.exchange, agent_id=broker.agent_id()))
+    agent_id = broker.agent_id()
+    manager.configure("queue", QueueSection(url=broker.url, exchange=broker.exchange, agent_id=agent_id))
     part = wait_for(lambda: manager.parts().get("queue"), 10, "the queue part")
     wait_for(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
 
@@ -107,7 +112,8 @@ def test_samples_count_commands_by_result_and_the_part_stops_cleanly(
     assert cmd.send("suite.control.start", {"services": ["nope"]})["error"] == "unknown service: nope"
     assert cmd.send("suite.control.start", {"services": 3})["ok"] is False
     first = cmd.send("suite.control.reload", message_id="r-1")
-    assert first == {"ok": True, "results": {"added": [], "changed": [], "removed": [], "errors": {}}}
+    assert first == {"ok": True, "results": {"added": [], "changed": [], "removed": [], "errors": {}},
+                     "agent": agent_id}
     assert cmd.send("suite.control.reload", message_id="r-1") == first
     reader.wait_for("suite." + COMMAND_REJECTED, count=2)
 

@@ -9,16 +9,11 @@ import textwrap
 import pytest
 
 from agent import Agent, wait_for
-from brokers import (  # noqa: F401  (fixtures)
-    AMQP_URL,
-    Broker,
-    PrivateRedis,
-    assert_cloudevent,
-    private_redis,
-    queue_yaml,
-    redis_broker,
-    require,
-)
+
+pytest.register_assert_rewrite("brokers")  # before its import: its checks are asserts
+from brokers import AMQP_URL, Broker, PrivateRedis, assert_cloudevent, queue_yaml, require
+
+pytest_plugins = ["brokers"]  # the broker fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +48,7 @@ def test_events_wait_for_a_restarted_broker_and_arrive_in_order(
     agent.start()
     agent.wait_log(r"queue: events: connected to")
     agent.wait_log(r"queue: commands: connected to")
-    before, during = crash_and_respawn(agent, "3801")
+    _, during = crash_and_respawn(agent, "3801")
     reader.wait_for("suite.service_started", "web", where=lambda e: e["data"]["pid"] == during)
     assert cmd.send("suite.control.status", {"services": ["web"]})["results"]["web"]["pids"] == [during]
     private_redis.save()  # so the restarted server still has the bindings: no event can beat them

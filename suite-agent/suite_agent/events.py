@@ -6,7 +6,6 @@ buffer; a subscriber that falls behind loses its oldest events and is told how m
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import uuid
@@ -84,14 +83,22 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self) -> None:
+    def __init__(self, history: int = 1024) -> None:
         self._subscriptions: tuple[Subscription, ...] = ()
         self._lock = threading.Lock()
-        self._counter = itertools.count()
+        # Recent events, so a part that starts a moment after its section was applied still
+        # sees the events since then (the first services' starts, the first reload).
+        self._history: deque[Event] = deque(maxlen=history)
 
-    def subscribe(self, maxlen: int = 10_000) -> Subscription:
+    def subscribe(self, maxlen: int = 10_000, since: float | None = None) -> Subscription:
+        """A new subscription; with `since`, it starts with the recent events from that time on."""
         sub = Subscription(self, maxlen)
-        self.attach(sub)
+        with self._lock:
+            if since is not None:
+                for event in self._history:
+                    if event.time >= since:
+                        sub._offer(event)
+            self._subscriptions = (*self._subscriptions, sub)
         return sub
 
     def attach(self, sub: Subscription) -> None:
@@ -106,6 +113,8 @@ class EventBus:
             self._subscriptions = tuple(s for s in self._subscriptions if s is not sub)
 
     def publish(self, event: Event) -> None:
-        # The tuple is replaced, never mutated, so iterating it needs no lock.
-        for sub in self._subscriptions:
+        with self._lock:  # uncontended but for a subscribe(since=...): history and delivery agree
+            self._history.append(event)
+            subscriptions = self._subscriptions
+        for sub in subscriptions:
             sub._offer(event)

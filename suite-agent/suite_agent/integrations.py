@@ -11,6 +11,7 @@ import importlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ class AgentHandle:
     conf_dir: Path
     parts: Callable[[], Mapping[str, Integration]]  # the parts running now (for metrics)
     probes: EventBus = field(default_factory=EventBus)  # every probe check's result, for plugins
+    # When the part's section was applied: subscribe with since=this to miss no event of that load.
+    since: Callable[[str], float | None] = lambda name: None
 
 
 class Integration(Protocol):
@@ -75,10 +78,15 @@ class IntegrationManager:
         self._parts: dict[str, Integration] = {}
         self._sections: dict[str, Any] = {}
         self._failed: set[str] = set()  # parts whose last start failed: a reload tries again
+        self._since: dict[str, float] = {}
         self._queue: queue.SimpleQueue[tuple[str, Any, threading.Event] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # configure() from the owner, ensure() from the loader
         self._thread = threading.Thread(target=self._run, name="integrations", daemon=True)
         self._started = False
+
+    def since(self, name: str) -> float | None:
+        with self._lock:
+            return self._since.get(name)
 
     def parts(self) -> Mapping[str, Integration]:
         return MappingProxyType(dict(self._parts))
@@ -91,6 +99,7 @@ class IntegrationManager:
                 done.set()
                 return done
             self._sections[name] = section
+            self._since[name] = time.time()
             if not self._started:
                 self._started = True
                 self._thread.start()

@@ -45,7 +45,8 @@ def public_url(url: str) -> str:
 
 
 class Sender:
-    def __init__(self, index: int, hook: Webhook, bus: EventBus, agent_id: str) -> None:
+    def __init__(self, index: int, hook: Webhook, bus: EventBus, agent_id: str,
+                 since: float | None = None) -> None:
         parts = urlsplit(hook.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise IntegrationError(f"api.webhooks[{index}]: {hook.url!r} is not an http(s) URL")
@@ -55,7 +56,7 @@ class Sender:
         self._types = frozenset(t.removeprefix("suite.") for t in hook.events)
         self._agent_id = agent_id
         self._stop = threading.Event()
-        self._sub = bus.subscribe(QUEUE_SIZE)
+        self._sub = bus.subscribe(QUEUE_SIZE, since=since)
         self._thread = threading.Thread(target=self._run, name=f"api-webhook-{index}", daemon=True)
         self.delivered = 0
         self.failed = 0
@@ -142,11 +143,12 @@ class Sender:
 
 
 class Webhooks:
-    def __init__(self, hooks: list[Webhook], bus: EventBus, agent_id: str) -> None:
+    def __init__(self, hooks: list[Webhook], bus: EventBus, agent_id: str,
+                 since: float | None = None) -> None:
         self.senders: list[Sender] = []
         try:
             for index, hook in enumerate(hooks):
-                self.senders.append(Sender(index, hook, bus, agent_id))
+                self.senders.append(Sender(index, hook, bus, agent_id, since))
         except IntegrationError:
             self.stop(0.0)
             raise

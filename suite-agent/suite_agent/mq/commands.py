@@ -107,12 +107,16 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def to_inbox(command: Command, every_service: Collection[str]) -> Control | Reload:
-    """The owner's message for this command; `every_service` stands in for a bare status."""
+def to_inbox(command: Command, every_service: Collection[str]) -> tuple[Control | Reload, Future[dict[str, Any]]]:
+    """The owner's message for this command, and the future its answer comes in.
+
+    `every_service` stands in for the names of a bare status.
+    """
+    reply: Future[dict[str, Any]] = Future()
     if command.verb == "reload":
-        return Reload(source="queue", reply=Future())
+        return Reload(source="queue", reply=reply), reply
     names = command.names or tuple(sorted(every_service))
-    return Control(verb=command.verb, names=names, source="queue", wait=command.wait)
+    return Control(verb=command.verb, names=names, source="queue", wait=command.wait, reply=reply), reply
 
 
 def reply(command: Command, answer: Mapping[str, Any]) -> dict[str, Any]:

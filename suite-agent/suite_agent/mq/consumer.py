@@ -133,15 +133,13 @@ class CommandConsumer:
         if command.verb == "status" and not command.names and not every:
             self._answer(message, {"ok": True, "results": {}}, "ok")
             return
-        request = commands.to_inbox(command, every)
-        assert request.reply is not None
-        pending = _Pending(command, key, request.reply, time.monotonic() + command.wait + ANSWER_GRACE,
-                           [(message, False)])
+        request, answer = commands.to_inbox(command, every)
+        pending = _Pending(command, key, answer, time.monotonic() + command.wait + ANSWER_GRACE, [(message, False)])
         if key:
             self._remember(key, pending)
         self.handle.inbox.put(request)
         try:
-            request.reply.exception(FAST_WAIT)  # a wait only: _finish reads the answer or failure
+            answer.exception(FAST_WAIT)  # a wait only: _finish reads the answer or failure
         except FutureTimeout:
             self._parked.append(pending)
             return
@@ -198,9 +196,10 @@ class CommandConsumer:
         reply_to = message.properties.get("reply_to")
         if not reply_to or self._producer is None:
             return
-        # The default exchange routes to the queue named reply_to, on AMQP and on Redis.
+        # The default exchange routes to the queue named reply_to, on AMQP and on Redis. "agent"
+        # tells apart the replies to a command sent to every agent.
         self._producer.publish(
-            commands.dumps(body), exchange="", routing_key=str(reply_to),
+            commands.dumps({**body, "agent": self.agent_id}), exchange="", routing_key=str(reply_to),
             correlation_id=message.properties.get("correlation_id"),
             content_type="application/json", content_encoding="utf-8", retry=False,
         )

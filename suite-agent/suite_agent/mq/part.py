@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
 
 from suite_agent.config.models import QueueSection
 from suite_agent.integrations import AgentHandle, Sample
@@ -36,12 +34,12 @@ class QueuePart:
         section = self.section
         # Subscribed before anything else, so no event from now on is missed.
         publisher = EventPublisher(Link(section.url, "events", self.stats),
-                                   self.handle.bus.subscribe(self.outbox_max), topology.exchange(section),
+                                   self.handle.bus.subscribe(self.outbox_max, since=self.handle.since("queue")), topology.exchange(section),
                                    section.agent_id, self.outbox_max, self._stop_events)
         consumer = CommandConsumer(Link(section.url, "commands", self.stats), topology.control_queue(section),
                                    self.handle, section.agent_id, self._stop_commands)
-        self._threads = [threading.Thread(target=_background(publisher.run), name="queue-events", daemon=True),
-                         threading.Thread(target=_background(consumer.run), name="queue-commands", daemon=True)]
+        self._threads = [threading.Thread(target=publisher.run, name="queue-events", daemon=True),
+                         threading.Thread(target=consumer.run, name="queue-commands", daemon=True)]
         for thread in self._threads:
             thread.start()
         log.info("queue: %s, exchange %r, agent %r, commands from queue %r", topology.safe_uri(section.url),
@@ -63,21 +61,3 @@ class QueuePart:
     def samples(self) -> list[Sample]:
         return self.stats.samples()
 
-
-BACKGROUND_NICE = 10
-
-
-def _background(run: Callable[[], None]) -> Callable[[], None]:
-    """`run` at a lower CPU priority, for its thread alone (Linux threads have their own nice).
-
-    When the machine is saturated (a restart storm), the owner thread and the services go
-    first and the queue catches up from its outbox, so respawns are not slowed by it.
-    """
-    def lowered() -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        except OSError as exc:
-            log.debug("queue: cannot lower the priority of %s: %s", threading.current_thread().name, exc)
-        run()
-
-    return lowered

@@ -40,13 +40,6 @@ BATCH = 256  # events per batch; new events are moved from the bus between batch
 # a binding lookup) whatever its size, so a storm of events is sent in fewer, fuller ones.
 # The first event after a quiet spell goes at once.
 LINGER = 0.005
-import os as _os
-_EXP = _os.environ.get("SUITE_MQ_EXP", "")
-if _EXP == "nolinger":
-    LINGER = 0.0
-if _EXP == "switch":
-    import sys as _sys
-    _sys.setswitchinterval(0.0005)
 
 
 class BrokerRefused(Exception):
@@ -122,7 +115,8 @@ class EventPublisher:
         finally:
             self._take()
             if self.outbox:
-                log.warning("queue: %d event(s) not sent: the broker is unreachable", len(self.outbox))
+                log.warning("queue: stopping with %d event(s) not sent (%s)", len(self.outbox),
+                            "the broker is unreachable" if self.link.state != "up" else "no time left")
             self._sub.close()
 
     def _serve(self, conn: Connection) -> None:
@@ -170,8 +164,6 @@ class EventPublisher:
                 )
                 if confirms is not None:
                     confirms.published()
-                if _EXP == "sleep0":
-                    time.sleep(0)
         if confirms is not None:
             confirms.wait(conn, topology.PUBLISH_TIMEOUT)
 
