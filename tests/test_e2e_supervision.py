@@ -252,3 +252,21 @@ def test_unknown_user_is_a_clear_spawn_error(agent: Agent) -> None:
     agent.write("a.yaml", services("who: {command: [sleep, '3644'], user: no-such-user-xyz, restart: never}\n"))
     agent.start()
     agent.wait_log(r"who: cannot start 'sleep': .*no-such-user-xyz")
+
+
+def test_a_second_sigterm_kills_what_is_still_stopping(agent: Agent, tmp_path: Path) -> None:
+    script = ("import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "print(0, flush=True); time.sleep(3645)")
+    logs = tmp_path / "logs"
+    agent.write("a.yaml", services(f"stubborn: {{command: [{PY}, -c, '{script}'], stop: {{timeout: 60s}}}}\n", logs))
+    agent.start()
+    (pid,) = agent.wait_pids("3645")
+    out = logs / "stubborn.stdout.log"
+    wait_for(lambda: out.exists() and out.read_text() == "0\n", 5, "the handler in place")
+    agent.signal(signal.SIGTERM)
+    agent.wait_log(r"shutting down")
+    assert agent.proc is not None and agent.proc.poll() is None  # still waiting on its 60 s
+    agent.signal(signal.SIGTERM)
+    assert agent.proc.wait(10) == 0
+    assert "second interrupt: killing every process group now" in agent.log()
+    assert not psutil.pid_exists(pid)
