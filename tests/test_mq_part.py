@@ -154,10 +154,11 @@ def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
         server.start()
         reader.reopen()
         reader.wait(lambda received: len(received) >= 100, 15, "the outbox sent")
-        reader.drain(0.2)
-        assert [r.body["data"]["n"] for r in reader.received] == list(range(150, 250))
+        bus.publish(Event.make("tick", None, n=999))  # a sentinel: sent after all the others
+        reader.wait(lambda received: received[-1].body["data"]["n"] == 999, 10, "the sentinel")
+        assert [r.body["data"]["n"] for r in reader.received] == [*range(150, 250), 999]
         wait_for(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
-        assert value(part, "suite_agent_queue_events_published_total") == 100
+        assert value(part, "suite_agent_queue_events_published_total") == 101
         assert value(part, "suite_agent_queue_outbox_size") == 0
     finally:
         part.stop()
