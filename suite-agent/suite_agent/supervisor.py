@@ -192,6 +192,11 @@ class Supervisor:
             self.handle_reload(Reload(source="start"))
             while not (self._shutting_down and self._all_down()):
                 self.turn(selector)
+        except BaseException:
+            # The loop itself failed: leave no process behind, then exit non-zero.
+            log.critical("the supervision loop failed; killing every service", exc_info=True)
+            self._kill_everything()
+            raise
         finally:
             self._restore_signals(previous)
             selector.close()
@@ -209,9 +214,22 @@ class Supervisor:
         deadline = self.timers.next_deadline()
         timeout = None if deadline is None else max(0.0, deadline - self.clock.monotonic())
         for key, _ in selector.select(timeout):
-            key.data()
+            self._contained(key.data)
         self.timers.run_due()
-        self.after_turn()
+        self._contained(self.after_turn)
+
+    @staticmethod
+    def _contained(step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception:  # a bug in one step is logged; supervision goes on
+            log.exception("error in the supervision loop")
+
+    def _kill_everything(self) -> None:
+        for svc in self.services.values():
+            for inst in svc.all_instances:
+                if inst.pgid is not None:
+                    self.factory.signal_group(inst.pgid, signal.SIGKILL)
 
     def after_turn(self) -> None:
         if self._dirty and self.dependencies.busy:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections.abc import Callable
 from typing import Protocol
+
+
+log = logging.getLogger("suite_agent")
 
 
 class Clock(Protocol):
@@ -61,6 +65,9 @@ class Timers:
             _, _, timer = heapq.heappop(self._heap)
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.callback()
+                try:
+                    timer.callback()
+                except Exception:  # one bad callback must not take every other timer down
+                    log.exception("error in a timer callback")
                 ran += 1
         return ran
