@@ -61,8 +61,7 @@ def run(n: int, probed: bool, s: Settings, http_port: int, tcp_port: int) -> dic
         agent = ProbedAgent(Path(tmp), shutil.which("sleep") or "/bin/sleep", http_port, tcp_port, probed)
         agent.write_config(n)
         view = ServiceView()
-        agent.start()
-        try:
+        try:  # measure_startup starts the agent
             measure_startup(agent, view, n, s.startup_timeout(n))
             time.sleep(s.settle_after_start)
             idle = measure_idle(agent, view, s.idle_window)
