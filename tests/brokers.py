@@ -72,6 +72,17 @@ def queue_yaml(url: str, exchange: str, agent_id: str) -> str:
 
 
 # -- reading events ---------------------------------------------------------------------------
+
+
+def drain_for(conn: Connection, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            conn.drain_events(timeout=min(left, 0.1))
+        except TimeoutError:
+            pass
+
+
 @dataclass(frozen=True)
 class Received:
     routing_key: str
@@ -124,12 +135,7 @@ class EventReader:
 
     def drain(self, seconds: float) -> None:
         """Keep reading for a while (to see that nothing more comes)."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                self.conn.drain_events(timeout=min(left, 0.1))
-            except TimeoutError:
-                pass
+        drain_for(self.conn, seconds)
 
     def of(self, type_: str, subject: str | None = None) -> list[dict[str, Any]]:
         return [r.body for r in self.received
@@ -208,12 +214,7 @@ class Commander:
 
     def drain(self, seconds: float) -> None:
         """Keep reading replies for a while (to see that nothing more comes)."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                self.conn.drain_events(timeout=min(left, 0.1))
-            except TimeoutError:
-                pass
+        drain_for(self.conn, seconds)
 
     def send(self, routing_key: str, body: Any = None, timeout: float = 10.0, **properties: Any) -> dict[str, Any]:
         return self.wait_reply(self.publish(routing_key, body, **properties), timeout)

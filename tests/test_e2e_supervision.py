@@ -270,3 +270,12 @@ def test_a_second_sigterm_kills_what_is_still_stopping(agent: Agent, tmp_path: P
     assert agent.proc.wait(10) == 0
     assert "second interrupt: killing every process group now" in agent.log()
     assert not psutil.pid_exists(pid)
+
+
+def test_relative_paths_are_relative_to_the_conf_d_parent(agent: Agent, tmp_path: Path) -> None:
+    (tmp_path / "work").mkdir()
+    agent.write("a.yaml", "agent: {log_dir: relative-logs}\nservices:\n"
+                "  here: {command: [sh, -c, 'pwd; sleep 3646'], directory: work}\n")
+    agent.start()
+    out = tmp_path / "relative-logs" / "here.stdout.log"
+    wait_for(lambda: out.exists() and out.read_text() == f"{tmp_path / 'work'}\n", 5, "pwd in the log")

@@ -17,6 +17,18 @@ class Dependencies:
         self._services = services
         self._waiting: set[Instance] = set()  # to start once their dependencies allow
         self._stops: dict[str, Callable[[], None] | None] = {}  # to stop once dependents are down
+        # Who depends on whom, rebuilt when the configuration changes: lookups on a start or
+        # a stop must not scan every service.
+        self._dependents: dict[str, list[str]] = {}
+        self._restart_with: dict[str, list[str]] = {}
+
+    def reindex(self) -> None:
+        self._dependents, self._restart_with = {}, {}
+        for svc in self._services.values():
+            for dep, how in svc.spec.depends_on.items():
+                self._dependents.setdefault(dep, []).append(svc.name)
+                if how.restart:
+                    self._restart_with.setdefault(dep, []).append(svc.name)
 
     @property
     def busy(self) -> bool:
@@ -66,13 +78,15 @@ class Dependencies:
                 svc.stop(then)
 
     def _has_live_dependents(self, svc: Service) -> bool:
-        return any(svc.name in other.spec.depends_on and not other.down and
-                   (other.name in self._stops or not other.wanted)
-                   for other in self._services.values() if other is not svc)
+        for name in self._dependents.get(svc.name, ()):
+            other = self._services.get(name)
+            if other is not None and not other.down and (name in self._stops or not other.wanted):
+                return True
+        return False
 
     def restart_dependents(self, started: str) -> None:
-        for svc in self._services.values():
-            dep = svc.spec.depends_on.get(started)
-            if dep is not None and dep.restart and svc.wanted and svc.state is State.RUNNING:
-                log.info("%s: restarting because %s restarted", svc.name, started)
+        for name in self._restart_with.get(started, ()):
+            svc = self._services.get(name)
+            if svc is not None and svc.wanted and svc.state is State.RUNNING:
+                log.info("%s: restarting because %s restarted", name, started)
                 svc.restart()

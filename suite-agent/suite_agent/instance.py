@@ -36,6 +36,11 @@ class State(StrEnum):
 DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL})
 
 
+def instance_name(service: str, index: int) -> str:
+    """`web` for the first replica, `web.1`, `web.2` ... for the others (log files, events)."""
+    return service if index == 0 else f"{service}.{index}"
+
+
 class Context(Protocol):
     clock: Clock
     timers: Timers
@@ -67,7 +72,7 @@ class Instance:
         self.ctx = ctx
         self.service = service
         self.index = index
-        self.name = service if index == 0 else f"{service}.{index}"
+        self.name = instance_name(service, index)
         self.spec = spec  # the spec the current (or next) process runs with
         self.state = State.STOPPED
         self.detail = ""
@@ -123,11 +128,6 @@ class Instance:
         self._set(State.STOPPING, f"sent SIG{self.spec.stop.signal}")
         self.ctx.factory.signal_group(self.pgid, self.spec.stop.signum)
         self._timer = self.ctx.timers.call_later(self.spec.stop.timeout, self._escalate)
-
-    def kill(self) -> None:
-        """Second interrupt at shutdown: no more waiting."""
-        if self.pgid is not None and self.state is State.STOPPING:
-            self.ctx.factory.signal_group(self.pgid, signal.SIGKILL)
 
     @property
     def down(self) -> bool:

@@ -78,10 +78,6 @@ class Service:
         for inst in self.instances:
             inst.stop(inst.start)
 
-    def kill(self) -> None:
-        for inst in self.instances:
-            inst.kill()
-
     def replace(self, spec: ServiceSpec, origin: str | None) -> None:
         """New process settings: running replicas stop, then start on the new spec."""
         self.spec, self.origin = spec, origin

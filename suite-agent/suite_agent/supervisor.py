@@ -36,7 +36,7 @@ from suite_agent.inbox import (
     Reload,
     Shutdown,
 )
-from suite_agent.instance import Instance
+from suite_agent.instance import Instance, instance_name
 from suite_agent.integrations import AgentHandle, IntegrationManager
 from suite_agent.loading import ConfigLoader
 from suite_agent.output import OutputPump
@@ -54,6 +54,7 @@ from suite_agent.snapshot import Snapshot
 from suite_agent.timers import Clock, SystemClock, Timers
 
 log = logging.getLogger("suite_agent")
+
 
 def release_memory() -> None:
     """Hand the heap left over from parsing back to the OS (glibc keeps it otherwise)."""
@@ -105,10 +106,8 @@ class Supervisor:
         self.waiters = Waiters(self.services, self.timers, self.clock)
         self._dirty: set[str] = set()
         self._shutting_down = False
-        self._interrupts = 0
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
         self._base_env = dict(os.environ)
-        self._stop = threading.Event()
 
     # -- Context for services and instances -----------------------------------------------
     def emit(self, event: Event) -> None:
@@ -156,8 +155,8 @@ class Supervisor:
 
     # -- on the prober thread -------------------------------------------------------------
     def _probe_result(self, result: ProbeChanged) -> None:
-        instance = result.service if result.index == 0 else f"{result.service}.{result.index}"
-        self.probe_bus.publish(Event.make(events.PROBE_RESULT, result.service, instance=instance,
+        self.probe_bus.publish(Event.make(events.PROBE_RESULT, result.service,
+                                          instance=instance_name(result.service, result.index),
                                           pid=result.pid, probe=result.kind, ok=result.ok,
                                           message=result.message))
 
@@ -228,7 +227,7 @@ class Supervisor:
     def _kill_everything(self) -> None:
         for svc in self.services.values():
             for inst in svc.all_instances:
-                if inst.pgid is not None:
+                if inst.pgid is not None and not inst.down:  # a down one's group id may be stale
                     self.factory.signal_group(inst.pgid, signal.SIGKILL)
 
     def after_turn(self) -> None:
@@ -298,11 +297,9 @@ class Supervisor:
                     inst.on_group_check()
 
     def handle_shutdown(self, msg: Shutdown) -> None:
-        self._interrupts += 1
         if self._shutting_down:
             log.warning("second interrupt: killing every process group now")
-            for svc in self.services.values():
-                svc.kill()
+            self._kill_everything()
             return
         log.info("shutting down (%s): stopping every service", msg.reason)
         self._shutting_down = True
@@ -400,6 +397,7 @@ class Supervisor:
                 case Update(name, spec):
                     self.services[name].update(spec, origin)
                     summary["changed"].append(name)
+        self.dependencies.reindex()
         for name, svc in self.services.items():
             if not svc.removing and svc.origin != declared.origins.get(name):
                 svc.origin = declared.origins.get(name)
