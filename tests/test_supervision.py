@@ -595,3 +595,18 @@ def test_scaling_a_finished_job_does_not_run_it_again(h: Harness) -> None:
     h.load()
     h.settle()
     assert len(h.factory.spawned) == 1 and h.sup.services["job"].status().pids == ()
+
+
+def test_a_service_declared_again_while_still_stopping_starts_again(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a]}\n", "a.yaml")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    (h.conf / "a.yaml").unlink()
+    assert h.load()["removed"] == ["a"]
+    h.settle()
+    assert h.state("a") == "stopping"
+    h.write("services:\n  a: {command: [a]}\n", "a.yaml")
+    h.load()
+    h.advance(10.0)  # the old process is SIGKILLed at its stop timeout
+    h.settle()
+    assert h.state("a") == "running" and len(h.factory.spawned) == 2

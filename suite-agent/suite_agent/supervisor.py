@@ -105,8 +105,8 @@ class Supervisor:
         self.dependencies = Dependencies(self.services)
         self.waiters = Waiters(self.services, self.timers, self.clock)
         self._dirty: set[str] = set()  # services whose snapshot entry is out of date
-        # Something changed since dependents and waiters last looked. Apart from _dirty, which
-        # a reload's own publish clears before they had their look.
+        # Something changed since dependents and waiters last looked; kept apart from _dirty,
+        # which apply() clears by publishing before they have looked.
         self._moved = False
         self._shutting_down = False
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
@@ -428,6 +428,8 @@ class Supervisor:
         if existing is not None:  # removed a moment ago and still stopping: take it back
             existing.removing = False
             existing.replace(spec, origin)
+            if spec.autostart and not existing.wanted and not self._shutting_down:
+                existing.start()  # declared anew, so started as anything added is
             return
         svc = self.services[name] = Service(self, name, spec, origin)
         self.changed(name)
