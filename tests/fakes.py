@@ -35,6 +35,7 @@ class FakeFactory:
     ignore: set[int] = field(default_factory=set)  # signals every process ignores
     missing: set[str] = field(default_factory=set)  # executables that do not exist
     exits: list[tuple[int, int]] = field(default_factory=list)
+    unkillable: set[int] = field(default_factory=set)  # pids stuck in the kernel: even SIGKILL waits
 
     def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
               user: str | int | None, group: str | int | None) -> Spawned:
@@ -50,7 +51,7 @@ class FakeFactory:
         self.signals.append((pgid, signum))
         if signum in self.ignore and signum != signal.SIGKILL:
             return
-        for pid in sorted(self.groups.get(pgid, ())):
+        for pid in sorted(self.groups.get(pgid, ()) - self.unkillable):
             self.die(pid, signal=signum)
 
     def group_alive(self, pgid: int) -> bool:
@@ -65,6 +66,11 @@ class FakeFactory:
         for members in self.groups.values():
             members.discard(pid)
         self.exits.append((pid, signal if signal is not None else code << 8))
+
+    def vanish(self, pid: int) -> None:
+        """Gone without an exit status ever being reaped (as if it had been lost)."""
+        for members in self.groups.values():
+            members.discard(pid)
 
     def add_grandchild(self, pgid: int, pid: int) -> None:
         self.groups[pgid].add(pid)

@@ -1,3 +1,5 @@
+import pytest
+
 from suite_agent.backoff import GiveUp, Restart, decide
 from suite_agent.config.models import BackoffSpec, StartLimitSpec
 
@@ -43,3 +45,22 @@ def test_old_restarts_fall_out_of_the_interval() -> None:
     decisions = run_crash_loop([0, 1, 2, 3, 4, 14.5])
     assert isinstance(decisions[5], Restart)
     assert decisions[5].history == (14.5,)
+
+
+@pytest.mark.parametrize("streak", [1024, 1025, 5000, 10**6, 10**18])
+def test_a_crash_loop_of_any_length_waits_the_cap(streak: int) -> None:
+    # Past ~1025 restarts in a row, 2.0 ** (streak - 1) no longer fits in a float.
+    backoff = BackoffSpec(initial=0.001, factor=2, max=0.005)
+    d = decide(100.0, 0.02, streak, (), backoff, StartLimitSpec(burst=5, interval=0.05))
+    assert isinstance(d, Restart) and d.delay == 0.005 and d.streak == streak + 1
+
+
+@pytest.mark.parametrize(
+    ("initial", "factor", "cap", "expected"),
+    [(0.0, 2, 5, 0.0), (1.0, 1, 5, 1.0), (9.0, 2, 5, 5.0), (1.0, 1e300, 60.0, 60.0)],
+)
+def test_delay_edges_stay_finite(initial: float, factor: float, cap: float, expected: float) -> None:
+    backoff = BackoffSpec(initial=initial, factor=factor, max=cap)
+    first, later = (decide(100.0, 0.1, n, (), backoff, LIMIT) for n in (0, 10**9))
+    assert isinstance(first, Restart) and isinstance(later, Restart)
+    assert (first.delay, later.delay) == (0.0, expected)

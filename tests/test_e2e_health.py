@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -203,3 +205,63 @@ def test_cycle_in_one_file_leaves_the_others_running(agent: Agent) -> None:
     agent.wait_pids("3632")
     assert "cycle" in agent.wait_log(r"bad\.yaml:\d+: ")[0]
     assert agent.pids_of("3633") == []
+
+
+def test_a_dependent_starts_when_a_reload_fixes_its_fatal_dependency(agent: Agent) -> None:
+    limit = "restart: always, start_limit: {burst: 2, interval: 60s}"
+    agent.write("db.yaml", services(f"db: {{command: [/nonexistent/db-binary], {limit}}}\n"))
+    agent.write("app.yaml", services("app: {command: [sleep, '3901'], depends_on: {db: {condition: started}}}\n"))
+    agent.start()
+    agent.wait_log(r"db: .*giving up")
+    agent.wait_log(r"app: waiting for db \(started\)")
+    agent.write("db.yaml", services(f"db: {{command: [sleep, '3902'], {limit}}}\n"))
+    agent.wait_pids("3902")
+    agent.wait_pids("3901")
+
+
+def test_a_stranger_on_the_port_never_makes_a_crash_looping_service_ready(agent: Agent) -> None:
+    port = free_port()
+    server = [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    stranger = subprocess.Popen(server, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _answers(port), 10, "the stranger listening")
+        agent.write("a.yaml", services(f"""\
+            web:
+              command: {json.dumps(server)}
+              backoff: {{initial: 50ms}}
+              start_limit: {{burst: 3, interval: 60s}}
+              health: {{readiness: {{http: {{url: "http://127.0.0.1:{port}/"}}, period: 50ms}}}}
+            app:
+              command: [sleep, '3903']
+              depends_on: {{web: {{condition: healthy}}}}
+            """))
+        agent.start()
+        agent.wait_log(r"web: .*giving up")
+        log = agent.log()
+        assert len(agent.wait_log(r"web: started")) == 4
+        assert "web: ready" not in log and "app: started" not in log
+        assert agent.pids_of("3903") == []
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_service_that_owns_its_port_is_ready_over_http(agent: Agent) -> None:
+    port = free_port()
+    agent.write("a.yaml", services(f"""\
+        web:
+          command: [{PY}, -m, http.server, "{port}", --bind, 127.0.0.1]
+          health: {{readiness: {{http: {{url: "http://127.0.0.1:{port}/"}}, period: 50ms}}}}
+        app: {{command: [sleep, '3904'], depends_on: {{web: {{condition: healthy}}}}}}
+        """))
+    agent.start()
+    agent.wait_log(r"web: ready, healthy \(GET http://127\.0\.0\.1:\d+/: HTTP 200\)")
+    agent.wait_pids("3904")
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

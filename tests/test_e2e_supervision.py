@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from agent import Agent, agent_command, wait_for
+from api_helpers import start_with_api
 
 pytestmark = pytest.mark.e2e
 PY = sys.executable
@@ -279,3 +280,28 @@ def test_relative_paths_are_relative_to_the_conf_d_parent(agent: Agent, tmp_path
     agent.start()
     out = tmp_path / "relative-logs" / "here.stdout.log"
     wait_for(lambda: out.exists() and out.read_text() == f"{tmp_path / 'work'}\n", 5, "pwd in the log")
+
+
+@pytest.mark.parametrize(("factor", "restarts"), [
+    ("1e300", 30),  # the delay's power leaves the float range at the third restart in a row
+    ("2", 1100),  # ... or past 1025 restarts: about half a minute of the crash loop
+])
+def test_a_crash_loop_of_any_length_keeps_restarting_and_sigterm_ends_it(
+        agent: Agent, factor: str, restarts: int) -> None:
+    loop = (f"{{command: [sh, -c, 'sleep 0.02; exit 1'], restart: always, "
+            f"backoff: {{initial: 1ms, factor: {factor}, max: 5ms}}, start_limit: {{burst: 5, interval: 50ms}}}}")
+    api = start_with_api(agent, f"a: {loop}\nb: {loop}\n")
+    seen: list[dict[str, object]] = []
+
+    def both_past() -> bool:
+        now = api.get("/api/services", timeout=5).json["services"]
+        seen.extend(s for s in now.values() if s["state"] == "running" and not s["pids"])
+        assert not seen, f"running without a process: {seen}"
+        return all(now[n]["restarts"] >= restarts for n in ("a", "b"))
+
+    wait_for(both_past, 30 + restarts * 0.1, f"{restarts} restarts of a and of b")
+    assert api.get("/api/health", timeout=5).status == 200
+    assert agent.proc is not None
+    agent.signal(signal.SIGTERM)
+    assert agent.proc.wait(5) == 0
+    assert "Traceback" not in agent.log() and "ERROR" not in agent.log()

@@ -183,8 +183,10 @@ def test_spawn_failure_of_a_one_shot_is_fatal_at_once(h: Harness) -> None:
 
 def test_start_from_fatal_forgives_and_replies_when_running(h: Harness) -> None:
     h.factory.missing.add("nope")
-    h.write("services:\n  a: {command: [nope], restart: never}\n")
+    h.write("services:\n  a: {command: [nope], start_limit: {burst: 1}}\n")
     h.load()
+    h.advance(1)
+    assert h.state("a") == "fatal"
     h.factory.missing.clear()
     msg = h.control("start", "a")
     assert msg.reply.result(0)["ok"] and h.state("a") == "running"
@@ -399,3 +401,212 @@ def test_start_replies_once_the_service_is_ready(h: Harness) -> None:
     assert h.state("a") == "running" and not msg.reply.done()
     probe(h, "a", "readiness", True)
     assert msg.reply.result(0)["ok"] and msg.reply.result(0)["results"]["a"]["ready"] is True
+
+
+# -- faults: long crash loops, failing handlers, groups that do not go -----------------------
+from suite_agent.instance import KILL_GRACE, Instance  # noqa: E402
+
+
+def test_a_crash_loop_past_a_thousand_restarts_keeps_restarting(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a], restart: always, backoff: {initial: 1ms, factor: 2, max: 5ms}, "
+            "start_limit: {burst: 5, interval: 50ms}}\n")
+    h.load()
+    for _ in range(1100):
+        (pid,) = h.pids("a")
+        h.advance(0.02)  # it runs 20 ms, then fails
+        h.factory.die(pid, code=1)
+        h.settle()
+        while not h.pids("a"):
+            h.advance(0.001)
+    status = h.sup.services["a"].status()
+    assert status.state == "running" and status.restarts == 1100
+
+
+def test_an_exit_that_fails_to_be_handled_costs_no_other_exit(h: Harness, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    h.write("services:\n  a: {command: [a]}\n  b: {command: [b]}\n")
+    h.load()
+    (a,), (b,) = h.pids("a"), h.pids("b")
+    restart = Instance._restart_after_failure
+
+    def broken(self: Instance, why: str) -> None:
+        if self.service == "a":
+            raise OverflowError("math range error")
+        restart(self, why)
+
+    monkeypatch.setattr(Instance, "_restart_after_failure", broken)
+    h.factory.die(a, code=1)
+    h.factory.die(b, code=1)  # reaped in the same batch, after a's
+    h.settle()
+    sa, sb = h.sup.services["a"].status(), h.sup.services["b"].status()
+    assert (sa.state, sa.pids) == ("fatal", ()) and "internal error" in sa.detail
+    assert sb.state == "running" and sb.pids not in ((), (b,)) and sb.restarts == 1
+    assert any(r.levelname == "ERROR" and "exit of pid" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    assert h.control("start", "a").reply.result(0)["ok"] and h.state("a") == "running"
+    h.sup.handle_shutdown(Shutdown())
+    h.settle()
+    assert h.sup._all_down()
+
+
+def test_a_group_that_outlives_sigkill_is_given_up_on_and_shutdown_ends(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    h.write("services:\n  a: {command: [a], stop: {timeout: 2s}}\n  b: {command: [b]}\n")
+    h.load()
+    (pid,) = h.pids("a")
+    h.factory.unkillable.add(pid)
+    h.sup.handle_shutdown(Shutdown())
+    h.settle()
+    assert h.state("a") == "stopping" and h.state("b") == "stopped"
+    h.advance(2.0)
+    assert h.factory.signals[-1] == (pid, signal.SIGKILL) and h.state("a") == "stopping"
+    h.advance(KILL_GRACE - 0.1)
+    assert h.state("a") == "stopping" and not h.sup._all_down()
+    h.advance(0.1)
+    status = h.sup.services["a"].status()
+    assert status.state == "fatal" and "after SIGKILL" in status.detail and status.pids == ()
+    assert h.sup._all_down()
+    assert any(r.levelname == "ERROR" and "gave up on it" in r.getMessage() for r in caplog.records)
+
+
+def test_an_exit_never_reported_does_not_keep_a_service_stopping(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    h.write("services:\n  a: {command: [a], stop: {timeout: 1s}}\n")
+    h.load()
+    (pid,) = h.pids("a")
+    h.factory.vanish(pid)
+    msg = h.control("stop", "a", wait=60)
+    h.advance(1.0)
+    h.advance(KILL_GRACE)
+    assert h.state("a") == "stopped" and msg.reply.result(0)["ok"]
+    assert any(r.levelname == "ERROR" and "never reported" in r.getMessage() for r in caplog.records)
+
+
+def test_a_second_interrupt_sigkills_at_once_and_waits_no_longer_than_the_bound(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a], stop: {timeout: 60s}}\n  b: {command: [b], stop: {timeout: 60s}}\n")
+    h.load()
+    (a,), (b,) = h.pids("a"), h.pids("b")
+    h.factory.ignore.add(signal.SIGTERM)
+    h.factory.unkillable.add(b)
+    h.sup.handle_shutdown(Shutdown())
+    h.settle()
+    h.sup.handle_shutdown(Shutdown())
+    h.settle()
+    assert {(a, signal.SIGKILL), (b, signal.SIGKILL)} <= set(h.factory.signals)
+    assert h.state("a") == "stopped" and h.state("b") == "stopping"
+    h.advance(KILL_GRACE)
+    assert h.state("b") == "fatal" and h.sup._all_down()
+
+
+# -- dependencies, readiness and replies ----------------------------------------------------
+
+def test_a_dependent_starts_once_a_reload_fixes_its_fatal_dependency(h: Harness) -> None:
+    h.factory.missing.add("nope")
+    h.write("services:\n  db: {command: [nope], restart: always, start_limit: {burst: 2, interval: 60s}}\n",
+            "db.yaml")
+    h.write("services:\n  app: {command: [app], depends_on: {db: {condition: started}}}\n", "app.yaml")
+    h.load()
+    for _ in range(5):
+        h.advance(1)
+    assert h.state("db") == "fatal" and h.state("app") == "starting"
+    h.write("services:\n  db: {command: [db], restart: always, start_limit: {burst: 2, interval: 60s}}\n",
+            "db.yaml")
+    assert h.load()["changed"] == ["db"]
+    h.settle()
+    assert h.state("db") == "running"
+    assert h.state("app") == "running" and h.pids("app")
+
+
+def test_a_verdict_on_a_process_that_already_exited_counts_for_nothing(h: Harness) -> None:
+    h.write("services:\n  web: {command: [web], health: {readiness: {http: {url: 'http://127.0.0.1:1/'}}}}\n"
+            "  app: {command: [app], depends_on: {web: {condition: healthy}}}\n")
+    h.load()
+    (pid,) = h.pids("web")
+    h.factory.die(pid, code=1)  # it exited; the owner has not reaped it yet
+    h.sup.handle_probechanged(ProbeChanged("web", 0, pid, "readiness", True, "HTTP 200"))
+    h.sup.after_turn()
+    web = h.sup.services["web"].status()
+    assert not web.ready and pid not in web.pids
+    assert h.state("app") == "starting" and h.pids("app") == ()
+
+
+def test_start_of_a_job_answers_once_it_exited_and_how(h: Harness) -> None:
+    h.write("services:\n  job: {command: [job], restart: never, autostart: false}\n"
+            "  ok: {command: [ok], restart: never, autostart: false}\n")
+    h.load()
+    msg = h.control("start", "job", "ok")
+    h.settle()
+    assert h.state("job") == "running" and not msg.reply.done()
+    h.factory.die(h.pids("ok")[0], code=0)
+    h.settle()
+    assert not msg.reply.done()
+    h.factory.die(h.pids("job")[0], code=3)
+    h.settle()
+    reply = msg.reply.result(0)
+    assert reply["ok"] is False
+    assert reply["results"]["job"].items() >= {"ok": False, "state": "exited", "last_exit_code": 3}.items()
+    assert reply["results"]["ok"].items() >= {"ok": True, "state": "exited", "last_exit_code": 0}.items()
+
+
+def test_a_job_still_running_at_the_deadline_is_pending_not_ok(h: Harness) -> None:
+    h.write("services:\n  job: {command: [job], restart: never, autostart: false}\n")
+    h.load()
+    msg = h.control("restart", "job", wait=5.0)
+    h.advance(5.0)
+    reply = msg.reply.result(0)
+    assert reply["ok"] is False and reply["pending"] == ["job"]
+    assert reply["results"]["job"]["state"] == "running"
+
+
+def test_a_finished_manual_job_whose_command_changes_waits_for_its_next_start(h: Harness) -> None:
+    h.write("services:\n  job: {command: [job, '1'], restart: never, autostart: false}\n")
+    h.load()
+    h.control("start", "job")
+    h.factory.die(h.pids("job")[0], code=0)
+    h.settle()
+    assert h.state("job") == "exited" and len(h.factory.spawned) == 1
+    h.write("services:\n  job: {command: [job, '2'], restart: never, autostart: false}\n")
+    assert h.load()["changed"] == ["job"]
+    h.settle()
+    assert h.state("job") == "exited" and len(h.factory.spawned) == 1
+    h.control("start", "job")
+    assert h.factory.spawned[-1][1] == ("job", "2") and h.state("job") == "running"
+
+
+def test_a_stopped_service_whose_command_changes_stays_stopped(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a, '1']}\n")
+    h.load()
+    h.control("stop", "a")
+    h.settle()
+    h.write("services:\n  a: {command: [a, '2']}\n")
+    h.load()
+    h.settle()
+    assert h.state("a") == "stopped" and len(h.factory.spawned) == 1
+    h.control("start", "a")
+    assert h.factory.spawned[-1][1] == ("a", "2")
+
+
+def test_scaling_a_finished_job_does_not_run_it_again(h: Harness) -> None:
+    h.write("services:\n  job: {command: [job], restart: never}\n")
+    h.load()
+    h.factory.die(h.pids("job")[0], code=0)
+    h.settle()
+    h.write("services:\n  job: {command: [job], restart: never, replicas: 2}\n")
+    h.load()
+    h.settle()
+    assert len(h.factory.spawned) == 1 and h.sup.services["job"].status().pids == ()
+
+
+def test_a_service_declared_again_while_still_stopping_starts_again(h: Harness) -> None:
+    h.write("services:\n  a: {command: [a]}\n", "a.yaml")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    (h.conf / "a.yaml").unlink()
+    assert h.load()["removed"] == ["a"]
+    h.settle()
+    assert h.state("a") == "stopping"
+    h.write("services:\n  a: {command: [a]}\n", "a.yaml")
+    h.load()
+    h.advance(10.0)  # the old process is SIGKILLed at its stop timeout
+    h.settle()
+    assert h.state("a") == "running" and len(h.factory.spawned) == 2

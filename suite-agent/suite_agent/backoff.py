@@ -8,6 +8,7 @@ within `interval` seconds means the service is crash-looping: it goes fatal.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from suite_agent.config.models import BackoffSpec, StartLimitSpec
@@ -40,5 +41,16 @@ def decide(
         return GiveUp(
             f"restarted {len(recent)} times within {limit.interval:g}s; giving up (start_limit)"
         )
-    delay = 0.0 if streak == 0 else min(backoff.initial * backoff.factor ** (streak - 1), backoff.max)
-    return Restart(delay=delay, streak=streak + 1, history=(*recent, now))
+    return Restart(delay=delay(streak, backoff), streak=streak + 1, history=(*recent, now))
+
+
+def delay(streak: int, backoff: BackoffSpec) -> float:
+    """The wait before restart number `streak + 1` in a row; finite for any streak."""
+    if streak <= 0 or backoff.initial <= 0:
+        return 0.0
+    if backoff.initial >= backoff.max or backoff.factor <= 1:
+        return min(backoff.initial, backoff.max)
+    # Compare exponents, not powers: factor**(streak-1) overflows a float past ~1000 crashes.
+    if streak - 1 >= math.log(backoff.max / backoff.initial, backoff.factor):
+        return backoff.max
+    return min(backoff.initial * backoff.factor ** (streak - 1), backoff.max)

@@ -21,6 +21,9 @@ from suite_agent.timers import Clock, Timer, Timers
 log = logging.getLogger("suite_agent")
 
 GROUP_RECHECK = 0.05  # a stopped leader may leave members whose exit we are not told of
+# After SIGKILL a group is gone within milliseconds unless a member is stuck in the kernel
+# (uninterruptible I/O) or its exit was never reported: past this, stop waiting for it.
+KILL_GRACE = 5.0
 
 
 class State(StrEnum):
@@ -213,8 +216,17 @@ class Instance:
         self.last_exit_code, self.last_signal = code, sig
         self.exited_at = self.ctx.clock.monotonic()
         self._last_run = self.exited_at - self.started_at
-        self._not_ready()
         how = f"exited with code {code}" if sig is None else f"killed by {signal_name(sig)}"
+        try:
+            self._exited(pid, code, sig, how)
+        except Exception as exc:  # a bug here must not leave a `running` service without a process
+            log.exception("%s: error while handling the exit of pid %s", self.name, pid)
+            self._cancel_timer()
+            self._set(State.FATAL, f"{how}; not restarted: internal error: {exc!r}")
+            self._notify_down()
+
+    def _exited(self, pid: int | None, code: int | None, sig: int | None, how: str) -> None:
+        self._not_ready()
         if self.state is State.STOPPING:
             self.ctx.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
                                      pid=pid, exit_code=code, signal=sig, expected=True))
@@ -330,15 +342,53 @@ class Instance:
         if self.pid is None:
             self.spec = spec
 
+    def kill(self) -> None:
+        """Stop at once with SIGKILL (a second interrupt), under the same bound as `_escalate`."""
+        self.wanted = False
+        self._halt()
+        if self.state is State.STOPPING:
+            self._cancel_timer()
+            self._sigkill()
+
     def _escalate(self) -> None:
         self._timer = None
         if self.state is not State.STOPPING or self.pgid is None:
             return
         log.warning("%s: still running %gs after SIG%s; sending SIGKILL",
                     self.name, self.spec.stop.timeout, self.spec.stop.signal)
+        self._sigkill()
+
+    def _sigkill(self) -> None:
+        if self.pgid is None:
+            return
         self.detail = "sent SIGKILL"
         self.ctx.factory.signal_group(self.pgid, signal.SIGKILL)
         self.ctx.changed(self.service)
+        self._timer = self.ctx.timers.call_later(KILL_GRACE, self._abandon)
+
+    def _abandon(self) -> None:
+        """The group outlived SIGKILL by KILL_GRACE: stop waiting, so a stop or shutdown ends."""
+        self._timer = None
+        if self.state is not State.STOPPING:
+            return
+        pid, pgid = self.pid, self.pgid
+        if pid is not None:
+            self.ctx.track(pid, None)  # should its exit come after all, it is reaped as an orphan
+        self.pid = None
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+            self._recheck_timer = None
+        if pgid is not None and self.ctx.factory.group_alive(pgid):
+            why = f"process group {pgid} still there {KILL_GRACE:g}s after SIGKILL; gave up on it"
+            log.error("%s: %s", self.name, why)
+            self.pgid = None
+            self.started_wall = None
+            self._set(State.FATAL, why)
+            self._notify_down()
+            return
+        log.error("%s: pid %s is gone but its exit was never reported; counting it as stopped",
+                  self.name, pid)
+        self._check_group()
 
     def _recheck(self) -> None:
         self._recheck_timer = None
@@ -364,7 +414,10 @@ class Instance:
     def _notify_down(self) -> None:
         callbacks, self._when_down = self._when_down, []
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:  # the others (a shutdown, a reply) still hear that it is down
+                log.exception("%s: error in what was to follow its stop", self.name)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

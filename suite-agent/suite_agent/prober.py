@@ -4,20 +4,30 @@ One scheduler thread keeps a deadline heap; checks run on a bounded worker pool,
 its own timeout, so a hanging target or a thousand probes never reach the owner's loop.
 Thresholds are counted here (Kubernetes semantics); the owner hears `ProbeChanged` when a
 probe's verdict flips, and acts: restart on liveness/startup failure, `ready` on readiness.
+
+A readiness check that reaches a port on this host counts only if the service may be the one
+that answered: when every process listening there was already running before the service's
+process started (another program holds the port, so the service crash-loops on it), the
+answer is a stranger's and the check fails.
 """
 
 from __future__ import annotations
 
 import functools
 import heapq
+import ipaddress
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import psutil
 
 from suite_agent.config.models import HealthSpec, Probe
 from suite_agent.inbox import Inbox, ProbeChanged
@@ -132,7 +142,9 @@ class Prober:
             watch.in_flight.add(kind)
             probe = self._probe(watch, kind)
             started = time.monotonic()
-            future = self._pool.submit(run_check, probe, self._foreign, watch.cwd, watch.env)
+            # Until readiness first passes; after that the service holds the port itself.
+            owner = pid if kind == "readiness" and watch.verdicts[kind].ok is not True else None
+            future = self._pool.submit(_check, probe, self._foreign, watch.cwd, watch.env, owner)
             future.add_done_callback(functools.partial(self._checked, watch, kind, started))
 
     def _checked(self, watch: _Watch, kind: str, started: float, future: Future[CheckResult]) -> None:
@@ -174,3 +186,60 @@ class Prober:
 
 def _idle() -> None:
     pass
+
+
+def _check(probe: Probe, foreign: ForeignChildren, cwd: str | None, env: Mapping[str, str],
+           owner: int | None) -> CheckResult:
+    result = run_check(probe, foreign, cwd, env)
+    if result.ok and owner is not None:
+        stranger = _stranger(probe, owner)
+        if stranger is not None:
+            return CheckResult(False, f"{result.message}, but {stranger}")
+    return result
+
+
+def _stranger(probe: Probe, pid: int) -> str | None:
+    """Who answered instead of process `pid`, if only processes older than it listen on the
+    probed local port; None when the service may have answered or it cannot be told."""
+    try:
+        target = _local_port(probe)
+        if target is None:
+            return None
+        proc = psutil.Process(pid)
+        if proc.ppid() != os.getpid():
+            return None  # not a child this agent started: nothing to compare with
+        started = proc.create_time()
+        holders = {c.pid for c in psutil.net_connections("tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == target}
+        if not holders or None in holders:
+            return None  # nobody, or someone this agent may not look at (another user)
+        older = []
+        for holder in sorted(h for h in holders if h is not None):
+            other = psutil.Process(holder)
+            if other.create_time() >= started:
+                return None
+            older.append(f"pid {holder} ({other.name()})")
+    except (psutil.Error, OSError, ValueError):
+        return None
+    return f"port {target} belongs to {', '.join(older)}, which listened before the service started"
+
+
+def _local_port(probe: Probe) -> int | None:
+    if probe.tcp is not None:
+        host, port = probe.tcp.host, probe.tcp.port
+    elif probe.http is not None:
+        url = urllib.parse.urlsplit(probe.http.url)
+        host = url.hostname or "127.0.0.1"
+        port = url.port or (443 if url.scheme == "https" else 80)
+    else:
+        return None
+    if host == "localhost":
+        return port
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: where it leads is not ours to resolve here
+    if address.is_loopback or address.is_unspecified:
+        return port
+    local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return port if str(address) in local else None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from suite_agent.inbox import Control
-from suite_agent.instance import State
+from suite_agent.instance import Instance, State
 from suite_agent.service import Service
 from suite_agent.snapshot import status_dict
 from suite_agent.timers import Clock, Timer, Timers
@@ -15,17 +15,23 @@ from suite_agent.timers import Clock, Timer, Timers
 
 def settled(verb: str, svc: Service) -> bool:
     """Nothing more to wait for: stopped; or ready (running and passing readiness), finished
-    or given up. A deploy step that starts a service can route traffic once this holds."""
+    or given up. A deploy step that starts a service can route traffic once this holds; one
+    that starts a job (`restart: never`) learns how the job ended."""
     if verb == "stop":
         return svc.down
-    return all((i.state is State.RUNNING and i.ready) or i.state in (State.EXITED, State.FATAL)
+    return all((_serving(i) and i.ready) or i.state in (State.EXITED, State.FATAL)
                for i in svc.instances)
 
 
 def succeeded(verb: str, svc: Service) -> bool:
     if verb == "stop":
         return svc.down
-    return all((i.state is State.RUNNING and i.ready) or i.succeeded for i in svc.instances)
+    return all((_serving(i) and i.ready) or i.succeeded for i in svc.instances)
+
+
+def _serving(inst: Instance) -> bool:
+    """Running, and done once running: a job is done only once it exited."""
+    return inst.state is State.RUNNING and inst.spec.restart != "never"
 
 
 @dataclass

@@ -79,21 +79,32 @@ class Service:
             inst.stop(inst.start)
 
     def replace(self, spec: ServiceSpec, origin: str | None) -> None:
-        """New process settings: running replicas stop, then start on the new spec."""
+        """New process settings: what is meant to run restarts on them; what is not (stopped, or
+        a job that finished) only takes them for its next start."""
+        live = self.live
+        turned_on = spec.autostart and not self.spec.autostart and not self.wanted
         self.spec, self.origin = spec, origin
-        self.wanted = self.wanted or spec.autostart
         self._resize(spec.replicas)
         for inst in self.instances:
             inst.respec(spec)
-            if self.wanted:
+            if live:
                 inst.stop(inst.start)
+        if turned_on:
+            self.start()
 
     def scale(self, spec: ServiceSpec, origin: str | None) -> None:
+        live = self.live
         self.update(spec, origin)
         self._resize(spec.replicas)
-        if self.wanted:
+        if live:
             for inst in self.instances:
-                inst.start()
+                if inst.state is not State.EXITED:
+                    inst.start()
+
+    @property
+    def live(self) -> bool:
+        """Meant to be running: wanted, and not a job whose every replica has finished."""
+        return self.wanted and any(inst.state is not State.EXITED for inst in self.instances)
 
     def update(self, spec: ServiceSpec, origin: str | None) -> None:
         turned_on = spec.autostart and not self.spec.autostart

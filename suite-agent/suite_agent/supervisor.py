@@ -104,7 +104,10 @@ class Supervisor:
         self.prober = Prober(self.inbox, self.foreign, on_result=self._probe_result)
         self.dependencies = Dependencies(self.services)
         self.waiters = Waiters(self.services, self.timers, self.clock)
-        self._dirty: set[str] = set()
+        self._dirty: set[str] = set()  # services whose snapshot entry is out of date
+        # Something changed since dependents and waiters last looked; kept apart from _dirty,
+        # which apply() clears by publishing before they have looked.
+        self._moved = False
         self._shutting_down = False
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
         self._base_env = dict(os.environ)
@@ -129,6 +132,7 @@ class Supervisor:
 
     def changed(self, service: str) -> None:
         self._dirty.add(service)
+        self._moved = True
 
     def process_env(self, spec: ServiceSpec) -> Mapping[str, str]:
         return {**self._base_env, **spec.environment} if spec.environment else self._base_env
@@ -231,10 +235,12 @@ class Supervisor:
                     self.factory.signal_group(inst.pgid, signal.SIGKILL)
 
     def after_turn(self) -> None:
-        if self._dirty and self.dependencies.busy:
-            self.dependencies.advance()
-        if self._dirty and self.waiters:
-            self.waiters.check()
+        if self._moved:
+            self._moved = False
+            if self.dependencies.busy:
+                self.dependencies.advance()
+            if self.waiters:
+                self.waiters.check()
         if self._dirty:
             self._publish()
 
@@ -289,8 +295,12 @@ class Supervisor:
             inst = self._by_pid.get(pid)
             if inst is None:
                 orphans = orphans or not self.foreign.deliver(pid, status)
-            else:
+                continue
+            try:
                 inst.on_exit(status)
+            except Exception:  # the other exits of this batch are reaped already: handle them too
+                log.exception("%s: error handling the exit of pid %d", inst.name, pid)
+                self.track(pid, None)
         if orphans:
             for svc in self.services.values():
                 for inst in svc.all_instances:
@@ -299,14 +309,22 @@ class Supervisor:
     def handle_shutdown(self, msg: Shutdown) -> None:
         if self._shutting_down:
             log.warning("second interrupt: killing every process group now")
-            self._kill_everything()
+            for svc in self.services.values():
+                for inst in svc.all_instances:
+                    if not inst.down:
+                        inst.kill()
             return
         log.info("shutting down (%s): stopping every service", msg.reason)
         self._shutting_down = True
-        self._dirty.update(self.services)
+        for name in self.services:
+            self.changed(name)
         self.dependencies.stop_in_order(dict.fromkeys(self.services))
 
     def handle_probechanged(self, msg: ProbeChanged) -> None:
+        if msg.ok:
+            # The check may have passed as the process died: its exit comes first, so a pass
+            # never counts for a process that is gone.
+            self.handle_sigchld()
         svc = self.services.get(msg.service)
         if svc is None or msg.index >= len(svc.instances):
             return
@@ -401,7 +419,7 @@ class Supervisor:
         for name, svc in self.services.items():
             if not svc.removing and svc.origin != declared.origins.get(name):
                 svc.origin = declared.origins.get(name)
-                self._dirty.add(name)
+                self.changed(name)
         self._publish()
         return summary
 
@@ -410,9 +428,11 @@ class Supervisor:
         if existing is not None:  # removed a moment ago and still stopping: take it back
             existing.removing = False
             existing.replace(spec, origin)
+            if spec.autostart and not existing.wanted and not self._shutting_down:
+                existing.start()  # declared anew, so started as anything added is
             return
         svc = self.services[name] = Service(self, name, spec, origin)
-        self._dirty.add(name)
+        self.changed(name)
         if spec.autostart and not self._shutting_down:
             svc.start()
 
@@ -424,7 +444,7 @@ class Supervisor:
             if svc.removing and self.services.get(name) is svc:
                 del self.services[name]
                 self.pump.forget(name)
-                self._dirty.add(name)
+                self.changed(name)
 
         self.dependencies.stop_in_order({name: forget})
 
