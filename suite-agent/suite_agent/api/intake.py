@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import resource
 import selectors
 import socket
 import threading
@@ -32,8 +33,9 @@ HEAD_LIMIT = 32 * 1024
 """Request line and headers; cheroot answers 414 or 413 beyond."""
 GATHER_SLACK = 4096
 """Chunk-size lines and the like, over HEAD_LIMIT and the body limit."""
-PENDING_LIMIT = 128
-"""Connections whose request is still arriving; past this the oldest is dropped."""
+PENDING_LIMIT = min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+"""Connections whose request is still arriving; past this the oldest is dropped. A quarter of the
+open-file limit leaves room for the services' pipes and log files."""
 READ_SIZE = 65536
 LINE_LIMIT = 1024  # a chunk-size or trailer line longer than this is malformed
 NICENESS = 10
