@@ -6,11 +6,13 @@ import http.client
 import json
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import psutil
 import pytest
 
 from agent import Agent, wait_for
@@ -272,3 +274,32 @@ def test_pipelined_and_keep_alive_requests_are_answered_in_order(live: tuple[Age
         sock.sendall(head("GET", "/api/health"))  # the same connection, kept alive
         answer = responses.next()
         assert answer.status == 200 and json.loads(answer.body)["status"] == "ok"
+
+
+# -- output ------------------------------------------------------------------------------------
+
+HUGE = 100 * 1024 * 1024
+
+
+def test_a_huge_line_without_newline_stays_small_in_memory_and_whole_in_the_file(agent: Agent) -> None:
+    agent.write("agent.yaml", "agent: {log_max_bytes: 1073741824}\n")
+    script = agent.conf_dir.parent / "huge_line.py"
+    script.write_text("import sys, time\n"
+                      "sys.stdout.buffer.write(b'first\\n' + b'x' * %d)\n"
+                      "sys.stdout.flush()\n"
+                      "time.sleep(3600)\n" % HUGE)
+    api = start_with_api(agent, f"huge: {{command: [{sys.executable}, {script}], autostart: false}}\n",
+                         token=TOKEN)
+    assert agent.proc is not None
+    rss_before = psutil.Process(agent.proc.pid).memory_info().rss
+    assert api.post("/api/services/huge/start").status == 200
+    log_file = agent.conf_dir.parent / "logs" / "huge.stdout.log"
+    wait_for(lambda: log_file.exists() and log_file.stat().st_size == len(b"first\n") + HUGE, 60,
+             "the whole line in the log file")
+    resp = api.get("/api/services/huge/logs?lines=10000")
+    assert resp.status == 200
+    texts = [line["text"] for line in resp.json["lines"]]
+    assert texts == ["first", "x" * 65536 + " [cut at 64 KiB: the log file has the whole line]"]
+    assert len(resp.text) < 100_000
+    grown = psutil.Process(agent.proc.pid).memory_info().rss - rss_before
+    assert grown < 30 * 1024 * 1024, f"the agent grew by {grown >> 20} MiB"
