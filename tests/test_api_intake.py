@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -162,3 +163,18 @@ def test_the_intake_hands_over_whole_requests_and_times_out_the_rest() -> None:
     for conn in conns:
         conn.client.close()
         conn.socket.close()
+
+
+def test_a_server_that_cannot_bind_leaves_nothing_open() -> None:
+    from suite_agent.api.server import HttpServer
+    from suite_agent.integrations import IntegrationError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with pytest.raises(IntegrationError, match="in use"):
+                HttpServer(lambda environ, start_response: [], "127.0.0.1", port, 2).start()
+        assert len(os.listdir("/proc/self/fd")) == before

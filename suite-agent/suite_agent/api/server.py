@@ -36,7 +36,18 @@ WsgiApp = Callable[..., Any]
 THREAD_NICENESS = 10
 
 
+class _HeaderReader(server.HeaderReader):
+    def __call__(self, rfile: Any, hdict: Any = None) -> Any:
+        headers = super().__call__(rfile, hdict)
+        # The intake sent `100 Continue` already; cheroot would send a second one.
+        if getattr(rfile.rfile, "continued", False):
+            headers.pop(b"Expect", None)
+        return headers
+
+
 class _Request(server.HTTPRequest):
+    header_reader = _HeaderReader()
+
     def simple_response(self, status: Any, msg: str = "") -> None:
         status = str(status)
         if not status.startswith(("4", "5")):
@@ -85,9 +96,7 @@ class _Cheroot(wsgi.Server):
     ConnectionClass = _Connection
     max_request_header_size = HEAD_LIMIT
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.intake = Intake(self._hand_over)
+    intake: Intake | None = None
 
     def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
         # cheroot writes these to stderr itself; route them through the agent's log instead.
@@ -95,6 +104,7 @@ class _Cheroot(wsgi.Server):
 
     def prepare(self) -> None:
         super().prepare()
+        self.intake = Intake(self._hand_over)  # once bound: a port in use leaves nothing open
         self.intake.start()
 
     def process_conn(self, conn: Any) -> None:
@@ -108,7 +118,7 @@ class _Cheroot(wsgi.Server):
             state = Gathered.GONE
         if state is Gathered.READY:
             self._hand_over(conn)
-        elif state is Gathered.WAIT:
+        elif state is Gathered.WAIT and self.intake is not None:
             self.intake.add(conn)
         else:
             conn.close()
@@ -118,7 +128,8 @@ class _Cheroot(wsgi.Server):
 
     def stop(self) -> None:
         # First, so that nothing is handed over to workers that are being stopped.
-        self.intake.stop(1.0)
+        if self.intake is not None:
+            self.intake.stop(1.0)
         super().stop()
 
 
