@@ -74,8 +74,8 @@ class _Request(server.HTTPRequest):
                 body.read(body.remaining)
             self.close_connection |= body.remaining != 0
         elif isinstance(body, server.ChunkedRFile) and body.closed:
-            try:
-                for _ in body.read_trailer_lines():  # type: ignore[func-returns-value, attr-defined]  # a generator
+            try:  # read_trailer_lines is a generator, whatever cheroot's stub says
+                for _ in body.read_trailer_lines():  # type: ignore[func-returns-value, attr-defined]
                     pass
             except (ValueError, OSError):
                 self.close_connection = True
