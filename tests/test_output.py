@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 try:
+    from suite_agent.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
     from suite_agent.output import MAX_LINE, LogLine, OutputPump
 except ModuleNotFoundError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite-agent"))
+    from suite_agent.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
     from suite_agent.output import MAX_LINE, LogLine, OutputPump
 
 IDLE = 10.0  # deadline for wait_idle; a healthy pump needs milliseconds
@@ -181,23 +183,48 @@ def test_partial_lines_are_joined_across_writes(pump: OutputPump, tmp_path: Path
     idle(pump)
 
 
-def test_long_line_is_capped_at_64k(pump: OutputPump, spawn: Spawn) -> None:
+def test_a_long_line_is_cut_at_64k_in_memory_and_whole_in_the_file(
+    pump: OutputPump, spawn: Spawn, tmp_path: Path
+) -> None:
     _, w = attach_pipe(pump, "s", "s", "stdout")
     code = (
         "import sys, time; o = sys.stdout.buffer;"
         "o.write(b'a' * 100000); o.flush(); o.write(b'tail\\n');"
         "o.write(b'b' * 65535 + 'é'.encode() + b'c\\n');"  # the cut must not split the é
-        f"o.write(b'd' * {MAX_LINE} + b'\\n')"  # exactly 64 KiB: one line, no empty extra
+        f"o.write(b'd' * {MAX_LINE} + b'\\n');"  # exactly 64 KiB: whole, no mark
+        f"o.write(b'e' * {MAX_LINE} + b'\\r\\n')"  # and with CRLF too
     )
     spawn(py(code), stdout=w).wait()
     idle(pump)
     assert texts(pump.recent("s")) == [
-        "a" * MAX_LINE,
-        "a" * (100000 - MAX_LINE) + "tail",
-        "b" * 65535,
-        "éc",
+        "a" * MAX_LINE + CUT_MARK,
+        "b" * 65535 + CUT_MARK,
         "d" * MAX_LINE,
+        "e" * MAX_LINE,
     ]
+    assert (tmp_path / "logs" / "s.stdout.log").read_bytes() == (
+        b"a" * 100000 + b"tail\n" + b"b" * 65535 + "éc\n".encode()
+        + b"d" * MAX_LINE + b"\n" + b"e" * MAX_LINE + b"\r\n"
+    )
+
+
+def test_a_line_without_end_is_buffered_once_cut(make_pump: PumpFactory, tmp_path: Path) -> None:
+    pump = make_pump(max_bytes=100 * 1024 * 1024)
+    _, w = attach_pipe(pump, "s", "s", "stdout")
+    os.write(w, b"before\n")
+    for _ in range(40):  # 10 MiB and no newline
+        os.write(w, b"x" * (256 * 1024))
+        idle(pump)
+    assert texts(pump.recent("s")) == ["before", "x" * MAX_LINE + CUT_MARK]
+    os.write(w, b"still the same line\nafter\nend of file without newline")
+    os.close(w)
+    idle(pump)
+    assert texts(pump.recent("s")) == [
+        "before", "x" * MAX_LINE + CUT_MARK, "after", "end of file without newline"
+    ]
+    assert (tmp_path / "logs" / "s.stdout.log").stat().st_size == (
+        7 + 40 * 256 * 1024 + len("still the same line\nafter\nend of file without newline")
+    )
 
 
 def test_eof_flushes_partial_line_and_closes_fd(pump: OutputPump, tmp_path: Path) -> None:
@@ -311,6 +338,75 @@ def test_buffer_is_bounded(make_pump: PumpFactory, spawn: Spawn, tmp_path: Path)
         len(b"%d\n" % i) for i in range(200000)
     )
     os.close(w)
+
+
+def test_buffer_is_bounded_in_bytes(make_pump: PumpFactory, spawn: Spawn, tmp_path: Path) -> None:
+    pump = make_pump(buffer_bytes=1000)
+    _, w = attach_pipe(pump, "s", "s", "stdout")
+    os.write(w, numbered(25))  # 99 bytes of text per line
+    idle(pump)
+    assert texts(pump.recent("s", lines=1000)) == [ln.decode() for ln in numbered(10, 15).splitlines()]
+
+    # Lines cut at 64 KiB, one after the other: the buffer keeps what fits in its bytes.
+    pump = make_pump(max_bytes=100 * 1024 * 1024)  # buffer_bytes: 1 MiB by default
+    _, w2 = attach_pipe(pump, "big", "big", "stdout")
+    code = "import sys; o = sys.stdout.buffer\nfor i in range(100): o.write(b'%02d' % i + b'y' * 200000 + b'\\n')"
+    spawn(py(code), stdout=w2).wait()
+    idle(pump)
+    kept = texts(pump.recent("big", lines=10000))
+    assert len(kept) == (1024 * 1024) // (MAX_LINE + len(CUT_MARK)) == 15
+    assert kept[-1] == "99" + "y" * (MAX_LINE - 2) + CUT_MARK
+    assert (tmp_path / "logs" / "big.stdout.log").stat().st_size == 100 * 200003
+    os.close(w)
+
+
+def line(seq: int, text: str) -> LogLine:
+    return LogLine(seq, 0.0, "s", "stdout", text)
+
+
+def test_line_buffer_bounds() -> None:
+    buf = LineBuffer(3, 10, [line(1, "aaaa"), line(2, "bbbb")])
+    assert [ln.text for ln in buf] == ["aaaa", "bbbb"] and buf.size == 8
+    buf.extend([line(3, "cc")])
+    assert [ln.text for ln in buf] == ["aaaa", "bbbb", "cc"] and buf.size == 10
+    buf.extend([line(4, "d")])  # 11 bytes: the oldest goes
+    assert [ln.text for ln in buf] == ["bbbb", "cc", "d"] and buf.size == 7
+    buf.extend([line(5, ""), line(6, "")])  # 4 lines: the oldest goes
+    assert [ln.seq for ln in buf] == [4, 5, 6] and buf.size == 1
+    buf.extend([line(7, "é" * 5)])  # 10 bytes in UTF-8, not 5
+    assert [ln.seq for ln in buf] == [5, 6, 7] and buf.size == 10
+    buf.extend([line(8, "é")])
+    assert [ln.seq for ln in buf] == [8] and buf.size == 2
+    buf.extend([line(8, "x" * 11)])  # a line over the whole budget is not kept
+    assert list(buf) == [] and buf.size == 0 and len(buf) == 0
+    assert list(LineBuffer(0, 100, [line(1, "a")])) == []
+
+
+def lines_of(chunks: list[bytes], keep: int = 100000) -> list[str]:
+    pending, batch = Pending(), Batch(keep)
+    for chunk in chunks:
+        split_lines(pending, chunk, batch)
+    flush_partial(pending, batch)
+    return [ln.text for ln in batch.log_lines(0, 0.0, "s", "stdout")]
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096, 65536, 65537, 200000])
+def test_split_lines_in_any_chunks(size: int) -> None:
+    stream = (b"one\n" + b"L" * 70000 + b"\n\ntwo\r\n" + b"M" * (3 * MAX_LINE) + b"\nthree\n"
+              + b"N" * MAX_LINE + b"\n" + b"O" * 100000)
+    chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
+    assert lines_of(chunks) == [
+        "one", "L" * MAX_LINE + CUT_MARK, "", "two", "M" * MAX_LINE + CUT_MARK, "three", "N" * MAX_LINE,
+        "O" * MAX_LINE + CUT_MARK,
+    ]
+
+
+def test_the_pending_line_never_holds_more_than_64k() -> None:
+    pending, batch = Pending(), Batch(10)
+    for _ in range(100):
+        split_lines(pending, b"z" * 1_000_000, batch)
+        assert len(pending.data) <= MAX_LINE
+    assert batch.total == 1 and pending.cut
 
 
 def test_recent_filters_by_stream_count_and_seq(pump: OutputPump) -> None:
@@ -568,8 +664,12 @@ def test_reconfigure(make_pump: PumpFactory, tmp_path: Path) -> None:
     assert (tmp_path / "moved" / "a.stdout.log").read_bytes() == b"old file\n"
     assert texts(pump.recent("s", lines=2)) == ["new file", "old file"]
     assert len(pump.recent("s", lines=100)) == 5
+    pump.reconfigure(tmp_path / "moved", max_bytes=1000, backups=1, buffer_lines=5, buffer_bytes=20)
+    assert texts(pump.recent("s", lines=100)) == ["new file", "old file"]  # 16 bytes of text
     with pytest.raises(ValueError):
         pump.reconfigure(tmp_path, max_bytes=-1, backups=1, buffer_lines=5)
+    with pytest.raises(ValueError):
+        pump.reconfigure(tmp_path, max_bytes=1000, backups=1, buffer_lines=5, buffer_bytes=-1)
     os.close(a)
     os.close(b)
 

@@ -1,20 +1,35 @@
 """Bytes read from an output pipe, made into the lines that readers of the pump see.
 
-A pipe hands out chunks that end anywhere, so a line is put together across reads. A child that
-never writes a newline must not make the pending line grow without bound: past :data:`MAX_LINE`
-bytes it is flushed as a line of its own, cut where it does not split a UTF-8 character. The lines
-a pipe completes in one turn of the pump are gathered in a :class:`Batch` that holds on only to as
-many as the recent-line buffer can keep, so a flood of short lines costs no more than the buffer.
+A pipe hands out chunks that end anywhere, so a line is put together across reads. A line longer
+than :data:`MAX_LINE` bytes is kept cut to that length (where the cut does not split a UTF-8
+character) and marked with :data:`CUT_MARK`; it is handed on as soon as it is that long, and the
+rest of it, up to its newline, is skipped: a child that never writes a newline costs no more. The
+log files get every byte; this is about what stays in memory. The lines a pipe completes in one
+turn of the pump are gathered in a :class:`Batch` that holds on only to as many as the recent-line
+buffer can keep, so a flood of short lines costs no more than the buffer. A :class:`LineBuffer`
+keeps the recent lines of one stream, bounded in lines and in bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
-__all__ = ["MAX_LINE", "Batch", "LogLine", "flush_partial", "split_lines"]
+__all__ = [
+    "CUT_MARK",
+    "MAX_LINE",
+    "Batch",
+    "LineBuffer",
+    "LogLine",
+    "Pending",
+    "flush_partial",
+    "split_lines",
+]
 
 MAX_LINE = 64 * 1024
-"""A partial line that grows past this many bytes without a newline is flushed as a line."""
+"""Bytes of one line kept in memory; a longer line is cut to this length."""
+CUT_MARK = " [cut at 64 KiB: the log file has the whole line]"
 
 
 @dataclass(frozen=True)
@@ -26,6 +41,46 @@ class LogLine:
     instance: str
     stream: str
     text: str
+
+
+@dataclass(eq=False)
+class Pending:
+    """The line of one pipe still waiting for its newline."""
+
+    data: bytearray = field(default_factory=bytearray)
+    cut: bool = False  # it grew past MAX_LINE: handed on cut already; the rest is skipped
+
+
+class LineBuffer:
+    """The recent lines of one stream of one service, oldest first: at most `max_lines` of them
+    and at most `max_bytes` of text (UTF-8), the oldest dropped first to make room."""
+
+    __slots__ = ("_lines", "_sizes", "max_bytes", "max_lines", "size")
+
+    def __init__(self, max_lines: int, max_bytes: int, lines: Iterable[LogLine] = ()) -> None:
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._lines: deque[LogLine] = deque()
+        self._sizes: deque[int] = deque()
+        self.extend(lines)
+
+    def extend(self, lines: Iterable[LogLine]) -> None:
+        for line in lines:
+            text = line.text
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+            self._lines.append(line)
+            self._sizes.append(size)
+            self.size += size
+        while self._lines and (len(self._lines) > self.max_lines or self.size > self.max_bytes):
+            self._lines.popleft()
+            self.size -= self._sizes.popleft()
+
+    def __iter__(self) -> Iterator[LogLine]:
+        return iter(self._lines)
+
+    def __len__(self) -> int:
+        return len(self._lines)
 
 
 class Batch:
@@ -72,41 +127,47 @@ class Batch:
             del self.lines[: -self.keep]
 
 
-def split_lines(partial: bytearray, data: bytes, batch: Batch) -> None:
+def split_lines(pending: Pending, data: bytes, batch: Batch) -> None:
     """Add the lines that `data` completes to `batch`; what follows its last newline is left in
-    `partial` (the pending line of the pipe) for the next read."""
+    `pending` (the pending line of the pipe) for the next read."""
     first_nl = data.find(b"\n")
     if first_nl < 0:
-        partial += data
-        _cap(partial, batch)
+        _grow(pending, data, 0, len(data), batch)
         return
-    # The first line continues the partial one and may be longer than MAX_LINE.
-    partial += data[:first_nl]
-    _cap(partial, batch)
-    batch.add(partial)
-    partial.clear()
+    _grow(pending, data, 0, first_nl, batch)
+    if not pending.cut:
+        batch.add(pending.data)
+    pending.data.clear()
+    pending.cut = False
     last_nl = data.rfind(b"\n")
     if last_nl > first_nl:
         # The whole lines in between go in as one block: splitting a large read line by line in
-        # Python would be the pump's hot spot.
+        # Python would be the pump's hot spot. A line in it longer than MAX_LINE is cut later,
+        # when it becomes a LogLine.
         block = data[first_nl + 1 : last_nl]
         batch.add_block(block, data.count(b"\n", first_nl + 1, last_nl) + 1)
-    partial += data[last_nl + 1 :]
-    _cap(partial, batch)
+    _grow(pending, data, last_nl + 1, len(data), batch)
 
 
-def flush_partial(partial: bytearray, batch: Batch) -> None:
+def flush_partial(pending: Pending, batch: Batch) -> None:
     """At end of file the pending line is a line too, newline or not."""
-    if partial:
-        batch.add(partial)
-        partial.clear()
+    if pending.data and not pending.cut:
+        batch.add(pending.data)
+    pending.data.clear()
+    pending.cut = False
 
 
-def _cap(partial: bytearray, batch: Batch) -> None:
-    while len(partial) > MAX_LINE:
-        cut = _cut_point(partial, MAX_LINE)
-        batch.add(partial[:cut])
-        del partial[:cut]
+def _grow(pending: Pending, data: bytes, start: int, end: int, batch: Batch) -> None:
+    """Append data[start:end] to the pending line; once it is longer than MAX_LINE, hand it on
+    (it is cut when it becomes a LogLine) and skip the rest of it."""
+    if pending.cut or start >= end:
+        return
+    room = MAX_LINE + 1 - len(pending.data)  # one byte over tells that the line is too long
+    pending.data += data[start : min(end, start + room)]
+    if len(pending.data) > MAX_LINE:
+        batch.add(pending.data)
+        pending.data.clear()
+        pending.cut = True
 
 
 def _cut_point(data: bytes | bytearray, limit: int) -> int:
@@ -123,4 +184,6 @@ def _cut_point(data: bytes | bytearray, limit: int) -> int:
 def _text(raw: bytes) -> str:
     if raw.endswith(b"\r"):
         raw = raw[:-1]  # CRLF output (Windows-minded programs) reads as the same line
+    if len(raw) > MAX_LINE:
+        return raw[: _cut_point(raw, MAX_LINE)].decode("utf-8", errors="replace") + CUT_MARK
     return raw.decode("utf-8", errors="replace")

@@ -8,8 +8,9 @@ read end of every output pipe and reads them all from ONE background thread with
 * per-instance log files, ``<log_dir>/<instance>.stdout.log`` and ``<instance>.stderr.log``,
   rotated by size (:mod:`suite_agent.logfile`). A file is opened on the first byte of output and
   closed when the last pipe writing to it reaches end of file.
-* a bounded buffer of recent lines per service and stream, for the REST logs route and
-  ``suite-agent logs NAME [-f]``: :meth:`OutputPump.recent` and :meth:`OutputPump.wait_for_lines`.
+* a buffer of recent lines per service and stream, bounded in lines and in bytes, for the REST
+  logs route and ``suite-agent logs NAME [-f]``: :meth:`OutputPump.recent` and
+  :meth:`OutputPump.wait_for_lines`.
   Every :class:`LogLine` carries a ``seq`` that grows across the whole pump, so a follower asks
   for "lines after the last seq I saw". How bytes become lines is :mod:`suite_agent.lines`.
 
@@ -29,18 +30,26 @@ import queue
 import selectors
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from suite_agent.lines import MAX_LINE, Batch, LogLine, flush_partial, split_lines
+from suite_agent.lines import (
+    MAX_LINE,
+    Batch,
+    LineBuffer,
+    LogLine,
+    Pending,
+    flush_partial,
+    split_lines,
+)
 from suite_agent.logfile import RETRY_AFTER, FailureReports, LogFile, LogFileSettings
 
 # MAX_LINE, RETRY_AFTER and LogLine live with what they govern and are re-exported from here,
 # where callers have always imported them.
 __all__ = [
+    "BUFFER_BYTES",
     "MAX_LINE",
     "READS_PER_TURN",
     "READ_SIZE",
@@ -53,6 +62,8 @@ __all__ = [
 log = logging.getLogger("suite_agent.output")
 
 STREAMS: tuple[str, str] = ("stdout", "stderr")
+BUFFER_BYTES = 1024 * 1024
+"""Default bound, in bytes of text, of the recent lines kept per service and stream."""
 READ_SIZE = 65536
 """Bytes asked for by each ``os.read``."""
 READS_PER_TURN = 16
@@ -64,15 +75,22 @@ cannot starve the rest. The selector is level-triggered, so the pipe is read aga
 class _Settings:
     files: LogFileSettings
     buffer_lines: int
+    buffer_bytes: int
 
 
 def _settings(
-    log_dir: str | os.PathLike[str], max_bytes: int, backups: int, buffer_lines: int
+    log_dir: str | os.PathLike[str],
+    max_bytes: int,
+    backups: int,
+    buffer_lines: int,
+    buffer_bytes: int,
 ) -> _Settings:
     files = LogFileSettings(Path(log_dir), max_bytes, backups)  # checks max_bytes, then backups
     if buffer_lines < 0:
         raise ValueError(f"buffer_lines must be >= 0, not {buffer_lines}")
-    return _Settings(files, buffer_lines)
+    if buffer_bytes < 0:
+        raise ValueError(f"buffer_bytes must be >= 0, not {buffer_bytes}")
+    return _Settings(files, buffer_lines, buffer_bytes)
 
 
 def _check_stream(stream: str) -> None:
@@ -89,7 +107,7 @@ class _Source:
     stream: str
     fd: int
     file: LogFile
-    partial: bytearray = field(default_factory=bytearray)  # the line still waiting for "\n"
+    partial: Pending = field(default_factory=Pending)  # the line still waiting for "\n"
     broken: bool = False  # an unexpected error was already logged for this pipe
 
 
@@ -102,8 +120,9 @@ class OutputPump:
         max_bytes: int = 10 * 1024 * 1024,
         backups: int = 3,
         buffer_lines: int = 1000,
+        buffer_bytes: int = BUFFER_BYTES,
     ) -> None:
-        self._settings = _settings(log_dir, max_bytes, backups, buffer_lines)
+        self._settings = _settings(log_dir, max_bytes, backups, buffer_lines, buffer_bytes)
         # Hand-off to the pump thread.
         self._attach_queue: queue.SimpleQueue[tuple[str, str, str, int]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -120,7 +139,7 @@ class OutputPump:
         self._reports = FailureReports()
         # Shared with readers, guarded by _cond (held for in-memory work only).
         self._cond = threading.Condition(threading.Lock())
-        self._buffers: dict[str, dict[str, deque[LogLine]]] = {}
+        self._buffers: dict[str, dict[str, LineBuffer]] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
         self._idle_requested = 0
         self._idle_done = 0
@@ -231,18 +250,19 @@ class OutputPump:
         max_bytes: int,
         backups: int,
         buffer_lines: int,
+        buffer_bytes: int = BUFFER_BYTES,
     ) -> None:
         """New settings. The log folder applies to files opened from now on (a file that is open
         moves at its next rotation), max_bytes and backups to the next write and rotation, and
-        buffer_lines at once (existing buffers keep their newest lines)."""
-        new = _settings(log_dir, max_bytes, backups, buffer_lines)
+        the buffer bounds at once (existing buffers keep their newest lines)."""
+        new = _settings(log_dir, max_bytes, backups, buffer_lines, buffer_bytes)
         with self._cond:
             old = self._settings
             self._settings = new  # one reference swap: the pump thread reads it without a lock
-            if new.buffer_lines != old.buffer_lines:
+            if (new.buffer_lines, new.buffer_bytes) != (old.buffer_lines, old.buffer_bytes):
                 for streams in self._buffers.values():
                     for s, buf in streams.items():
-                        streams[s] = deque(buf, maxlen=new.buffer_lines)
+                        streams[s] = LineBuffer(new.buffer_lines, new.buffer_bytes, buf)
 
     def wait_idle(self, timeout: float) -> bool:
         """For tests: True once the pump has seen no readable pipe in a check that began after
@@ -442,14 +462,15 @@ class OutputPump:
             self._seq += batch.total
             made.append((source, lines, self._seq))
         with self._cond:
-            maxlen = self._settings.buffer_lines
+            settings = self._settings
             for source, lines, newest in made:
                 streams = self._buffers.setdefault(source.service, {})
                 buf = streams.get(source.stream)
                 if buf is None:
                     # reconfigure() resizes existing buffers under this lock, so only new ones
-                    # need the current bound.
-                    buf = streams[source.stream] = deque(maxlen=maxlen)
+                    # need the current bounds.
+                    buf = LineBuffer(settings.buffer_lines, settings.buffer_bytes)
+                    streams[source.stream] = buf
                 buf.extend(lines)
                 self._last_seq[(source.service, source.stream)] = newest
             self._cond.notify_all()

@@ -30,8 +30,8 @@ class Req:
 
     def header(self, name: str) -> str | None:
         key = "HTTP_" + name.upper().replace("-", "_")
-        if name.lower() == "content-length":
-            key = "CONTENT_LENGTH"
+        if name.lower() in ("content-length", "content-type"):
+            key = key.removeprefix("HTTP_")  # WSGI names these two without the prefix
         value = self.environ.get(key)
         return None if value is None else str(value)
 
@@ -42,8 +42,12 @@ class Req:
                 raise bad_request("Content-Length is not a number")
             if int(length) > limit:
                 raise ApiError(413, f"request body too large (limit {limit} bytes)")
-        stream = self.environ.get("wsgi.input")
-        data = stream.read(limit + 1) if stream is not None else b""
+        media = (self.header("content-type") or "").partition(";")[0].strip().lower()
+        # A browser page may send text/plain or a form anywhere without asking first: a JSON
+        # type also keeps other sites from driving an agent that has no token.
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise ApiError(415, f"the body must be JSON, sent with Content-Type: application/json (not {media})")
+        data = self._read(limit + 1)
         if len(data) > limit:
             raise ApiError(413, f"request body too large (limit {limit} bytes)")
         if not data.strip():
@@ -52,6 +56,20 @@ class Req:
             return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise bad_request(f"the body is not valid JSON: {exc}") from None
+
+    def _read(self, size: int) -> bytes:
+        stream = self.environ.get("wsgi.input")
+        if stream is None:
+            return b""
+        try:
+            data: bytes = stream.read(size)
+        except TimeoutError:
+            raise ApiError(408, "the request body did not arrive in time") from None
+        except ValueError as exc:  # cheroot's reader of a chunked body
+            raise bad_request(f"malformed chunked body: {exc}") from None
+        except OSError as exc:
+            raise bad_request(f"cannot read the request body: {exc}") from None
+        return data
 
     def duration(self, name: str, default: float, maximum: float) -> float:
         text = self.query.get(name)

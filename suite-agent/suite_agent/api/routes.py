@@ -74,6 +74,7 @@ _CONTROL_RESPONSES: Mapping[int, tuple[str, str | None]] = {
     404: ("unknown service name(s); nothing was done", ERR),
     409: ("the action completed but a service failed (per-service results), or the agent is shutting down", "ControlResult"),
     413: ("body too large", ERR),
+    415: ("the body was sent with a Content-Type other than JSON", ERR),
 }
 
 
@@ -89,7 +90,7 @@ def _control_routes() -> list[Route]:
         routes.append(Route(
             "POST", f"/api/services/<name>/{verb}", functools.partial(control.control_one, verb),
             f"{verb.capitalize()} one service", "control",
-            {k: v for k, v in _CONTROL_RESPONSES.items() if k != 413},
+            {k: v for k, v in _CONTROL_RESPONSES.items() if k not in (413, 415)},
             params=(NAME_PARAM, WAIT_PARAM), operation_id=f"{verb}Service"))
     return routes
 

@@ -270,6 +270,8 @@ class AgentSection(Model):
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     log_backups: int = Field(3, ge=0)
     log_buffer_lines: int = Field(1000, ge=0, description="recent lines kept in memory per service and stream")
+    log_buffer_bytes: int = Field(1024 * 1024, ge=0, description="bytes of recent lines kept in memory per service "
+                                  "and stream; a line is kept cut to 64 KiB (the log files keep everything)")
 
 
 class ConfigFile(Model):
