@@ -303,3 +303,20 @@ def test_a_huge_line_without_newline_stays_small_in_memory_and_whole_in_the_file
     assert len(resp.text) < 100_000
     grown = psutil.Process(agent.proc.pid).memory_info().rss - rss_before
     assert grown < 30 * 1024 * 1024, f"the agent grew by {grown >> 20} MiB"
+
+
+def test_the_buffer_byte_bound_set_in_conf_d_is_honoured(agent: Agent) -> None:
+    agent.write("agent.yaml", "agent: {log_buffer_bytes: 300}\n")
+    api = start_with_api(agent, "talk: {command: [sh, -c, 'for i in $(seq 100); do echo line-$i; done; "
+                                "exec sleep 3600']}\n", token=TOKEN)
+    log_file = agent.conf_dir.parent / "logs" / "talk.stdout.log"
+    wait_for(lambda: log_file.exists() and b"line-100\n" in log_file.read_bytes(), 10, "all lines written")
+
+    def kept() -> list[str]:
+        resp = api.get("/api/services/talk/logs?lines=1000")
+        texts: list[str] = [line["text"] for line in resp.json["lines"]]
+        return texts if texts and texts[-1] == "line-100" else []
+
+    texts = wait_for(kept, 10, "the last line in the buffer")
+    assert sum(len(t) for t in texts) <= 300
+    assert len(texts) < 100

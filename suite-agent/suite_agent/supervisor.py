@@ -92,7 +92,8 @@ class Supervisor:
         self.loader.transform = self._through_plugins
         self.agent = AgentSection()
         self.pump = pump or OutputPump(self._log_dir(self.agent), self.agent.log_max_bytes,
-                                       self.agent.log_backups, self.agent.log_buffer_lines)
+                                       self.agent.log_backups, self.agent.log_buffer_lines,
+                                       self.agent.log_buffer_bytes)
         self.services: dict[str, Service] = {}
         self.snapshot = Snapshot(started_at=self.clock.time())
         self.integrations = IntegrationManager(lambda manager: AgentHandle(
@@ -391,7 +392,8 @@ class Supervisor:
         if declared.agent != self.agent:
             self.agent = declared.agent
             self.pump.reconfigure(self._log_dir(self.agent), self.agent.log_max_bytes,
-                                  self.agent.log_backups, self.agent.log_buffer_lines)
+                                  self.agent.log_backups, self.agent.log_buffer_lines,
+                                  self.agent.log_buffer_bytes)
         for section in ("api", "queue", "plugins"):
             self.integrations.configure(section, getattr(declared, section))
         actual = {n: s.spec for n, s in self.services.items() if not s.removing}
