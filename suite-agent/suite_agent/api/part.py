@@ -41,7 +41,7 @@ class ApiPart:
         self.metrics = Metrics(handle)
         self.ctx = ApiContext(handle=handle, token=token, base_dir=base_dir, agent_ids=agent_id,
                               probe=OwnerProbe(handle.inbox), metrics=self.metrics,
-                              slots=StreamSlots(MAX_STREAMS), openapi=document())
+                              slots=StreamSlots(MAX_STREAMS), openapi=document(token=token is not None))
         self.server = server.HttpServer(build_app(self.ctx), self.listen.host, self.listen.port,
                                         BASE_THREADS + MAX_STREAMS)
         self._started = False
