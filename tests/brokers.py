@@ -287,6 +287,7 @@ class Broker:
                 client = redis.Redis.from_url(url)
                 for key in client.scan_iter(f"*{self.uid}*"):
                     client.delete(key)
+                client.zrem("_kombu.binding_deadlines", self.exchange)  # kept for queues with expires
                 client.close()
                 return
             with Connection(url) as conn:
