@@ -170,9 +170,9 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
         assert len(done.stderr.splitlines()) == 1 and "error:" in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
     done = cli(None, "run", "--conf-dir", str(tmp_path), env={"SUITE_AGENT_LOG_LEVEL": "verbose"})
-    assert done.returncode == 2 and done.stderr.splitlines() == [
+    assert done.returncode == 2 and done.stderr.splitlines() == [(
         "suite-agent run: error: 'verbose' is not a log level (--log-level or SUITE_AGENT_LOG_LEVEL): "
-        "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"]
+        "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL")]
 
 
 def test_a_reader_that_goes_away_ends_the_output_quietly(live: tuple[Agent, Api]) -> None:

@@ -36,7 +36,7 @@ from brokers import REDIS_URL, require, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-MARKED = re.compile(r"^<!-- example: ([a-z-]+) -->\n```(\w*)\n(.*?)^```$", re.M | re.S)
+MARKED = re.compile(r"^<!-- example: ([a-z-]+) -->\n```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 KINDS = {"setup": "sh", "agent": "sh", "sh": "sh", "file": "yaml", "python": "python", "python-background": "python"}
 PORTS = (8080, 8000)  # the example conf.d's API and web service, as the examples name them
 
@@ -131,7 +131,7 @@ class Run:
         return done.stdout
 
     def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        out = open(log, "ab")
+        out = open(log, "ab")  # noqa: SIM115 - closed by stop_all, after the process ends
         proc = subprocess.Popen(argv, cwd=self.home, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.background.append((proc, out))
