@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -51,19 +52,24 @@ def test_the_document_is_valid_openapi() -> None:
     validate(document())
 
 
-def test_every_registered_route_is_documented_and_every_documented_one_registered() -> None:
+def test_every_registered_route_is_documented_and_every_documented_one_served() -> None:
     app = build_app(ctx=None)  # type: ignore[arg-type]  # registration does not touch the context
     registered = {(r.method.lower(), r.rule.replace("<", "{").replace(">", "}")) for r in app.routes}
     documented = {(method, path) for path, ops in document()["paths"].items() for method in ops}
-    assert registered == documented
+    assert registered <= documented
     assert len(registered) >= 18
+    # The others are concrete paths a templated route serves: GET /api/services/start.
+    for method, path in documented - registered:
+        route, args = app.router.match({"PATH_INFO": path, "REQUEST_METHOD": method.upper()})
+        assert route.rule == "/api/services/<name>" and args == {"name": path.rsplit("/", 1)[1]}
+    assert {p for _, p in documented - registered} == {f"/api/services/{v}" for v in ("start", "stop", "restart")}
 
 
 def test_the_served_document_is_the_valid_one(live: tuple[Agent, Api]) -> None:
     _, api = live
     served = api.get("/openapi.json").json
     validate(served)
-    assert served == document()
+    assert served == document(token=True)
 
 
 def _operations(api: Api) -> list[Any]:
@@ -91,7 +97,7 @@ def test_fuzz_finds_no_server_error(live: tuple[Agent, Api]) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     began = time.monotonic()
     ops = _operations(api)
-    assert len(ops) == 16, ' '.join(op.label for op in ops)  # schemathesis leaves out /openapi.json itself
+    assert len(ops) == 19, ' '.join(op.label for op in ops)  # schemathesis leaves out /openapi.json itself
     for op in ops:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             try:
@@ -117,3 +123,94 @@ def test_fuzz_finds_no_server_error(live: tuple[Agent, Api]) -> None:
     assert api.get("/api/health").status == 200
     assert len(agent.pids_of("361")) == 2
     assert "Traceback" not in agent.log(), agent.log()[-3000:]
+
+
+# -- the document says what the API does ---------------------------------------------------
+
+def test_services_named_like_the_bulk_verbs_are_reachable(agent: Agent) -> None:
+    api = start_with_api(agent, """\
+        start: {command: [sleep, '3621'], autostart: false}
+        stop: {command: [sleep, '3622']}
+        restart: {command: [sleep, '3623']}
+        """)
+    agent.wait_pids("3622")
+    got = api.get("/api/services/start")
+    assert got.status == 200 and got.json["name"] == "start" and got.json["state"] == "stopped"
+    assert api.get("/api/services/stop").json["name"] == "stop"
+    started = api.post("/api/services/start/start?wait=5s")
+    assert started.status == 200 and started.json["results"]["start"]["state"] == "running"
+    assert agent.wait_pids("3621")
+    stopped = api.post("/api/services/stop/stop?wait=5s")
+    assert stopped.status == 200 and stopped.json["results"]["stop"]["state"] == "stopped"
+    (before,) = agent.pids_of("3623")
+    restarted = api.post("/api/services/restart/restart?wait=5s")
+    assert restarted.status == 200 and restarted.json["results"]["restart"]["pids"] != [before]
+    # The bulk routes still take a body naming them.
+    bulk = api.post("/api/services/stop?wait=5s", {"services": ["start", "restart"]})
+    assert bulk.status == 200 and set(bulk.json["results"]) == {"start", "restart"}
+    # The document lists GET for those names: `/api/services/{name}` says so, since OpenAPI
+    # matches the concrete `/api/services/start` (POST only) first.
+    doc = api.get("/openapi.json").json
+    assert "get" in doc["paths"]["/api/services/start"] or \
+        "start" in doc["paths"]["/api/services/{name}"]["get"].get("description", "")
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def test_security_is_documented_only_when_a_token_is_set(agent: Agent, live: tuple[Agent, Api]) -> None:
+    open_api = start_with_api(agent, "web: {command: [sleep, '3624']}\n")
+    served = open_api.get("/openapi.json").json
+    validate(served)
+    assert "securitySchemes" not in served["components"]
+    assert not [n for n in _walk(served) if isinstance(n, dict) and ("security" in n or "401" in n)]
+    assert open_api.get("/api/services").status == 200  # indeed no token needed
+
+    with_token = live[1].get("/openapi.json").json
+    assert with_token["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+    operations = with_token["paths"]["/api/services"]["get"], with_token["paths"]["/api/health"]["get"]
+    assert operations[0]["security"] == [{"bearer": []}] and "401" in operations[0]["responses"]
+    assert operations[1]["security"] == [] and "401" not in operations[1]["responses"]
+
+
+def _duration_parameters() -> list[tuple[str, str, str]]:
+    found = []
+    for path, ops in document()["paths"].items():
+        for method, op in ops.items():
+            for param in op.get("parameters", []):
+                if param["name"] in ("wait", "heartbeat"):
+                    found.append((f"{method} {path}", param["name"], param["schema"]["pattern"]))
+    return found
+
+
+def test_every_documented_duration_is_one_the_api_takes() -> None:
+    from hypothesis import strategies as st
+
+    from suite_agent.api import control, services
+    from suite_agent.api.errors import ApiError
+    from suite_agent.api.params import Req
+
+    maxima = {"wait": min(control.MAX_WAIT, services.MAX_WAIT), "heartbeat": 300.0}
+    params = _duration_parameters()
+    assert len(params) == 8  # wait of the 6 control routes and of logs, heartbeat of events
+    pattern = params[0][2]
+    assert all(p == pattern for _, _, p in params)
+    for too_long in ("301", "300.5", "5.5m", "300001ms", "1h", "10m"):
+        assert not re.fullmatch(pattern, too_long), too_long
+        with pytest.raises(ApiError):
+            Req({}, {"wait": too_long}).duration("wait", 30.0, control.MAX_WAIT)
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(text=st.from_regex(pattern, fullmatch=True))
+    def accepted(text: str) -> None:
+        for name, maximum in maxima.items():
+            assert Req({}, {name: text}).duration(name, 1.0, maximum) <= maximum
+
+    accepted()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -157,9 +162,69 @@ def test_an_agent_that_is_not_running_is_a_clear_error() -> None:
     assert time.monotonic() - began < 20
 
 
-def test_usage_errors_exit_2() -> None:
-    for args in (["start"], ["logs"], ["status", "--bogus"], ["logs", "x", "-n", "many"], ["logs", "x", "--stream", "x"]):
-        assert cli(None, *args).returncode == 2
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    for args in (["start"], ["logs"], ["status", "--bogus"], ["logs", "x", "-n", "many"], ["logs", "x", "--stream", "x"],
+                 ["frobnicate"], ["run", "--conf-dir", str(tmp_path), "--log-level", "verbose"]):
+        done = cli(None, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert len(done.stderr.splitlines()) == 1 and "error:" in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    done = cli(None, "run", "--conf-dir", str(tmp_path), env={"SUITE_AGENT_LOG_LEVEL": "verbose"})
+    assert done.returncode == 2 and done.stderr.splitlines() == [(
+        "suite-agent run: error: 'verbose' is not a log level (--log-level or SUITE_AGENT_LOG_LEVEL): "
+        "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL")]
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(live: tuple[Agent, Api]) -> None:
+    _, api = live
+    environ = {**{k: v for k, v in os.environ.items() if not k.startswith("SUITE_AGENT_")},
+               "SUITE_AGENT_URL": api.url, "SUITE_AGENT_TOKEN": TOKEN}
+    # As a shell runs it: whether head is gone before the client writes or not, nothing on stderr.
+    done = subprocess.run(["sh", "-c", f"{shlex.join(agent_command())} status --json | head -c 10"],
+                          capture_output=True, text=True, env=environ, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout == '{\n  "servi' and done.stderr == ""
+    # The reader gone before the first byte, every time: exit as a Unix tool killed by SIGPIPE.
+    for args in (["status", "--json"], ["status"], ["logs", "talker", "-f"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            done = subprocess.run([*agent_command(), *args], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                  env=environ, timeout=60, check=False)
+        finally:
+            os.close(write_end)
+        assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, ""), args
+
+
+def _subcommands() -> list[str]:
+    from suite_agent.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_option_of_every_command_is_explained_in_its_help(command: str) -> None:
+    done = cli(None, command, "--help")
+    assert done.returncode == 0
+    text = done.stdout
+    usage, _, rest = text.partition("\n\n")
+    assert usage.startswith(f"usage: suite-agent {command}")
+    description = rest.split("\n\n")[0]
+    assert not description.startswith(("options:", "positional arguments:")), text  # what the command does
+    explained: dict[str, str] = {}  # option or argument -> its help text
+    last = ""
+    for line in text.splitlines():
+        entry = re.match(r"^  (\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if entry:
+            last = entry.group(1)
+            explained[last] = entry.group(2) or ""
+        elif line.startswith("    ") and last:
+            explained[last] = (explained[last] + " " + line.strip()).strip()
+        else:
+            last = ""
+    assert explained, text
+    for invocation, help_text in explained.items():
+        assert len(help_text) >= 10, f"suite-agent {command} --help: {invocation!r} is not explained:\n{text}"
 
 
 def test_no_token_needed_without_one(agent: Agent) -> None:

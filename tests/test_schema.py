@@ -139,3 +139,58 @@ def test_example_conf_d_matches_the_schema() -> None:
     assert files
     for path in files:
         assert list(validator.iter_errors(_yaml(path.read_text()) or {})) == [], path
+
+
+# What editors see through the schema must be what the agent accepts: the documents of conf.d
+# files users write, including a plugin turned on with no options (null).
+CONF_D_DOCUMENTS = [
+    "plugins:\n  audit_log:\n",
+    "plugins: {example: , audit_log: {path: /tmp/a.jsonl}}",
+    "plugins: {}",
+    "queue: {url: 'redis://127.0.0.1:6379/0', content_type: cloudevents}",
+    "api:\n  listen: 127.0.0.1:8080\n  webhooks:\n    - {url: 'http://127.0.0.1:9/x', events: [service_error]}\n",
+]
+REJECTED_DOCUMENTS = [
+    "plugins: {audit_log: 5}",
+    "plugins: {audit_log: [a]}",
+    "queue: {url: 'redis://127.0.0.1:6379/0', content_type: xml}",
+]
+
+
+def _model_accepts(document: Any) -> bool:
+    try:
+        ConfigFile.model_validate(document)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("text", CONF_D_DOCUMENTS + REJECTED_DOCUMENTS)
+def test_the_schema_and_the_agent_agree_on_conf_d_documents(text: str) -> None:
+    import jsonschema  # type: ignore[import-untyped,unused-ignore]
+
+    document = _yaml(text)
+    validator = jsonschema.Draft7Validator(schemas()["conf.d.schema.json"])
+    schema_accepts = not list(validator.iter_errors(document))
+    assert schema_accepts == _model_accepts(document) == (text in CONF_D_DOCUMENTS), text
+
+
+def test_the_schema_and_the_agent_agree_on_the_yaml_examples_of_the_docs() -> None:
+    """Every conf.d example in README.md and docs/ (a YAML block of conf.d's top-level keys)."""
+    import re
+
+    import jsonschema  # type: ignore[import-untyped,unused-ignore]
+
+    validator = jsonschema.Draft7Validator(schemas()["conf.d.schema.json"])
+    sections = {"services", "api", "queue", "plugins", "agent"}
+    checked = 0
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```yaml\n(.*?)```", path.read_text(), re.DOTALL):
+            documents = list(YAML(typ="safe").load_all(block))
+            document = documents[0] if len(documents) == 1 else None
+            if not isinstance(document, dict) or not document or not set(document) <= sections:
+                continue
+            checked += 1
+            assert _model_accepts(document), (path.name, block)
+            assert list(validator.iter_errors(document)) == [], (path.name, block)
+    assert checked >= 5

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,45 +16,62 @@ from suite_agent import __version__
 from suite_agent.settings import Settings
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Options every client command takes; the help says where their defaults come from.
+URL_HELP = "the agent's REST API (default $SUITE_AGENT_URL, else http://127.0.0.1:8080)"
+TOKEN_HELP = "bearer token of the API, if it has one (default $SUITE_AGENT_TOKEN)"
+CONF_DIR_HELP = "the configuration folder (default $SUITE_AGENT_CONF_DIR, else ./conf.d)"
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # usage errors exit 2, as CONTRACT.md says
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> Any:  # usage errors: exit 2 and one line, as CONTRACT.md says
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="suite-agent", description="A declarative process supervisor.")
-    parser.add_argument("--version", action="version", version=f"suite-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="run the agent in the foreground")
-    run.add_argument("--conf-dir", help="configuration folder (default ./conf.d)")
-    run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
-    validate = sub.add_parser("validate", help="check every file in conf.d")
-    validate.add_argument("--conf-dir", help="configuration folder (default ./conf.d)")
-    schema = sub.add_parser("schema", help="write the JSON Schemas of conf.d files")
-    schema.add_argument("--out", default="schemas", help="output folder (default ./schemas)")
-    _client_parsers(sub)
+    parser = _Parser(prog="suite-agent", description="A declarative process supervisor: YAML in conf.d/, "
+                     "hot reload, REST, queue and plugins. `suite-agent COMMAND --help` tells more.")
+    parser.add_argument("--version", action="version", version=f"suite-agent {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        return p
+
+    run = command("run", "run the agent in the foreground (SIGTERM/SIGINT stop every service, SIGHUP re-reads "
+                         "conf.d)")
+    run.add_argument("--conf-dir", help=CONF_DIR_HELP)
+    run.add_argument("--log-level", metavar="LEVEL",
+                     help=f"the agent's log detail: {', '.join(LOG_LEVELS)} (default $SUITE_AGENT_LOG_LEVEL, "
+                          "else INFO)")
+    validate = command("validate", "check every file in conf.d: one FILE:LINE: message per problem, exit 1 if any")
+    validate.add_argument("--conf-dir", help=CONF_DIR_HELP)
+    schema = command("schema", "write the JSON Schemas of conf.d files (what schemas/ holds)")
+    schema.add_argument("--out", default="schemas", help="the folder to write them to (default ./schemas)")
+    _client_parsers(command)
     return parser
 
 
-def _client_parsers(sub: Any) -> None:
-    def remote(name: str, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
-        p.add_argument("--url", help="the agent's REST API (default $SUITE_AGENT_URL or http://127.0.0.1:8080)")
-        p.add_argument("--token", help="bearer token (default $SUITE_AGENT_TOKEN)")
+def _client_parsers(command: Any) -> None:
+    def remote(name: str, text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = command(name, text)
+        p.add_argument("--url", help=URL_HELP)
+        p.add_argument("--token", help=TOKEN_HELP)
         return p
 
-    status = remote("status", "state of the services of a running agent")
-    status.add_argument("names", nargs="*", metavar="NAME")
-    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status = remote("status", "show the state of the services of a running agent")
+    status.add_argument("names", nargs="*", metavar="NAME", help="only these services (default: every one)")
+    status.add_argument("--json", action="store_true", help='print {"services": {NAME: status}} as JSON')
     for verb in ("start", "stop", "restart"):
-        remote(verb, f"{verb} services of a running agent").add_argument("names", nargs="+", metavar="NAME")
-    remote("reload", "make a running agent re-read conf.d now")
-    logs = remote("logs", "recent output of a service")
-    logs.add_argument("name", metavar="NAME")
+        remote(verb, f"{verb} services of a running agent; exit 1 if a name is unknown or one failed").add_argument(
+            "names", nargs="+", metavar="NAME", help=f"the services to {verb}")
+    remote("reload", "make a running agent re-read conf.d now; exit 1 if a file was rejected")
+    logs = remote("logs", "print the recent output of a service")
+    logs.add_argument("name", metavar="NAME", help="the service")
     logs.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    logs.add_argument("--stream", choices=("stdout", "stderr"), help="one stream only")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
+    logs.add_argument("--stream", choices=("stdout", "stderr"), help="one stream only (default both)")
 
 
 def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
@@ -82,6 +101,10 @@ def cmd_run(settings: Settings) -> int:
     from suite_agent.supervisor import Supervisor
     from suite_agent.watch import ConfigWatcher
 
+    if settings.log_level.upper() not in LOG_LEVELS:
+        print(f"suite-agent run: error: {settings.log_level!r} is not a log level (--log-level or "
+              f"SUITE_AGENT_LOG_LEVEL): use one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(message)s")
     if not settings.conf_dir.is_dir():
@@ -132,6 +155,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"suite-agent: {exc}", file=sys.stderr)
         return 2
+    try:
+        code = _dispatch(args, settings)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`suite-agent status --json | head -c 10`): stop quietly, with
+        # the status a Unix tool killed by SIGPIPE has.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         return cmd_run(settings)
     if args.command == "validate":

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import socket
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from suite_agent.events import Event
 
+if TYPE_CHECKING:
+    from suite_agent.config.loader import Declared
+
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json"
+JSON_CONTENT_TYPE = "application/json"
 
 
 def routing_key(event: Event) -> str:
@@ -20,6 +24,13 @@ def routing_key(event: Event) -> str:
 
 def default_agent_id() -> str:
     return socket.gethostname()
+
+
+def agent_id(declared: Declared | None) -> str:
+    """The agent's one `source`, wherever its events go: the queue's agent_id when a queue is
+    configured, else the host name (which is also what agent_id defaults to)."""
+    queue = declared.queue if declared is not None else None
+    return queue.agent_id if queue is not None else default_agent_id()
 
 
 def envelope(event: Event, agent_id: str) -> dict[str, Any]:

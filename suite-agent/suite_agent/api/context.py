@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,10 +62,14 @@ class ApiContext:
     handle: AgentHandle
     token: str | None
     base_dir: Path
-    agent_id: str
+    agent_ids: Callable[[], str]  # read per event: the queue section may change the agent_id
     probe: OwnerProbe
     metrics: Metrics
     slots: StreamSlots
     stopping: threading.Event = field(default_factory=threading.Event)
     openapi: Mapping[str, Any] = field(default_factory=dict)
     sse_buffer: int = 1000
+
+    @property
+    def agent_id(self) -> str:
+        return self.agent_ids()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from suite_agent import __version__
@@ -114,21 +115,23 @@ def _content(media: str, schema_name: str | None) -> dict[str, Any]:
     return {media: {"schema": _MEDIA_SCHEMA.get(media, {"type": "object"})}}
 
 
-def _operation(route: Route) -> dict[str, Any]:
+def _operation(route: Route, token: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, (description, schema) in sorted(route.responses.items()):
         media = route.media if 200 <= status < 300 else "application/json"
         responses[str(status)] = {"description": description, "content": _content(media, schema)}
-    if route.auth:
-        responses["401"] = {"description": "missing or wrong bearer token (when a token is configured)",
+    needs_token = route.auth and token
+    if needs_token:
+        responses["401"] = {"description": "missing or wrong bearer token",
                             "content": _content("application/json", "Error")}
     op: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": route.summary,
         "tags": [route.tag],
         "responses": responses,
-        "security": [{"bearer": []}] if route.auth else [],
     }
+    if token:
+        op["security"] = [{"bearer": []}] if needs_token else []
     if route.description:
         op["description"] = route.description
     if route.params:
@@ -142,22 +145,63 @@ def _operation(route: Route) -> dict[str, Any]:
     return op
 
 
-def document() -> dict[str, Any]:
+def _segments_match(template: str, concrete: str) -> dict[str, str] | None:
+    """The path parameters with which `template` gives `concrete`, or None."""
+    wanted, given = template.split("/"), concrete.split("/")
+    if len(wanted) != len(given) or "{" in concrete:
+        return None
+    values: dict[str, str] = {}
+    for w, g in zip(wanted, given, strict=True):
+        if w.startswith("{") and w.endswith("}"):
+            values[w[1:-1]] = g
+        elif w != g:
+            return None
+    return values
+
+
+def _unshadow(paths: dict[str, dict[str, Any]]) -> None:
+    """OpenAPI matches a concrete path before a templated one, so `GET /api/services/start`
+    would read as undocumented (only `POST /api/services/start` is), while the server gives the
+    service named start. Each such operation is listed under the concrete path too."""
+    for template, operations in list(paths.items()):
+        if "{" not in template:
+            continue
+        for concrete, concrete_ops in paths.items():
+            values = _segments_match(template, concrete)
+            if not values:
+                continue
+            for method, op in operations.items():
+                if method in concrete_ops:
+                    continue
+                same = copy.deepcopy(op)
+                suffix = "".join(v.capitalize() for v in values.values())
+                same["operationId"] = f"{op['operationId']}Named{suffix}"
+                same["summary"] = f"{op['summary']} ({', '.join(f'{k} {v}' for k, v in values.items())})"
+                same["parameters"] = [p for p in op.get("parameters", []) if p["name"] not in values]
+                if not same["parameters"]:
+                    del same["parameters"]
+                concrete_ops[method] = same
+
+
+def document(token: bool = True) -> dict[str, Any]:
+    """The document; `token`: whether a token is configured (then it lists the bearer scheme)."""
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
-        paths.setdefault(route.openapi_path, {})[route.method.lower()] = _operation(route)
+        paths.setdefault(route.openapi_path, {})[route.method.lower()] = _operation(route, token)
+    _unshadow(paths)
+    auth = ("Every route but /api/health, /livez and /readyz needs `Authorization: Bearer TOKEN`. " if token
+            else "No token is configured: no route needs authorization. ")
+    components: dict[str, Any] = {"schemas": SCHEMAS}
+    if token:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "suite-agent",
             "version": __version__,
-            "description": "Control and observe the services a suite-agent supervises. With a token configured, "
-                           "every route but /api/health, /livez and /readyz needs `Authorization: Bearer TOKEN`. "
-                           'Errors are JSON `{"error": "..."}`.',
+            "description": "Control and observe the services a suite-agent supervises. " + auth
+                           + 'Errors are JSON `{"error": "..."}`.',
         },
         "paths": paths,
-        "components": {
-            "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
+        "components": components,
     }

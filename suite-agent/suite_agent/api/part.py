@@ -34,12 +34,14 @@ class ApiPart:
             raise IntegrationError(
                 f"api.listen {section.listen}: refusing to serve a non-loopback address without a token "
                 "(set api.token or api.token_file, or listen on 127.0.0.1)")
-        agent_id = cloudevents.default_agent_id()
+        def agent_id() -> str:
+            return cloudevents.agent_id(handle.snapshot().declared)
+
         self.webhooks = Webhooks(section.webhooks, handle.bus, agent_id, since=handle.since("api"))
         self.metrics = Metrics(handle)
-        self.ctx = ApiContext(handle=handle, token=token, base_dir=base_dir, agent_id=agent_id,
+        self.ctx = ApiContext(handle=handle, token=token, base_dir=base_dir, agent_ids=agent_id,
                               probe=OwnerProbe(handle.inbox), metrics=self.metrics,
-                              slots=StreamSlots(MAX_STREAMS), openapi=document())
+                              slots=StreamSlots(MAX_STREAMS), openapi=document(token=token is not None))
         self.server = server.HttpServer(build_app(self.ctx), self.listen.host, self.listen.port,
                                         BASE_THREADS + MAX_STREAMS)
         self._started = False

@@ -17,7 +17,14 @@ from suite_agent.inbox import Verb
 Handler = Callable[..., Reply]
 
 NAME = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_.-]*$", "maxLength": 63}
-DURATION = {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"}
+# Every duration parameter takes at most 300 s (MAX_WAIT of control and services, the SSE
+# heartbeat). The pattern admits only those, so a client that follows the document is never
+# refused: up to 300 (s), 300000ms or 5m.
+_SECONDS = r"(?:[12]?[0-9]?[0-9](?:\.[0-9]+)?|300(?:\.0+)?)"
+_MILLIS = r"(?:[12]?[0-9]{1,5}(?:\.[0-9]+)?|300000(?:\.0+)?)"
+_MINUTES = r"(?:[0-4](?:\.[0-9]+)?|5(?:\.0+)?)"
+DURATION = {"type": "string", "pattern": rf"^(?:{_SECONDS}s?|{_MILLIS}ms|{_MINUTES}m)$",
+            "examples": ["10s", "500ms", "2m", "0"]}
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 Every webhook has its own thread and its own bounded bus subscription, so a slow or dead
 receiver delays only itself; when it falls behind, its oldest events are dropped and counted.
+
+The POST is CloudEvents' HTTP structured mode only: `ce-` headers beside a structured body
+would make SDKs read it as binary mode. Redirects are not followed: urllib would re-send a
+POST answered with 301/302 as a GET without its body, and count the event as delivered.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from suite_agent import cloudevents
@@ -44,8 +50,16 @@ def public_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}/…"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx then surfaces as an HTTPError: a failed delivery
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 class Sender:
-    def __init__(self, index: int, hook: Webhook, bus: EventBus, agent_id: str,
+    def __init__(self, index: int, hook: Webhook, bus: EventBus, agent_id: Callable[[], str],
                  since: float | None = None) -> None:
         parts = urlsplit(hook.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -93,9 +107,8 @@ class Sender:
                     self.failed += 1
 
     def _deliver(self, event: Event, timeout: float = 0.0) -> None:
-        body = cloudevents.dumps(event, self._agent_id).encode("utf-8")
-        headers = {"Content-Type": cloudevents.CONTENT_TYPE, "User-Agent": "suite-agent",
-                   "ce-id": event.id, "ce-type": cloudevents.routing_key(event)}
+        body = cloudevents.dumps(event, self._agent_id()).encode("utf-8")
+        headers = {"Content-Type": cloudevents.CONTENT_TYPE, "User-Agent": "suite-agent"}
         if self.hook.secret:
             headers[SIGNATURE_HEADER] = signature(self.hook.secret, body)
         delay = FIRST_DELAY
@@ -117,11 +130,15 @@ class Sender:
         """None when delivered, else what went wrong ("refused: ..." when retrying cannot help)."""
         request = urllib.request.Request(self.hook.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with _OPENER.open(request, timeout=timeout) as response:
                 response.read(65536)
                 return None
         except urllib.error.HTTPError as exc:
             exc.close()
+            if 300 <= exc.code < 400:
+                where = exc.headers.get("Location") if exc.headers is not None else None
+                return f"refused: HTTP {exc.code} redirect{f' to {where}' if where else ''} (not followed: " \
+                       "set the webhook's url to where it points)"
             retry = exc.code >= 500 or exc.code in (408, 429)
             return f"{'' if retry else 'refused: '}HTTP {exc.code}"
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
@@ -143,7 +160,7 @@ class Sender:
 
 
 class Webhooks:
-    def __init__(self, hooks: list[Webhook], bus: EventBus, agent_id: str,
+    def __init__(self, hooks: list[Webhook], bus: EventBus, agent_id: Callable[[], str],
                  since: float | None = None) -> None:
         self.senders: list[Sender] = []
         try:

@@ -263,6 +263,9 @@ class QueueSection(Model):
     url: str
     exchange: str = "suite_events"
     agent_id: str = Field(default_factory=socket.gethostname)
+    content_type: Literal["json", "cloudevents"] = Field(
+        "json", description="events' content type: application/json (any kombu consumer decodes it) "
+                            "or application/cloudevents+json; the body is the same CloudEvents JSON")
 
 
 class AgentSection(Model):

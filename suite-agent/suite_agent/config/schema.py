@@ -64,7 +64,20 @@ def _draft07(model: type[BaseModel], name: str, title: str, description: str) ->
     }
     if definitions:
         out["definitions"] = {key: _fix(value) for key, value in definitions.items()}
+    if model is ConfigFile:
+        _plugin_options_may_be_null(out)
     return out
+
+
+def _plugin_options_may_be_null(schema: dict[str, Any]) -> None:
+    """`plugins: {audit_log: }` turns a plugin on with no options: the model reads that null as
+    {} before validating, and pydantic describes only the validated type."""
+    for branch in schema["properties"]["plugins"]["anyOf"]:
+        if branch.get("type") == "object":
+            branch["additionalProperties"] = {
+                "type": ["object", "null"],
+                "description": "the plugin's options; empty (null) turns it on with none",
+            }
 
 
 def _fix(node: Any) -> Any:

@@ -35,7 +35,8 @@ class QueuePart:
         # Subscribed before anything else, so no event from now on is missed.
         publisher = EventPublisher(Link(section.url, "events", self.stats),
                                    self.handle.bus.subscribe(self.outbox_max, since=self.handle.since("queue")), topology.exchange(section),
-                                   section.agent_id, self.outbox_max, self._stop_events)
+                                   section.agent_id, self.outbox_max, self._stop_events,
+                                   content_type=topology.event_content_type(section))
         consumer = CommandConsumer(Link(section.url, "commands", self.stats), topology.control_queue(section),
                                    self.handle, section.agent_id, self._stop_commands)
         self._threads = [threading.Thread(target=publisher.run, name="queue-events", daemon=True),

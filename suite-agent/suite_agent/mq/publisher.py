@@ -85,8 +85,10 @@ class Confirms:
 
 class EventPublisher:
     def __init__(self, link: Link, subscription: Subscription, exchange: Exchange, agent_id: str,
-                 outbox_max: int, stop: threading.Event, flush_for: float = 3.0) -> None:
+                 outbox_max: int, stop: threading.Event, flush_for: float = 3.0,
+                 content_type: str = cloudevents.JSON_CONTENT_TYPE) -> None:
         self.link = link
+        self.content_type = content_type
         self.exchange = exchange
         self.agent_id = agent_id
         self.outbox: deque[Event] = deque()
@@ -156,7 +158,7 @@ class EventPublisher:
                 producer.publish(
                     cloudevents.dumps(event, self.agent_id),
                     routing_key=cloudevents.routing_key(event),
-                    content_type=cloudevents.CONTENT_TYPE,
+                    content_type=self.content_type,
                     content_encoding="utf-8",
                     delivery_mode=2,
                     message_id=event.id,

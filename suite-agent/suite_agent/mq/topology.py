@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue, binding
 
+from suite_agent import cloudevents
 from suite_agent.config.models import QueueSection
 from suite_agent.integrations import IntegrationError
 from suite_agent.mq import redis_batch
@@ -44,6 +45,11 @@ def check(section: QueueSection) -> None:
     if not agent_id or any(c in agent_id for c in "*# \t\r\n") or agent_id.strip(".") != agent_id:
         raise IntegrationError(f"queue.agent_id {agent_id!r}: use letters, digits, '-', '_' and inner dots "
                                "(it becomes part of routing keys)")
+
+
+def event_content_type(section: QueueSection) -> str:
+    """application/json unless asked: kombu consumers (and Celery) accept "json" only by default."""
+    return cloudevents.CONTENT_TYPE if section.content_type == "cloudevents" else cloudevents.JSON_CONTENT_TYPE
 
 
 def is_amqp(url: str) -> bool:
