@@ -259,6 +259,17 @@ def test_a_service_that_owns_its_port_is_ready_over_http(agent: Agent) -> None:
     agent.wait_pids("3904")
 
 
+def test_a_service_whose_child_listens_is_ready(agent: Agent) -> None:
+    port = free_port()
+    agent.write("a.yaml", services(f"""\
+        web:
+          command: [sh, -c, '{PY} -m http.server {port} --bind 127.0.0.1; exit 1']
+          health: {{readiness: {{tcp: {{port: {port}}}, period: 50ms}}}}
+        """))
+    agent.start()
+    agent.wait_log(r"web: ready, healthy")
+
+
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):

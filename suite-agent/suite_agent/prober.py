@@ -6,9 +6,8 @@ Thresholds are counted here (Kubernetes semantics); the owner hears `ProbeChange
 probe's verdict flips, and acts: restart on liveness/startup failure, `ready` on readiness.
 
 A readiness check that reaches a port on this host counts only if the service may be the one
-that answered: when every process listening there was already running before the service's
-process started (another program holds the port, so the service crash-loops on it), the
-answer is a stranger's and the check fails.
+that answered: when the listening socket belongs to no process of the service (another program
+holds the port, so the service crash-loops on it), the answer is a stranger's and the check fails.
 """
 
 from __future__ import annotations
@@ -199,29 +198,54 @@ def _check(probe: Probe, foreign: ForeignChildren, cwd: str | None, env: Mapping
 
 
 def _stranger(probe: Probe, pid: int) -> str | None:
-    """Who answered instead of process `pid`, if only processes older than it listen on the
-    probed local port; None when the service may have answered or it cannot be told."""
+    """Why the answer cannot be the service's: the probed local port is listened on, but by no
+    process of the service (`pid` and its descendants); None when it may be, or cannot be told.
+    Costs one read of /proc/net/tcp and of the service's own fds, never a scan of every process."""
     try:
         target = _local_port(probe)
         if target is None:
             return None
+        listening = _listening_sockets(target)
+        if not listening:
+            return None  # nobody here listens: the answer came through some other way
         proc = psutil.Process(pid)
         if proc.ppid() != os.getpid():
             return None  # not a child this agent started: nothing to compare with
-        started = proc.create_time()
-        holders = {c.pid for c in psutil.net_connections("tcp")
-                   if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == target}
-        if not holders or None in holders:
-            return None  # nobody, or someone this agent may not look at (another user)
-        older = []
-        for holder in sorted(h for h in holders if h is not None):
-            other = psutil.Process(holder)
-            if other.create_time() >= started:
-                return None
-            older.append(f"pid {holder} ({other.name()})")
+        if _holds_any(pid, listening):
+            return None
+        if any(_holds_any(child.pid, listening) for child in proc.children(recursive=True)):
+            return None
     except (psutil.Error, OSError, ValueError):
-        return None
-    return f"port {target} belongs to {', '.join(older)}, which listened before the service started"
+        return None  # gone, or another user's: cannot be told
+    return f"port {target} is held by a process that is not the service's"
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The socket inodes (as fd link targets) listening on `port`, IPv4 and IPv6."""
+    wanted = f":{port:04X}"
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows, None)
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) > 9 and fields[3] == "0A" and fields[1].endswith(wanted):
+                        found.add(f"socket:[{fields[9]}]")
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def _holds_any(pid: int, sockets: set[str]) -> bool:
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{fd}") in sockets:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _local_port(probe: Probe) -> int | None:
