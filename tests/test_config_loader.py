@@ -680,7 +680,7 @@ def test_what_the_kernel_cannot_take_is_refused(conf: Conf, text: str, expected:
         ("api:\n  listen: 8080\n", "2: api.listen: Input should be a valid string"),
         ("api:\n  listen: '127.0.0.1'\n", "2: api.listen: '127.0.0.1': expected HOST:PORT, [IPV6]:PORT or :PORT"),
         ("api:\n  listen: '127.0.0.1:99999'\n", "2: api.listen: '127.0.0.1:99999': the port must be a number"),
-        ("api:\n  token: ''\n", "2: api: token is empty"),
+        ("api:\n  token: ''\n", "2: api.token: the token is empty"),
         ("api:\n  token: x\n  token_file: y\n", "2: api: set token or token_file, not both"),
     ],
     ids=["kafka", "http", "no-scheme", "exchange", "agent-id", "any-v4", "any", "any-v6", "name", "number",

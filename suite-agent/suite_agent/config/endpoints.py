@@ -30,6 +30,12 @@ def check_listen(value: str) -> str:
     return value
 
 
+def check_token(token: str | None) -> str | None:
+    if token is not None and not token.strip():
+        raise ValueError("the token is empty")
+    return token
+
+
 def needs_token(listen: str) -> bool:
     """Whether serving `listen` needs a token: anything but a loopback address or `localhost`.
 

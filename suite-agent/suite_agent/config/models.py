@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 
-from .endpoints import check_agent_id, check_exchange, check_listen, check_queue_url, needs_token
+from .endpoints import check_agent_id, check_exchange, check_listen, check_queue_url, check_token, needs_token
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -281,13 +281,12 @@ class ApiSection(Model):
     webhooks: list[Webhook] = Field(default_factory=list)
 
     _listen = field_validator("listen")(check_listen)
+    _token = field_validator("token")(check_token)
 
     @model_validator(mode="after")
     def _refuse_what_cannot_serve(self) -> ApiSection:
         if self.token is not None and self.token_file is not None:
             raise ValueError("set token or token_file, not both")
-        if self.token is not None and not self.token.strip():
-            raise ValueError("token is empty")
         if self.token is None and self.token_file is None and needs_token(self.listen):
             raise ValueError(
                 f"listen {self.listen!r} is not a loopback address: set token or token_file, "
