@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-
 from suite_agent.config import loader, yamlpos
 from suite_agent.config.files import MAX_FILE_BYTES
 from suite_agent.config.loader import ConfigStore, Declared, validate_dir
@@ -95,7 +94,12 @@ def test_a_symlink_to_a_regular_file_is_read(conf: Path, tmp_path: Path) -> None
 def test_a_file_over_the_limit_is_refused_before_parsing(conf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[int] = []
     real = yamlpos.load
-    monkeypatch.setattr(loader, "load", lambda text: parsed.append(len(text)) or real(text))
+
+    def counting(text: str) -> Any:
+        parsed.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(loader, "load", counting)
     with open(conf / "big.yaml", "wb") as f:
         f.write(b"# " + b"x" * (MAX_FILE_BYTES - 3) + b"\n")
     assert problems() == []  # exactly at the limit: read
@@ -103,8 +107,8 @@ def test_a_file_over_the_limit_is_refused_before_parsing(conf: Path, monkeypatch
         f.write(b"\n")
     parsed.clear()
     assert problems() == [
-        f"conf.d/big.yaml:1: the file is {MAX_FILE_BYTES + 1} bytes, over the limit of {MAX_FILE_BYTES} bytes "
-        "(1 MiB) for a conf.d file"
+        (f"conf.d/big.yaml:1: the file is {MAX_FILE_BYTES + 1} bytes, over the limit of {MAX_FILE_BYTES} bytes "
+        "(1 MiB) for a conf.d file")
     ]
     assert parsed == [len(GOOD)]  # only good.yaml was parsed
 

@@ -10,9 +10,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from suite_agent.config import loader
-from suite_agent.config.loader import ConfigStore, Declared, Problem, is_config_file, validate_dir
+from suite_agent.config.loader import (
+    ConfigStore,
+    Declared,
+    Problem,
+    is_config_file,
+    validate_dir,
+)
 from suite_agent.config.models import AgentSection
 
 REPO = Path(__file__).resolve().parents[1]
@@ -638,8 +643,8 @@ def test_counts_are_strict_integers(conf: Conf, text: str, expected: str) -> Non
     ("text", "expected"),
     [
         ("services:\n  a:\n    command: x\n    environment:\n      A=B: x\n",
-         "5: services.a.environment.A=B: bad key 'A=B': an environment variable name cannot be empty or contain "
-         "'=' or a NUL character"),
+         ("5: services.a.environment.A=B: bad key 'A=B': an environment variable name cannot be empty or contain "
+         "'=' or a NUL character")),
         ("services:\n  a:\n    command: x\n    environment:\n      \"\": x\n",
          "5: services.a.environment.: bad key '': an environment variable name cannot be empty"),
         ("services:\n  a:\n    command: x\n    environment:\n      \"A\\0\": x\n",
@@ -707,10 +712,10 @@ def test_unknown_user_or_group_is_reported_and_the_file_still_applied(conf: Conf
         "  b:\n    command: x\n    user: root\n    group: 0\n",
     )
     assert conf.problems() == [
-        "conf.d/a.yaml:4: services.a.user: no such user 'no-such-user-x' on this host; "
-        "the service cannot start until it exists",
-        "conf.d/a.yaml:5: services.a.group: no such group 'no-such-group-x' on this host; "
-        "the service cannot start until it exists",
+        ("conf.d/a.yaml:4: services.a.user: no such user 'no-such-user-x' on this host; "
+        "the service cannot start until it exists"),
+        ("conf.d/a.yaml:5: services.a.group: no such group 'no-such-group-x' on this host; "
+        "the service cannot start until it exists"),
     ]
     declared = ConfigStore("conf.d").load()
     assert sorted(declared.services) == ["a", "b"] and dict(declared.rejected) == {}
@@ -722,18 +727,18 @@ def test_unknown_user_or_group_is_reported_and_the_file_still_applied(conf: Conf
     [
         (
             {"a.yaml": "services:\n  web: {command: x}\n", "b.yaml": "services:\n  web.1: {command: x}\n"},
-            "conf.d/b.yaml:2: services.web.1: service 'web.1' has the name of replica 1 of service 'web' "
-            "(conf.d/a.yaml:2); replicas of 'web' are named web, web.1, ...",
+            ("conf.d/b.yaml:2: services.web.1: service 'web.1' has the name of replica 1 of service 'web' "
+            "(conf.d/a.yaml:2); replicas of 'web' are named web, web.1, ..."),
         ),
         (
             {"a.yaml": "services:\n  web.1: {command: x}\n", "b.yaml": "services:\n  web: {command: x, replicas: 1}\n"},
-            "conf.d/b.yaml:2: services.web: service 'web' would name a replica 'web.1', the name of the service in "
-            "conf.d/a.yaml:2; replicas of 'web' are named web, web.1, ...",
+            ("conf.d/b.yaml:2: services.web: service 'web' would name a replica 'web.1', the name of the service in "
+            "conf.d/a.yaml:2; replicas of 'web' are named web, web.1, ..."),
         ),
         (
             {"a.yaml": "services:\n  web.12: {command: x}\n  web: {command: x, replicas: 0}\n"},
-            "conf.d/a.yaml:3: services.web: service 'web' would name a replica 'web.12', the name of the service in "
-            "conf.d/a.yaml:2; replicas of 'web' are named web, web.1, ...",
+            ("conf.d/a.yaml:3: services.web: service 'web' would name a replica 'web.12', the name of the service in "
+            "conf.d/a.yaml:2; replicas of 'web' are named web, web.1, ..."),
         ),
     ],
     ids=["replica-later", "service-later", "same-file"],
