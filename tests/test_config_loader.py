@@ -952,6 +952,21 @@ def test_changed_file_creating_a_cycle_is_rejected(conf: Conf) -> None:
     ]
 
 
+def test_an_edit_closing_a_cycle_is_rejected_even_in_the_file_that_sorts_first(conf: Conf) -> None:
+    conf.write("a.yaml", "services:\n  a: {command: x}\n")
+    conf.write("b.yaml", "services:\n  b: {command: x, depends_on: [a]}\n")
+    store = ConfigStore("conf.d")
+    store.load()
+    conf.write("a.yaml", "services:\n  a: {command: y, depends_on: [b]}\n")
+    declared = store.load()
+    assert sorted(declared.services) == ["a", "b"] and declared.services["a"].command == ("x",)
+    assert [str(p) for p in declared.rejected["conf.d/a.yaml"]] == [
+        "conf.d/a.yaml:2: services.a.depends_on: dependency cycle a -> b -> a"
+    ]
+    # validate, which knows nothing of what runs, blames the file that sorts later.
+    assert conf.problems()[-1] == "conf.d/b.yaml:2: services.b.depends_on: dependency cycle b -> a -> b"
+
+
 # --- the example in the repository ----------------------------------------------------------
 
 
