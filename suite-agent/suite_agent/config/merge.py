@@ -112,7 +112,7 @@ def _duplicates(chosen: Sequence[Version]) -> dict[Version, list[Problem]]:
     a service named `web.N` collides with a service `web`, whatever the replica count.
     """
     owner: dict[str, tuple[str, int]] = {}  # "service 'x'" / "section 'x'" -> (file, line)
-    replicas: dict[str, tuple[str, str, int]] = {}  # base -> (a service named base.N, file, line)
+    named_like_replica: dict[str, tuple[str, str, int]] = {}  # base -> (a service base.N, file, line)
     blamed: dict[Version, list[Problem]] = {}
     for v in chosen:
         found: list[Problem] = []
@@ -127,8 +127,8 @@ def _duplicates(chosen: Sequence[Version]) -> dict[Version, list[Problem]]:
                     f"service {name!r} has the name of replica {name[len(base) + 1:]} of service {base!r} "
                     f"({_at(owner[f'service {base!r}'])}); replicas of {base!r} are named {base}, {base}.1, ..."
                 )
-            elif name in replicas:
-                other, file, other_line = replicas[name]
+            elif name in named_like_replica:
+                other, file, other_line = named_like_replica[name]
                 message = (
                     f"service {name!r} would name a replica {other!r}, the name of the service in "
                     f"{file}:{other_line}; replicas of {name!r} are named {name}, {name}.1, ..."
@@ -138,7 +138,7 @@ def _duplicates(chosen: Sequence[Version]) -> dict[Version, list[Problem]]:
                 continue
             owner[f"service {name!r}"] = (v.file, line)
             if base is not None:
-                replicas.setdefault(base, (name, v.file, line))
+                named_like_replica.setdefault(base, (name, v.file, line))
         for name in v.sections():
             line = v.lines.section(name)
             if f"section {name!r}" in owner:
