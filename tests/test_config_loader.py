@@ -10,9 +10,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from suite_agent.config import loader
-from suite_agent.config.loader import ConfigStore, Declared, Problem, is_config_file, validate_dir
+from suite_agent.config.loader import (
+    ConfigStore,
+    Declared,
+    Problem,
+    is_config_file,
+    validate_dir,
+)
 from suite_agent.config.models import AgentSection
 
 REPO = Path(__file__).resolve().parents[1]
@@ -360,10 +365,14 @@ def test_broken_symlink(conf: Conf) -> None:
 def test_unreadable_file(conf: Conf, monkeypatch: pytest.MonkeyPatch) -> None:
     conf.write("a.yaml", "services: {}\n")
 
-    def denied(self: Path) -> bytes:
-        raise PermissionError(13, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    def denied(path: str, flags: int, *args: int) -> int:
+        if os.fspath(path).endswith("a.yaml"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", denied)
     assert conf.problems() == ["conf.d/a.yaml:1: cannot read the file: Permission denied"]
 
 
@@ -597,6 +606,155 @@ def test_one_bad_file_does_not_take_down_the_others(conf: Conf) -> None:
     assert conf.problems() == ["conf.d/a.yaml:2: services.a.depends_on: unknown service 'nope'"]
 
 
+# --- what the agent would refuse or cannot run ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("services:\n  a:\n    command: x\n    replicas: true\n", "4: services.a.replicas: Input should be a valid integer"),
+        ("services:\n  a:\n    command: x\n    replicas: '2'\n", "4: services.a.replicas: Input should be a valid integer"),
+        ("services:\n  a:\n    command: x\n    success_codes: [0, false]\n",
+         "4: services.a.success_codes[1]: Input should be a valid integer"),
+        ("services:\n  a:\n    command: x\n    start_limit: {burst: true}\n",
+         "4: services.a.start_limit.burst: Input should be a valid integer"),
+        ("services:\n  a:\n    command: x\n    backoff: {factor: true}\n",
+         "4: services.a.backoff.factor: Input should be a valid number"),
+        ("services:\n  a:\n    command: x\n    user: true\n",
+         "4: services.a.user: Input should be a valid string or a valid integer"),
+        ("services:\n  a:\n    command: x\n    health:\n      liveness: {tcp: {port: true}}\n",
+         "5: services.a.health.liveness.tcp.port: Input should be a valid integer"),
+        ("services:\n  a:\n    command: x\n    health:\n      liveness: {http: {url: 'http://x/', status: true}}\n",
+         "5: services.a.health.liveness.http.status: Input should be a valid integer"),
+        ("services:\n  a:\n    command: x\n    health:\n      liveness: {exec: {command: [x]}, failure_threshold: true}\n",
+         "5: services.a.health.liveness.failure_threshold: Input should be a valid integer"),
+        ("agent:\n  log_backups: true\n", "2: agent.log_backups: Input should be a valid integer"),
+        ("agent:\n  log_max_bytes: false\n", "2: agent.log_max_bytes: Input should be a valid integer"),
+        ("agent:\n  log_buffer_lines: true\n", "2: agent.log_buffer_lines: Input should be a valid integer"),
+    ],
+    ids=["replicas", "replicas-str", "success-codes", "burst", "factor", "user", "port", "status", "threshold",
+         "backups", "max-bytes", "buffer-lines"],
+)
+def test_counts_are_strict_integers(conf: Conf, text: str, expected: str) -> None:
+    assert one_problem(conf, "a.yaml", text) == f"conf.d/a.yaml:{expected}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("services:\n  a:\n    command: x\n    environment:\n      A=B: x\n",
+         ("5: services.a.environment.A=B: bad key 'A=B': an environment variable name cannot be empty or contain "
+         "'=' or a NUL character")),
+        ("services:\n  a:\n    command: x\n    environment:\n      \"\": x\n",
+         "5: services.a.environment.: bad key '': an environment variable name cannot be empty"),
+        ("services:\n  a:\n    command: x\n    environment:\n      \"A\\0\": x\n",
+         "5: services.a.environment.A\x00: bad key 'A\\x00': an environment variable name cannot be empty"),
+        ("services:\n  a:\n    command: x\n    environment:\n      A: \"x\\0y\"\n",
+         "5: services.a.environment.A: cannot contain a NUL character"),
+        ("services:\n  a:\n    command:\n      - x\n      - \"y\\0\"\n",
+         "5: services.a.command[1]: cannot contain a NUL character"),
+        ("services:\n  a:\n    command: \"x y\\0\"\n", "3: services.a.command: cannot contain a NUL character"),
+        ("services:\n  a:\n    command: x\n    directory: \"/tmp\\0\"\n",
+         "4: services.a.directory: cannot contain a NUL character"),
+        ("services:\n  a:\n    command: x\n    user: \"root\\0\"\n",
+         "4: services.a.user: cannot contain a NUL character"),
+        ("services:\n  a:\n    command: x\n    health:\n      startup: {exec: {command: [\"t\\0\"]}}\n",
+         "5: services.a.health.startup.exec.command[0]: cannot contain a NUL character"),
+    ],
+    ids=["env-equals", "env-empty", "env-nul-key", "env-nul-value", "argv-nul", "string-argv-nul", "directory",
+         "user", "probe-argv"],
+)
+def test_what_the_kernel_cannot_take_is_refused(conf: Conf, text: str, expected: str) -> None:
+    assert one_problem(conf, "a.yaml", text).startswith(f"conf.d/a.yaml:{expected}")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("queue:\n  url: kafka://127.0.0.1:9092\n",
+         "2: queue.url: kafka:// needs Kafka support, which this agent does not have yet; use redis:// or amqp://"),
+        ("queue:\n  url: http://127.0.0.1\n", "2: queue.url: unsupported scheme 'http://'; use redis://HOST:6379/0"),
+        ("queue:\n  url: 127.0.0.1:6379\n", "2: queue.url: unsupported scheme"),
+        ("queue:\n  url: redis://h/0\n  exchange: ' '\n", "3: queue.exchange: cannot be empty"),
+        ("queue:\n  url: redis://h/0\n  agent_id: 'a*'\n", "3: queue.agent_id: 'a*': use letters, digits"),
+        ("api:\n  listen: 0.0.0.0:8080\n",
+         "2: api: listen '0.0.0.0:8080' is not a loopback address: set token or token_file, or listen on 127.0.0.1"),
+        ("api:\n  listen: :8080\n", "2: api: listen ':8080' is not a loopback address"),
+        ("api:\n  listen: '[::]:8080'\n", "2: api: listen '[::]:8080' is not a loopback address"),
+        ("api:\n  listen: example.com:8080\n", "2: api: listen 'example.com:8080' is not a loopback address"),
+        ("api:\n  listen: 8080\n", "2: api.listen: Input should be a valid string"),
+        ("api:\n  listen: '127.0.0.1'\n", "2: api.listen: '127.0.0.1': expected HOST:PORT, [IPV6]:PORT or :PORT"),
+        ("api:\n  listen: '127.0.0.1:99999'\n", "2: api.listen: '127.0.0.1:99999': the port must be a number"),
+        ("api:\n  token: ''\n", "2: api.token: the token is empty"),
+        ("api:\n  token: x\n  token_file: y\n", "2: api: set token or token_file, not both"),
+    ],
+    ids=["kafka", "http", "no-scheme", "exchange", "agent-id", "any-v4", "any", "any-v6", "name", "number",
+         "no-port", "bad-port", "empty-token", "two-tokens"],
+)
+def test_integrations_the_agent_would_refuse(conf: Conf, text: str, expected: str) -> None:
+    assert one_problem(conf, "a.yaml", text).startswith(f"conf.d/a.yaml:{expected}")
+
+
+@pytest.mark.parametrize(
+    "api",
+    ["{listen: '127.0.0.1:8080'}", "{listen: 'localhost:8080'}", "{listen: '[::1]:8080'}",
+     "{listen: '127.0.0.2:8080'}", "{listen: '0.0.0.0:8080', token: s3cret}", "{listen: ':8080', token_file: tok}"],
+)
+def test_api_sections_the_agent_serves(conf: Conf, api: str) -> None:
+    conf.write("a.yaml", f"api: {api}\n")
+    assert conf.problems() == []
+
+
+def test_unknown_user_or_group_is_reported_and_the_file_still_applied(conf: Conf) -> None:
+    conf.write(
+        "a.yaml",
+        "services:\n  a:\n    command: x\n    user: no-such-user-x\n    group: no-such-group-x\n"
+        "  b:\n    command: x\n    user: root\n    group: 0\n",
+    )
+    assert conf.problems() == [
+        ("conf.d/a.yaml:4: services.a.user: no such user 'no-such-user-x' on this host; "
+        "the service cannot start until it exists"),
+        ("conf.d/a.yaml:5: services.a.group: no such group 'no-such-group-x' on this host; "
+        "the service cannot start until it exists"),
+    ]
+    declared = ConfigStore("conf.d").load()
+    assert sorted(declared.services) == ["a", "b"] and dict(declared.rejected) == {}
+    assert [p.line for p in declared.warnings["conf.d/a.yaml"]] == [4, 5]
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"a.yaml": "services:\n  web: {command: x}\n", "b.yaml": "services:\n  web.1: {command: x}\n"},
+            ("conf.d/b.yaml:2: services.web.1: service 'web.1' has the name of replica 1 of service 'web' "
+            "(conf.d/a.yaml:2); replicas of 'web' are named web, web.1, ..."),
+        ),
+        (
+            {"a.yaml": "services:\n  web.1: {command: x}\n", "b.yaml": "services:\n  web: {command: x, replicas: 1}\n"},
+            ("conf.d/b.yaml:2: services.web: service 'web' would name a replica 'web.1', the name of the service in "
+            "conf.d/a.yaml:2; replicas of 'web' are named web, web.1, ..."),
+        ),
+        (
+            {"a.yaml": "services:\n  web.12: {command: x}\n  web: {command: x, replicas: 0}\n"},
+            ("conf.d/a.yaml:3: services.web: service 'web' would name a replica 'web.12', the name of the service in "
+            "conf.d/a.yaml:2; replicas of 'web' are named web, web.1, ..."),
+        ),
+    ],
+    ids=["replica-later", "service-later", "same-file"],
+)
+def test_a_service_named_like_a_replica_is_refused(conf: Conf, files: dict[str, str], expected: str) -> None:
+    for name, text in files.items():
+        conf.write(name, text)
+    assert conf.problems() == [expected]
+
+
+def test_names_that_are_not_replica_names_are_fine(conf: Conf) -> None:
+    conf.write("a.yaml", "services:\n  web: {command: x, replicas: 3}\n  web.0: {command: x}\n  web.01: {command: x}\n"
+                         "  web.x: {command: x}\n  web-1: {command: x}\n  app.1: {command: x}\n")
+    assert conf.problems() == []
+
+
 # --- reloads: last good versions ------------------------------------------------------------
 
 
@@ -636,7 +794,7 @@ def test_validate_dir_ignores_last_good_versions(conf: Conf) -> None:
     conf.write("a.yaml", "services: {a: {command: x, replicas: many}}\n")
     assert "a" in store.load().services
     assert conf.problems() == [
-        "conf.d/a.yaml:1: services.a.replicas: Input should be a valid integer, unable to parse string as an integer"
+        "conf.d/a.yaml:1: services.a.replicas: Input should be a valid integer"
     ]
 
 
@@ -661,51 +819,97 @@ def test_removed_bad_file_forgets_its_last_good_version(conf: Conf) -> None:
     assert dict(store.load().services) == {}
 
 
-def test_file_in_force_wins_over_a_newly_changed_one(conf: Conf) -> None:
-    # b.yaml holds web; a.yaml, which sorts first, then claims web too: a.yaml is rejected.
+def test_a_conflict_rejects_the_later_file_in_a_running_agent_as_validate_does(conf: Conf) -> None:
+    # b.yaml holds web; a.yaml, which sorts first, then claims web too: b.yaml is rejected, as
+    # validate and a fresh start say, although it came first in time.
     conf.write("a.yaml", "services:\n  db: {command: a}\n")
-    conf.write("b.yaml", "services:\n  web: {command: b}\n")
+    conf.write("b.yaml", "services:\n  web: {command: b}\n  other: {command: b}\n")
     store = ConfigStore("conf.d")
     store.load()
     conf.write("a.yaml", "services:\n  db: {command: a2}\n  web: {command: a}\n")
     declared = store.load()
-    assert declared.services["web"].command == ("b",) and declared.origins["web"] == "conf.d/b.yaml"
-    assert declared.services["db"].command == ("a",)  # a.yaml's last good version
-    assert [str(p) for p in declared.rejected["conf.d/a.yaml"]] == [
-        "conf.d/a.yaml:3: services.web: service 'web' is already defined in conf.d/b.yaml:2"
-    ]
-    # Once b.yaml lets go of web, a.yaml (unchanged on disk) is applied on the next load.
+    expected = ["conf.d/b.yaml:2: services.web: service 'web' is already defined in conf.d/a.yaml:3"]
+    assert [str(p) for p in declared.rejected["conf.d/b.yaml"]] == expected == conf.problems()
+    assert declared.services["web"].command == ("a",) and declared.origins["web"] == "conf.d/a.yaml"
+    assert declared.services["db"].command == ("a2",)
+    assert "other" not in declared.services  # a rejected file is rejected as a whole
+    # Once b.yaml lets go of web, it is applied again.
     conf.write("b.yaml", "services:\n  other: {command: b}\n")
     declared = store.load()
-    assert declared.services["web"].command == ("a",) and declared.origins["web"] == "conf.d/a.yaml"
     assert sorted(declared.services) == ["db", "other", "web"] and dict(declared.rejected) == {}
 
 
-def test_file_in_force_wins_over_a_new_file(conf: Conf) -> None:
+def test_a_changed_file_losing_a_conflict_keeps_its_last_good_version(conf: Conf) -> None:
+    conf.write("a.yaml", "services:\n  web: {command: a}\n")
+    conf.write("b.yaml", "services:\n  db: {command: b}\n")
+    store = ConfigStore("conf.d")
+    store.load()
+    conf.write("b.yaml", "services:\n  db: {command: b2}\n  web: {command: b}\n")
+    declared = store.load()
+    expected = ["conf.d/b.yaml:3: services.web: service 'web' is already defined in conf.d/a.yaml:2"]
+    assert [str(p) for p in declared.rejected["conf.d/b.yaml"]] == expected == conf.problems()
+    assert declared.services["web"].command == ("a",) and declared.services["db"].command == ("b",)
+
+
+def test_a_new_file_that_sorts_first_takes_over_a_conflict(conf: Conf) -> None:
     conf.write("z.yaml", "services:\n  web: {command: z}\nagent: {log_dir: z}\n")
     store = ConfigStore("conf.d")
     store.load()
     conf.write("a.yaml", "services:\n  web: {command: a}\nagent: {log_dir: a}\n")
     declared = store.load()
-    assert declared.services["web"].command == ("z",) and declared.agent.log_dir == "z"
-    assert [str(p) for p in declared.rejected["conf.d/a.yaml"]] == [
-        "conf.d/a.yaml:2: services.web: service 'web' is already defined in conf.d/z.yaml:2",
-        "conf.d/a.yaml:3: agent: section 'agent' may stand in one file only; it is already in conf.d/z.yaml:3",
+    assert declared.services["web"].command == ("a",) and declared.agent.log_dir == "a"
+    expected = [
+        "conf.d/z.yaml:2: services.web: service 'web' is already defined in conf.d/a.yaml:2",
+        "conf.d/z.yaml:3: agent: section 'agent' may stand in one file only; it is already in conf.d/a.yaml:3",
     ]
-    # ... while a fresh validation lets the file that sorts first win.
-    assert [p.split(":")[0] for p in conf.problems()] == ["conf.d/z.yaml", "conf.d/z.yaml"]
+    assert [str(p) for p in declared.rejected["conf.d/z.yaml"]] == expected == conf.problems()
+
+
+def test_a_last_good_version_yields_to_current_files(conf: Conf) -> None:
+    # a.yaml is broken and runs on its last good version, which holds web; a new z.yaml claims
+    # web: validate finds only a.yaml's error, and the running agent agrees: z.yaml is applied.
+    conf.write("a.yaml", "services:\n  web: {command: a}\n")
+    store = ConfigStore("conf.d")
+    store.load()
+    conf.write("a.yaml", "services:\n  web: {command: a, restart: sometimes}\n")
+    conf.write("z.yaml", "services:\n  web: {command: z}\n")
+    declared = store.load()
+    assert declared.services["web"].command == ("z",) and list(declared.rejected) == ["conf.d/a.yaml"]
+    assert [str(p) for p in declared.rejected["conf.d/a.yaml"]] == conf.problems()
+
+
+def test_the_running_agent_blames_the_file_validate_blames(conf: Conf) -> None:
+    # Random histories of edits, every file valid on its own: after each, the store that lived
+    # through the history reports exactly what validate (a fresh load) reports.
+    rng = random.Random(99)
+    names = ["web", "web.1", "web.2", "db", "db.10", "api"]
+    sections = ["", "agent: {log_dir: x}\n", "api: {listen: '127.0.0.1:9999'}\n"]
+    store = ConfigStore("conf.d")
+    for _ in range(150):
+        file = rng.choice(["a.yaml", "b.yaml", "c.yaml", "d.yaml"])
+        if rng.random() < 0.15 and (conf.dir / file).exists():
+            (conf.dir / file).unlink()
+        else:
+            chosen = rng.sample(names, rng.randrange(0, 3))
+            services = "".join(f"  {name}: {{command: [{file}]}}\n" for name in chosen)
+            conf.write(file, (f"services:\n{services}" if chosen else "") + rng.choice(sections))
+        running = [str(p) for problems in store.load().rejected.values() for p in problems]
+        assert running == conf.problems()
 
 
 def test_comment_only_edit_keeps_the_file_in_force(conf: Conf) -> None:
-    conf.write("b.yaml", "services:\n  web: {command: b}\n")
+    # a.yaml's web depends on b.yaml's db. a.yaml gains a comment (same content: still in force)
+    # while b.yaml drops db: the change to b.yaml is what is refused, and web keeps its db.
+    conf.write("a.yaml", "services:\n  web: {command: x, depends_on: [db]}\n")
+    conf.write("b.yaml", "services:\n  db: {command: b}\n")
     store = ConfigStore("conf.d")
     store.load()
-    conf.write("a.yaml", "services:\n  web: {command: a}\n")
-    conf.write("b.yaml", "# moved down\n\nservices:\n  web: {command: b}\n")
+    conf.write("a.yaml", "# moved down\n\nservices:\n  web: {command: x, depends_on: [db]}\n")
+    conf.write("b.yaml", "services:\n  database: {command: b}\n")
     declared = store.load()
-    assert declared.origins["web"] == "conf.d/b.yaml"
-    assert [str(p) for p in declared.rejected["conf.d/a.yaml"]] == [
-        "conf.d/a.yaml:2: services.web: service 'web' is already defined in conf.d/b.yaml:4"
+    assert sorted(declared.services) == ["db", "web"]
+    assert [str(p) for p in declared.rejected["conf.d/b.yaml"]] == [
+        "conf.d/b.yaml:1: services: service 'db' is no longer defined, but 'web' in conf.d/a.yaml:4 depends on it"
     ]
 
 
@@ -748,6 +952,21 @@ def test_changed_file_creating_a_cycle_is_rejected(conf: Conf) -> None:
     ]
 
 
+def test_an_edit_closing_a_cycle_is_rejected_even_in_the_file_that_sorts_first(conf: Conf) -> None:
+    conf.write("a.yaml", "services:\n  a: {command: x}\n")
+    conf.write("b.yaml", "services:\n  b: {command: x, depends_on: [a]}\n")
+    store = ConfigStore("conf.d")
+    store.load()
+    conf.write("a.yaml", "services:\n  a: {command: y, depends_on: [b]}\n")
+    declared = store.load()
+    assert sorted(declared.services) == ["a", "b"] and declared.services["a"].command == ("x",)
+    assert [str(p) for p in declared.rejected["conf.d/a.yaml"]] == [
+        "conf.d/a.yaml:2: services.a.depends_on: dependency cycle a -> b -> a"
+    ]
+    # validate, which knows nothing of what runs, blames the file that sorts later.
+    assert conf.problems()[-1] == "conf.d/b.yaml:2: services.b.depends_on: dependency cycle b -> a -> b"
+
+
 # --- the example in the repository ----------------------------------------------------------
 
 
@@ -773,4 +992,5 @@ def test_store_api_shape() -> None:
         "agent",
         "rejected",
         "files",
+        "warnings",
     ]

@@ -98,7 +98,7 @@ def test_inbox_messages_and_replies() -> None:
 ])
 def test_sections_that_cannot_work_are_refused(url: str, agent_id: str, error: str) -> None:
     with pytest.raises(IntegrationError) as info:
-        topology.check(QueueSection(url=url, agent_id=agent_id))
+        topology.check(QueueSection.model_construct(url=url, agent_id=agent_id))  # the model refuses them too
     assert error in str(info.value)
 
 

@@ -273,7 +273,7 @@ def test_an_unsupported_queue_url_is_refused_and_services_run_on(agent: Agent) -
     agent.write("queue.yaml", "queue: {url: 'kafka://127.0.0.1:9092', agent_id: k1}\n")
     agent.write("services.yaml", services("web: {command: [sleep, '3761']}\n"))
     agent.start()
-    agent.wait_log(r"queue: not started: queue.url: Kafka is planned, not supported yet")
+    agent.wait_log(r"queue\.yaml:1: queue\.url: kafka:// needs Kafka support")
     agent.wait_pids("3761")
     assert agent.proc is not None and agent.proc.poll() is None
 

@@ -108,6 +108,8 @@ BAD = [
     "servics: {}",
     "services: {web: {command: x, environment: {A: [1]}}}",
     "queue: {}",
+    "services: {web: {command: x, replicas: true}}",
+    "services: {web: {command: x, environment: {A=B: x}}}",
 ]
 
 

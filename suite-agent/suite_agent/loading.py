@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from suite_agent.config.loader import ConfigStore, Declared
+from suite_agent.config.loader import ConfigStore, Declared, Problem
 from suite_agent.inbox import Inbox, Loaded, Reload
 
 log = logging.getLogger("suite_agent.config")
@@ -27,6 +27,7 @@ class ConfigLoader:
         self.inbox = inbox
         self.transform: Transform | None = None  # plugins' on_config_load, when plugins are on
         self._requests: queue.SimpleQueue[Reload | None] = queue.SimpleQueue()
+        self._warned: frozenset[Problem] = frozenset()
         self._thread = threading.Thread(target=self._run, name="config-loader", daemon=True)
 
     def start(self) -> None:
@@ -62,6 +63,7 @@ class ConfigLoader:
         problem = None
         try:
             declared = self.store.load()
+            self._warn(declared)
             if self.transform is not None:
                 declared, problem = self.transform(declared)
         except Exception as exc:  # a loader bug must not stop later reloads
@@ -70,3 +72,10 @@ class ConfigLoader:
                 reply.set_exception(exc)
             return
         self.inbox.put(Loaded(declared, source, replies, problem))
+
+    def _warn(self, declared: Declared) -> None:
+        """Log what the host lacks for the files (as `validate` prints it), once per new finding."""
+        found = frozenset(p for problems in declared.warnings.values() for p in problems)
+        for problem in sorted(found - self._warned, key=lambda p: (p.file, p.line)):
+            log.warning("%s", problem)
+        self._warned = found

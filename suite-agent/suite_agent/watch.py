@@ -2,6 +2,11 @@
 
 The watch is armed before anything is read: right after arming, one catch-up reload picks up
 whatever changed between the agent's first read and that moment, so no edit is ever lost.
+
+A Kubernetes ConfigMap volume holds `x.yaml -> ..data/x.yaml` and `..data -> ..TIMESTAMP/`; an
+update writes a new `..TIMESTAMP2/` and renames a new `..data` link into place, so the only change
+seen in the folder is to `..data`. It is hidden, so never read as configuration, but it triggers
+a reload like a changed file.
 """
 
 from __future__ import annotations
@@ -21,6 +26,13 @@ log = logging.getLogger("suite_agent.watch")
 # STEP is also how often the notify thread wakes while idle.
 DEBOUNCE_MS = 150
 STEP_MS = 50
+
+ATOMIC_LINK = "..data"  # the link Kubernetes' AtomicWriter swaps (ConfigMap, Secret, downward API)
+
+
+def triggers_reload(path: str) -> bool:
+    """A change to a config file, or to the link a ConfigMap update swaps."""
+    return is_config_file(path) or os.path.basename(path) == ATOMIC_LINK
 
 
 class ConfigWatcher:
@@ -54,6 +66,6 @@ class ConfigWatcher:
                 changes = notify.watch(DEBOUNCE_MS, STEP_MS, 0, self._stop)
                 if isinstance(changes, str):  # "stop", "signal" or "timeout"
                     continue
-                paths = tuple(sorted({path for _change, path in changes if is_config_file(path)}))
+                paths = tuple(sorted({path for _change, path in changes if triggers_reload(path)}))
                 if paths:
                     self.inbox.put(Reload(source="file", paths=paths))

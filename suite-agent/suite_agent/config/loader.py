@@ -6,23 +6,42 @@ calls `validate_dir`.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 
+from .accounts import missing_accounts
+from .files import Unreadable, read_bytes
 from .merge import Lines, Problem, Version, merge
 from .messages import problems_from
-from .models import SINGLETON_SECTIONS, AgentSection, ApiSection, ConfigFile, QueueSection, ServiceSpec
-from .yamlpos import Unsupported, item_line, key_line, node_line, to_plain
+from .models import (
+    SINGLETON_SECTIONS,
+    AgentSection,
+    ApiSection,
+    ConfigFile,
+    QueueSection,
+    ServiceSpec,
+)
+from .yamlpos import (
+    Unsupported,
+    item_line,
+    key_line,
+    load,
+    node_line,
+    to_plain,
+    value_line,
+)
 
 __all__ = ["ConfigStore", "Declared", "Problem", "is_config_file", "read_file", "validate_dir"]
 
@@ -48,6 +67,9 @@ class Declared:
     agent: AgentSection = field(default_factory=AgentSection)  # AgentSection() when no file has one
     rejected: Mapping[str, tuple[Problem, ...]] = field(default_factory=_frozen)  # file -> its problems
     files: tuple[str, ...] = ()  # the config files read
+    # file -> what this host lacks for it (an unknown user or group): the file is applied, and
+    # the service fails when it spawns
+    warnings: Mapping[str, tuple[Problem, ...]] = field(default_factory=_frozen)
 
 
 def is_config_file(path: str | os.PathLike[str]) -> bool:
@@ -56,21 +78,59 @@ def is_config_file(path: str | os.PathLike[str]) -> bool:
     return name.endswith((".yaml", ".yml")) and not name.startswith(".") and not name.endswith(_EDITOR_LEFTOVERS)
 
 
+class _GcPause:
+    """Automatic garbage collection off while any thread parses a file.
+
+    Parsing a big file builds a big heap, and each full collection over it holds the GIL for
+    hundreds of milliseconds: the owner thread would stall. Reference counting frees the parse's
+    objects anyway; collections resume when the last parse ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._resume = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0 and self._resume:
+                    gc.enable()
+
+
+_no_cyclic_gc = _GcPause()
+
+
 def read_file(path: Path, file: str) -> Version | list[Problem]:
     """One file on its own: its valid content, or every problem found in it (never raises)."""
+    with _no_cyclic_gc():
+        try:
+            return _read_file(path, file)
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError: one file's problem, not the load's
+            return [Problem(file, 1, f"cannot read the file: {type(exc).__name__}: {exc}")]
+
+
+def _read_file(path: Path, file: str) -> Version | list[Problem]:
     try:
-        if path.is_dir():
-            return [Problem(file, 1, "is a directory, not a file")]
-        data = path.read_bytes()
-    except OSError as exc:
-        return [Problem(file, 1, f"cannot read the file: {exc.strerror or exc}")]
+        data = read_bytes(path)
+    except Unreadable as exc:
+        return [Problem(file, 1, str(exc))]
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         return [Problem(file, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be decoded)")]
     try:
-        root = YAML(typ="rt").load(text)
+        root = load(text)
         plain = to_plain(root)
     except Exception as exc:  # noqa: BLE001 - any input must give a problem, not a traceback
         return [_yaml_problem(exc, text, file)]
@@ -113,7 +173,10 @@ def _lines(root: CommentedMap) -> Lines:
     if not isinstance(services, CommentedMap):
         services = CommentedMap()
     depends: dict[tuple[str, str], int] = {}
+    values: dict[tuple[str, str], int] = {}
     for name, spec in services.items():
+        if isinstance(spec, CommentedMap):
+            values.update({(name, key): value_line(spec, key) for key in spec})
         deps = spec.get("depends_on") if isinstance(spec, CommentedMap) else None
         if isinstance(deps, CommentedMap):
             depends.update({(name, dep): key_line(deps, dep) for dep in deps})
@@ -123,6 +186,7 @@ def _lines(root: CommentedMap) -> Lines:
         sections={key: key_line(root, key) for key in root},
         services={name: key_line(services, name) for name in services},
         depends=depends,
+        values=values,
     )
 
 
@@ -183,11 +247,14 @@ class ConfigStore:
 
         rejected = {file: read.result for file, read in self._read.items() if isinstance(read.result, list)}
         rejected.update(conflicts)
-        return _declared(self._in_force, rejected, tuple(files))
+        return _declared(self._in_force, rejected, tuple(files), missing_accounts(on_disk))
 
 
 def _declared(
-    in_force: Mapping[str, Version], rejected: Mapping[str, list[Problem]], files: tuple[str, ...]
+    in_force: Mapping[str, Version],
+    rejected: Mapping[str, list[Problem]],
+    files: tuple[str, ...],
+    warnings: Mapping[str, list[Problem]],
 ) -> Declared:
     services: dict[str, ServiceSpec] = {}
     origins: dict[str, str] = {}
@@ -207,14 +274,19 @@ def _declared(
         queue=sections.get("queue"),
         plugins=None if plugins is None else _frozen({name: _frozen(opts) for name, opts in plugins.items()}),
         agent=sections.get("agent") or AgentSection(),
-        rejected=_frozen(
-            {file: tuple(sorted(problems, key=lambda p: p.line)) for file, problems in sorted(rejected.items())}
-        ),
+        rejected=_by_file(rejected),
         files=files,
+        warnings=_by_file(warnings),
     )
 
 
+def _by_file(problems: Mapping[str, list[Problem]]) -> Mapping[str, tuple[Problem, ...]]:
+    return _frozen({file: tuple(sorted(found, key=lambda p: p.line)) for file, found in sorted(problems.items())})
+
+
 def validate_dir(conf_dir: str | os.PathLike[str]) -> list[Problem]:
-    """Every problem of every file, cross-file ones included, as a fresh load sees them."""
+    """Every problem of every file, as the agent's first load sees them (the same code), and
+    what this host lacks for them (users, groups): by file, then line."""
     declared = ConfigStore(conf_dir).load()
-    return [problem for problems in declared.rejected.values() for problem in problems]
+    found = [p for problems in (*declared.rejected.values(), *declared.warnings.values()) for p in problems]
+    return sorted(found, key=lambda p: (p.file, p.line))

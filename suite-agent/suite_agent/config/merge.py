@@ -1,9 +1,15 @@
-"""Rules across conf.d files: unique service names, single-file sections, dependencies.
+"""Rules across conf.d files: unique names, single-file sections, dependencies.
 
-merge() picks, for every file, the version to put in force: the one on disk when it fits with the
-others, else the last good one when that still fits, else nothing. When versions conflict, the
-one already in force wins over a changed one, and a changed file wins over a file new to the
-store; among equals the file that sorts first wins.
+merge() picks, for every file, the version to put in force: its current content when that fits
+with the others, else its last good version when that still fits, else nothing.
+
+- Conflicts (a service name claimed twice, a service named like another's replica, a section in
+  two files): the file that sorts later is rejected, whatever happened before, so a running agent
+  blames the same file as `suite-agent validate` and as a fresh start. A last good version kept
+  for a file whose current content is rejected yields to every current content.
+- Dependencies (an unknown service, a cycle): the dependent's file is rejected (on a cycle, the
+  file that sorts later), except that a change which breaks the dependencies of a file in force
+  is itself rejected, so an edit cannot stop what runs.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class Lines:
     sections: Mapping[str, int] = field(default_factory=dict)  # top-level key -> line
     services: Mapping[str, int] = field(default_factory=dict)  # service name -> line of its key
     depends: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (service, dependency) -> line
+    values: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (service, key) -> line of its value
 
     def section(self, name: str) -> int:
         return self.sections.get(name, 1)
@@ -40,6 +47,9 @@ class Lines:
 
     def dependency(self, service: str, dependency: str) -> int:
         return self.depends.get((service, dependency), self.service(service))
+
+    def value(self, service: str, key: str) -> int:
+        return self.values.get((service, key), self.service(service))
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,16 +81,16 @@ def merge(
     }
 
     def rank(v: Version) -> tuple[int, str]:
-        return (0 if in_force.get(v.file) is v else 1 if v.file in in_force else 2, v.file)
+        return (0 if on_disk.get(v.file) is v else 1, v.file)
 
     problems: dict[str, list[Problem]] = {}
     while True:
         chosen = sorted((vs[0] for vs in tries.values() if vs), key=rank)
-        blamed = _unknown(chosen, on_disk, in_force, rank) or _duplicates(chosen) or _cycle(chosen, rank)
+        blamed = _unknown(chosen, on_disk, in_force) or _duplicates(chosen) or _cycle(chosen, in_force, rank)
         if not blamed:
             return {v.file: v for v in chosen}, problems
-        # Drop one version at a time, the one ranked first: a duplicate it lost to is not itself
-        # about to be dropped, so no other version is rejected because of it.
+        # Drop one version at a time, the one ranked first: a version it lost a name to ranks
+        # before it and is not blamed for that name, so no other version is rejected because of it.
         version = min(blamed, key=rank)
         if version is on_disk.get(version.file):
             found = blamed[version] + [p for _, _, p in _unknown_dependencies(version, _Known(chosen, on_disk))]
@@ -89,27 +99,61 @@ def merge(
         tries[version.file].remove(version)
 
 
+def replica_base(name: str) -> str | None:
+    """'web' for 'web.1', 'web.2', ...: the service whose replica has this name, if it has one."""
+    base, dot, index = name.rpartition(".")
+    return base if dot and base and index.isdigit() and not index.startswith("0") else None
+
+
 def _duplicates(chosen: Sequence[Version]) -> dict[Version, list[Problem]]:
-    """A service or a singleton section claimed twice: the claim ranked first wins."""
-    owner: dict[str, tuple[str, int]] = {}
+    """A name or a single-file section claimed twice: the claim ranked first wins.
+
+    Replicas of `web` are named `web`, `web.1`, `web.2`... (their log files and events too), so
+    a service named `web.N` collides with a service `web`, whatever the replica count.
+    """
+    owner: dict[str, tuple[str, int]] = {}  # "service 'x'" / "section 'x'" -> (file, line)
+    named_like_replica: dict[str, tuple[str, str, int]] = {}  # base -> (a service base.N, file, line)
     blamed: dict[Version, list[Problem]] = {}
     for v in chosen:
-        claims = [
-            (f"service {name!r}", f"services.{name}", v.lines.service(name), "is already defined in")
-            for name in v.config.services
-        ]
-        claims += [
-            (f"section {name!r}", name, v.lines.section(name), "may stand in one file only; it is already in")
-            for name in v.sections()
-        ]
-        for what, path, line, verb in claims:
-            if what in owner:
-                first_file, first_line = owner[what]
-                message = f"{path}: {what} {verb} {first_file}:{first_line}"
-                blamed.setdefault(v, []).append(Problem(v.file, line, message))
+        found: list[Problem] = []
+        for name in v.config.services:
+            line = v.lines.service(name)
+            base = replica_base(name)
+            message = None
+            if f"service {name!r}" in owner:
+                message = f"service {name!r} is already defined in {_at(owner[f'service {name!r}'])}"
+            elif base is not None and f"service {base!r}" in owner:
+                message = (
+                    f"service {name!r} has the name of replica {name[len(base) + 1:]} of service {base!r} "
+                    f"({_at(owner[f'service {base!r}'])}); replicas of {base!r} are named {base}, {base}.1, ..."
+                )
+            elif name in named_like_replica:
+                other, file, other_line = named_like_replica[name]
+                message = (
+                    f"service {name!r} would name a replica {other!r}, the name of the service in "
+                    f"{file}:{other_line}; replicas of {name!r} are named {name}, {name}.1, ..."
+                )
+            if message is not None:
+                found.append(Problem(v.file, line, f"services.{name}: {message}"))
+                continue
+            owner[f"service {name!r}"] = (v.file, line)
+            if base is not None:
+                named_like_replica.setdefault(base, (name, v.file, line))
+        for name in v.sections():
+            line = v.lines.section(name)
+            if f"section {name!r}" in owner:
+                first = _at(owner[f"section {name!r}"])
+                found.append(Problem(v.file, line, f"{name}: section {name!r} may stand in one file only; "
+                                                   f"it is already in {first}"))
             else:
-                owner[what] = (v.file, line)
+                owner[f"section {name!r}"] = (v.file, line)
+        if found:
+            blamed[v] = found
     return blamed
+
+
+def _at(place: tuple[str, int]) -> str:
+    return f"{place[0]}:{place[1]}"
 
 
 class _Known:
@@ -135,16 +179,16 @@ def _unknown_dependencies(version: Version, known: _Known) -> list[tuple[str, st
 
 
 def _unknown(
-    chosen: Sequence[Version], on_disk: Mapping[str, Version], in_force: Mapping[str, Version], rank: Rank
+    chosen: Sequence[Version], on_disk: Mapping[str, Version], in_force: Mapping[str, Version]
 ) -> dict[Version, list[Problem]]:
-    """depends_on naming a service no chosen version defines. When another file's change just
-    removed that service and ranks below the dependent, the change is to blame."""
+    """depends_on naming a service no chosen version defines. When the dependent is in force and
+    another file's change just removed that service, the change is to blame."""
     blamed: dict[Version, list[Problem]] = {}
     known = _Known(chosen, on_disk)
     for v in chosen:
         for name, dep, problem in _unknown_dependencies(v, known):
             culprit = _remover(dep, v, chosen, in_force)
-            if culprit is not None and rank(culprit) > rank(v):
+            if culprit is not None and in_force.get(v.file) is v:
                 message = (
                     f"services: service {dep!r} is no longer defined, "
                     f"but {name!r} in {problem.file}:{problem.line} depends on it"
@@ -156,13 +200,14 @@ def _unknown(
     return blamed
 
 
-def _cycle(chosen: Sequence[Version], rank: Rank) -> dict[Version, list[Problem]]:
-    """A dependency cycle, blamed on the lowest-ranked file on it."""
+def _cycle(chosen: Sequence[Version], in_force: Mapping[str, Version], rank: Rank) -> dict[Version, list[Problem]]:
+    """A dependency cycle, blamed on a changed file on it if there is one, else on the file
+    ranked last."""
     origin = {name: v for v in chosen for name in v.config.services}
     cycle = find_cycle({name: list(v.config.services[name].depends_on) for name, v in origin.items()})
     if not cycle:
         return {}
-    culprit = max((origin[name] for name in cycle), key=rank)
+    culprit = max((origin[name] for name in cycle), key=lambda v: (in_force.get(v.file) is not v, rank(v)))
     start = next(i for i, name in enumerate(cycle) if origin[name] is culprit)
     cycle = cycle[start:] + cycle[:start]
     path = " -> ".join([*cycle, cycle[0]])

@@ -59,7 +59,7 @@ def _message(error: Any, found: Loc, on_key: bool) -> str:
     if on_key and kind == "string_too_long":
         return f"name {name!r} is too long ({msg.removeprefix('String should have ')})"
     if on_key:
-        return f"bad key {name!r}: {msg}"
+        return f"bad key {name!r}: {msg.removeprefix('Value error, ')}"
     return _INSTANCE_OF.sub("", msg.removeprefix("Value error, "))
 
 

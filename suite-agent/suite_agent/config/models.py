@@ -10,17 +10,22 @@ import socket
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
+
+from .endpoints import check_agent_id, check_exchange, check_listen, check_queue_url, check_token, needs_token
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -75,6 +80,22 @@ def _split_command(value: object) -> object:
     return value
 
 
+def _no_nul(value: str) -> str:
+    # The kernel takes arguments, paths and names as C strings: a NUL would cut them short.
+    if "\x00" in value:
+        raise ValueError("cannot contain a NUL character")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not value or "=" in value or "\x00" in value:
+        raise ValueError("an environment variable name cannot be empty or contain '=' or a NUL character")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 def _stringify_env(value: object) -> object:
     # YAML turns PORT: 8000 into an int; the process environment only holds strings.
     if isinstance(value, dict):
@@ -88,11 +109,12 @@ def _stringify_env(value: object) -> object:
 
 
 Environment = Annotated[
-    dict[str, str],
+    dict[Annotated[str, AfterValidator(_env_name)], Text],
     BeforeValidator(_stringify_env),
     WithJsonSchema(
         {
             "type": "object",
+            "propertyNames": {"pattern": "^[^=\u0000]+$"},
             "additionalProperties": {"type": ["string", "number", "boolean"]},
             "description": "numbers and booleans are passed to the process as strings",
         }
@@ -124,7 +146,7 @@ class _OrListOfNames:
 
 
 Command = Annotated[
-    tuple[str, ...],
+    tuple[Text, ...],
     BeforeValidator(_split_command),
     WithJsonSchema(
         {
@@ -162,25 +184,25 @@ class StopSpec(Model):
 
 class BackoffSpec(Model):
     initial: Duration = Field(0.25, description="delay before the second restart in a row")
-    factor: float = Field(2.0, ge=1.0)
+    factor: StrictFloat = Field(2.0, ge=1.0)
     max: Duration = Field(30.0, description="cap on the delay")
     reset_after: Duration = Field(10.0, description="a run this long counts as stable and resets the backoff")
 
 
 class StartLimitSpec(Model):
-    burst: int = Field(5, ge=1, description="restarts allowed within interval before the service goes fatal")
+    burst: StrictInt = Field(5, ge=1, description="restarts allowed within interval before the service goes fatal")
     interval: Duration = 10.0
 
 
 class HttpProbe(Model):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
-    status: int | None = Field(None, description="expected status; default: any 200-399")
+    status: StrictInt | None = Field(None, description="expected status; default: any 200-399")
 
 
 class TcpProbe(Model):
     host: str = "127.0.0.1"
-    port: int = Field(ge=1, le=65535)
+    port: StrictInt = Field(ge=1, le=65535)
 
 
 class ExecProbe(Model):
@@ -194,8 +216,8 @@ class Probe(Model):
     initial_delay: Duration = 0.0
     period: Duration = 10.0
     timeout: Duration = 1.0
-    success_threshold: int = Field(1, ge=1)
-    failure_threshold: int = Field(3, ge=1)
+    success_threshold: StrictInt = Field(1, ge=1)
+    failure_threshold: StrictInt = Field(3, ge=1)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Probe:
@@ -218,14 +240,14 @@ class Dependency(Model):
 
 class ServiceSpec(Model):
     command: Command
-    directory: str | None = None
+    directory: Text | None = None
     environment: Environment = Field(default_factory=dict)
-    user: str | int | None = Field(None, description="run as this user (the agent must run as root)")
-    group: str | int | None = Field(None, description="run with this group (the agent must run as root)")
+    user: Text | StrictInt | None = Field(None, description="run as this user (the agent must run as root)")
+    group: Text | StrictInt | None = Field(None, description="run with this group (the agent must run as root)")
     autostart: bool = True
     restart: Literal["always", "on-failure", "never"] = "on-failure"
-    success_codes: tuple[int, ...] = Field((0,), description="exit codes that count as success")
-    replicas: int = Field(1, ge=0, le=1000)
+    success_codes: tuple[StrictInt, ...] = Field((0,), description="exit codes that count as success")
+    replicas: StrictInt = Field(1, ge=0, le=1000)
     depends_on: Annotated[dict[ServiceName, Dependency], BeforeValidator(_depends_list), _OrListOfNames()] = Field(
         default_factory=dict
     )
@@ -258,6 +280,20 @@ class ApiSection(Model):
     token_file: str | None = None
     webhooks: list[Webhook] = Field(default_factory=list)
 
+    _listen = field_validator("listen")(check_listen)
+    _token = field_validator("token")(check_token)
+
+    @model_validator(mode="after")
+    def _refuse_what_cannot_serve(self) -> ApiSection:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or token_file, not both")
+        if self.token is None and self.token_file is None and needs_token(self.listen):
+            raise ValueError(
+                f"listen {self.listen!r} is not a loopback address: set token or token_file, "
+                "or listen on 127.0.0.1"
+            )
+        return self
+
 
 class QueueSection(Model):
     url: str
@@ -267,14 +303,19 @@ class QueueSection(Model):
         "json", description="events' content type: application/json (any kombu consumer decodes it) "
                             "or application/cloudevents+json; the body is the same CloudEvents JSON")
 
+    _url = field_validator("url")(check_queue_url)
+    _exchange = field_validator("exchange")(check_exchange)
+    _agent_id = field_validator("agent_id")(check_agent_id)
+
 
 class AgentSection(Model):
     log_dir: str = Field("logs", description="service logs; relative paths are relative to the conf.d folder's parent")
-    log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    log_backups: int = Field(3, ge=0)
-    log_buffer_lines: int = Field(1000, ge=0, description="recent lines kept in memory per service and stream")
-    log_buffer_bytes: int = Field(1024 * 1024, ge=0, description="bytes of recent lines kept in memory per service "
-                                  "and stream; a line is kept cut to 64 KiB (the log files keep everything)")
+    log_max_bytes: StrictInt = Field(10 * 1024 * 1024, ge=1024)
+    log_backups: StrictInt = Field(3, ge=0)
+    log_buffer_lines: StrictInt = Field(1000, ge=0, description="recent lines kept in memory per service and stream")
+    log_buffer_bytes: StrictInt = Field(1024 * 1024, ge=0, description="bytes of recent lines kept in memory per "
+                                        "service and stream; a line is kept cut to 64 KiB (the log files keep "
+                                        "everything)")
 
 
 class ConfigFile(Model):

@@ -10,11 +10,15 @@ import datetime
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 MAX_DEPTH = 64  # no conf.d file needs more; protects the recursion below
-MAX_NODES = 200_000  # protects against alias bombs ("billion laughs")
+# Keys and values in one file, before and after aliases are expanded: a thousand services take
+# a few tens of thousands. Bounds the time and memory a file costs, alias bombs included.
+MAX_NODES = 100_000
 
 Loc = tuple[str | int, ...]
 
@@ -25,6 +29,28 @@ class Unsupported(ValueError):
     def __init__(self, line: int, message: str) -> None:
         super().__init__(message)
         self.line = line
+
+
+def load(text: str) -> Any:
+    """The document as ruamel's round-trip objects (with positions); Unsupported past MAX_NODES."""
+    yaml = YAML(typ="rt")
+    yaml.Composer = _CountingComposer
+    return yaml.load(text)
+
+
+class _CountingComposer(Composer):
+    """Stops composing past MAX_NODES, so a file of tiny values is refused before it is all built."""
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader=loader)
+        self.composed = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.composed += 1
+        if self.composed > MAX_NODES:
+            mark = self.parser.peek_event().start_mark
+            raise Unsupported(mark.line + 1, f"the document holds more than {MAX_NODES} keys and values")
+        return super().compose_node(parent, index)
 
 
 def _pos(lookup: Callable[[Any], Any], key: Any) -> int | None:
@@ -65,8 +91,10 @@ def to_plain(root: Any) -> Any:
 
     def convert(node: Any, line: int, depth: int) -> Any:
         budget[0] -= 1
-        if budget[0] < 0:
-            raise Unsupported(line, f"the document is too large once aliases are expanded (over {MAX_NODES} nodes)")
+        if budget[0] < 0:  # load() composed at most MAX_NODES: the rest are aliases' copies
+            raise Unsupported(
+                line, f"the document is too large once aliases are expanded (over {MAX_NODES} keys and values)"
+            )
         if depth > MAX_DEPTH:
             raise Unsupported(line, f"nested more than {MAX_DEPTH} levels deep")
         if isinstance(node, dict):

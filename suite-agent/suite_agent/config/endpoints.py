@@ -1,0 +1,76 @@
+"""Checks of the addresses in conf.d (`api.listen`, `queue.url`) that need no network.
+
+The models run them, so `validate` refuses what the agent would refuse when it turns a part on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+QUEUE_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+
+
+def listen_host(value: str) -> str:
+    """The host of `HOST:PORT`, `[IPV6]:PORT` or `:PORT` (every interface: 0.0.0.0)."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep:
+        raise ValueError(f"{value!r}: expected HOST:PORT, [IPV6]:PORT or :PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{value!r}: put an IPv6 address in brackets, e.g. [::1]:8080")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+    return host or "0.0.0.0"
+
+
+def check_listen(value: str) -> str:
+    listen_host(value)
+    return value
+
+
+def check_token(token: str | None) -> str | None:
+    if token is not None and not token.strip():
+        raise ValueError("the token is empty")
+    return token
+
+
+def needs_token(listen: str) -> bool:
+    """Whether serving `listen` needs a token: anything but a loopback address or `localhost`.
+
+    Names are not resolved (the answer must not depend on DNS at the moment of checking): a host
+    name other than localhost counts as reachable from elsewhere.
+    """
+    host = listen_host(listen)
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return True
+
+
+def check_queue_url(url: str) -> str:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "kafka":
+        raise ValueError("kafka:// needs Kafka support, which this agent does not have yet; use redis:// or amqp://")
+    if scheme not in QUEUE_SCHEMES:
+        shown = f"{scheme}://" if scheme else url
+        raise ValueError(
+            f"unsupported scheme {shown!r}; use redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST:5672//"
+        )
+    return url
+
+
+def check_exchange(name: str) -> str:
+    if not name.strip():
+        raise ValueError("cannot be empty")
+    return name
+
+
+def check_agent_id(agent_id: str) -> str:
+    # It becomes part of routing keys, where `*`, `#` and dots at the ends mean something else.
+    if not agent_id or any(c in agent_id for c in "*# \t\r\n") or agent_id.strip(".") != agent_id:
+        raise ValueError(f"{agent_id!r}: use letters, digits, '-', '_' and inner dots (it becomes part of routing keys)")
+    return agent_id
