@@ -297,7 +297,7 @@ class Instance:
         spec = self.spec
         try:
             spawned = self.ctx.factory.spawn(spec.command, self.ctx.process_cwd(spec),
-                                             self.ctx.process_env(spec), spec.user, spec.group)
+                                             self.ctx.process_env(spec), spec.user, spec.group, self.name)
         except Exception as exc:  # whatever the OS or a bad spec throws, this service alone fails
             self.started_wall = None
             self._last_run = 0.0
@@ -308,7 +308,7 @@ class Instance:
             else:
                 self._restart_after_failure(why)
             return
-        self.pid = self.pgid = spawned.pid
+        self.pid, self.pgid = spawned.pid, spawned.tracked  # pgid: all it starts, whatever its group
         self.started_at = self.ctx.clock.monotonic()
         self.started_wall = self.ctx.clock.time()
         self.ctx.track(spawned.pid, self)
