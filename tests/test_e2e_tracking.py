@@ -224,3 +224,18 @@ def test_signals_reach_each_process_once(agent: Agent, tracking: str, tmp_path: 
     (agent.conf_dir / "a.yaml").unlink()
     agent.wait_log(r"s: stopped")
     assert (tmp_path / "terms").read_text() == "TERM\n"
+
+
+@cgroup_only
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_a_service_running_as_another_user_is_in_its_cgroup_too(agent: Agent) -> None:
+    agent.write("a.yaml", services("s: {command: [sh, -c, 'setsid sleep 3712 & sleep 3713'], user: nobody}\n"))
+    agent.start()
+    (grandchild,) = wait_for(lambda: sleepers(agent, "3712"), 10, "the grandchild")
+    (leader,) = agent.children()
+    assert leader.uids().real != 0
+    assert "/s@" in cgroup_of(leader.pid)
+    assert cgroup_of(grandchild.pid) == cgroup_of(leader.pid)
+    (agent.conf_dir / "a.yaml").unlink()
+    agent.wait_log(r"s: stopped")
+    assert gone(grandchild)

@@ -21,6 +21,7 @@ from pathlib import Path
 log = logging.getLogger("suite_agent.cgroups")
 
 TREE_PREFIX = "suite-agent."  # the agent's subtree is suite-agent.<pid>
+SIGNAL_PASSES = 5
 
 
 def cgroup2_mounts(mounts: str) -> list[str]:
@@ -118,9 +119,9 @@ class Cgroup:
         return "populated 1" in events
 
     def signal(self, signum: int) -> None:
-        """signum to every process in it, each once; forks during the pass get it too."""
+        """signum to every process in it, each once; what forks during a pass gets it too."""
         done: set[int] = set()
-        while True:
+        for _ in range(SIGNAL_PASSES):  # bounded: a fork bomb must not hold the caller
             todo = [pid for pid in self.pids() if pid not in done]
             if not todo:
                 return
