@@ -35,14 +35,13 @@ class Tracked:
     tight: bool = False  # the cgroup holds every process: the child joined it before its exec
     pgid: int | None = None
     leader: int | None = None  # the spawned pid until it is reaped
-    killed: bool = False  # SIGKILL was asked for: whatever turns up later gets it too
 
 
 class Tracker:
     def __init__(self, use_cgroups: bool = True) -> None:
         self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._groups: dict[int, Tracked] = {}
-        self._killed: set[int] = set()  # killed sets that may still hold processes
+        self._killed: set[int] = set()  # SIGKILL was asked for: what turns up later gets it too
         self._next = 1
         self._scan = MarkerScan(MARKER)
         self._tree: Tree | None = None
@@ -93,7 +92,6 @@ class Tracker:
         if tracked is None:
             return
         if signum == signal.SIGKILL:
-            tracked.killed = True
             self._killed.add(tracked_id)
         if tracked.cgroup is not None:
             if signum == signal.SIGKILL:
@@ -116,7 +114,7 @@ class Tracker:
         if not self._any_left(tracked):
             self._release(tracked)
             return False
-        if tracked.killed:
+        if tracked_id in self._killed:
             self.signal(tracked_id, signal.SIGKILL)
         return True
 
@@ -192,7 +190,8 @@ class MarkerScan:
     def __init__(self, name: str, proc: str = "/proc") -> None:
         self._prefix = name.encode() + b"="
         self._proc = proc
-        self._known: dict[int, tuple[bytes, bytes | None]] = {}  # pid: (start time, marker)
+        self._known: dict[int, bytes | None] = {}  # pid: its marker, if any
+        self._started: dict[int, bytes] = {}  # pid: start time, of the carriers only
         self._at = -math.inf
         self._spawns = 0
         self._read_spawns = -1
@@ -219,13 +218,13 @@ class MarkerScan:
     def kill_prefix(self, prefix: str) -> list[int]:
         self._refresh()
         wanted = prefix.encode()
-        pids = [pid for pid, (_, m) in self._known.items() if m is not None and m.startswith(wanted)]
+        pids = [pid for pid, m in self._known.items() if m is not None and m.startswith(wanted)]
         for pid in pids:
             self._kill_checked(pid, signal.SIGKILL)
         return pids
 
     def _holders(self, marker: bytes) -> list[int]:
-        return [pid for pid, (_, m) in self._known.items() if m == marker]
+        return [pid for pid, m in self._known.items() if m == marker]
 
     def _refresh_if_old(self) -> None:
         if self._read_spawns != self._spawns or time.monotonic() - self._at > SCAN_MAX_AGE:
@@ -239,17 +238,19 @@ class MarkerScan:
         for pid in list(self._known):
             if pid not in present:
                 del self._known[pid]
+                self._started.pop(pid, None)
         for pid in present - self._known.keys():
             if pid == own:
                 continue
-            started = self._start_time(pid)
+            marker = self._known[pid] = self._marker(pid)
+            started = self._start_time(pid) if marker is not None else None
             if started is not None:
-                self._known[pid] = (started, self._marker(pid))
+                self._started[pid] = started
 
     def _kill_checked(self, pid: int, signum: int) -> None:
         # The pid was read a moment ago; the start time proves it is still that process.
-        entry = self._known.get(pid)
-        if entry is None or self._start_time(pid) != entry[0]:
+        started = self._started.get(pid)
+        if started is None or self._start_time(pid) != started:
             return
         try:
             os.kill(pid, signum)
