@@ -21,7 +21,6 @@ from pathlib import Path
 log = logging.getLogger("suite_agent.cgroups")
 
 TREE_PREFIX = "suite-agent."  # the agent's subtree is suite-agent.<pid>
-SIGNAL_PASSES = 5
 
 
 def cgroup2_mounts(mounts: str) -> list[str]:
@@ -119,15 +118,9 @@ class Cgroup:
         return "populated 1" in events
 
     def signal(self, signum: int) -> None:
-        """signum to every process in it, each once; what forks during a pass gets it too."""
-        done: set[int] = set()
-        for _ in range(SIGNAL_PASSES):  # bounded: a fork bomb must not hold the caller
-            todo = [pid for pid in self.pids() if pid not in done]
-            if not todo:
-                return
-            for pid in todo:
-                _kill(pid, signum)
-            done.update(todo)
+        """signum to every process in it, once (what forks meanwhile is left to its parent)."""
+        for pid in self.pids():
+            _kill(pid, signum)
 
     def kill(self) -> None:
         try:

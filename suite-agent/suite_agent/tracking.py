@@ -191,6 +191,7 @@ class MarkerScan:
         self._prefix = name.encode() + b"="
         self._proc = proc
         self._known: dict[int, bytes | None] = {}  # pid: its marker, if any
+        self._carriers: dict[bytes, set[int]] = {}  # marker: pids
         self._started: dict[int, bytes] = {}  # pid: start time, of the carriers only
         self._at = -math.inf
         self._spawns = 0
@@ -218,13 +219,13 @@ class MarkerScan:
     def kill_prefix(self, prefix: str) -> list[int]:
         self._refresh()
         wanted = prefix.encode()
-        pids = [pid for pid, m in self._known.items() if m is not None and m.startswith(wanted)]
+        pids = [pid for m, carriers in self._carriers.items() if m.startswith(wanted) for pid in carriers]
         for pid in pids:
             self._kill_checked(pid, signal.SIGKILL)
         return pids
 
     def _holders(self, marker: bytes) -> list[int]:
-        return [pid for pid, m in self._known.items() if m == marker]
+        return sorted(self._carriers.get(marker, ()))
 
     def _refresh_if_old(self) -> None:
         if self._read_spawns != self._spawns or time.monotonic() - self._at > SCAN_MAX_AGE:
@@ -235,17 +236,23 @@ class MarkerScan:
         self._at = time.monotonic()
         present = {int(name) for name in os.listdir(self._proc) if name.isdigit()}
         own = os.getpid()
-        for pid in list(self._known):
-            if pid not in present:
-                del self._known[pid]
+        for pid in self._known.keys() - present:
+            marker = self._known.pop(pid)
+            if marker is not None:
                 self._started.pop(pid, None)
+                carriers = self._carriers[marker]
+                carriers.discard(pid)
+                if not carriers:
+                    del self._carriers[marker]
         for pid in present - self._known.keys():
             if pid == own:
                 continue
             marker = self._known[pid] = self._marker(pid)
-            started = self._start_time(pid) if marker is not None else None
-            if started is not None:
-                self._started[pid] = started
+            if marker is not None:
+                self._carriers.setdefault(marker, set()).add(pid)
+                started = self._start_time(pid)
+                if started is not None:
+                    self._started[pid] = started
 
     def _kill_checked(self, pid: int, signum: int) -> None:
         # The pid was read a moment ago; the start time proves it is still that process.
