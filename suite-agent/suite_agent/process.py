@@ -222,7 +222,7 @@ def _account(user: str | int | None,
     if user is None:
         return None, group, None
     account = _passwd(user)
-    if account is None:  # a bare uid: no group of its own to take, and none of root's either
+    if account is None:  # a uid with no passwd entry: the agent's gid unless `group:`, no others
         return user, group, []
     gid = account.pw_gid if group is None else group
     return account.pw_uid, gid, os.getgrouplist(account.pw_name, gid)
