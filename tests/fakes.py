@@ -26,7 +26,7 @@ class FakeClock:
 
 @dataclass
 class FakeFactory:
-    """Processes that exist only in dicts. Each group holds its leader plus any `extra` pids."""
+    """Processes that exist only in dicts. Each tracked set holds its leader plus any added pids."""
 
     next_pid: int = 100
     groups: dict[int, set[int]] = field(default_factory=dict)
@@ -38,24 +38,30 @@ class FakeFactory:
     unkillable: set[int] = field(default_factory=set)  # pids stuck in the kernel: even SIGKILL waits
 
     def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
-              user: str | int | None, group: str | int | None) -> Spawned:
+              user: str | int | None, group: str | int | None, name: str = "") -> Spawned:
         if argv[0] in self.missing:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv[0])
         pid = self.next_pid
         self.next_pid += 1
         self.groups[pid] = {pid}
         self.spawned.append((pid, tuple(argv)))
-        return Spawned(pid, None, None)
+        return Spawned(pid, None, None, pid)  # the tracked set is named by its leader here
 
-    def signal_group(self, pgid: int, signum: int) -> None:
-        self.signals.append((pgid, signum))
+    def signal_group(self, tracked: int, signum: int) -> None:
+        self.signals.append((tracked, signum))
         if signum in self.ignore and signum != signal.SIGKILL:
             return
-        for pid in sorted(self.groups.get(pgid, ()) - self.unkillable):
+        for pid in sorted(self.groups.get(tracked, ()) - self.unkillable):
             self.die(pid, signal=signum)
 
-    def group_alive(self, pgid: int) -> bool:
-        return bool(self.groups.get(pgid))
+    def group_alive(self, tracked: int) -> bool:
+        return bool(self.groups.get(tracked))
+
+    def kill_all(self) -> None:
+        for tracked in list(self.groups):
+            self.signal_group(tracked, signal.SIGKILL)
+
+    def close(self) -> None: ...
 
     def reap(self) -> list[tuple[int, int]]:
         exits, self.exits = self.exits, []

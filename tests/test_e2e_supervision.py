@@ -249,6 +249,61 @@ def test_user_and_group_apply_when_root(agent: Agent, tmp_path: Path) -> None:
     assert out.read_text().split() == [str(pwd.getpwnam("nobody").pw_uid), str(grp.getgrnam("nogroup").gr_gid)]
 
 
+def supplementary_groups(pid: int) -> set[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Groups:"):
+            return {int(g) for g in line.split()[1:]}
+    raise AssertionError(f"no Groups line for {pid}")
+
+
+def a_user_with_supplementary_groups() -> str | None:
+    for group in grp.getgrall():
+        for member in group.gr_mem:
+            try:
+                if pwd.getpwnam(member).pw_gid != group.gr_gid:
+                    return member
+            except KeyError:
+                continue
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_a_user_without_a_group_runs_with_its_own_groups_and_home(agent: Agent) -> None:
+    agent.write("a.yaml", services("who: {command: [sleep, '3647'], user: nobody}\n"))
+    agent.start()
+    (pid,) = agent.wait_pids("3647")
+    proc, nobody = psutil.Process(pid), pwd.getpwnam("nobody")
+    assert proc.uids().real == proc.uids().effective == nobody.pw_uid
+    assert proc.gids().real == proc.gids().effective == nobody.pw_gid  # not root's group 0
+    assert supplementary_groups(pid) == set(os.getgrouplist("nobody", nobody.pw_gid))
+    env = proc.environ()
+    assert {k: env.get(k) for k in ("HOME", "USER", "LOGNAME", "SHELL")} == {
+        "HOME": nobody.pw_dir, "USER": "nobody", "LOGNAME": "nobody", "SHELL": nobody.pw_shell}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_a_user_gets_its_supplementary_groups(agent: Agent) -> None:
+    user = a_user_with_supplementary_groups()
+    if user is None:
+        pytest.skip("no user here belongs to a group besides its own")
+    agent.write("a.yaml", services(f"who: {{command: [sleep, '3648'], user: {user}}}\n"))
+    agent.start()
+    (pid,) = agent.wait_pids("3648")
+    account = pwd.getpwnam(user)
+    groups = supplementary_groups(pid)
+    assert groups == set(os.getgrouplist(user, account.pw_gid)) and len(groups) > 1
+    assert 0 not in groups
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_the_service_environment_overrides_the_users_home(agent: Agent) -> None:
+    agent.write("a.yaml", services("who: {command: [sleep, '3649'], user: nobody, environment: {HOME: /srv/who}}\n"))
+    agent.start()
+    (pid,) = agent.wait_pids("3649")
+    env = psutil.Process(pid).environ()
+    assert (env["HOME"], env["USER"]) == ("/srv/who", "nobody")
+
+
 def test_unknown_user_is_a_clear_spawn_error(agent: Agent) -> None:
     agent.write("a.yaml", services("who: {command: [sleep, '3644'], user: no-such-user-xyz, restart: never}\n"))
     agent.start()

@@ -111,10 +111,11 @@ def cmd_run(settings: Settings) -> int:
         print(f"suite-agent: {settings.conf_dir}: no such folder", file=sys.stderr)
         return 2
     _raise_open_file_limit()
-    from suite_agent.process import become_subreaper
+    from suite_agent.process import PosixProcessFactory, become_subreaper
 
     become_subreaper()
-    supervisor = Supervisor(settings.conf_dir)
+    factory = PosixProcessFactory(cgroups=settings.cgroups == "auto")
+    supervisor = Supervisor(settings.conf_dir, factory=factory)
     watcher = ConfigWatcher(settings.conf_dir, supervisor.inbox)
     watcher.start()
     try:

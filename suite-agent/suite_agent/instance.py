@@ -80,7 +80,7 @@ class Instance:
         self.state = State.STOPPED
         self.detail = ""
         self.pid: int | None = None
-        self.pgid: int | None = None
+        self.tracked: int | None = None
         self.started_at = 0.0  # monotonic
         self.started_wall: float | None = None
         self.restarts = 0
@@ -126,10 +126,10 @@ class Instance:
                 self._set(State.STOPPED, "stopped")
             self._notify_down()
             return
-        assert self.pgid is not None
+        assert self.tracked is not None
         self._not_ready()
         self._set(State.STOPPING, f"sent SIG{self.spec.stop.signal}")
-        self.ctx.factory.signal_group(self.pgid, self.spec.stop.signum)
+        self.ctx.factory.signal_group(self.tracked, self.spec.stop.signum)
         self._timer = self.ctx.timers.call_later(self.spec.stop.timeout, self._escalate)
 
     @property
@@ -238,9 +238,9 @@ class Instance:
         if not success:
             self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
                                      pid=pid, exit_code=code, signal=sig, error=how))
-        if self.pgid is not None and self.ctx.factory.group_alive(self.pgid):
+        if self.tracked is not None and self.ctx.factory.group_alive(self.tracked):
             # The leader is gone; what it left in its group goes with it.
-            self.ctx.factory.signal_group(self.pgid, signal.SIGKILL)
+            self.ctx.factory.signal_group(self.tracked, signal.SIGKILL)
         policy = self.spec.restart
         if policy == "never" or (policy == "on-failure" and success):
             log.info("%s: %s", self.name, how)
@@ -309,7 +309,7 @@ class Instance:
         spec = self.spec
         try:
             spawned = self.ctx.factory.spawn(spec.command, self.ctx.process_cwd(spec),
-                                             self.ctx.process_env(spec), spec.user, spec.group)
+                                             self.ctx.process_env(spec), spec.user, spec.group, self.name)
         except Exception as exc:  # whatever the OS or a bad spec throws, this service alone fails
             self.started_wall = None
             self._last_run = 0.0
@@ -320,7 +320,7 @@ class Instance:
             else:
                 self._restart_after_failure(why)
             return
-        self.pid = self.pgid = spawned.pid
+        self.pid, self.tracked = spawned.pid, spawned.tracked  # all it starts, whatever its group
         self.started_at = self.ctx.clock.monotonic()
         self.started_wall = self.ctx.clock.time()
         self.ctx.track(spawned.pid, self)
@@ -352,17 +352,17 @@ class Instance:
 
     def _escalate(self) -> None:
         self._timer = None
-        if self.state is not State.STOPPING or self.pgid is None:
+        if self.state is not State.STOPPING or self.tracked is None:
             return
         log.warning("%s: still running %gs after SIG%s; sending SIGKILL",
                     self.name, self.spec.stop.timeout, self.spec.stop.signal)
         self._sigkill()
 
     def _sigkill(self) -> None:
-        if self.pgid is None:
+        if self.tracked is None:
             return
         self.detail = "sent SIGKILL"
-        self.ctx.factory.signal_group(self.pgid, signal.SIGKILL)
+        self.ctx.factory.signal_group(self.tracked, signal.SIGKILL)
         self.ctx.changed(self.service)
         self._timer = self.ctx.timers.call_later(KILL_GRACE, self._abandon)
 
@@ -371,17 +371,17 @@ class Instance:
         self._timer = None
         if self.state is not State.STOPPING:
             return
-        pid, pgid = self.pid, self.pgid
+        pid, tracked = self.pid, self.tracked
         if pid is not None:
             self.ctx.track(pid, None)  # should its exit come after all, it is reaped as an orphan
         self.pid = None
         if self._recheck_timer is not None:
             self._recheck_timer.cancel()
             self._recheck_timer = None
-        if pgid is not None and self.ctx.factory.group_alive(pgid):
-            why = f"process group {pgid} still there {KILL_GRACE:g}s after SIGKILL; gave up on it"
+        if tracked is not None and self.ctx.factory.group_alive(tracked):
+            why = f"its processes are still there {KILL_GRACE:g}s after SIGKILL; gave up on them"
             log.error("%s: %s", self.name, why)
-            self.pgid = None
+            self.tracked = None
             self.started_wall = None
             self._set(State.FATAL, why)
             self._notify_down()
@@ -395,7 +395,7 @@ class Instance:
         self.on_group_check()
 
     def _check_group(self) -> None:
-        if self.pgid is not None and self.ctx.factory.group_alive(self.pgid):
+        if self.tracked is not None and self.ctx.factory.group_alive(self.tracked):
             if self._recheck_timer is None:
                 self._recheck_timer = self.ctx.timers.call_later(GROUP_RECHECK, self._recheck)
             return
@@ -403,7 +403,7 @@ class Instance:
         if self._recheck_timer is not None:
             self._recheck_timer.cancel()
             self._recheck_timer = None
-        self.pgid = None
+        self.tracked = None
         self.started_wall = None
         if self._next_spec is not None:
             self.spec, self._next_spec = self._next_spec, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,3 +15,4 @@ class Settings(BaseSettings):
     url: str = "http://127.0.0.1:8080"
     token: str | None = None
     log_level: str = "INFO"
+    cgroups: Literal["auto", "off"] = "auto"  # off: track service processes without cgroups

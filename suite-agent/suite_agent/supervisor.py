@@ -47,6 +47,7 @@ from suite_agent.process import (
     PosixProcessFactory,
     ProcessFactory,
     Spawned,
+    account_environment,
 )
 from suite_agent.replies import Waiters
 from suite_agent.service import Service
@@ -136,6 +137,8 @@ class Supervisor:
         self._moved = True
 
     def process_env(self, spec: ServiceSpec) -> Mapping[str, str]:
+        if spec.user is not None:
+            return {**self._base_env, **account_environment(spec.user), **spec.environment}
         return {**self._base_env, **spec.environment} if spec.environment else self._base_env
 
     def process_cwd(self, spec: ServiceSpec) -> str | None:
@@ -211,6 +214,7 @@ class Supervisor:
             self.integrations.stop()
             self.prober.stop()
             self.pump.stop()
+            self.factory.close()
         log.info("all services stopped; bye")
         return 0
 
@@ -230,10 +234,7 @@ class Supervisor:
             log.exception("error in the supervision loop")
 
     def _kill_everything(self) -> None:
-        for svc in self.services.values():
-            for inst in svc.all_instances:
-                if inst.pgid is not None and not inst.down:  # a down one's group id may be stale
-                    self.factory.signal_group(inst.pgid, signal.SIGKILL)
+        self.factory.kill_all()
 
     def after_turn(self) -> None:
         if self._moved:
