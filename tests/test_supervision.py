@@ -466,7 +466,7 @@ def test_a_group_that_outlives_sigkill_is_given_up_on_and_shutdown_ends(
     status = h.sup.services["a"].status()
     assert status.state == "fatal" and "after SIGKILL" in status.detail and status.pids == ()
     assert h.sup._all_down()
-    assert any(r.levelname == "ERROR" and "gave up on it" in r.getMessage() for r in caplog.records)
+    assert any(r.levelname == "ERROR" and "gave up on them" in r.getMessage() for r in caplog.records)
 
 
 def test_an_exit_never_reported_does_not_keep_a_service_stopping(
