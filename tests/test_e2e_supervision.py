@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import contextlib
 import os
 import pwd
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent import Agent, agent_command, wait_for
+from agent import Agent, agent_command, processes_with_token, wait_for
 from api_helpers import start_with_api
 
 pytestmark = pytest.mark.e2e
@@ -130,7 +131,12 @@ def test_grandchildren_do_not_outlive_their_service(agent: Agent) -> None:
     agent.start()
 
     def tree() -> list[psutil.Process]:
-        return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "3612"]]
+        found = []
+        for proc in processes_with_token(agent.token):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.cmdline() == ["sleep", "3612"]:
+                    found.append(proc)
+        return found
 
     wait_for(lambda: len(tree()) == 3, 5, "three grandchildren")
     (agent.conf_dir / "a.yaml").unlink()

@@ -239,3 +239,13 @@ def test_a_service_running_as_another_user_is_in_its_cgroup_too(agent: Agent) ->
     (agent.conf_dir / "a.yaml").unlink()
     agent.wait_log(r"s: stopped")
     assert gone(grandchild)
+
+
+def test_a_stop_right_after_a_start_is_prompt(agent: Agent, tracking: str) -> None:
+    """The stop signal reaches a process that is still moving itself into its cgroup."""
+    api = start_with_api(agent, "s: {command: [sleep, '3709'], autostart: false, stop: {timeout: 60s}}\n")
+    for _ in range(5):
+        assert api.post("/api/services/s/start").status == 200
+        reply = api.post("/api/services/s/stop?wait=20s")
+        assert reply.status == 200, reply.text
+        assert reply.json["results"]["s"]["last_signal"] == 15  # SIGTERM did it, not the SIGKILL

@@ -117,10 +117,12 @@ class Cgroup:
             return bool(self.pids()) if self.path.exists() else False
         return "populated 1" in events
 
-    def signal(self, signum: int) -> None:
+    def signal(self, signum: int) -> list[int]:
         """signum to every process in it, once (what forks meanwhile is left to its parent)."""
-        for pid in self.pids():
-            _kill(pid, signum)
+        pids = self.pids()
+        for pid in pids:
+            kill_pid(pid, signum)
+        return pids
 
     def kill(self) -> None:
         try:
@@ -185,7 +187,7 @@ class Tree:
                 Tree(str(self.parent), int(pid)).remove()
 
 
-def _kill(pid: int, signum: int) -> None:
+def kill_pid(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
     except ProcessLookupError:

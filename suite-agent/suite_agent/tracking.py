@@ -96,8 +96,9 @@ class Tracker:
         if tracked.cgroup is not None:
             if signum == signal.SIGKILL:
                 tracked.cgroup.kill()
-            else:
-                tracked.cgroup.signal(signum)
+            elif tracked.leader not in tracked.cgroup.signal(signum) and tracked.leader is not None:
+                # Just spawned, the leader may still be moving itself in: it was not signalled.
+                cgroups.kill_pid(tracked.leader, signum)
         if tracked.pgid is not None and (tracked.cgroup is None or signum == signal.SIGKILL):
             # With a cgroup the group's members were signalled with it (twice would be a second
             # SIGTERM, which some programs take as "quit now"); SIGKILL twice is harmless.
