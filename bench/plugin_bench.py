@@ -159,7 +159,7 @@ def running(agent: int) -> dict[int, int]:
     return found
 
 
-def wait_all(agent: subprocess.Popen[bytes], n: int, timeout: float = 30.0) -> dict[int, int]:
+def wait_all(agent: subprocess.Popen[bytes], n: int, timeout: float = 300.0) -> dict[int, int]:
     deadline = time.monotonic() + timeout
     while True:
         now = running(agent.pid)

@@ -20,7 +20,6 @@ import pytest
 from agent import Agent, wait_for
 from plugin_dist.visible import visible_to_agents
 from prometheus_client.parser import text_string_to_metric_families
-
 from suite_agent.plugins.metrics import lint
 
 pytestmark = pytest.mark.e2e
@@ -238,3 +237,19 @@ def test_a_plugin_process_ends_with_the_agent_even_when_the_agent_is_killed(agen
     wait_for(lambda: recorded(rec, "on_shutdown"), 10, "on_shutdown")
     psutil.wait_procs([host], timeout=10)
     assert not host.is_running() or host.status() == psutil.STATUS_ZOMBIE
+
+
+def test_sigterm_to_a_plugin_process_gives_the_plugin_its_on_shutdown_then_a_new_process(
+        agent: Agent, tmp_path: Path) -> None:
+    rec = tmp_path / "rec.jsonl"
+    agent.write("plugins.yaml", f"plugins:\n  test_rec1: {{path: '{rec}'}}\n")
+    agent.start()
+    agent.wait_log(r"plugin test_rec1: loaded")
+    first = plugin_process(agent, "test_rec1")
+    os.kill(first, signal.SIGTERM)  # as systemd does to every process of the unit when it stops it
+    agent.wait_log(rf"plugin test_rec1: process {first} exited with code 0; restarting now")
+    assert [c["pid"] for c in recorded(rec, "on_shutdown")] == [first]
+    second = plugin_process(agent, "test_rec1", other_than=first)
+    agent.wait_log(r"plugin test_rec1: loaded", count=2)
+    assert agent.stop() == 0
+    assert [c["pid"] for c in recorded(rec, "on_shutdown")] == [first, second]

@@ -17,6 +17,7 @@ import importlib.metadata
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -41,6 +42,7 @@ from suite_agent.plugins.slot import EXPECTED, PluginLoadError, PluginSlot, desc
 log = logging.getLogger("suite_agent.plugins")
 
 HEARTBEAT = 0.5
+NICE = 10  # when CPU is short, supervision goes first: the agent respawns, the plugin waits
 ORPHAN_DRAIN = 1.0  # seconds left to queued calls when the agent is gone
 MAX_DEPTH = 32
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
@@ -168,9 +170,21 @@ class Host:
         self._reply(request, config=wire_safe(job.future.result()))
 
 
+class Terminated(Exception):
+    """SIGTERM (systemd stopping the whole control group, an operator): end as when the agent goes."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     name = host_argv_name(sys.argv if argv is None else argv)
     faulthandler.enable()  # a crash in a C extension leaves its Python stack in the agent's log
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
     sock = socket.socket(fileno=HOST_FD)
     reader, writer = FrameReader(sock), FrameWriter(sock)
     hello = reader.read()
@@ -181,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=int(hello.get("log_level", logging.INFO)), stream=sys.stderr,
                         format=str(hello.get("log_format") or DEFAULT_LOG_FORMAT))
     host = Host(name, dict(hello.get("options") or {}), float(hello["timeout"]), writer)
+    signal.signal(signal.SIGTERM, _terminate)
     host.start()
     drain = ORPHAN_DRAIN
     try:
@@ -189,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                 drain = float(message.get("drain", 0.0))
                 break
             host.handle(message)
+    except Terminated:
+        log.info("plugin %s: terminated by a signal", name)
     except (OSError, FrameError, KeyError, TypeError, ValueError) as exc:
         log.error("plugin %s: the pipe from the agent broke: %s", name, exc)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     host.close(drain if math.isfinite(drain) else ORPHAN_DRAIN)
     return 0
 
