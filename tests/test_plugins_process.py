@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import textwrap
 import time
 import urllib.request
@@ -253,3 +255,34 @@ def test_sigterm_to_a_plugin_process_gives_the_plugin_its_on_shutdown_then_a_new
     agent.wait_log(r"plugin test_rec1: loaded", count=2)
     assert agent.stop() == 0
     assert [c["pid"] for c in recorded(rec, "on_shutdown")] == [first, second]
+
+
+LOADED_IN_AGENT = """
+import os, signal, sys, threading, time
+from suite_agent.supervisor import Supervisor
+
+sup = Supervisor(sys.argv[1])
+
+def report():
+    deadline = time.monotonic() + 30
+    part = None
+    while time.monotonic() < deadline:
+        part = sup.integrations.parts().get("plugins")
+        if part is not None and all(p.state == "loaded" for p in part.proxies):
+            break
+        time.sleep(0.01)
+    print(part is not None and [p.state for p in part.proxies], "stevedore" in sys.modules)
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=report, daemon=True).start()
+sys.exit(sup.run())
+"""
+
+
+def test_stevedore_and_the_plugins_load_in_the_plugin_process_not_in_the_agent(conf_dir: Path, tmp_path: Path) -> None:
+    (conf_dir / "a.yaml").write_text(f"agent: {{log_dir: {tmp_path}/logs}}\nplugins:\n  example: {{}}\n")
+    result = subprocess.run([sys.executable, "-c", LOADED_IN_AGENT, str(conf_dir)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['loaded'] False"
