@@ -5,6 +5,8 @@ read (samples, metrics_json), and unloading (stop)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -234,3 +236,35 @@ def test_stop_calls_on_shutdown_once_each_within_the_timeout(make: Make, bus: Ev
         assert len(recorded(tmp_path / n, "on_shutdown")) == 1
     assert not manager._events.is_alive() and not manager._monitor.is_alive()
     assert all(p.channel is None for p in manager.proxies)
+
+
+def test_calls_meant_for_a_plugin_whose_process_is_down_are_counted_as_lost_not_queued(
+        make: Make, bus: EventBus, tmp_path: Path) -> None:
+    rec = tmp_path / "1"
+    manager = make({"test_rec1": {"path": str(rec)}})
+    loaded(manager, "test_rec1")
+    (proxy,) = manager.proxies
+
+    def kill_and_wait_for_restart() -> None:
+        channel = proxy.channel
+        assert channel is not None
+        os.kill(channel.pid, signal.SIGKILL)
+        wait_for(lambda: proxy.channel is not channel and proxy.state in ("restarting", "starting", "loaded"),
+                 5, "the death noticed")
+
+    kill_and_wait_for_restart()
+    wait_for(lambda: proxy.state == "loaded", 15, "the second process loaded")
+    kill_and_wait_for_restart()  # a second death within 10 s: restarted after 0.5 s
+    assert proxy.state == "restarting"
+    before = proxy.counters()["lost"]  # the plugin_error events of the deaths may be lost too
+    for pid in range(1001, 1006):
+        bus.publish(Event.make("service_started", "web", instance="web", pid=pid))
+    wait_for(lambda: proxy.counters()["lost"] >= before + 10, 5, "on_service_start and on_event of 5 events lost")
+    wait_for(lambda: proxy.state == "loaded", 15, "the third process loaded")
+    bus.publish(Event.make("service_started", "sentinel", instance="sentinel", pid=1))
+    wait_for(lambda: recorded(rec, "on_service_start"), 5, "the sentinel")
+    assert [c["args"] for c in recorded(rec, "on_service_start")] == [["sentinel", 1]]
+    found = by_name(manager.samples())
+    assert found[("suite_agent_plugin_process_restarts_total", (("plugin", "test_rec1"),))] == 2.0
+    assert found[("suite_agent_plugin_errors_total", (("hook", "process"), ("plugin", "test_rec1")))] == 2.0
+    assert found[("suite_agent_plugin_lost_calls_total", (("plugin", "test_rec1"),))] >= 10.0
