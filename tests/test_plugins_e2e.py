@@ -213,7 +213,8 @@ def test_changing_the_plugins_section_reloads_plugins_without_touching_services(
           test_rec1: {{path: '{one}', generation: 2}}
           test_rec2: {{path: '{two}'}}
         """))
-    wait_for(lambda: len(options_seen(two)) == 1, 10, "test_rec2 loaded")
+    # Each plugin loads in its own process, in parallel.
+    wait_for(lambda: len(options_seen(two)) == 1 and len(options_seen(one)) == 2, 10, "both loaded")
     # The old instance was shut down before a new one got the new options.
     calls = [(c["hook"], (c["pid"], c["instance"]), c["args"]) for c in recorded(one)
              if c["hook"] in ("validate_options", "on_shutdown")]
