@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Respawn latency of suite-agent with no plugins, with a plugin whose hooks sleep 1 s, and with
-one whose hooks never return (per-call timeout 0.5 s).
+"""Respawn latency of suite-agent with no plugins, and with a plugin whose every hook misbehaves:
+sleeps 1 s, never returns (per-call timeout 0.5 s), holds the GIL for 4 s in C code, exits the
+process (os._exit), or keeps 16 MiB more (past the default `_max_memory` of 1 GiB its process is
+killed and started again).
 
     python bench/plugin_bench.py                 # 20 services, 30 kills per setup
-    python bench/plugin_bench.py --samples 10 --services 5
+    python bench/plugin_bench.py --samples 10 --services 5 --setups "no plugins" "hooks hold the GIL 4 s"
+    python bench/plugin_bench.py --source /path/to/other/checkout   # measure another version
 
 Each sample: SIGKILL one service's process, then poll the agent's children (from /proc, every
 0.2 ms) until a new process for that service has exec'd. Median and p90 per setup. The services
 have `backoff: {reset_after: 0}`, so every kill is answered with an immediate restart. The plugin is
 made on the fly: a module plus a hand-made .dist-info (entry point in the group
 suite_agent.plugins) in a temporary folder put on the agent's PYTHONPATH; nothing is installed.
+A setup whose agent dies is reported as such.
 """
 
 from __future__ import annotations
@@ -24,14 +28,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_ARG = 200_000_000  # service i runs `sleep BASE_ARG+i`: how the bench knows them from outside
+TOKEN = "PLUGIN_BENCH_TOKEN"
 
 PLUGIN = '''
+import ctypes
+import os
 import threading
 import time
 
@@ -39,7 +47,8 @@ from suite_agent.plugins import PluginBase, PluginInfo
 
 
 class Sleepy(PluginBase):
-    """Every hook sleeps `sleep` seconds, or never returns when `hang` is true."""
+    """Every hook misbehaves as its options say: `hang`, `gil` (seconds holding the GIL), `exit`,
+    `alloc` (MiB kept), else `sleep` (seconds)."""
 
     def get_info(self):
         return PluginInfo(name="bench_sleepy", version="1.0")
@@ -47,6 +56,16 @@ class Sleepy(PluginBase):
     def _nap(self):
         if self.options.get("hang"):
             threading.Event().wait()
+        if self.options.get("exit"):
+            os._exit(1)
+        if self.options.get("gil"):
+            # A PyDLL call keeps the GIL, like a regex, a sort or a json.dumps in C would.
+            ctypes.PyDLL(None).usleep(int(float(self.options["gil"]) * 1_000_000))
+            return
+        if self.options.get("alloc"):
+            self.kept = getattr(self, "kept", [])
+            self.kept.append(b"x" * (int(self.options["alloc"]) * 1024 * 1024))
+            return
         time.sleep(float(self.options.get("sleep", 1.0)))
 
     def on_service_start(self, service_name, pid):
@@ -73,7 +92,14 @@ SETUPS = {
     "no plugins": None,
     "hooks sleep 1 s": "{sleep: 1}",
     "hooks hang (timeout 0.5 s)": "{hang: true, _timeout: 500ms}",
+    "hooks hold the GIL 4 s": "{gil: 4}",
+    "hooks exit (os._exit)": "{exit: true}",
+    "hooks keep 16 MiB each": "{alloc: 16}",
 }
+
+
+class AgentDied(Exception):
+    pass
 
 
 def make_plugin_site(root: Path) -> Path:
@@ -94,6 +120,19 @@ def children(pid: int) -> set[int]:
                 found.update(int(c) for c in f.read().split())
     except FileNotFoundError:
         pass
+    return found
+
+
+def ours(token: str) -> list[int]:
+    """Processes started by this run of the bench: they carry its token in their environment."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if f"{TOKEN}={token}".encode() in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
     return found
 
 
@@ -120,12 +159,14 @@ def running(agent: int) -> dict[int, int]:
     return found
 
 
-def wait_all(agent: int, n: int, timeout: float = 30.0) -> dict[int, int]:
+def wait_all(agent: subprocess.Popen[bytes], n: int, timeout: float = 300.0) -> dict[int, int]:
     deadline = time.monotonic() + timeout
     while True:
-        now = running(agent)
+        now = running(agent.pid)
         if len(now) == n:
             return now
+        if agent.poll() is not None:
+            raise AgentDied(f"the agent exited with {agent.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(now)} of {n} services running after {timeout}s")
         time.sleep(0.005)
@@ -139,6 +180,9 @@ def agent_running(conf_dir: Path, env: dict[str, str], log: Path) -> Iterator[su
         try:
             yield proc
         finally:
+            if proc.poll() is not None:
+                for pid in ours(env[TOKEN]):  # the services of an agent that died
+                    os.kill(pid, signal.SIGKILL)
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(30)
@@ -147,7 +191,8 @@ def agent_running(conf_dir: Path, env: dict[str, str], log: Path) -> Iterator[su
                 proc.wait()
 
 
-def measure(setup: str, plugin: str | None, services: int, samples: int, root: Path, site: Path) -> list[float]:
+def measure(setup: str, plugin: str | None, services: int, samples: int, root: Path, site: Path,
+            source: Path) -> list[float]:
     conf_dir = root / setup.replace(" ", "_").replace("(", "").replace(")", "") / "conf.d"
     conf_dir.mkdir(parents=True)
     lines = [f"agent: {{log_dir: {conf_dir.parent / 'logs'}}}", "services:"]
@@ -158,12 +203,13 @@ def measure(setup: str, plugin: str | None, services: int, samples: int, root: P
     if plugin is not None:
         lines += ["plugins:", f"  bench_sleepy: {plugin}"]
     (conf_dir / "bench.yaml").write_text("\n".join(lines) + "\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "suite-agent"), str(site)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source / "suite-agent"), str(site)]),
+           TOKEN: uuid.uuid4().hex}
     latencies: list[float] = []
     with agent_running(conf_dir, env, conf_dir.parent / "agent.log") as proc:
         if plugin is not None:
             wait_for_log(conf_dir.parent / "agent.log", "plugin bench_sleepy: loaded")
-        pids = wait_all(proc.pid, services)
+        pids = wait_all(proc, services)
         largest = 0.0
         for _ in range(samples):
             index = random.randrange(services)
@@ -175,11 +221,13 @@ def measure(setup: str, plugin: str | None, services: int, samples: int, root: P
                 if new:
                     latencies.append(time.perf_counter() - started)
                     break
+                if proc.poll() is not None:
+                    raise AgentDied(f"the agent exited with {proc.returncode}")
                 if time.perf_counter() - started > 30:
                     raise RuntimeError(f"{setup}: service {index} not respawned within 30s")
                 time.sleep(0.0002)
             largest = max(largest, latencies[-1])
-            pids = wait_all(proc.pid, services)
+            pids = wait_all(proc, services)
             # A random pause, so the kills do not fall in step with the plugin's own sleeps.
             time.sleep(0.25 + random.uniform(0, min(1.0, largest)))
     return latencies
@@ -195,7 +243,7 @@ def wait_for_log(path: Path, text: str, timeout: float = 30.0) -> None:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def main() -> int:
@@ -203,18 +251,28 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=20)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--json", action="store_true", help="print every sample as JSON too")
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
+    parser.add_argument("--source", type=Path, default=REPO,
+                        help="the checkout whose suite-agent/ is measured (default: this one)")
     args = parser.parse_args()
     results: dict[str, list[float]] = {}
+    died: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="plugin-bench-") as tmp:
         root = Path(tmp)
         site = make_plugin_site(root)
-        for setup, plugin in SETUPS.items():
-            results[setup] = measure(setup, plugin, args.services, args.samples, root, site)
+        for setup in args.setups:
+            try:
+                results[setup] = measure(setup, SETUPS[setup], args.services, args.samples, root, site,
+                                         args.source.resolve())
+            except AgentDied as exc:
+                died[setup] = str(exc)
     print(f"respawn after kill -9, {args.services} services, {args.samples} samples each (ms)")
     print(f"{'setup':<30} {'median':>8} {'p90':>8} {'max':>8}")
     for setup, values in results.items():
         ms = [v * 1000 for v in values]
         print(f"{setup:<30} {statistics.median(ms):8.2f} {percentile(ms, 90):8.2f} {max(ms):8.2f}")
+    for setup, why in died.items():
+        print(f"{setup:<30} {why}")
     if args.json:
         print(json.dumps({k: [round(v * 1000, 3) for v in vs] for k, vs in results.items()}))
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from agent import Agent, wait_for
-from plugin_dist.installed import ensure_installed
+from plugin_dist.visible import visible_to_agents
 
 pytestmark = pytest.mark.e2e
 
@@ -108,8 +108,9 @@ class SMTPServer:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _test_plugins() -> None:
-    ensure_installed()
+def _test_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with visible_to_agents(tmp_path_factory.mktemp("test-plugins")) as site:
+        yield site
 
 
 @pytest.fixture

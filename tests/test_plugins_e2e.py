@@ -1,5 +1,6 @@
-"""Plugins in a real agent: loaded by entry point from an installed distribution, fed by real
-services, contained when they misbehave, reloaded with the `plugins` section."""
+"""Plugins in a real agent: loaded by entry point from a distribution on the agent's path, run in
+plugin processes, fed by real services, contained when they misbehave, reloaded with the
+`plugins` section."""
 
 from __future__ import annotations
 
@@ -10,20 +11,22 @@ import signal
 import textwrap
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from agent import Agent, wait_for
-from plugin_dist.installed import ensure_installed
+from plugin_dist.visible import visible_to_agents
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _test_plugins() -> None:
-    ensure_installed()
+def _test_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with visible_to_agents(tmp_path_factory.mktemp("test-plugins")) as site:
+        yield site
 
 
 def recorded(path: Path, hook: str | None = None) -> list[dict[str, Any]]:
@@ -114,8 +117,10 @@ def test_every_hook_is_fired_by_real_services(agent: Agent, tmp_path: Path) -> N
     metrics = wait_for(lambda: [c["args"][0] for c in recorded(rec, "on_metrics_collect")], 15, "on_metrics_collect")
     assert metrics[0]["services"]["web"]["state"] == "running" and metrics[0]["services_total"] >= 1
 
-    # Every hook call of this plugin ran on its own worker, and on_event saw the config change.
+    # Every hook call of this plugin ran on its own worker, in its own process (not the agent),
+    # and on_event saw the config change.
     assert {c["thread"] for c in recorded(rec) if c["hook"] != "validate_options"} == {"plugin test_rec1 call"}
+    assert {c["pid"] for c in recorded(rec)} == set(agent.pids_of("hostproc test_rec1")) != {agent.proc.pid}
     assert [e["data"]["source"] for e in events(rec, "config_reloaded")][-1] in ("file", "watch")
 
     assert agent.stop() == 0
@@ -208,9 +213,10 @@ def test_changing_the_plugins_section_reloads_plugins_without_touching_services(
           test_rec1: {{path: '{one}', generation: 2}}
           test_rec2: {{path: '{two}'}}
         """))
-    wait_for(lambda: len(options_seen(two)) == 1, 10, "test_rec2 loaded")
+    # Each plugin loads in its own process, in parallel.
+    wait_for(lambda: len(options_seen(two)) == 1 and len(options_seen(one)) == 2, 10, "both loaded")
     # The old instance was shut down before a new one got the new options.
-    calls = [(c["hook"], c["instance"], c["args"]) for c in recorded(one)
+    calls = [(c["hook"], (c["pid"], c["instance"]), c["args"]) for c in recorded(one)
              if c["hook"] in ("validate_options", "on_shutdown")]
     assert [(hook, args) for hook, _, args in calls] == [
         ("validate_options", [{"path": str(one), "generation": 1}]), ("on_shutdown", []),
@@ -227,6 +233,7 @@ def test_changing_the_plugins_section_reloads_plugins_without_touching_services(
     (agent.conf_dir / "plugins.yaml").unlink()
     agent.wait_log(r"plugins: off")
     wait_for(lambda: len(recorded(two, "on_shutdown")) == 2, 10, "test_rec2 unloaded")
+    wait_for(lambda: not agent.pids_of("suite_agent.plugins.hostproc"), 10, "no plugin process left")
 
     assert agent.pids_of("510") == pids
     assert "restarting" not in agent.log() and "web: stopped" not in agent.log()

@@ -1,10 +1,12 @@
-"""The plugins part in this process, with real plugins loaded by entry point: what the core calls
-directly (transform_config), what /metrics and the JSON metrics read (samples, metrics_json), and
-unloading (stop)."""
+"""The plugins part in this process, with real plugins loaded by entry point in their plugin
+processes: what the core calls directly (transform_config), what /metrics and the JSON metrics
+read (samples, metrics_json), and unloading (stop)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -12,20 +14,21 @@ from typing import Any
 
 import pytest
 from agent import wait_for
-from plugin_dist.installed import ensure_installed
+from plugin_dist.visible import visible_to_agents
 from suite_agent.events import Event, EventBus
 from suite_agent.inbox import Inbox
 from suite_agent.integrations import AgentHandle, Sample
 from suite_agent.output import OutputPump
-from suite_agent.plugins.manager import PluginManager, create
+from suite_agent.plugins.manager import SCRAPE_DEADLINE, PluginManager, create
 from suite_agent.snapshot import Snapshot
 
 Make = Callable[[Mapping[str, Mapping[str, Any]]], PluginManager]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _test_plugins() -> None:
-    ensure_installed()
+def _test_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with visible_to_agents(tmp_path_factory.mktemp("test-plugins")) as site:
+        yield site
 
 
 @pytest.fixture
@@ -53,8 +56,8 @@ def make(tmp_path: Path, bus: EventBus) -> Iterator[Make]:
 
 
 def loaded(manager: PluginManager, *names: str) -> None:
-    wait_for(lambda: all(h.state != "loading" for h in manager.hosts), 10, "plugins to load")
-    states = {h.name: h.state for h in manager.hosts}
+    wait_for(lambda: all(p.settled.is_set() for p in manager.proxies), 15, "plugins to load")
+    states = {p.name: p.state for p in manager.proxies}
     assert {n: states[n] for n in names} == dict.fromkeys(names, "loaded"), states
 
 
@@ -154,18 +157,19 @@ def test_metrics_become_gauges_and_garbage_is_counted_once(make: Make, bus: Even
     assert found[("suite_agent_plugin_test_seed_custom_metrics_custom_business_metric", ())] == 42.0
     assert found[("suite_agent_plugin_example_custom_business_metric", ())] == 7.0
     assert found[("suite_agent_plugins_loaded", ())] == 4.0
-    # A few more scrapes: the non-number is reported once, the non-dict every time it happens.
+    # Two more scrapes, each calling the hooks: the non-number is reported once, the non-dict
+    # every time it happens.
     calls_before = len(recorded(tmp_path / "1", "on_metrics_collect"))
-    wait_for(lambda: manager.samples() and len(recorded(tmp_path / "1", "on_metrics_collect")) >= calls_before + 2,
-             10, "two more collections")
+    manager.samples()
     found = by_name(manager.samples())
+    assert len(recorded(tmp_path / "1", "on_metrics_collect")) >= calls_before + 2
     errors = ("suite_agent_plugin_errors_total", (("hook", "on_metrics_collect"), ("plugin", "test_rec1")))
     assert found[errors] == 1.0
     garbage = ("suite_agent_plugin_errors_total", (("hook", "on_metrics_collect"), ("plugin", "test_rec2")))
     assert found[garbage] >= 2.0
     reported = plugin_errors(sub, "test_rec1", "test_rec2")
     assert [e["error"] for e in reported if e["plugin"] == "test_rec1"] == [
-        "metric 'label' is str, not a number: left out of /metrics"]
+        "metric 'label' is str, not a number or a list of (labels, number) pairs: left out of /metrics"]
     assert {e["error"] for e in reported if e["plugin"] == "test_rec2"} == {
         "on_metrics_collect returned list, not a dict"}
     as_json = manager.metrics_json()
@@ -176,23 +180,26 @@ def test_metrics_become_gauges_and_garbage_is_counted_once(make: Make, bus: Even
     json.dumps(as_json)
 
 
-def test_a_scrape_never_waits_for_a_hanging_plugin(make: Make, tmp_path: Path) -> None:
+def test_a_scrape_shows_fresh_values_at_once_and_waits_for_a_hanging_plugin_at_most_its_deadline(
+        make: Make, tmp_path: Path) -> None:
     manager = make({
-        "test_rec1": {"path": str(tmp_path / "1"), "hang": ["on_metrics_collect"], "_timeout": 0.5},
-        "test_rec2": {"path": str(tmp_path / "2"), "metrics": {"fine": 1}},
+        "test_rec1": {"path": str(tmp_path / "1"), "hang": ["on_metrics_collect"], "_timeout": 5},
+        "test_rec2": {"path": str(tmp_path / "2")},  # returns {"collected": calls so far}
     })
     loaded(manager, "test_rec1", "test_rec2")
-    deadline = time.monotonic() + 10
-    while ("suite_agent_plugin_test_rec2_fine", ()) not in by_name(manager.samples()):
-        assert time.monotonic() < deadline, "no value from test_rec2"
-        time.sleep(0.05)
-    for _ in range(20):
+    collected = ("suite_agent_plugin_test_rec2_collected", ())
+    # The very first scrape has the plugin's value, and every scrape a new one.
+    values = []
+    for _ in range(3):
         started = time.monotonic()
-        manager.samples()
-        assert time.monotonic() - started < 0.05
+        values.append(by_name(manager.samples())[collected])
+        assert time.monotonic() - started < SCRAPE_DEADLINE + 0.5
+    assert values[0] >= 1 and values[1] > values[0] and values[2] > values[1]
+    # The hanging call is shared by the scrapes that came while it ran, then abandoned.
+    assert len(recorded(tmp_path / "1", "on_metrics_collect")) == 1
+    errors = ("suite_agent_plugin_errors_total", (("hook", "on_metrics_collect"), ("plugin", "test_rec1")))
     stuck = ("suite_agent_plugin_stuck_threads", (("plugin", "test_rec1"),))
-    found = wait_for(lambda: (f := by_name(manager.samples()))[stuck] == 1.0 and f, 5, "the call abandoned")
-    assert found[("suite_agent_plugin_errors_total", (("hook", "on_metrics_collect"), ("plugin", "test_rec1")))] == 1.0
+    wait_for(lambda: (f := by_name(manager.samples())).get(errors) and f.get(stuck), 10, "the call abandoned")
 
 
 # -- options and unloading ------------------------------------------------------------------
@@ -206,11 +213,11 @@ def test_bad_agent_options_refuse_the_plugin_with_a_clear_message(make: Make, bu
     loaded(manager, "test_rec3")
     errors = {e["plugin"]: e["error"] for e in plugin_errors(sub, "test_rec1", "test_rec2")}
     assert errors["test_rec1"].startswith("_timeout: 'soon' is not a duration")
-    assert errors["test_rec2"] == ("unknown agent option '_timout' (the agent's options are: _timeout; "
-                                   "the plugin's own do not start with _)")
+    assert errors["test_rec2"] == ("unknown agent option '_timout' (the agent's options are: _timeout, "
+                                   "_max_memory; the plugin's own do not start with _)")
     assert recorded(tmp_path / "3", "validate_options")[0]["args"] == [{"path": str(tmp_path / "3"),
                                                                         "colour": "red"}]
-    assert manager.hosts[2].timeout == 0.25
+    assert manager.proxies[2].settings.timeout == 0.25
     assert not (tmp_path / "1").exists() and not (tmp_path / "2").exists()
 
 
@@ -227,5 +234,37 @@ def test_stop_calls_on_shutdown_once_each_within_the_timeout(make: Make, bus: Ev
     assert time.monotonic() - started < 2.0
     for n in ("1", "2"):
         assert len(recorded(tmp_path / n, "on_shutdown")) == 1
-    assert not manager._thread.is_alive()
-    assert all(not h.runner._thread.is_alive() for h in manager.hosts)
+    assert not manager._events.is_alive() and not manager._monitor.is_alive()
+    assert all(p.channel is None for p in manager.proxies)
+
+
+def test_calls_meant_for_a_plugin_whose_process_is_down_are_counted_as_lost_not_queued(
+        make: Make, bus: EventBus, tmp_path: Path) -> None:
+    rec = tmp_path / "1"
+    manager = make({"test_rec1": {"path": str(rec)}})
+    loaded(manager, "test_rec1")
+    (proxy,) = manager.proxies
+
+    def kill_and_wait_for_restart() -> None:
+        channel = proxy.channel
+        assert channel is not None
+        os.kill(channel.pid, signal.SIGKILL)
+        wait_for(lambda: proxy.channel is not channel and proxy.state in ("restarting", "starting", "loaded"),
+                 5, "the death noticed")
+
+    kill_and_wait_for_restart()
+    wait_for(lambda: proxy.state == "loaded", 15, "the second process loaded")
+    kill_and_wait_for_restart()  # a second death within 10 s: restarted after 0.5 s
+    assert proxy.state == "restarting"
+    before = proxy.counters()["lost"]  # the plugin_error events of the deaths may be lost too
+    for pid in range(1001, 1006):
+        bus.publish(Event.make("service_started", "web", instance="web", pid=pid))
+    wait_for(lambda: proxy.counters()["lost"] >= before + 10, 5, "on_service_start and on_event of 5 events lost")
+    wait_for(lambda: proxy.state == "loaded", 15, "the third process loaded")
+    bus.publish(Event.make("service_started", "sentinel", instance="sentinel", pid=1))
+    wait_for(lambda: recorded(rec, "on_service_start"), 5, "the sentinel")
+    assert [c["args"] for c in recorded(rec, "on_service_start")] == [["sentinel", 1]]
+    found = by_name(manager.samples())
+    assert found[("suite_agent_plugin_process_restarts_total", (("plugin", "test_rec1"),))] == 2.0
+    assert found[("suite_agent_plugin_errors_total", (("hook", "process"), ("plugin", "test_rec1")))] == 2.0
+    assert found[("suite_agent_plugin_lost_calls_total", (("plugin", "test_rec1"),))] >= 10.0

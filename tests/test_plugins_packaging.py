@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -53,3 +54,14 @@ def test_the_wheel_carries_every_module_of_the_source_tree(wheel: zipfile.ZipFil
     missing = [str(p.relative_to(source)) for p in source.rglob("suite_agent/**/*.py")
                if "__pycache__" not in p.parts and str(p.relative_to(source)) not in names]
     assert missing == [], "add their packages to [options] packages in setup.cfg"
+
+
+def test_the_readme_and_ci_install_the_checkout_the_same_way() -> None:
+    """Both commands install the checkout editable. A plain `pip install .` puts a copy in
+    site-packages, and the next install of either kind deletes that copy from under an agent
+    that runs it (`No module named 'suite_agent.mq'` when it turns the queue on later)."""
+    texts = [(ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()]
+    project = re.compile(r"pip install ((?:--?[\w-]+ )*)'?\.(?:\[\w+\])?'?(?=[\s&]|$)", re.MULTILINE)
+    found = [m for text in texts for m in project.finditer(text)]
+    assert len(found) >= 3
+    assert [m.group(0) for m in found if "-e" not in m.group(1).split()] == []

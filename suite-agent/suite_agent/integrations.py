@@ -16,13 +16,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from suite_agent import events
 from suite_agent.events import Event, EventBus
 from suite_agent.inbox import Inbox
 from suite_agent.output import OutputPump
 from suite_agent.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from suite_agent.process import ForeignChildren
 
 log = logging.getLogger("suite_agent.integrations")
 
@@ -62,6 +65,8 @@ class AgentHandle:
     probes: EventBus = field(default_factory=EventBus)  # every probe check's result, for plugins
     # When the part's section was applied: subscribe with since=this to miss no event of that load.
     since: Callable[[str], float | None] = lambda name: None
+    # Children a part starts (plugin processes) are reaped by the owner, through this.
+    children: Callable[[], ForeignChildren] | None = None
 
 
 class Integration(Protocol):

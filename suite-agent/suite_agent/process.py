@@ -18,7 +18,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
@@ -295,6 +295,14 @@ class ForeignChildren:
         exited: Future[int] = Future()
         with self._lock:
             pid = _spawn_probe(argv, cwd, env, output_fd)
+            self._waiting[pid] = exited
+        return pid, exited
+
+    def adopt(self, start: Callable[[], int]) -> tuple[int, Future[int]]:
+        """Like spawn, for a child that `start` spawns however it likes (it returns the pid)."""
+        exited: Future[int] = Future()
+        with self._lock:
+            pid = start()
             self._waiting[pid] = exited
         return pid, exited
 

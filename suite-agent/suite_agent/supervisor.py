@@ -99,7 +99,7 @@ class Supervisor:
         self.snapshot = Snapshot(started_at=self.clock.time())
         self.integrations = IntegrationManager(lambda manager: AgentHandle(
             inbox=self.inbox, bus=self.bus, probes=self.probe_bus, pump=self.pump, snapshot=lambda: self.snapshot,
-            conf_dir=self.conf_dir, parts=manager.parts, since=manager.since))
+            conf_dir=self.conf_dir, parts=manager.parts, since=manager.since, children=lambda: self.foreign))
         self.declared: Declared | None = None
         self._by_pid: dict[int, Instance] = {}
         self.foreign = ForeignChildren()

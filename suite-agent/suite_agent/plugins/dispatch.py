@@ -1,4 +1,8 @@
-"""What an agent event means to a plugin: the hook calls it makes, with their arguments."""
+"""What an agent event means to a plugin: the hook calls it makes, with their arguments.
+
+The agent sends each event to a plugin process as `event_dict`; the plugin process turns it back
+into an Event and into hook calls.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from typing import Any
 from suite_agent import events
 from suite_agent.events import Event
 from suite_agent.plugins.base import ServiceError
-from suite_agent.snapshot import Snapshot
 
 PLUGIN_ERROR = "plugin_error"
 
@@ -29,12 +32,28 @@ def event_dict(event: Event) -> dict[str, Any]:
             "data": plain(event.data)}
 
 
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    return Event(type=str(data["type"]), service=data.get("service"), data=data.get("data") or {},
+                 time=float(data.get("time") or 0.0), id=str(data.get("id") or ""))
+
+
 def service_error(event: Event) -> ServiceError:
     data = event.data
     return ServiceError(str(data.get("error") or "error"), service=event.service or "",
                         instance=data.get("instance"), pid=data.get("pid"),
                         exit_code=data.get("exit_code"), signal=data.get("signal"),
                         state=data.get("state"), time=event.time, data=plain(data))
+
+
+def hook_names(event_type: str) -> tuple[str, ...]:
+    """The hooks an event of this type calls: the agent sends a plugin only the events it takes."""
+    seed = {events.SERVICE_STARTED: "on_service_start", events.SERVICE_STOPPED: "on_service_stop",
+            events.SERVICE_ERROR: "on_service_error"}
+    if event_type == events.PROBE_RESULT:
+        return ("on_health_check",)
+    if event_type in seed:
+        return (seed[event_type], "on_event")
+    return ("on_event",)
 
 
 def hook_calls(event: Event) -> list[HookCall]:
@@ -55,17 +74,3 @@ def hook_calls(event: Event) -> list[HookCall]:
         return [("on_health_check", (health,))]
     calls.append(("on_event", (event_dict(event),)))
     return calls
-
-
-def metrics_summary(snapshot: Snapshot) -> dict[str, Any]:
-    """What `on_metrics_collect` receives: the agent's services at a glance."""
-    services = {
-        name: {"state": s.state, "ready": s.ready, "health": s.health, "pids": list(s.pids),
-               "restarts": s.restarts, "replicas": s.replicas}
-        for name, s in snapshot.services.items()
-    }
-    return {
-        "services_total": len(services),
-        "services_running": sum(1 for s in services.values() if s["state"] == "running"),
-        "services": services,
-    }

@@ -3,13 +3,18 @@
 Options make it misbehave on purpose: `sleep` (seconds, every hook), `hang` / `raise` (lists of
 hook names, or "all"), `metrics` (what on_metrics_collect returns), `config_patch` (merged into
 the configuration by on_config_load) or `config_return` (returned as is), `events` (also record
-on_event).
+on_event). What would take the agent down if plugins ran in it, in the hooks named by:
+`exit` (os._exit(1)), `kill9` (SIGKILL to itself), `gil` (holds the GIL in C code for
+`gil_seconds`, then records `held_gil`), `alloc` (keeps `alloc_mib` MiB more, then records
+`allocated`). `when_service` limits all of these to calls about that service.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -42,18 +47,18 @@ class RecorderPlugin(PluginBase):
     # -- the seed's hooks -----------------------------------------------------------------
     def on_service_start(self, service_name: str, pid: int) -> None:
         self._record("on_service_start", service_name, pid)
-        self._behave("on_service_start")
+        self._behave("on_service_start", service_name)
 
     def on_service_stop(self, service_name: str, pid: int) -> None:
         self._record("on_service_stop", service_name, pid)
-        self._behave("on_service_stop")
+        self._behave("on_service_stop", service_name)
 
     def on_service_error(self, service_name: str, error: Exception) -> None:
         self._record("on_service_error", service_name, {
             "type": type(error).__name__, "is_exception": isinstance(error, Exception),
             "message": str(error), "fatal": getattr(error, "fatal", None),
             "exit_code": getattr(error, "exit_code", None), "pid": getattr(error, "pid", None)})
-        self._behave("on_service_error")
+        self._behave("on_service_error", service_name)
 
     def on_health_check(self, health_data: dict[str, Any]) -> None:
         self._record("on_health_check", health_data)
@@ -83,7 +88,22 @@ class RecorderPlugin(PluginBase):
         self._behave("on_event")
 
     # -- helpers --------------------------------------------------------------------------
-    def _behave(self, hook: str) -> None:
+    def _behave(self, hook: str, service: str | None = None) -> None:
+        wanted = self.options.get("when_service")
+        if wanted is not None and service != wanted:
+            return
+        if self._named(hook, "exit"):
+            os._exit(1)
+        if self._named(hook, "kill9"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self._named(hook, "gil"):
+            # A PyDLL call keeps the GIL for its whole length, like a regex or a sort in C.
+            ctypes.PyDLL(None).usleep(int(float(self.options.get("gil_seconds", 4)) * 1_000_000))
+            self._record("held_gil", hook)
+        if self._named(hook, "alloc"):
+            self.kept = getattr(self, "kept", [])
+            self.kept.append(b"\x01" * (int(self.options.get("alloc_mib", 256)) * 1024 * 1024))
+            self._record("allocated", hook)
         if self._named(hook, "hang"):
             threading.Event().wait()
         if self.options.get("sleep"):

@@ -1,4 +1,5 @@
-"""One configured plugin: loaded on its own worker, called through its own Runner, counted.
+"""One plugin inside its plugin process: loaded on its own worker, called through its own Runner,
+counted.
 
 Everything the plugin's code does (import, __init__, validate_options, every hook) runs on the
 plugin's worker within a timeout; what goes wrong is counted and handed to `report`.
@@ -11,51 +12,42 @@ import math
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from suite_agent.config.models import parse_duration
-from suite_agent.plugins.base import PluginBase, PluginInfo, implements
-from suite_agent.plugins.dispatch import plain
-from suite_agent.plugins.metrics import Collected, PluginResultError, collect
-from suite_agent.plugins.runner import Job, Runner
+from suite_agent.plugins.base import HOOKS, PluginBase, PluginInfo, implements
+from suite_agent.plugins.runner import CallTimeout, Job, Runner
 
 log = logging.getLogger("suite_agent.plugins")
 
-DEFAULT_TIMEOUT = 5.0
 MIN_LOAD_TIMEOUT = 10.0  # importing a plugin's dependencies may take a while on a cold disk
-AGENT_OPTIONS = ("_timeout",)
 
 Loader = Callable[[str], Any]  # entry-point name -> what the entry point refers to
-Report = Callable[["PluginHost", str, BaseException, bool], None]  # host, hook, error, publish
+Report = Callable[[str, BaseException, bool], None]  # hook, error, publish it as an event
 
 
 class PluginLoadError(Exception):
     """The plugin cannot be loaded; the message says why, for the operator."""
 
 
-def split_options(options: Mapping[str, Any], default_timeout: float) -> tuple[float, dict[str, Any]]:
-    """The agent's own keys (`_timeout`) out of the plugin's options."""
-    mine = plain(options)
-    timeout = default_timeout
-    for key in [k for k in mine if isinstance(k, str) and k.startswith("_")]:
-        value = mine.pop(key)
-        if key != "_timeout":
-            raise PluginLoadError(f"unknown agent option {key!r} (the agent's options are: "
-                                  f"{', '.join(AGENT_OPTIONS)}; the plugin's own do not start with _)")
-        try:
-            timeout = parse_duration(value)
-        except ValueError as exc:
-            raise PluginLoadError(f"_timeout: {exc}") from None
-        if timeout <= 0:
-            raise PluginLoadError("_timeout must be more than 0")
-    return timeout, mine
+class PluginResultError(Exception):
+    """A hook returned something the agent cannot use."""
+
+
+EXPECTED = (PluginLoadError, PluginResultError, CallTimeout)  # their message says it all
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, EXPECTED):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _flush_stdout() -> None:
     # print() in a hook is how the seed's example plugin talks; without a terminal it
-    # would sit in the buffer until the agent exits.
+    # would sit in the buffer until the plugin process exits.
     try:
         if sys.stdout is not None:
             sys.stdout.flush()
@@ -63,36 +55,27 @@ def _flush_stdout() -> None:
         pass
 
 
-class PluginHost:
-    def __init__(self, name: str, options: Mapping[str, Any], loader: Loader, report: Report,
-                 default_timeout: float = DEFAULT_TIMEOUT) -> None:
+class PluginSlot:
+    def __init__(self, name: str, options: dict[str, Any], timeout: float, loader: Loader,
+                 report: Report, on_loaded: Callable[[PluginSlot], None]) -> None:
         self.name = name
         self.state = "loading"  # loading | loaded | failed
         self.plugin: PluginBase | None = None
         self.info: PluginInfo | None = None
-        self.last_error: str | None = None
+        self.timeout = timeout
+        self.options = options
         self._loader = loader
         self._report = report
-        self._options_error: PluginLoadError | None = None
-        try:
-            self.timeout, self.options = split_options(options, default_timeout)
-        except PluginLoadError as exc:
-            self.timeout, self.options = default_timeout, {}
-            self._options_error = exc
+        self._on_loaded = on_loaded
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
-        self._collected = Collected({}, {}, ())
-        self._reported_keys: set[str] = set()
-        self._metrics_pending = False
+        self._collecting: Future[Any] | None = None
         self.runner = Runner(name, self._done)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         self.runner.start()
-        if self._options_error is not None:
-            self._failed("load", self._options_error)
-            return
         load = Job("load", self._load, max(self.timeout, MIN_LOAD_TIMEOUT))
         self.runner.submit(load, force=True)
 
@@ -105,6 +88,11 @@ class PluginHost:
         self.runner.join(timeout)
 
     # -- calls ----------------------------------------------------------------------------
+    def hooks(self) -> list[str]:
+        """The hooks the loaded plugin overrides: the agent sends only what they need."""
+        plugin = self.plugin
+        return [h for h in HOOKS if plugin is not None and implements(plugin, h)]
+
     def wants(self, hook: str) -> bool:
         """False once it is known the plugin will never take this call."""
         if self.state == "failed":
@@ -117,21 +105,17 @@ class PluginHost:
             job = Job(hook, partial(self._call, hook, args), self.timeout, context=publish_errors)
             self.runner.submit(job)
 
-    def collect_metrics(self, summary: dict[str, Any]) -> None:
-        """Ask for fresh values unless a previous request is still queued or running."""
+    def collect_metrics(self, summary: dict[str, Any]) -> Future[Any] | None:
+        """What on_metrics_collect returns, to come; a call already queued or running is shared."""
         if self.state != "loaded" or not self.wants("on_metrics_collect"):
-            return
+            return None
         with self._lock:
-            if self._metrics_pending:
-                return
-            self._metrics_pending = True
-        job = Job("on_metrics_collect", partial(self._collect, summary), self.timeout)
-        job.future.add_done_callback(self._metrics_done)  # also when dropped or cancelled
+            if self._collecting is not None and not self._collecting.done():
+                return self._collecting
+            job = Job("on_metrics_collect", partial(self._call, "on_metrics_collect", (summary,)), self.timeout)
+            self._collecting = job.future
         self.runner.submit(job, force=True)
-
-    def _metrics_done(self, _: object) -> None:
-        with self._lock:
-            self._metrics_pending = False
+        return job.future
 
     def transform(self, config: dict[str, Any], timeout: float) -> Job | None:
         """on_config_load within `timeout`, or the plugin's own `_timeout` when shorter."""
@@ -169,21 +153,6 @@ class PluginHost:
         finally:
             _flush_stdout()
 
-    def _collect(self, summary: dict[str, Any]) -> None:
-        try:
-            collected = collect(self._call("on_metrics_collect", (summary,)))
-        except PluginResultError:
-            self._collected = Collected({}, {}, ())
-            raise
-        self._collected = collected
-        for key in collected.not_numbers:
-            if key not in self._reported_keys:
-                self._reported_keys.add(key)
-                self._count_error("on_metrics_collect")
-                self._report(self, "on_metrics_collect", PluginResultError(
-                    f"metric {key!r} is {type(collected.values.get(key)).__name__}, not a number: "
-                    "left out of /metrics"), True)
-
     def _transform(self, config: dict[str, Any]) -> Any:
         result = self._call("on_config_load", (config,))
         if result is not None and not isinstance(result, dict):
@@ -197,29 +166,22 @@ class PluginHost:
             if error is None:
                 self.plugin, self.info = job.future.result()
                 self.state = "loaded"
-                log.info("plugin %s: loaded (%s %s)", self.name, self.info.name, self.info.version)
             else:
-                self._failed("load", error)
+                self.state = "failed"
+                self.count_error("load")
+                self._report("load", error, True)
+            self._on_loaded(self)
             return
         if error is not None:
-            self._count_error(job.hook)
-            self._report(self, job.hook, error, job.context is not False)
+            self.count_error(job.hook)
+            self._report(job.hook, error, job.context is not False)
 
-    def _failed(self, hook: str, error: BaseException) -> None:
-        self.state = "failed"
-        self._count_error(hook)
-        self._report(self, hook, error, True)
-
-    def _count_error(self, hook: str) -> None:
+    def count_error(self, hook: str) -> None:
         with self._lock:
             self._errors[hook] += 1
 
-    # -- what the manager reads -----------------------------------------------------------
-    def counters(self) -> tuple[dict[str, int], dict[str, int]]:
-        """(calls per hook, errors per hook)."""
+    # -- what the agent reads -------------------------------------------------------------
+    def counters(self) -> dict[str, Any]:
         with self._lock:
-            return dict(self._calls), dict(self._errors)
-
-    @property
-    def collected(self) -> Collected:
-        return self._collected
+            return {"calls": dict(self._calls), "errors": dict(self._errors),
+                    "dropped": self.runner.dropped, "stuck": self.runner.stuck}
