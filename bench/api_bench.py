@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class WaitressServer:
-    """Same interface as suite_agent.api.server.HttpServer, on waitress."""
+    """Same interface as suite_agent.parts.api.server.HttpServer, on waitress."""
 
     name = "waitress"
 
@@ -376,7 +376,7 @@ class WaitressServer:
 
 def waitress_main(argv: list[str]) -> int:
     from suite_agent import cli
-    from suite_agent.api import server
+    from suite_agent.parts.api import server
 
     server.HttpServer = WaitressServer  # type: ignore[misc, assignment]
     return cli.main(argv)

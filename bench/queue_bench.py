@@ -329,12 +329,12 @@ def bench_broker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 def burst(url: str, names: Names, count: int) -> dict[str, float]:
     """A backlog put on the bus of an in-process queue part, until the broker took all of it."""
     from suite_agent.config.models import QueueSection
-    from suite_agent.events import Event, EventBus
-    from suite_agent.inbox import Inbox
-    from suite_agent.integrations import AgentHandle
-    from suite_agent.mq import QueuePart
-    from suite_agent.output import OutputPump
-    from suite_agent.snapshot import Snapshot
+    from suite_agent.events.bus import Event, EventBus
+    from suite_agent.core.inbox import Inbox
+    from suite_agent.parts.lifecycle import AgentHandle
+    from suite_agent.parts.queue import QueuePart
+    from suite_agent.output.pump import OutputPump
+    from suite_agent.core.snapshot import Snapshot
 
     sink = EventCounter(url, names)  # so the broker routes and stores them, as it would for a user
     bus, inbox = EventBus(), Inbox()
@@ -402,7 +402,7 @@ def load_generator(url: str, exchange_name: str, rate: float) -> None:
     body = json.dumps({"specversion": "1.0", "id": "x" * 32, "source": "suite-agent/load", "type":
                        "suite.service_started", "time": "2026-01-01T00:00:00Z", "datacontenttype":
                        "application/json", "data": {"instance": "s000", "pid": 1, "service": "s000"}})
-    from suite_agent.mq import redis_batch
+    from suite_agent.parts.queue import redis_batch
 
     # The same kombu transport and batching as the agent's publisher: the same work for the broker.
     transport = redis_batch.Transport if url.startswith("redis://") else None

@@ -7,7 +7,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from suite_agent.process import Spawned
+from suite_agent.processes.factory import Spawned
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent import wait_for
-from suite_agent.api.intake import HEAD_LIMIT, Gathered, Intake, RequestStream
+from suite_agent.parts.api.intake import HEAD_LIMIT, Gathered, Intake, RequestStream
 
 LIMIT = 1000  # the body limit of these streams
 
@@ -166,8 +166,8 @@ def test_the_intake_hands_over_whole_requests_and_times_out_the_rest() -> None:
 
 
 def test_a_server_that_cannot_bind_leaves_nothing_open() -> None:
-    from suite_agent.api.server import HttpServer
-    from suite_agent.integrations import IntegrationError
+    from suite_agent.parts.api.server import HttpServer
+    from suite_agent.parts.lifecycle import IntegrationError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -22,8 +22,8 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 
 from agent import Agent
 from api_helpers import Api, start_with_api
-from suite_agent.api.app import build_app
-from suite_agent.api.openapi import document
+from suite_agent.parts.api.app import build_app
+from suite_agent.parts.api.openapi import document
 
 pytestmark = pytest.mark.e2e
 TOKEN = "fuzz-token"
@@ -193,9 +193,9 @@ def _duration_parameters() -> list[tuple[str, str, str]]:
 def test_every_documented_duration_is_one_the_api_takes() -> None:
     from hypothesis import strategies as st
 
-    from suite_agent.api import control, services
-    from suite_agent.api.errors import ApiError
-    from suite_agent.api.params import Req
+    from suite_agent.parts.api import control, services
+    from suite_agent.parts.api.errors import ApiError
+    from suite_agent.parts.api.params import Req
 
     maxima = {"wait": min(control.MAX_WAIT, services.MAX_WAIT), "heartbeat": 300.0}
     params = _duration_parameters()

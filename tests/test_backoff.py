@@ -1,6 +1,6 @@
 import pytest
 
-from suite_agent.backoff import GiveUp, Restart, decide
+from suite_agent.core.backoff import GiveUp, Restart, decide
 from suite_agent.config.models import BackoffSpec, StartLimitSpec
 
 BACKOFF = BackoffSpec(initial=0.25, factor=2, max=2, reset_after=10)

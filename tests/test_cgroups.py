@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from suite_agent.cgroups import cgroup2_mounts, locate, own_cgroup
-from suite_agent.tracking import MarkerScan
+from suite_agent.processes.cgroups import cgroup2_mounts, locate, own_cgroup
+from suite_agent.processes.tracking import MarkerScan
 
 PURE_V2 = """\
 sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0

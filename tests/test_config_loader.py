@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from suite_agent.config import loader
-from suite_agent.config.loader import (
+from suite_agent.config import store as loader
+from suite_agent.config.store import (
     ConfigStore,
     Declared,
     Problem,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from suite_agent.config.loader import ConfigStore, Declared
+from suite_agent.config.store import ConfigStore, Declared
 from suite_agent.config.transform import PLUGIN_ORIGIN, apply_result, as_file
 
 

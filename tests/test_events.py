@@ -1,6 +1,6 @@
 import threading
 
-from suite_agent.events import Event, EventBus
+from suite_agent.events.bus import Event, EventBus
 
 
 def test_every_subscriber_gets_every_event_in_order() -> None:

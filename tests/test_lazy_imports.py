@@ -8,7 +8,7 @@ from pathlib import Path
 
 SCRIPT = """
 import os, signal, sys, threading, time
-from suite_agent.supervisor import Supervisor
+from suite_agent.core.supervisor import Supervisor
 
 sup = Supervisor(sys.argv[1])
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from suite_agent.config.models import QueueSection
-from suite_agent.inbox import Control, Reload
-from suite_agent.integrations import IntegrationError
-from suite_agent.mq import commands, topology
-from suite_agent.mq.commands import Command, CommandError, parse
+from suite_agent.core.inbox import Control, Reload
+from suite_agent.parts.lifecycle import IntegrationError
+from suite_agent.parts.queue import commands, topology
+from suite_agent.parts.queue.commands import Command, CommandError, parse
 
 
 def test_a_broadcast_and_a_targeted_command() -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 try:
-    from suite_agent.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
-    from suite_agent.output import MAX_LINE, LogLine, OutputPump
+    from suite_agent.output.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
+    from suite_agent.output.pump import MAX_LINE, LogLine, OutputPump
 except ModuleNotFoundError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite-agent"))
-    from suite_agent.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
-    from suite_agent.output import MAX_LINE, LogLine, OutputPump
+    from suite_agent.output.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
+    from suite_agent.output.pump import MAX_LINE, LogLine, OutputPump
 
 IDLE = 10.0  # deadline for wait_idle; a healthy pump needs milliseconds
 
@@ -559,7 +559,7 @@ def test_unwritable_log_dir_keeps_the_buffer_working(
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     pump = make_pump(log_dir=blocker / "logs")
-    caplog.set_level(logging.WARNING, logger="suite_agent.output")
+    caplog.set_level(logging.WARNING, logger="suite_agent.output.pump")
     _, out = attach_pipe(pump, "s", "s", "stdout")
     _, err = attach_pipe(pump, "s", "s", "stderr")
     for i in range(3):
@@ -568,7 +568,7 @@ def test_unwritable_log_dir_keeps_the_buffer_working(
     os.write(err, b"oops\n")
     idle(pump)
     assert texts(pump.recent("s")) == ["line 0", "line 1", "line 2", "oops"]
-    warnings = [r for r in caplog.records if r.name == "suite_agent.output"]
+    warnings = [r for r in caplog.records if r.name == "suite_agent.output.pump"]
     assert len(warnings) == 2  # one per file, not one per write
     assert {"s.stdout.log" in r.getMessage() for r in warnings} == {True, False}
     assert pump._thread is not None and pump._thread.is_alive()
@@ -584,13 +584,13 @@ def test_disk_full_keeps_reading(
     logs.mkdir()
     (logs / "s.stdout.log").symlink_to("/dev/full")  # every write fails with ENOSPC
     pump = make_pump(log_dir=logs)
-    caplog.set_level(logging.WARNING, logger="suite_agent.output")
+    caplog.set_level(logging.WARNING, logger="suite_agent.output.pump")
     _, w = attach_pipe(pump, "s", "s", "stdout")
     for i in range(3):
         os.write(w, b"line %d\n" % i)
         idle(pump)
     assert texts(pump.recent("s")) == ["line 0", "line 1", "line 2"]
-    warnings = [r for r in caplog.records if r.name == "suite_agent.output"]
+    warnings = [r for r in caplog.records if r.name == "suite_agent.output.pump"]
     assert len(warnings) == 1 and "s.stdout.log" in warnings[0].getMessage()
     os.close(w)
     idle(pump)

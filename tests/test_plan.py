@@ -1,5 +1,5 @@
 from suite_agent.config.models import ServiceSpec
-from suite_agent.plan import Add, Remove, Replace, Scale, Update, plan
+from suite_agent.core.plan import Add, Remove, Replace, Scale, Update, plan
 
 
 def spec(**kw: object) -> ServiceSpec:

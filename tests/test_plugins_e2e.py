@@ -233,7 +233,7 @@ def test_changing_the_plugins_section_reloads_plugins_without_touching_services(
     (agent.conf_dir / "plugins.yaml").unlink()
     agent.wait_log(r"plugins: off")
     wait_for(lambda: len(recorded(two, "on_shutdown")) == 2, 10, "test_rec2 unloaded")
-    wait_for(lambda: not agent.pids_of("suite_agent.plugins.hostproc"), 10, "no plugin process left")
+    wait_for(lambda: not agent.pids_of("suite_agent.parts.plugins.hostproc"), 10, "no plugin process left")
 
     assert agent.pids_of("510") == pids
     assert "restarting" not in agent.log() and "web: stopped" not in agent.log()
@@ -266,7 +266,7 @@ def test_on_config_load_rewrites_the_configuration_before_it_is_applied(agent: A
 
 
 def test_plugin_metrics_appear_in_the_prometheus_route(agent: Agent, tmp_path: Path) -> None:
-    pytest.importorskip("suite_agent.api")
+    pytest.importorskip("suite_agent.parts.api")
     import socket
 
     with socket.socket() as s:

@@ -4,8 +4,8 @@ options: pure functions, no processes."""
 from __future__ import annotations
 
 import pytest
-from suite_agent.plugins.metrics import PluginResultError, Value, collect, lint
-from suite_agent.plugins.options import (
+from suite_agent.parts.plugins.metrics import PluginResultError, Value, collect, lint
+from suite_agent.parts.plugins.options import (
     OptionError,
     PluginSettings,
     parse_size,

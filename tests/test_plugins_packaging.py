@@ -59,7 +59,7 @@ def test_the_wheel_carries_every_module_of_the_source_tree(wheel: zipfile.ZipFil
 def test_the_readme_and_ci_install_the_checkout_the_same_way() -> None:
     """Both commands install the checkout editable. A plain `pip install .` puts a copy in
     site-packages, and the next install of either kind deletes that copy from under an agent
-    that runs it (`No module named 'suite_agent.mq'` when it turns the queue on later)."""
+    that runs it (`No module named 'suite_agent.parts.queue'` when it turns the queue on later)."""
     texts = [(ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()]
     project = re.compile(r"pip install ((?:--?[\w-]+ )*)'?\.(?:\[\w+\])?'?(?=[\s&]|$)", re.MULTILINE)
     found = [m for text in texts for m in project.finditer(text)]

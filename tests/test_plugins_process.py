@@ -22,11 +22,11 @@ import pytest
 from agent import Agent, wait_for
 from plugin_dist.visible import visible_to_agents
 from prometheus_client.parser import text_string_to_metric_families
-from suite_agent.plugins.metrics import lint
+from suite_agent.parts.plugins.metrics import lint
 
 pytestmark = pytest.mark.e2e
 
-HOST = "suite_agent.plugins.hostproc"
+HOST = "suite_agent.parts.plugins.hostproc"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -259,7 +259,7 @@ def test_sigterm_to_a_plugin_process_gives_the_plugin_its_on_shutdown_then_a_new
 
 LOADED_IN_AGENT = """
 import os, signal, sys, threading, time
-from suite_agent.supervisor import Supervisor
+from suite_agent.core.supervisor import Supervisor
 
 sup = Supervisor(sys.argv[1])
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from agent import wait_for
-from suite_agent.plugins.runner import CallTimeout, Job, Runner
+from suite_agent.parts.plugins.runner import CallTimeout, Job, Runner
 
 Done = list[tuple[str, BaseException | None]]
 

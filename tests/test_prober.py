@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from suite_agent.config.models import HealthSpec
-from suite_agent.inbox import Inbox, ProbeChanged
-from suite_agent.prober import Prober
-from suite_agent.probes import check_http, run_check
-from suite_agent.process import ForeignChildren
+from suite_agent.core.inbox import Inbox, ProbeChanged
+from suite_agent.health.scheduler import Prober
+from suite_agent.health.checks import check_http, run_check
+from suite_agent.processes.factory import ForeignChildren
 
 
 class Reaper:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fakes import FakeClock, FakeFactory, FakePump
-from suite_agent.inbox import Control
-from suite_agent.supervisor import Supervisor
+from suite_agent.core.inbox import Control
+from suite_agent.core.supervisor import Supervisor
 
 
 class Harness:
@@ -260,7 +260,7 @@ def test_scaling_keeps_existing_replicas(h: Harness) -> None:
 def test_shutdown_stops_everything(h: Harness) -> None:
     h.write("services:\n  a: {command: [x], replicas: 2}\n  b: {command: [y]}\n")
     h.load()
-    from suite_agent.inbox import Shutdown
+    from suite_agent.core.inbox import Shutdown
 
     h.sup.handle_shutdown(Shutdown())
     h.settle()
@@ -268,7 +268,7 @@ def test_shutdown_stops_everything(h: Harness) -> None:
 
 
 # -- probes and dependencies ----------------------------------------------------------------
-from suite_agent.inbox import ProbeChanged, Shutdown  # noqa: E402
+from suite_agent.core.inbox import ProbeChanged, Shutdown  # noqa: E402
 
 
 def probe(h: Harness, name: str, kind: str, ok: bool, index: int = 0) -> None:
@@ -404,7 +404,7 @@ def test_start_replies_once_the_service_is_ready(h: Harness) -> None:
 
 
 # -- faults: long crash loops, failing handlers, groups that do not go -----------------------
-from suite_agent.instance import KILL_GRACE, Instance  # noqa: E402
+from suite_agent.core.instance import KILL_GRACE, Instance  # noqa: E402
 
 
 def test_a_crash_loop_past_a_thousand_restarts_keeps_restarting(h: Harness) -> None:

@@ -98,8 +98,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(settings: Settings) -> int:
-    from suite_agent.supervisor import Supervisor
-    from suite_agent.watch import ConfigWatcher
+    from suite_agent.core.supervisor import Supervisor
+    from suite_agent.config.watcher import ConfigWatcher
 
     if settings.log_level.upper() not in LOG_LEVELS:
         print(f"suite-agent run: error: {settings.log_level!r} is not a log level (--log-level or "
@@ -111,7 +111,7 @@ def cmd_run(settings: Settings) -> int:
         print(f"suite-agent: {settings.conf_dir}: no such folder", file=sys.stderr)
         return 2
     _raise_open_file_limit()
-    from suite_agent.process import PosixProcessFactory, become_subreaper
+    from suite_agent.processes.factory import PosixProcessFactory, become_subreaper
 
     become_subreaper()
     factory = PosixProcessFactory(cgroups=settings.cgroups == "auto")
@@ -133,7 +133,7 @@ def _raise_open_file_limit() -> None:
 
 
 def cmd_validate(settings: Settings) -> int:
-    from suite_agent.config.loader import validate_dir
+    from suite_agent.config.store import validate_dir
 
     problems = validate_dir(settings.conf_dir)
     for problem in problems:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from suite_agent.config.loader import Declared
+from suite_agent.config.store import Declared
 from suite_agent.config.merge import find_cycle
 from suite_agent.config.models import AgentSection, ConfigFile
 

@@ -1,0 +1,81 @@
+"""Reads conf.d off the owner thread, so parsing (and plugins' config hooks) never delay it.
+
+Reload requests from anywhere (start, SIGHUP, the watcher, REST, the queue) queue up here;
+requests that arrive while a load runs are served by one more load, together. The owner
+receives a `Loaded` message and applies it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from suite_agent.config.store import ConfigStore, Declared, Problem
+from suite_agent.core.inbox import Inbox, Loaded, Reload
+
+log = logging.getLogger("suite_agent.config")
+
+# Returns the configuration to apply, and a problem to report when it could not be transformed.
+Transform = Callable[[Declared], tuple[Declared, str | None]]
+
+
+class ConfigLoader:
+    def __init__(self, store: ConfigStore, inbox: Inbox) -> None:
+        self.store = store
+        self.inbox = inbox
+        self.transform: Transform | None = None  # plugins' on_config_load, when plugins are on
+        self._requests: queue.SimpleQueue[Reload | None] = queue.SimpleQueue()
+        self._warned: frozenset[Problem] = frozenset()
+        self._thread = threading.Thread(target=self._run, name="config-loader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request(self, msg: Reload) -> None:
+        self._requests.put(msg)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread.is_alive():
+            self._requests.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._requests.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    more = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    return
+                batch.append(more)
+            self._load(batch)
+
+    def _load(self, batch: list[Reload]) -> None:
+        replies = tuple(m.reply for m in batch if m.reply is not None)
+        source = ", ".join(dict.fromkeys(m.source for m in batch))
+        problem = None
+        try:
+            declared = self.store.load()
+            self._warn(declared)
+            if self.transform is not None:
+                declared, problem = self.transform(declared)
+        except Exception as exc:  # a loader bug must not stop later reloads
+            log.exception("cannot load the configuration")
+            for reply in replies:
+                reply.set_exception(exc)
+            return
+        self.inbox.put(Loaded(declared, source, replies, problem))
+
+    def _warn(self, declared: Declared) -> None:
+        """Log what the host lacks for the files (as `validate` prints it), once per new finding."""
+        found = frozenset(p for problems in declared.warnings.values() for p in problems)
+        for problem in sorted(found - self._warned, key=lambda p: (p.file, p.line)):
+            log.warning("%s", problem)
+        self._warned = found

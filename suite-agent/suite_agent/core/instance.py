@@ -1,0 +1,433 @@
+"""One replica of a service: its process, its state machine and its restart decisions.
+
+Owned by the supervisor thread; nothing here blocks. Every state change goes through
+`_set` so the owner knows which snapshot entries to rebuild.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from typing import Protocol
+
+from suite_agent.core import backoff
+
+from suite_agent.events import bus as events
+from suite_agent.config.models import ServiceSpec
+from suite_agent.events.bus import Event
+from suite_agent.processes.factory import ProcessFactory, Spawned, decode_status, signal_name
+from suite_agent.core.timers import Clock, Timer, Timers
+
+log = logging.getLogger("suite_agent")
+
+GROUP_RECHECK = 0.05  # a stopped leader may leave members whose exit we are not told of
+# After SIGKILL a group is gone within milliseconds unless a member is stuck in the kernel
+# (uninterruptible I/O) or its exit was never reported: past this, stop waiting for it.
+KILL_GRACE = 5.0
+
+
+class State(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    FATAL = "fatal"
+
+
+DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL})
+
+
+def instance_name(service: str, index: int) -> str:
+    """`web` for the first replica, `web.1`, `web.2` ... for the others (log files, events)."""
+    return service if index == 0 else f"{service}.{index}"
+
+
+class Context(Protocol):
+    clock: Clock
+    timers: Timers
+    factory: ProcessFactory
+
+    def emit(self, event: Event) -> None: ...
+
+    def attach_output(self, service: str, instance: str, spawned: Spawned) -> None: ...
+
+    def track(self, pid: int, instance: Instance | None) -> None: ...
+
+    def changed(self, service: str) -> None: ...
+
+    def process_env(self, spec: ServiceSpec) -> Mapping[str, str]: ...
+
+    def process_cwd(self, spec: ServiceSpec) -> str | None: ...
+
+    def unmet_dependencies(self, spec: ServiceSpec) -> list[str]: ...
+
+    def wait_for_dependencies(self, instance: Instance) -> None: ...
+
+    def probe(self, instance: Instance, on: bool) -> None: ...
+
+    def start_dependencies(self, spec: ServiceSpec) -> None: ...
+
+
+class Instance:
+    def __init__(self, ctx: Context, service: str, index: int, spec: ServiceSpec) -> None:
+        self.ctx = ctx
+        self.service = service
+        self.index = index
+        self.name = instance_name(service, index)
+        self.spec = spec  # the spec the current (or next) process runs with
+        self.state = State.STOPPED
+        self.detail = ""
+        self.pid: int | None = None
+        self.tracked: int | None = None
+        self.started_at = 0.0  # monotonic
+        self.started_wall: float | None = None
+        self.restarts = 0
+        self.last_exit_code: int | None = None
+        self.last_signal: int | None = None
+        self.exited_at: float | None = None
+        self._streak = 0
+        self._history: tuple[float, ...] = ()
+        self._next_spec: ServiceSpec | None = None
+        self._timer: Timer | None = None  # backoff delay or stop escalation
+        self._recheck_timer: Timer | None = None
+        self._when_down: list[Callable[[], None]] = []
+        self.wanted = False  # an operator (or autostart) asked for it to run
+        self.ready = False
+        self.verdicts: dict[str, bool] = {}  # latest probe verdicts of this process
+        self._ready_timer: Timer | None = None
+        self._last_run = 0.0  # seconds the last process ran: a long run resets the backoff
+
+    # -- commands -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.state in (State.RUNNING, State.STARTING):
+            return
+        if self.state is State.STOPPING:
+            self._when_down.append(self.start)
+            return
+        self.wanted = True
+        self._cancel_timer()
+        self._streak, self._history = 0, ()  # an operator's start forgives past crashes
+        self._begin()
+
+    def stop(self, then: Callable[[], None] | None = None) -> None:
+        self.wanted = False
+        self._halt(then)
+
+    def _halt(self, then: Callable[[], None] | None = None) -> None:
+        if then is not None:
+            self._when_down.append(then)
+        if self.state is State.STOPPING:
+            return
+        if self.pid is None:
+            self._cancel_timer()
+            if self.state is State.BACKOFF or self.state is State.STARTING:
+                self._set(State.STOPPED, "stopped")
+            self._notify_down()
+            return
+        assert self.tracked is not None
+        self._not_ready()
+        self._set(State.STOPPING, f"sent SIG{self.spec.stop.signal}")
+        self.ctx.factory.signal_group(self.tracked, self.spec.stop.signum)
+        self._timer = self.ctx.timers.call_later(self.spec.stop.timeout, self._escalate)
+
+    @property
+    def down(self) -> bool:
+        return self.state in DOWN and self.pid is None
+
+    @property
+    def health(self) -> str:
+        if self.pid is None or not self.verdicts:
+            return "unknown"
+        if not all(self.verdicts.values()):
+            return "unhealthy"
+        probes = self.spec.health
+        defined = [k for k in ("startup", "liveness", "readiness") if getattr(probes, k) is not None]
+        return "healthy" if all(k in self.verdicts for k in defined) else "unknown"
+
+    @property
+    def succeeded(self) -> bool:
+        return (self.state is State.EXITED and self.last_signal is None
+                and self.last_exit_code in self.spec.success_codes)
+
+    def on_probe(self, kind: str, ok: bool, message: str) -> None:
+        health_before, ready_before = self.health, self.ready
+        self.verdicts[kind] = ok
+        if kind == "readiness":
+            self.ready = ok and self.state is State.RUNNING
+        elif kind == "startup" and ok and self.state is State.STARTING:
+            log.info("%s: startup probe passed", self.name)
+            self._set(State.RUNNING, f"pid {self.pid}")
+            self._arm_ready()
+        self._report_health(kind, message, health_before, ready_before)
+        if not ok and kind in ("startup", "liveness"):
+            why = f"{kind} probe failed: {message}"
+            log.warning("%s: %s; restarting", self.name, why)
+            self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                     pid=self.pid, error=why))
+            self._halt(lambda: self._restart_after_failure(why) if self.wanted else None)
+
+    def _report_health(self, probe: str | None, message: str, health_before: str,
+                       ready_before: bool) -> None:
+        if (self.health, self.ready) == (health_before, ready_before):
+            return
+        if probe is not None or self.spec.ready_after > 0:
+            log.info("%s: %s, %s (%s)", self.name, "ready" if self.ready else "not ready",
+                     self.health, message)
+        self.ctx.changed(self.service)
+        self.ctx.emit(Event.make(events.HEALTH_CHECK, self.service, instance=self.name, pid=self.pid,
+                                 probe=probe, ok=self.verdicts.get(probe) if probe else None,
+                                 message=message, health=self.health, ready=self.ready))
+
+    def _arm_ready(self) -> None:
+        """Without a readiness probe, a running process is ready after `ready_after`."""
+        if self.spec.health.readiness is not None:
+            return
+        if self.spec.ready_after <= 0:
+            self._become_ready("running")
+        else:
+            self._ready_timer = self.ctx.timers.call_later(
+                self.spec.ready_after, lambda: self._become_ready(f"running for {self.spec.ready_after:g}s"))
+
+    def _become_ready(self, why: str) -> None:
+        self._ready_timer = None
+        health_before, ready_before = self.health, self.ready
+        self.ready = True
+        self._report_health(None, why, health_before, ready_before)
+
+    def _not_ready(self) -> None:
+        if self._ready_timer is not None:
+            self._ready_timer.cancel()
+            self._ready_timer = None
+        self.ctx.probe(self, False)
+        health_before, ready_before = self.health, self.ready
+        self.ready = False
+        self.verdicts = {}
+        if ready_before:
+            self._report_health(None, "not running", health_before, ready_before)
+
+    # -- process events -------------------------------------------------------------------
+    def on_exit(self, status: int) -> None:
+        code, sig = decode_status(status)
+        pid = self.pid
+        self.ctx.track(pid or 0, None)
+        self.pid = None
+        self.last_exit_code, self.last_signal = code, sig
+        self.exited_at = self.ctx.clock.monotonic()
+        self._last_run = self.exited_at - self.started_at
+        how = f"exited with code {code}" if sig is None else f"killed by {signal_name(sig)}"
+        try:
+            self._exited(pid, code, sig, how)
+        except Exception as exc:  # a bug here must not leave a `running` service without a process
+            log.exception("%s: error while handling the exit of pid %s", self.name, pid)
+            self._cancel_timer()
+            self._set(State.FATAL, f"{how}; not restarted: internal error: {exc!r}")
+            self._notify_down()
+
+    def _exited(self, pid: int | None, code: int | None, sig: int | None, how: str) -> None:
+        self._not_ready()
+        if self.state is State.STOPPING:
+            self.ctx.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
+                                     pid=pid, exit_code=code, signal=sig, expected=True))
+            self._check_group()
+            return
+        success = sig is None and code in self.spec.success_codes
+        self.ctx.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
+                                 pid=pid, exit_code=code, signal=sig, expected=False))
+        if not success:
+            self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                     pid=pid, exit_code=code, signal=sig, error=how))
+        if self.tracked is not None and self.ctx.factory.group_alive(self.tracked):
+            # The leader is gone; what it left in its group goes with it.
+            self.ctx.factory.signal_group(self.tracked, signal.SIGKILL)
+        policy = self.spec.restart
+        if policy == "never" or (policy == "on-failure" and success):
+            log.info("%s: %s", self.name, how)
+            self._set(State.EXITED, how)
+            if success and self.spec.health.readiness is None:
+                self._become_ready(how)  # a finished one-shot counts as ready
+            self._notify_down()
+            return
+        self._restart_after_failure(how)
+
+    def _restart_after_failure(self, why: str) -> None:
+        now = self.ctx.clock.monotonic()
+        decision = backoff.decide(now, self._last_run, self._streak, self._history,
+                                  self.spec.backoff, self.spec.start_limit)
+        if isinstance(decision, backoff.GiveUp):
+            self._give_up(f"{why}; {decision.reason}")
+            return
+        self._streak, self._history = decision.streak, decision.history
+        self.restarts += 1
+        if decision.delay <= 0:
+            log.info("%s: %s; restarting", self.name, why)
+            self._begin()
+            return
+        log.info("%s: %s; restarting in %.3gs", self.name, why, decision.delay)
+        self._set(State.BACKOFF, f"{why}; restarting in {decision.delay:.3g}s")
+        self._timer = self.ctx.timers.call_later(decision.delay, self._begin)
+
+    def _give_up(self, reason: str) -> None:
+        log.error("%s: %s", self.name, reason)
+        self._set(State.FATAL, reason)
+        self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                 error=reason, state=State.FATAL.value))
+        self._notify_down()
+
+    def on_group_check(self) -> None:
+        if self.state is State.STOPPING and self.pid is None:
+            self._check_group()
+
+    # -- internals ------------------------------------------------------------------------
+    def _begin(self) -> None:
+        """Spawn now, or wait (as `starting`) until the dependencies' conditions hold."""
+        self._timer = None
+        spec = self.next_spec
+        unmet = self.ctx.unmet_dependencies(spec) if spec.depends_on else []
+        if unmet:
+            detail = "waiting for " + ", ".join(unmet)
+            if detail != self.detail:
+                log.info("%s: %s", self.name, detail)
+            self._set(State.STARTING, detail)
+            self.ctx.wait_for_dependencies(self)
+            return
+        self._spawn()
+
+    @property
+    def next_spec(self) -> ServiceSpec:
+        return self._next_spec or self.spec
+
+    def dependencies_met(self) -> None:
+        if self.state is State.STARTING and self.pid is None and self.wanted:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._timer = None
+        if self._next_spec is not None:
+            self.spec, self._next_spec = self._next_spec, None
+        spec = self.spec
+        try:
+            spawned = self.ctx.factory.spawn(spec.command, self.ctx.process_cwd(spec),
+                                             self.ctx.process_env(spec), spec.user, spec.group, self.name)
+        except Exception as exc:  # whatever the OS or a bad spec throws, this service alone fails
+            self.started_wall = None
+            self._last_run = 0.0
+            why = f"cannot start {spec.command[0]!r}: {exc}"
+            self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name, error=why))
+            if spec.restart == "never":
+                self._give_up(why)
+            else:
+                self._restart_after_failure(why)
+            return
+        self.pid, self.tracked = spawned.pid, spawned.tracked  # all it starts, whatever its group
+        self.started_at = self.ctx.clock.monotonic()
+        self.started_wall = self.ctx.clock.time()
+        self.ctx.track(spawned.pid, self)
+        self.ctx.attach_output(self.service, self.name, spawned)
+        log.info("%s: started (pid %d)", self.name, spawned.pid)
+        self.ctx.emit(Event.make(events.SERVICE_STARTED, self.service, instance=self.name, pid=spawned.pid))
+        probes = spec.health
+        if probes.startup or probes.liveness or probes.readiness:
+            self.ctx.probe(self, True)
+        if probes.startup is not None:
+            self._set(State.STARTING, f"pid {spawned.pid}; waiting for the startup probe")
+        else:
+            self._set(State.RUNNING, f"pid {spawned.pid}")
+            self._arm_ready()
+
+    def respec(self, spec: ServiceSpec) -> None:
+        """The spec for the next process; the running one keeps its own stop settings."""
+        self._next_spec = spec
+        if self.pid is None:
+            self.spec = spec
+
+    def kill(self) -> None:
+        """Stop at once with SIGKILL (a second interrupt), under the same bound as `_escalate`."""
+        self.wanted = False
+        self._halt()
+        if self.state is State.STOPPING:
+            self._cancel_timer()
+            self._sigkill()
+
+    def _escalate(self) -> None:
+        self._timer = None
+        if self.state is not State.STOPPING or self.tracked is None:
+            return
+        log.warning("%s: still running %gs after SIG%s; sending SIGKILL",
+                    self.name, self.spec.stop.timeout, self.spec.stop.signal)
+        self._sigkill()
+
+    def _sigkill(self) -> None:
+        if self.tracked is None:
+            return
+        self.detail = "sent SIGKILL"
+        self.ctx.factory.signal_group(self.tracked, signal.SIGKILL)
+        self.ctx.changed(self.service)
+        self._timer = self.ctx.timers.call_later(KILL_GRACE, self._abandon)
+
+    def _abandon(self) -> None:
+        """The group outlived SIGKILL by KILL_GRACE: stop waiting, so a stop or shutdown ends."""
+        self._timer = None
+        if self.state is not State.STOPPING:
+            return
+        pid, tracked = self.pid, self.tracked
+        if pid is not None:
+            self.ctx.track(pid, None)  # should its exit come after all, it is reaped as an orphan
+        self.pid = None
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+            self._recheck_timer = None
+        if tracked is not None and self.ctx.factory.group_alive(tracked):
+            why = f"its processes are still there {KILL_GRACE:g}s after SIGKILL; gave up on them"
+            log.error("%s: %s", self.name, why)
+            self.tracked = None
+            self.started_wall = None
+            self._set(State.FATAL, why)
+            self._notify_down()
+            return
+        log.error("%s: pid %s is gone but its exit was never reported; counting it as stopped",
+                  self.name, pid)
+        self._check_group()
+
+    def _recheck(self) -> None:
+        self._recheck_timer = None
+        self.on_group_check()
+
+    def _check_group(self) -> None:
+        if self.tracked is not None and self.ctx.factory.group_alive(self.tracked):
+            if self._recheck_timer is None:
+                self._recheck_timer = self.ctx.timers.call_later(GROUP_RECHECK, self._recheck)
+            return
+        self._cancel_timer()
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+            self._recheck_timer = None
+        self.tracked = None
+        self.started_wall = None
+        if self._next_spec is not None:
+            self.spec, self._next_spec = self._next_spec, None
+        log.info("%s: stopped", self.name)
+        self._set(State.STOPPED, "stopped")
+        self._notify_down()
+
+    def _notify_down(self) -> None:
+        callbacks, self._when_down = self._when_down, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # the others (a shutdown, a reply) still hear that it is down
+                log.exception("%s: error in what was to follow its stop", self.name)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _set(self, state: State, detail: str) -> None:
+        self.state = state
+        self.detail = detail
+        self.ctx.changed(self.service)
+

@@ -1,0 +1,192 @@
+"""A declared service: its replicas, what the operator wants of it, and its status."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from suite_agent.config.models import ServiceSpec
+from suite_agent.core.instance import DOWN, Context, Instance, State
+
+# The state a service shows is that of its most noteworthy replica.
+_PRIORITY = (State.FATAL, State.BACKOFF, State.STOPPING, State.STARTING,
+             State.RUNNING, State.EXITED, State.STOPPED)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str
+    detail: str
+    ready: bool
+    health: str
+    pids: tuple[int, ...]
+    restarts: int
+    started_at: float | None  # wall-clock time the oldest running replica started
+    last_exit_code: int | None
+    last_signal: int | None
+    replicas: int
+    autostart: bool
+    origin: str | None
+
+    def uptime(self, now: float) -> float:
+        return max(0.0, now - self.started_at) if self.started_at is not None else 0.0
+
+
+def _when_all(instances: list[Instance], action: Callable[[Instance, Callable[[], None]], None],
+              then: Callable[[], None] | None) -> None:
+    pending = len(instances)
+    if pending == 0:
+        if then is not None:
+            then()
+        return
+
+    def one_done() -> None:
+        nonlocal pending
+        pending -= 1
+        if pending == 0 and then is not None:
+            then()
+
+    for inst in list(instances):
+        action(inst, one_done)
+
+
+class Service:
+    def __init__(self, ctx: Context, name: str, spec: ServiceSpec, origin: str | None) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.spec = spec
+        self.origin = origin
+        self.wanted = spec.autostart
+        self.removing = False
+        self.instances = [Instance(ctx, name, i, spec) for i in range(spec.replicas)]
+        self._leaving: list[Instance] = []  # scaled away, still stopping
+
+    def start(self) -> None:
+        self.wanted = True
+        self.ctx.start_dependencies(self.spec)
+        for inst in self.instances:
+            inst.start()
+
+    def stop(self, then: Callable[[], None] | None = None) -> None:
+        self.wanted = False
+        _when_all(self.instances, lambda inst, done: inst.stop(done), then)
+
+    def restart(self) -> None:
+        self.wanted = True
+        for inst in self.instances:
+            inst.stop(inst.start)
+
+    def replace(self, spec: ServiceSpec, origin: str | None) -> None:
+        """New process settings: what is meant to run restarts on them; what is not (stopped, or
+        a job that finished) only takes them for its next start."""
+        live = self.live
+        turned_on = spec.autostart and not self.spec.autostart and not self.wanted
+        self.spec, self.origin = spec, origin
+        self._resize(spec.replicas)
+        for inst in self.instances:
+            inst.respec(spec)
+            if live:
+                inst.stop(inst.start)
+        if turned_on:
+            self.start()
+
+    def scale(self, spec: ServiceSpec, origin: str | None) -> None:
+        live = self.live
+        self.update(spec, origin)
+        self._resize(spec.replicas)
+        if live:
+            for inst in self.instances:
+                if inst.state is not State.EXITED:
+                    inst.start()
+
+    @property
+    def live(self) -> bool:
+        """Meant to be running: wanted, and not a job whose every replica has finished."""
+        return self.wanted and any(inst.state is not State.EXITED for inst in self.instances)
+
+    def update(self, spec: ServiceSpec, origin: str | None) -> None:
+        turned_on = spec.autostart and not self.spec.autostart
+        self.spec, self.origin = spec, origin
+        for inst in self.instances:
+            inst.respec(spec)
+        if turned_on and not self.wanted:
+            self.start()
+
+    def _resize(self, replicas: int) -> None:
+        while len(self.instances) < replicas:
+            self.instances.append(Instance(self.ctx, self.name, len(self.instances), self.spec))
+        extra, self.instances = self.instances[replicas:], self.instances[:replicas]
+        for inst in extra:
+            # Still shown until its group is gone.
+            self._leaving.append(inst)
+            inst.stop(functools.partial(self._left, inst))
+        self.ctx.changed(self.name)
+
+    def _left(self, inst: Instance) -> None:
+        if inst in self._leaving:
+            self._leaving.remove(inst)
+        self.ctx.changed(self.name)
+
+    @property
+    def down(self) -> bool:
+        return all(inst.down for inst in self.all_instances)
+
+    @property
+    def all_instances(self) -> list[Instance]:
+        return self.instances + self._leaving
+
+    @property
+    def ready(self) -> bool:
+        return all(inst.ready for inst in self.instances)
+
+    @property
+    def health(self) -> str:
+        healths = {inst.health for inst in self.instances}
+        if "unhealthy" in healths:
+            return "unhealthy"
+        return "healthy" if healths == {"healthy"} else "unknown"
+
+    def meets(self, condition: str) -> bool:
+        """Whether a dependent waiting on this service with `condition` may start."""
+        if condition == "healthy":
+            return self.ready
+        if condition == "completed_successfully":
+            return all(inst.succeeded for inst in self.instances)
+        return all(inst.state is State.RUNNING or inst.succeeded for inst in self.instances)
+
+    @property
+    def state(self) -> State:
+        states = {inst.state for inst in self.all_instances}
+        for state in _PRIORITY:
+            if state in states:
+                return state
+        return State.STOPPED
+
+    def status(self) -> ServiceStatus:
+        insts = self.all_instances
+        state = self.state
+        detail = next((i.detail for i in insts if i.state is state), "")
+        running = [i for i in insts if i.state is State.RUNNING]
+        starts = [i.started_wall for i in running if i.started_wall is not None]
+        last = max((i for i in insts if i.exited_at is not None),
+                   key=lambda i: i.exited_at or 0.0, default=None)
+        return ServiceStatus(
+            name=self.name,
+            state=state.value,
+            detail=detail,
+            ready=self.ready,
+            health=self.health,
+            pids=tuple(i.pid for i in insts if i.pid is not None),
+            restarts=sum(i.restarts for i in insts),
+            started_at=min(starts) if starts else None,
+            last_exit_code=last.last_exit_code if last is not None else None,
+            last_signal=last.last_signal if last is not None else None,
+            replicas=self.spec.replicas,
+            autostart=self.spec.autostart,
+            origin=self.origin,
+        )
+
+
+__all__ = ["DOWN", "Service", "ServiceStatus"]

@@ -1,0 +1,96 @@
+"""Replies to control commands: sent once the named services settle, or at the deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from suite_agent.core.inbox import Control
+from suite_agent.core.instance import Instance, State
+from suite_agent.core.service import Service
+from suite_agent.core.snapshot import status_dict
+from suite_agent.core.timers import Clock, Timer, Timers
+
+
+def settled(verb: str, svc: Service) -> bool:
+    """Nothing more to wait for: stopped; or ready (running and passing readiness), finished
+    or given up. A deploy step that starts a service can route traffic once this holds; one
+    that starts a job (`restart: never`) learns how the job ended."""
+    if verb == "stop":
+        return svc.down
+    return all((_serving(i) and i.ready) or i.state in (State.EXITED, State.FATAL)
+               for i in svc.instances)
+
+
+def succeeded(verb: str, svc: Service) -> bool:
+    if verb == "stop":
+        return svc.down
+    return all((_serving(i) and i.ready) or i.succeeded for i in svc.instances)
+
+
+def _serving(inst: Instance) -> bool:
+    """Running, and done once running: a job is done only once it exited."""
+    return inst.state is State.RUNNING and inst.spec.restart != "never"
+
+
+@dataclass
+class _Waiter:
+    msg: Control
+    timer: Timer | None = None
+    done: bool = False
+
+
+class Waiters:
+    def __init__(self, services: Mapping[str, Service], timers: Timers, clock: Clock) -> None:
+        self._services = services
+        self._timers = timers
+        self._clock = clock
+        self._waiting: list[_Waiter] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def add(self, msg: Control) -> None:
+        """Reply now if there is nothing to wait for, else once settled or after msg.wait."""
+        waiter = _Waiter(msg)
+        if msg.verb == "status" or not msg.wait or self._settled(waiter):
+            self._reply(waiter, final=True)
+            return
+        waiter.timer = self._timers.call_later(msg.wait, lambda: self._reply(waiter, final=False))
+        self._waiting.append(waiter)
+
+    def check(self) -> None:
+        for waiter in list(self._waiting):
+            if self._settled(waiter):
+                self._reply(waiter, final=True)
+
+    def _settled(self, waiter: _Waiter) -> bool:
+        return all(settled(waiter.msg.verb, self._services[n]) for n in waiter.msg.names
+                   if n in self._services)
+
+    def _reply(self, waiter: _Waiter, final: bool) -> None:
+        if waiter.done:
+            return
+        waiter.done = True
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+        verb, now = waiter.msg.verb, self._clock.time()
+        results: dict[str, Any] = {}
+        pending: list[str] = []
+        for name in dict.fromkeys(waiter.msg.names):
+            svc = self._services.get(name)
+            if svc is None:
+                results[name] = {"ok": verb == "stop", "state": "removed"}
+                continue
+            entry = status_dict(svc.status(), now)
+            entry["ok"] = verb == "status" or succeeded(verb, svc)
+            if not final and not settled(verb, svc):
+                pending.append(name)
+            results[name] = entry
+        reply: dict[str, Any] = {"ok": all(r["ok"] for r in results.values()), "results": results}
+        if pending:
+            reply["pending"] = pending
+        waiter.msg.reply.set_result(reply)

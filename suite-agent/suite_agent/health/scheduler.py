@@ -1,0 +1,269 @@
+"""Schedules health probes off the owner thread and reports only their transitions.
+
+One scheduler thread keeps a deadline heap; checks run on a bounded worker pool, each with
+its own timeout, so a hanging target or a thousand probes never reach the owner's loop.
+Thresholds are counted here (Kubernetes semantics); the owner hears `ProbeChanged` when a
+probe's verdict flips, and acts: restart on liveness/startup failure, `ready` on readiness.
+
+A readiness check that reaches a port on this host counts only if the service may be the one
+that answered: when the listening socket belongs to no process of the service (another program
+holds the port, so the service crash-loops on it), the answer is a stranger's and the check fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import ipaddress
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import psutil
+
+from suite_agent.config.models import HealthSpec, Probe
+from suite_agent.core.inbox import Inbox, ProbeChanged
+from suite_agent.health.checks import CheckResult, run_check
+from suite_agent.processes.factory import ForeignChildren
+
+log = logging.getLogger("suite_agent.health.scheduler")
+
+Key = tuple[str, int]  # (service, replica index)
+KINDS = ("startup", "liveness", "readiness")
+
+
+@dataclass
+class _Verdict:
+    successes: int = 0
+    failures: int = 0
+    ok: bool | None = None  # None until a threshold is first reached
+
+
+@dataclass
+class _Watch:
+    key: Key
+    pid: int
+    health: HealthSpec
+    cwd: str | None
+    env: Mapping[str, str]
+    since: float
+    started_up: bool
+    verdicts: dict[str, _Verdict] = field(default_factory=lambda: {k: _Verdict() for k in KINDS})
+    in_flight: set[str] = field(default_factory=set)
+    done: bool = False  # failed for good: the owner restarts the process
+
+
+class Prober:
+    def __init__(self, inbox: Inbox, foreign: ForeignChildren, max_workers: int = 16,
+                 on_result: Callable[[ProbeChanged], None] | None = None) -> None:
+        self._inbox = inbox
+        self._foreign = foreign
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
+        self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._watches: dict[Key, _Watch] = {}
+        self._heap: list[tuple[float, int, Key, int, str]] = []
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+        self._started = False
+        self.on_result = on_result  # every check's result, for observers (plugins)
+
+    # -- from the owner thread (never blocks) ---------------------------------------------
+    def watch(self, key: Key, pid: int, health: HealthSpec, cwd: str | None,
+              env: Mapping[str, str]) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        self._commands.put(lambda: self._watch(_Watch(key, pid, health, cwd, env, time.monotonic(),
+                                                      started_up=health.startup is None)))
+
+    def unwatch(self, key: Key) -> None:
+        self._commands.put(lambda: self._unwatch(key))
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self._started:
+            self._commands.put(None)
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- scheduler thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            timeout = max(0.0, self._heap[0][0] - time.monotonic()) if self._heap else None
+            try:
+                command = self._commands.get(timeout=timeout)
+            except queue.Empty:
+                command = _idle
+            if command is None:
+                return
+            try:
+                command()
+                self._run_due()
+            except Exception:  # the prober must outlive any bug in one probe's bookkeeping
+                log.exception("prober error")
+
+    def _watch(self, watch: _Watch) -> None:
+        self._watches[watch.key] = watch
+        for kind in self._active_kinds(watch):
+            probe = self._probe(watch, kind)
+            self._schedule(watch, kind, watch.since + probe.initial_delay)
+
+    def _unwatch(self, key: Key) -> None:
+        self._watches.pop(key, None)
+
+    def _active_kinds(self, watch: _Watch) -> list[str]:
+        if not watch.started_up:
+            return ["startup"]
+        return [k for k in ("liveness", "readiness") if getattr(watch.health, k) is not None]
+
+    @staticmethod
+    def _probe(watch: _Watch, kind: str) -> Probe:
+        probe: Probe | None = getattr(watch.health, kind)
+        assert probe is not None
+        return probe
+
+    def _schedule(self, watch: _Watch, kind: str, when: float) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), watch.key, watch.pid, kind))
+
+    def _run_due(self) -> None:
+        now = time.monotonic()
+        while self._heap and self._heap[0][0] <= now:
+            _, _, key, pid, kind = heapq.heappop(self._heap)
+            watch = self._watches.get(key)
+            if watch is None or watch.pid != pid or watch.done or kind in watch.in_flight:
+                continue
+            watch.in_flight.add(kind)
+            probe = self._probe(watch, kind)
+            started = time.monotonic()
+            # Until readiness first passes; after that the service holds the port itself.
+            owner = pid if kind == "readiness" and watch.verdicts[kind].ok is not True else None
+            future = self._pool.submit(_check, probe, self._foreign, watch.cwd, watch.env, owner)
+            future.add_done_callback(functools.partial(self._checked, watch, kind, started))
+
+    def _checked(self, watch: _Watch, kind: str, started: float, future: Future[CheckResult]) -> None:
+        # On a worker thread: hand the result back to the scheduler thread.
+        self._commands.put(functools.partial(self._result, watch, kind, started, future.result()))
+
+    def _result(self, watch: _Watch, kind: str, started: float, result: CheckResult) -> None:
+        watch.in_flight.discard(kind)
+        if self._watches.get(watch.key) is not watch or watch.done:
+            return
+        probe = self._probe(watch, kind)
+        verdict = watch.verdicts[kind]
+        if result.ok:
+            verdict.successes, verdict.failures = verdict.successes + 1, 0
+        else:
+            verdict.successes, verdict.failures = 0, verdict.failures + 1
+        before = verdict.ok
+        if result.ok and verdict.successes >= probe.success_threshold:
+            verdict.ok = True
+        elif not result.ok and verdict.failures >= probe.failure_threshold:
+            verdict.ok = False
+        change = ProbeChanged(watch.key[0], watch.key[1], watch.pid, kind, bool(result.ok), result.message)
+        if self.on_result is not None:
+            self.on_result(change)
+        if verdict.ok is not before and verdict.ok is not None:
+            self._inbox.put(ProbeChanged(watch.key[0], watch.key[1], watch.pid, kind,
+                                         verdict.ok, result.message))
+            if not verdict.ok and kind in ("startup", "liveness"):
+                watch.done = True
+                return
+            if kind == "startup":
+                watch.started_up = True
+                for other in self._active_kinds(watch):
+                    self._schedule(watch, other, max(time.monotonic(),
+                                                     watch.since + self._probe(watch, other).initial_delay))
+                return
+        self._schedule(watch, kind, max(time.monotonic(), started + probe.period))
+
+
+def _idle() -> None:
+    pass
+
+
+def _check(probe: Probe, foreign: ForeignChildren, cwd: str | None, env: Mapping[str, str],
+           owner: int | None) -> CheckResult:
+    result = run_check(probe, foreign, cwd, env)
+    if result.ok and owner is not None:
+        stranger = _stranger(probe, owner)
+        if stranger is not None:
+            return CheckResult(False, f"{result.message}, but {stranger}")
+    return result
+
+
+def _stranger(probe: Probe, pid: int) -> str | None:
+    """Why the answer cannot be the service's: the probed local port is listened on, but by no
+    process of the service (`pid` and its descendants); None when it may be, or cannot be told.
+    Costs one read of /proc/net/tcp and of the service's own fds, never a scan of every process."""
+    try:
+        target = _local_port(probe)
+        if target is None:
+            return None
+        listening = _listening_sockets(target)
+        if not listening:
+            return None  # nobody here listens: the answer came through some other way
+        proc = psutil.Process(pid)
+        if proc.ppid() != os.getpid():
+            return None  # not a child this agent started: nothing to compare with
+        if _holds_any(pid, listening):
+            return None
+        if any(_holds_any(child.pid, listening) for child in proc.children(recursive=True)):
+            return None
+    except (psutil.Error, OSError, ValueError):
+        return None  # gone, or another user's: cannot be told
+    return f"port {target} is held by a process that is not the service's"
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The socket inodes (as fd link targets) listening on `port`, IPv4 and IPv6."""
+    wanted = f":{port:04X}"
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows, None)
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) > 9 and fields[3] == "0A" and fields[1].endswith(wanted):
+                        found.add(f"socket:[{fields[9]}]")
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def _holds_any(pid: int, sockets: set[str]) -> bool:
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{fd}") in sockets:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _local_port(probe: Probe) -> int | None:
+    if probe.tcp is not None:
+        host, port = probe.tcp.host, probe.tcp.port
+    elif probe.http is not None:
+        url = urllib.parse.urlsplit(probe.http.url)
+        host = url.hostname or "127.0.0.1"
+        port = url.port or (443 if url.scheme == "https" else 80)
+    else:
+        return None
+    if host == "localhost":
+        return port
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: where it leads is not ours to resolve here
+    if address.is_loopback or address.is_unspecified:
+        return port
+    local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return port if str(address) in local else None

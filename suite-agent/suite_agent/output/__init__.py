@@ -1,0 +1,1 @@
+"""Service output: the pipe-reading thread, line splitting, rotated log files, recent lines."""

@@ -1,0 +1,150 @@
+"""The route table: what is served, and what /openapi.json says about it. The app registers
+exactly these routes and the OpenAPI document is built from them, so neither can miss one."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from suite_agent.parts.api import control, declared, health, services, sse
+from suite_agent.parts.api.context import ApiContext, Reply
+from suite_agent.parts.api.docs import render as render_docs
+from suite_agent.parts.api.params import Req
+from suite_agent.core.inbox import Verb
+
+Handler = Callable[..., Reply]
+
+NAME = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_.-]*$", "maxLength": 63}
+# Every duration parameter takes at most 300 s (MAX_WAIT of control and services, the SSE
+# heartbeat). The pattern admits only those, so a client that follows the document is never
+# refused: up to 300 (s), 300000ms or 5m.
+_SECONDS = r"(?:[12]?[0-9]?[0-9](?:\.[0-9]+)?|300(?:\.0+)?)"
+_MILLIS = r"(?:[12]?[0-9]{1,5}(?:\.[0-9]+)?|300000(?:\.0+)?)"
+_MINUTES = r"(?:[0-4](?:\.[0-9]+)?|5(?:\.0+)?)"
+DURATION = {"type": "string", "pattern": rf"^(?:{_SECONDS}s?|{_MILLIS}ms|{_MINUTES}m)$",
+            "examples": ["10s", "500ms", "2m", "0"]}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str  # query | path
+    schema: Mapping[str, Any]
+    description: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # Bottle syntax, /api/services/<name>
+    handler: Handler
+    summary: str
+    tag: str
+    responses: Mapping[int, tuple[str, str | None]]  # status -> (description, schema name)
+    auth: bool = True
+    params: tuple[Param, ...] = ()
+    body: str | None = None  # schema name of a required JSON body
+    media: str = "application/json"  # of the success responses
+    description: str = ""
+    operation_id: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def openapi_path(self) -> str:
+        return self.path.replace("<", "{").replace(">", "}")
+
+
+def _metrics(ctx: ApiContext, req: Req) -> Reply:
+    data, content_type = ctx.metrics.render()
+    return Reply(200, data, content_type=content_type)
+
+
+def _openapi(ctx: ApiContext, req: Req) -> Reply:
+    return Reply(200, ctx.openapi)
+
+
+def _docs(ctx: ApiContext, req: Req) -> Reply:
+    return Reply(200, render_docs(ctx.openapi), content_type="text/html; charset=utf-8")
+
+
+NAME_PARAM = Param("name", "path", NAME, "service name", required=True)
+WAIT_PARAM = Param("wait", "query", DURATION,
+                   "answer once the services settled or after this long (default 30s, at most 300s; 0: at once, 202)")
+ERR = "Error"
+_CONTROL_RESPONSES: Mapping[int, tuple[str, str | None]] = {
+    200: ("every service ended as asked", "ControlResult"),
+    202: ("accepted; some services had not settled within `wait` (follow the Location)", "ControlResult"),
+    400: ("malformed body or parameter", ERR),
+    404: ("unknown service name(s); nothing was done", ERR),
+    409: ("the action completed but a service failed (per-service results), or the agent is shutting down", "ControlResult"),
+    413: ("body too large", ERR),
+    415: ("the body was sent with a Content-Type other than JSON", ERR),
+}
+
+
+def _control_routes() -> list[Route]:
+    routes: list[Route] = []
+    verbs: tuple[Verb, ...] = ("start", "stop", "restart")
+    for verb in verbs:
+        routes.append(Route(
+            "POST", f"/api/services/{verb}", functools.partial(control.control_many, verb),
+            f"{verb.capitalize()} services", "control", _CONTROL_RESPONSES, params=(WAIT_PARAM,),
+            body="ServiceNames", operation_id=f"{verb}Services"))
+    for verb in verbs:
+        routes.append(Route(
+            "POST", f"/api/services/<name>/{verb}", functools.partial(control.control_one, verb),
+            f"{verb.capitalize()} one service", "control",
+            {k: v for k, v in _CONTROL_RESPONSES.items() if k not in (413, 415)},
+            params=(NAME_PARAM, WAIT_PARAM), operation_id=f"{verb}Service"))
+    return routes
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/api/health", health.health, "Agent health: 200 while the agent's loop turns", "health",
+          {200: ("the loop answered", "Health"), 503: ("the loop did not answer within 2s", "Stalled")},
+          auth=False, operation_id="health"),
+    Route("GET", "/livez", health.livez, "Liveness probe (Kubernetes)", "health",
+          {200: ("alive", "Probe"), 503: ("the loop did not answer within 2s", "Stalled")},
+          auth=False, operation_id="livez"),
+    Route("GET", "/readyz", health.readyz, "Readiness probe: 503 until every autostart service is ready", "health",
+          {200: ("ready", "Readiness"), 503: ("some services are not ready (listed)", "Readiness")},
+          auth=False, operation_id="readyz"),
+    Route("GET", "/api/services", services.list_services, "State of every service", "services",
+          {200: ("services by name", "ServiceList")}, operation_id="listServices"),
+    *_control_routes(),
+    Route("GET", "/api/services/<name>", services.one_service, "State of one service", "services",
+          {200: ("the service", "ServiceStatus"), 404: ("unknown service", ERR)},
+          params=(NAME_PARAM,), operation_id="getService"),
+    Route("GET", "/api/services/<name>/logs", services.logs, "Recent output of a service", "services",
+          {200: ("buffered lines, oldest first", "LogLines"), 400: ("bad parameter", ERR),
+           404: ("unknown service", ERR), 429: ("too many long polls open", ERR)},
+          params=(NAME_PARAM,
+                  Param("lines", "query", {"type": "integer", "minimum": 0, "maximum": services.MAX_LINES},
+                        "at most this many lines (default 100)"),
+                  Param("stream", "query", {"type": "string", "enum": ["stdout", "stderr"]}, "one stream only"),
+                  Param("after", "query", {"type": "integer", "minimum": 0},
+                        "only lines with a seq above this (to follow: the last seq you got)"),
+                  Param("wait", "query", DURATION,
+                        "with no line to give yet, wait this long for one (long poll, at most 300s)")),
+          operation_id="getLogs"),
+    Route("POST", "/api/reload", control.reload, "Re-read conf.d now", "config",
+          {200: ("what changed, and every rejected file", "ReloadResult")}, operation_id="reload"),
+    Route("GET", "/api/config", declared.config, "The declared state in force and the rejected files", "config",
+          {200: ("the configuration (secrets masked)", "Config")}, operation_id="getConfig"),
+    Route("GET", "/api/events", sse.events, "Server-Sent Events: one per agent event", "events",
+          {200: ("an endless text/event-stream; `data:` is a CloudEvents 1.0 JSON object", None),
+           400: ("bad parameter", ERR), 429: ("too many event streams open", ERR)},
+          params=(Param("types", "query", {"type": "string"},
+                        "comma-separated event types to receive, e.g. service_started,service_error"),
+                  Param("heartbeat", "query", DURATION, "seconds between heartbeat comments (default 15s)")),
+          media="text/event-stream", operation_id="events"),
+    Route("GET", "/metrics", _metrics, "Prometheus metrics", "metrics",
+          {200: ("Prometheus text exposition format 0.0.4", None)}, media="text/plain", operation_id="metrics"),
+    Route("GET", "/openapi.json", _openapi, "This document", "docs",
+          {200: ("OpenAPI 3.1 document", None)}, operation_id="openapi"),
+    Route("GET", "/docs", _docs, "Readable API documentation (no network needed)", "docs",
+          {200: ("HTML page", None)}, media="text/html", operation_id="docs"),
+)

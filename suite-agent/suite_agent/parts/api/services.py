@@ -1,0 +1,58 @@
+"""Reading services: their state from the owner's snapshot, their output from the pump."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from suite_agent.parts.api.context import ApiContext, Reply
+from suite_agent.parts.api.errors import not_found
+from suite_agent.parts.api.params import Req
+from suite_agent.core.snapshot import status_dict
+
+MAX_LINES = 10_000
+MAX_WAIT = 300.0
+POLL_SLICE = 0.5  # a long poll re-checks this often whether the server is stopping
+
+
+def list_services(ctx: ApiContext, req: Req) -> Reply:
+    snap = ctx.handle.snapshot()
+    now = time.time()
+    services = {name: status_dict(snap.services[name], now) for name in sorted(snap.services)}
+    return Reply(200, {"services": services, "generation": snap.generation})
+
+
+def one_service(ctx: ApiContext, req: Req, name: str) -> Reply:
+    status = ctx.handle.snapshot().services.get(name)
+    if status is None:
+        raise not_found(f"unknown service: {name}", unknown=[name])
+    return Reply(200, status_dict(status, time.time()))
+
+
+def logs(ctx: ApiContext, req: Req, name: str) -> Reply:
+    if name not in ctx.handle.snapshot().services:
+        raise not_found(f"unknown service: {name}", unknown=[name])
+    lines = req.integer("lines", 100, 0, MAX_LINES)
+    after = req.integer("after", 0, 0, 2**62)
+    stream = req.choice("stream", ("stdout", "stderr"))
+    wait = req.duration("wait", 0.0, MAX_WAIT)
+    pump = ctx.handle.pump
+    found = pump.recent(name, stream, lines, after)
+    if not found and wait > 0 and lines > 0:
+        with ctx.slots.held():
+            deadline = time.monotonic() + wait
+            while not found and not ctx.stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                began, step = time.monotonic(), min(left, POLL_SLICE)
+                found = pump.wait_for_lines(name, after, step, stream)[-lines:]
+                if not found:  # a stopped pump or an empty buffer answers at once: no spinning
+                    ctx.stopping.wait(max(0.0, step - (time.monotonic() - began)))
+    body: dict[str, Any] = {
+        "service": name,
+        "lines": [asdict(line) for line in found],
+        "last_seq": pump.last_seq(name),
+    }
+    return Reply(200, body)

@@ -1,0 +1,139 @@
+"""Command messages: routing key and JSON body in, a validated Command out; answers to replies.
+
+Pure: no broker, no threads. Everything a producer can get wrong is a CommandError whose
+message goes back to it verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Literal, cast, get_args
+
+from suite_agent.core.inbox import Control, Reload
+from suite_agent.parts.queue.topology import COMMAND_PREFIX
+
+# The event published (and answered) when a command is refused: suite.command_rejected.
+COMMAND_REJECTED = "command_rejected"
+
+QueueVerb = Literal["start", "stop", "restart", "reload", "status"]
+VERBS: tuple[str, ...] = get_args(QueueVerb)
+FIELDS = ("services", "wait")
+DEFAULT_WAIT = 30.0  # as the REST API: how long a start/stop/restart waits for the services to settle
+MAX_WAIT = 3600.0
+
+
+class CommandError(ValueError):
+    """The command is malformed; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: QueueVerb
+    names: tuple[str, ...]  # empty: every service (status) or not applicable (reload)
+    wait: float
+
+
+def parse(routing_key: str, body: bytes | str, agent_id: str) -> Command:
+    verb = _verb(routing_key, agent_id)
+    data = _object(body)
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise CommandError(f"unknown field(s) {', '.join(map(repr, unknown))}; a command body may have "
+                           f"{' and '.join(map(repr, FIELDS))}")
+    return Command(verb=verb, names=_names(verb, data.get("services")), wait=_wait(data.get("wait")))
+
+
+def _verb(routing_key: str, agent_id: str) -> QueueVerb:
+    if not routing_key.startswith(COMMAND_PREFIX):
+        raise CommandError(f"routing key {routing_key!r} is not a command: use suite.control.<verb>[.<agent_id>]")
+    verb, _, target = routing_key[len(COMMAND_PREFIX):].partition(".")
+    if verb not in VERBS:
+        raise CommandError(f"unknown verb {verb!r}: use one of {', '.join(VERBS)}")
+    if target and target != agent_id:
+        raise CommandError(f"addressed to agent {target!r}, this is {agent_id!r}")
+    return cast(QueueVerb, verb)
+
+
+def _object(body: bytes | str) -> dict[str, Any]:
+    if isinstance(body, bytes | bytearray | memoryview):
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandError("body is not UTF-8 JSON") from None
+    else:
+        text = body
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CommandError(f'body must be a JSON object like {{"services": ["web"]}}, not {_json_type(data)}')
+    return data
+
+
+def _names(verb: QueueVerb, services: Any) -> tuple[str, ...]:
+    if services is None:
+        if verb in ("reload", "status"):
+            return ()
+        raise CommandError(f'"services" is required for {verb}: a list of service names')
+    if not isinstance(services, list):
+        raise CommandError(f'"services" must be a list of service names, not {_json_type(services)}')
+    if not all(isinstance(name, str) for name in services):
+        raise CommandError('"services" must be a list of strings')
+    if not services and verb not in ("reload", "status"):
+        raise CommandError(f'"services" is empty: name at least one service to {verb}')
+    return tuple(dict.fromkeys(services))
+
+
+def _wait(wait: Any) -> float:
+    if wait is None:
+        return DEFAULT_WAIT
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait):
+        raise CommandError(f'"wait" must be a number of seconds, not {_json_type(wait)}')
+    if not 0 <= wait <= MAX_WAIT:
+        raise CommandError(f'"wait" must be between 0 and {MAX_WAIT:g} seconds')
+    return float(wait)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+             int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def to_inbox(command: Command, every_service: Collection[str]) -> tuple[Control | Reload, Future[dict[str, Any]]]:
+    """The owner's message for this command, and the future its answer comes in.
+
+    `every_service` stands in for the names of a bare status.
+    """
+    reply: Future[dict[str, Any]] = Future()
+    if command.verb == "reload":
+        return Reload(source="queue", reply=reply), reply
+    names = command.names or tuple(sorted(every_service))
+    return Control(verb=command.verb, names=names, source="queue", wait=command.wait, reply=reply), reply
+
+
+def reply(command: Command, answer: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"ok", "results", ...}` for every verb; a reload's summary becomes its results."""
+    if command.verb == "reload":
+        return {"ok": bool(answer.get("ok")), "results": {k: v for k, v in answer.items() if k != "ok"}}
+    return dict(answer)
+
+
+def error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}
+
+
+def refused(answer: Mapping[str, Any]) -> bool:
+    """The owner did nothing because the command named services it does not know."""
+    return bool(answer.get("unknown"))
+
+
+def dumps(body: Mapping[str, Any]) -> str:
+    return json.dumps(body, default=str, separators=(",", ":"))

@@ -1,0 +1,227 @@
+"""Commands in: the agent's control queue -> the owner's inbox -> a reply, then the ack.
+
+A kombu ConsumerMixin-style loop in one thread: `drain_events(timeout=...)` turns, a stop
+Event checked between them, and a reconnect with backoff when the connection breaks. The
+channel is only ever touched from this thread, so acks and replies are sent from here too.
+
+Waiting for the owner's answer: a command is handed to the inbox and waited for in the
+delivery callback, but only for FAST_WAIT (most answers come within a few milliseconds, and
+answering from the callback is what keeps the round trip short). One that takes longer (a
+stop waiting for a slow service) is parked, and later turns, shortened to PARKED_TURN, pick
+up its answer. So the connection keeps being read, AMQP heartbeats keep flowing, and one
+slow command never holds up the next. The ack comes after the reply, so a connection lost
+in between means a redelivery, which the id memory below answers without applying again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.message import Message
+from kombu.messaging import Consumer, Producer
+
+from suite_agent.events.bus import Event
+from suite_agent.parts.lifecycle import AgentHandle
+from suite_agent.parts.queue import commands
+from suite_agent.parts.queue.commands import Command, CommandError
+from suite_agent.parts.queue.link import Link, release
+
+log = logging.getLogger("suite_agent.parts.queue")
+
+PREFETCH = 16  # commands in flight at once (parked ones count)
+FAST_WAIT = 0.25
+IDLE_TURN = 0.25  # bounds how late stop() is noticed
+PARKED_TURN = 0.02
+ANSWER_GRACE = 10.0  # beyond a command's own "wait": the owner must have answered by then
+RECENT_IDS = 1024  # message ids remembered against redelivery and resends
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One command being handled, and every delivery waiting for its answer."""
+
+    command: Command
+    key: str | None  # message_id, else correlation_id
+    future: Future[dict[str, Any]]
+    deadline: float
+    deliveries: list[tuple[Message, bool]] = field(default_factory=list)  # (message, is a duplicate)
+    answer: dict[str, Any] | None = None
+
+
+class CommandConsumer:
+    def __init__(self, link: Link, queue: Queue, handle: AgentHandle, agent_id: str,
+                 stop: threading.Event) -> None:
+        self.link = link
+        self.queue = queue
+        self.handle = handle
+        self.agent_id = agent_id
+        self._stop = stop
+        self._recent: OrderedDict[str, _Pending] = OrderedDict()
+        self._parked: list[_Pending] = []
+        self._producer: Producer | None = None
+        self._transport_errors: tuple[type[BaseException], ...] = ()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            conn = self.link.open(self._stop.wait)
+            if conn is None:
+                break
+            try:
+                self._serve(conn)
+            except Exception as exc:
+                self.link.lost(exc, unexpected=not isinstance(exc, self._transport_errors))
+            finally:
+                self._orphan_parked()
+                self._producer = None
+                release(conn)
+
+    def _serve(self, conn: Connection) -> None:
+        self._transport_errors = conn.connection_errors + conn.channel_errors
+        channel = conn.channel()
+        self._producer = Producer(channel)
+        # on_message: the raw message, never run through a deserializer (no pickle, ever).
+        consumer = Consumer(channel, queues=[self.queue], on_message=self._on_message, prefetch_count=PREFETCH)
+        consumer.consume()
+        self.link.ready()
+        while not self._stop.is_set():
+            try:
+                conn.drain_events(timeout=PARKED_TURN if self._parked else IDLE_TURN)
+            except TimeoutError:
+                pass
+            conn.heartbeat_check()
+            self._settle_parked()
+
+    # -- one delivery ---------------------------------------------------------------------
+    def _on_message(self, message: Message) -> None:
+        try:
+            self._handle(message)
+        except self._transport_errors:
+            raise
+        except Exception as exc:
+            log.error("queue: cannot handle a command", exc_info=exc)
+            self.link.stats.commands["error"] += 1
+            if not message.acknowledged:
+                self._reply(message, commands.error(f"internal error: {type(exc).__name__}: {exc}"))
+                message.reject(requeue=False)
+
+    def _handle(self, message: Message) -> None:
+        key = _key(message)
+        seen = self._recent.get(key) if key is not None else None
+        if key is not None and seen is not None:
+            self._recent.move_to_end(key)
+            if seen.answer is None:
+                seen.deliveries.append((message, True))
+            else:
+                self._answer(message, seen.answer, "duplicate")
+            return
+        routing_key = str(message.delivery_info.get("routing_key", ""))
+        try:
+            command = commands.parse(routing_key, message.body, self.agent_id)
+        except CommandError as exc:
+            self._reject(message, routing_key, str(exc))
+            return
+        every = self.handle.snapshot().services.keys()
+        if command.verb == "status" and not command.names and not every:
+            self._answer(message, {"ok": True, "results": {}}, "ok")
+            return
+        request, answer = commands.to_inbox(command, every)
+        pending = _Pending(command, key, answer, time.monotonic() + command.wait + ANSWER_GRACE, [(message, False)])
+        if key:
+            self._remember(key, pending)
+        self.handle.inbox.put(request)
+        try:
+            answer.exception(FAST_WAIT)  # a wait only: _finish reads the answer or failure
+        except FutureTimeout:
+            self._parked.append(pending)
+            return
+        self._finish(pending)
+
+    def _settle_parked(self) -> None:
+        if not self._parked:
+            return
+        now = time.monotonic()
+        for pending in list(self._parked):
+            if pending.future.done() or now > pending.deadline:
+                self._parked.remove(pending)
+                self._finish(pending)
+
+    def _finish(self, pending: _Pending) -> None:
+        command = pending.command
+        if not pending.future.done():
+            answer = commands.error(f"no answer from the agent within {command.wait + ANSWER_GRACE:g}s")
+        elif pending.future.exception() is not None:
+            answer = commands.error(f"internal error: {pending.future.exception()}")
+        else:
+            raw = pending.future.result()
+            if commands.refused(raw):
+                self._forget(pending)
+                for message, _ in pending.deliveries:
+                    self._reject(message, str(message.delivery_info.get("routing_key", "")),
+                                 str(raw.get("error", "refused")), commands.reply(command, raw))
+                return
+            answer = commands.reply(command, raw)
+        pending.answer = answer
+        result = "ok" if answer.get("ok") else "error"
+        for message, duplicate in pending.deliveries:
+            self._answer(message, answer, "duplicate" if duplicate else result)
+        pending.deliveries.clear()
+
+    def _answer(self, message: Message, body: dict[str, Any], result: str) -> None:
+        self.link.stats.commands[result] += 1  # before the reply, so whoever got it sees it counted
+        self._reply(message, body)
+        message.ack()
+
+    def _reject(self, message: Message, routing_key: str, error: str,
+                body: dict[str, Any] | None = None) -> None:
+        log.warning("queue: command %s rejected: %s", routing_key or "(no routing key)", error)
+        self.link.stats.commands["rejected"] += 1
+        self._reply(message, body or commands.error(error))
+        message.reject(requeue=False)
+        props = message.properties
+        self.handle.bus.publish(Event.make(
+            commands.COMMAND_REJECTED, None, routing_key=routing_key, error=error,
+            message_id=props.get("message_id"), correlation_id=props.get("correlation_id"),
+            reply_to=props.get("reply_to")))
+
+    def _reply(self, message: Message, body: dict[str, Any]) -> None:
+        reply_to = message.properties.get("reply_to")
+        if not reply_to or self._producer is None:
+            return
+        # The default exchange routes to the queue named reply_to, on AMQP and on Redis. "agent"
+        # tells apart the replies to a command sent to every agent.
+        self._producer.publish(
+            commands.dumps({**body, "agent": self.agent_id}), exchange="", routing_key=str(reply_to),
+            correlation_id=message.properties.get("correlation_id"),
+            content_type="application/json", content_encoding="utf-8", retry=False,
+        )
+
+    # -- ids already seen -----------------------------------------------------------------
+    def _remember(self, key: str, pending: _Pending) -> None:
+        self._recent[key] = pending
+        while len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+
+    def _forget(self, pending: _Pending) -> None:
+        if pending.key is not None and self._recent.get(pending.key) is pending:
+            del self._recent[pending.key]
+
+    def _orphan_parked(self) -> None:
+        """The channel is gone: its deliveries come again, so keep only the answers to come."""
+        for pending in self._parked:
+            pending.deliveries.clear()
+        self._parked = [p for p in self._parked if p.key is not None]
+
+
+def _key(message: Message) -> str | None:
+    props = message.properties
+    key = props.get("message_id") or props.get("correlation_id")
+    return str(key) if key else None

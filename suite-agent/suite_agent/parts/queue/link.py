@@ -1,0 +1,92 @@
+"""One thread's broker connection: opened with capped exponential backoff, lost and found again.
+
+Each state change (connected, unreachable or lost, back) is logged once, not every retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from kombu.connection import Connection
+
+from suite_agent.parts.queue import topology
+from suite_agent.parts.queue.stats import Stats
+
+log = logging.getLogger("suite_agent.parts.queue")
+
+BACKOFF_START = 0.1
+BACKOFF_FACTOR = 2.0
+BACKOFF_MAX = 5.0
+
+State = Literal["new", "up", "down"]
+
+
+class Link:
+    def __init__(self, url: str, role: str, stats: Stats) -> None:
+        self.url = url
+        self.role = role  # "commands" or "events": names the connection in logs and metrics
+        self.stats = stats
+        self.state: State = "new"
+        self._delay: float | None = None  # the wait before the next attempt, once one failed
+        self._was_up = False
+        self._down_since = 0.0
+
+    def open(self, pause: Callable[[float], bool]) -> Connection | None:
+        """A connected Connection, retrying until one is; None once `pause(delay)` says stop."""
+        while True:
+            if self._delay is not None and pause(self._delay):
+                return None
+            conn = topology.connection(self.url, self.role)
+            try:
+                # No kombu retry loop: ours is stoppable and logs once per state change.
+                conn.ensure_connection(max_retries=0)
+            except Exception as exc:  # whatever the transport raises, the answer is to retry
+                release(conn)
+                self.lost(exc)
+                continue
+            return conn
+
+    def ready(self) -> None:
+        """The connection is set up (queues declared, consuming or able to publish)."""
+        uri = topology.safe_uri(self.url)
+        if self._was_up:
+            self.stats.reconnects[self.role] += 1
+            log.info("queue: %s: reconnected to %s after %.1fs", self.role, uri, time.monotonic() - self._down_since)
+        else:
+            log.info("queue: %s: connected to %s", self.role, uri)
+        self.state = "up"
+        self._was_up = True
+        self._delay = None
+        self.stats.set_connected(self.role, True)
+
+    def lost(self, exc: BaseException, unexpected: bool = False) -> None:
+        """The connection failed or broke: the next open() waits a little longer.
+
+        `unexpected`: not a transport error but a bug or a broker refusal; its traceback is
+        logged too, still once for the whole outage.
+        """
+        self._delay = BACKOFF_START if self._delay is None else min(self._delay * BACKOFF_FACTOR, BACKOFF_MAX)
+        if self.state == "down":
+            return
+        how = "connection lost" if self.state == "up" else "cannot connect"
+        log.warning("queue: %s: %s to %s (%s); retrying with backoff up to %gs", self.role, how,
+                    topology.safe_uri(self.url), _describe(exc), BACKOFF_MAX, exc_info=exc if unexpected else None)
+        self.state = "down"
+        self._down_since = time.monotonic()
+        self.stats.set_connected(self.role, False)
+
+
+def release(conn: Connection) -> None:
+    """Close without raising: the broker may already be gone."""
+    try:
+        conn.release()
+    except Exception as exc:  # a broken connection may fail in any way while closing
+        log.debug("queue: closing a connection: %s", exc)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,98 @@
+"""Names on the broker (exchange, control queue, routing keys) and how each connection is opened."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue, binding
+
+from suite_agent.events import cloudevents
+from suite_agent.config.models import QueueSection
+from suite_agent.parts.lifecycle import IntegrationError
+from suite_agent.parts.queue import redis_batch
+
+COMMAND_PREFIX = "suite.control."
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+CONNECT_TIMEOUT = 5.0
+# Only the command connection reads, so only it can answer the broker's heartbeats; the
+# event connection finds a dead broker through its publish timeout instead.
+COMMANDS_HEARTBEAT = 10.0
+PUBLISH_TIMEOUT = 5.0
+# kombu's BRPOP waits this long on the server: closing the connection waits for it to end.
+REDIS_BRPOP = 0.25
+REDIS_SOCKET_TIMEOUT = 10.0  # well above the BRPOP, so an idle consumer never times out
+
+
+def check(section: QueueSection) -> None:
+    """Refuse what cannot work, before any thread starts."""
+    scheme = urlsplit(section.url).scheme.lower()
+    if scheme == "kafka":
+        raise IntegrationError("queue.url: Kafka is planned, not supported yet; use redis:// or amqp://")
+    if scheme not in REDIS_SCHEMES | AMQP_SCHEMES:
+        raise IntegrationError(f"queue.url: unsupported scheme {scheme + '://' if scheme else section.url!r}; "
+                               "use redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST:5672//")
+    try:
+        Connection(section.url).as_uri()
+    except Exception as exc:
+        raise IntegrationError(f"queue.url: cannot parse: {exc}") from None
+    if not section.exchange.strip():
+        raise IntegrationError("queue.exchange: cannot be empty")
+    agent_id = section.agent_id
+    if not agent_id or any(c in agent_id for c in "*# \t\r\n") or agent_id.strip(".") != agent_id:
+        raise IntegrationError(f"queue.agent_id {agent_id!r}: use letters, digits, '-', '_' and inner dots "
+                               "(it becomes part of routing keys)")
+
+
+def event_content_type(section: QueueSection) -> str:
+    """application/json unless asked: kombu consumers (and Celery) accept "json" only by default."""
+    return cloudevents.CONTENT_TYPE if section.content_type == "cloudevents" else cloudevents.JSON_CONTENT_TYPE
+
+
+def is_amqp(url: str) -> bool:
+    return urlsplit(url).scheme.lower() in AMQP_SCHEMES
+
+
+def safe_uri(url: str) -> str:
+    """The URL with its password masked, for logs."""
+    uri: str = Connection(url).as_uri()
+    return uri
+
+
+def connection(url: str, role: str) -> Connection:
+    """A new, not yet connected kombu connection for one thread (`commands` or `events`)."""
+    options: dict[str, Any]
+    if is_amqp(url):
+        # Replies are confirmed one by one; events in batches, by the publisher itself.
+        options = {"confirm_publish": role == "commands"}
+        heartbeat = COMMANDS_HEARTBEAT if role == "commands" else 0
+        return Connection(url, heartbeat=heartbeat, connect_timeout=CONNECT_TIMEOUT,
+                          transport_options=options)
+    options = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": REDIS_SOCKET_TIMEOUT,
+               "socket_keepalive": True, "polling_interval": REDIS_BRPOP}
+    # rediss:// keeps kombu's own transport, which sets its TLS up from the scheme.
+    transport = redis_batch.Transport if role == "events" and urlsplit(url).scheme.lower() == "redis" else None
+    return Connection(url, connect_timeout=CONNECT_TIMEOUT, transport_options=options, transport=transport)
+
+
+def exchange(section: QueueSection) -> Exchange:
+    return Exchange(section.exchange, type="topic", durable=True)
+
+
+def control_queue_name(agent_id: str) -> str:
+    return f"suite_agent.{agent_id}.control"
+
+
+def control_queue(section: QueueSection) -> Queue:
+    """Durable and named for the agent, so commands sent while it restarts wait for it."""
+    ex = exchange(section)
+    return Queue(
+        control_queue_name(section.agent_id),
+        bindings=[binding(ex, routing_key=COMMAND_PREFIX + "*"),
+                  binding(ex, routing_key=f"{COMMAND_PREFIX}*.{section.agent_id}")],
+        durable=True,
+        auto_delete=False,
+    )

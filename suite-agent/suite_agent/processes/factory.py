@@ -1,0 +1,331 @@
+"""Spawning children, signalling everything they start, and reaping them.
+
+This is the seam between supervision logic and the OS: tests swap in a fake factory.
+Reaping is done only here, with waitpid(-1): the agent is a child subreaper, so orphaned
+grandchildren come back to it and are reaped too (no zombies, even as PID 1). What a child
+starts, in any session or process group, is found through tracking.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import grp
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+from suite_agent.processes.cgroups import kernel_checks_opener
+from suite_agent.processes.tracking import MARKER, Tracker
+
+log = logging.getLogger("suite_agent.processes.factory")
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+# The shim joins the cgroup through the descriptor it was given as stdin, before the service's
+# first instruction: a child that forks at once cannot leave a grandchild outside.
+SHIM = 'echo 0 >&0 2>/dev/null; exec "$@" </dev/null'
+SHIM_SHELL = "/bin/sh"
+
+
+@dataclass(frozen=True)
+class Spawned:
+    pid: int
+    stdout: int | None  # read ends of the output pipes, handed to the output pump
+    stderr: int | None
+    tracked: int  # names the process and all it starts, for signal_group and group_alive
+
+
+class ProcessFactory(Protocol):
+    def spawn(
+        self,
+        argv: Sequence[str],
+        cwd: str | None,
+        env: Mapping[str, str],
+        user: str | int | None,
+        group: str | int | None,
+        name: str,
+    ) -> Spawned: ...
+
+    def signal_group(self, tracked: int, signum: int) -> None: ...
+
+    def group_alive(self, tracked: int) -> bool: ...
+
+    def reap(self) -> list[tuple[int, int]]: ...
+
+    def kill_all(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def decode_status(status: int) -> tuple[int | None, int | None]:
+    """(exit code, None) for a normal exit, (None, signal) for a death by signal."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None
+
+
+class PosixProcessFactory:
+    def __init__(self, cgroups: bool = True) -> None:
+        self._root = os.geteuid() == 0
+        # Popen objects stay referenced until reaped: a collected Popen with no returncode
+        # would be polled by subprocess' own cleanup, which would steal our waitpid.
+        self._popens: dict[int, subprocess.Popen[bytes]] = {}
+        self._tracker = Tracker(cgroups)
+        self._leaders: dict[int, int] = {}  # pid: tracked id
+        self._shim = self._tracker.uses_cgroups and os.access(SHIM_SHELL, os.X_OK)
+        self._shim_as_user = kernel_checks_opener()
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        cwd: str | None,
+        env: Mapping[str, str],
+        user: str | int | None,
+        group: str | int | None,
+        name: str = "",
+    ) -> Spawned:
+        if (user is not None or group is not None) and not self._root:
+            raise PermissionError(errno.EPERM, "user/group need the agent to run as root")
+        uid, gid, extra_groups = _account(user, group)
+        tracked = self._tracker.new(name or os.path.basename(argv[0]))
+        # PWD as a shell would set it (the shim's shell does), so both ways give the same.
+        child_env = {**env, "PWD": os.path.abspath(cwd or os.getcwd()), MARKER: tracked.marker}
+        joins = None
+        try:
+            if self._shim and tracked.cgroup is not None:
+                _check_executable(argv[0], cwd, child_env)
+                joins = tracked.cgroup.open_procs()
+            popen, out_r, err_r = _popen(argv, cwd, child_env, uid, gid, extra_groups, joins)
+        except BaseException:
+            self._tracker.abandon(tracked)
+            raise
+        finally:
+            if joins is not None:
+                os.close(joins)
+        self._popens[popen.pid] = popen
+        # Without the shim (or where the kernel checks the unprivileged child's own rights),
+        # the agent moves the child: a fork in between stays outside, found by the marker.
+        tight = joins is not None and (uid is None or self._shim_as_user)
+        if tracked.cgroup is not None and not tight:
+            try:
+                tracked.cgroup.add(popen.pid)
+            except OSError as exc:
+                log.warning("cannot move pid %d into %s: %s", popen.pid, tracked.cgroup.path, exc)
+        self._tracker.started(tracked, popen.pid, tight)
+        self._leaders[popen.pid] = tracked.id
+        return Spawned(popen.pid, out_r, err_r, tracked.id)
+
+    def signal_group(self, tracked: int, signum: int) -> None:
+        self._tracker.signal(tracked, signum)
+
+    def group_alive(self, tracked: int) -> bool:
+        return self._tracker.alive(tracked)
+
+    def kill_all(self) -> None:
+        self._tracker.kill_all()
+
+    def reap(self) -> list[tuple[int, int]]:
+        reaped: list[tuple[int, int]] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            popen = self._popens.pop(pid, None)
+            if popen is not None:
+                popen.returncode = os.waitstatus_to_exitcode(status)
+            tracked = self._leaders.pop(pid, None)
+            if tracked is not None:
+                self._tracker.leader_reaped(tracked)
+            reaped.append((pid, status))
+        if reaped:
+            self._tracker.collect()
+        return reaped
+
+    def close(self, timeout: float = 2.0) -> None:
+        """At the agent's exit: nothing this agent started may be left running."""
+        self._tracker.kill_all()
+        deadline = time.monotonic() + timeout
+        while self._tracker.busy and time.monotonic() < deadline:
+            self.reap()
+            self._tracker.collect()
+            time.sleep(0.01)
+        swept = self._tracker.sweep()
+        if swept:
+            log.warning("killed %d process(es) left behind by services: %s",
+                        len(swept), " ".join(map(str, swept)))
+        self._tracker.close()
+
+
+def _popen(argv: Sequence[str], cwd: str | None, env: dict[str, str], uid: str | int | None,
+           gid: str | int | None, extra_groups: list[int] | None,
+           joins: int | None) -> tuple[subprocess.Popen[bytes], int, int]:
+    """The child in its own process group, with output pipes; through the shim if joins is set."""
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    command = list(argv) if joins is None else [SHIM_SHELL, "-c", SHIM, "suite-agent", *argv]
+    try:
+        popen = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL if joins is None else joins,
+            stdout=out_w,
+            stderr=err_w,
+            cwd=cwd,
+            env=env,
+            close_fds=True,
+            process_group=0,
+            user=uid,
+            group=gid,
+            extra_groups=extra_groups,
+            restore_signals=True,
+        )
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    return popen, out_r, err_r
+
+
+def _account(user: str | int | None,
+             group: str | int | None) -> tuple[str | int | None, str | int | None, list[int] | None]:
+    """(user, group, supplementary groups) for Popen: a user brings its own groups, as login does."""
+    if isinstance(group, str):
+        try:
+            group = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"no such group {group!r}") from None
+    if user is None:
+        return None, group, None
+    account = _passwd(user)
+    if account is None:  # a uid with no passwd entry: the agent's gid unless `group:`, no others
+        return user, group, []
+    gid = account.pw_gid if group is None else group
+    return account.pw_uid, gid, os.getgrouplist(account.pw_name, gid)
+
+
+def _passwd(user: str | int) -> pwd.struct_passwd | None:
+    """The passwd entry of a user; None for a uid without one. Popen would raise a bare KeyError."""
+    if isinstance(user, int):
+        try:
+            return pwd.getpwuid(user)
+        except KeyError:
+            return None
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"no such user {user!r}") from None
+
+
+def account_environment(user: str | int | None) -> dict[str, str]:
+    """HOME, USER, LOGNAME and SHELL of the user a service runs as, as login and systemd set them."""
+    if user is None:
+        return {}
+    try:
+        account = _passwd(user)
+    except ValueError:
+        return {}  # the spawn says what is wrong
+    if account is None:
+        return {"HOME": "/"}
+    return {"HOME": account.pw_dir, "USER": account.pw_name, "LOGNAME": account.pw_name,
+            "SHELL": account.pw_shell}
+
+
+def _check_executable(name: str, cwd: str | None, env: Mapping[str, str]) -> None:
+    """Raise what Popen would for a program that cannot be run: the shim runs it, not Popen."""
+    if cwd is not None and not os.path.isdir(cwd):
+        return  # Popen's chdir reports that one
+    paths = [name] if "/" in name else [os.path.join(d, name) for d in os.get_exec_path(dict(env))]
+    exists = False
+    for path in paths:
+        full = os.path.join(cwd, path) if cwd else path
+        if os.path.isfile(full) and os.access(full, os.X_OK):
+            return
+        exists = exists or os.path.exists(full)
+    if exists:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+class ForeignChildren:
+    """Children that other threads start (exec probes), reaped by the owner on their behalf.
+
+    Spawning and registering happen under one lock that `deliver` also takes, so the owner
+    cannot reap such a child before its future is registered, however fast it exits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[int, Future[int]] = {}
+
+    def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
+              output_fd: int) -> tuple[int, Future[int]]:
+        """Start argv in its own process group, output to output_fd; the future gets its status."""
+        exited: Future[int] = Future()
+        with self._lock:
+            pid = _spawn_probe(argv, cwd, env, output_fd)
+            self._waiting[pid] = exited
+        return pid, exited
+
+    def adopt(self, start: Callable[[], int]) -> tuple[int, Future[int]]:
+        """Like spawn, for a child that `start` spawns however it likes (it returns the pid)."""
+        exited: Future[int] = Future()
+        with self._lock:
+            pid = start()
+            self._waiting[pid] = exited
+        return pid, exited
+
+    def deliver(self, pid: int, status: int) -> bool:
+        with self._lock:
+            exited = self._waiting.pop(pid, None)
+        if exited is None:
+            return False
+        exited.set_result(status)
+        return True
+
+
+
+def _spawn_probe(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], output_fd: int) -> int:
+    if cwd is None:
+        # posix_spawn (vfork-like) costs a third of Popen's fork of the whole agent.
+        return os.posix_spawnp(argv[0], list(argv), dict(env), setpgroup=0, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, output_fd, 1),
+            (os.POSIX_SPAWN_DUP2, output_fd, 2),
+        ])
+    popen = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                             stdout=output_fd, stderr=output_fd, process_group=0, close_fds=True)
+    # The owner reaps this pid; a returncode keeps subprocess from ever polling it.
+    popen.returncode = 0
+    return popen.pid
