@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
-
 from peers import Supervisor, SupervisorDied
 from procfs import ServiceView, cpu_ns, is_gone, own_processes, service_arg
 
@@ -258,7 +257,7 @@ def run_one(sup: Supervisor, res: Result, s: Settings, log: Callable[[str], None
     except KeyboardInterrupt:
         res.error = "interrupted"
         raise
-    except Exception as exc:  # noqa: BLE001 - recorded, and the run goes on with the next one
+    except Exception as exc:
         res.error = f"{type(exc).__name__}: {exc}"
         log(f"ERROR {res.error}")
         if not isinstance(exc, (SupervisorDied, BenchTimeout)):

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from procfs import children_of, is_gone, remember_supervisor, service_arg, service_name
+import contextlib
 
 
 class SupervisorDied(RuntimeError):
@@ -80,7 +81,7 @@ class Supervisor(ABC):
             if not self.exited():
                 try:
                     self.stop()
-                except Exception as exc:  # noqa: BLE001 - we are cleaning up; SIGKILL follows
+                except Exception as exc:
                     print(f"  [{self.name}] stop failed during cleanup: {exc}")
                 deadline = time.monotonic() + grace
                 while not self.exited() and time.monotonic() < deadline:
@@ -90,10 +91,8 @@ class Supervisor(ABC):
 
     def force_kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=10)
 
     def output_tail(self, lines: int = 15) -> str:
@@ -322,14 +321,10 @@ class Pm2(Supervisor):
     def force_kill(self) -> None:
         god = self.root_pid()
         if god is not None and not is_gone(god):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(god, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.proc is not None:
             self.proc.wait(timeout=10)

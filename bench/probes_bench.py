@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from measure import Settings, measure_idle, measure_respawn, measure_startup, percentile  # noqa: E402
-from peers import SuiteAgent  # noqa: E402
-from procfs import ServiceView, kill_launched_supervisors, service_arg, service_name  # noqa: E402
+from measure import Settings, measure_idle, measure_respawn, measure_startup, percentile
+from peers import SuiteAgent
+from procfs import ServiceView, kill_launched_supervisors, service_arg, service_name
 
 REPO = Path(__file__).resolve().parent.parent
 

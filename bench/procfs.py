@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 import psutil
+import contextlib
 
 ARG_BASE = 1_000_000_000
 ARG_RE = re.compile(r"^100000\d{4}$")
@@ -26,10 +27,8 @@ LAUNCHED_SUPERVISORS: list[psutil.Process] = []
 
 def remember_supervisor(pid: int) -> None:
     """Every supervisor process the bench started, to be killed at exit if still there."""
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         LAUNCHED_SUPERVISORS.append(psutil.Process(pid))
-    except psutil.NoSuchProcess:
-        pass
 
 
 def kill_launched_supervisors() -> None:

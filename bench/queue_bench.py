@@ -100,10 +100,8 @@ class AgentProcess:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # whatever it left behind
         with suppress(subprocess.TimeoutExpired):
@@ -180,10 +178,10 @@ class Names:
                 for name in self.queues:
                     try:
                         channel.queue_delete(name)
-                    except Exception:  # noqa: BLE001 - already gone; the channel closed, open another
+                    except Exception:
                         channel = conn.channel()
                 channel.exchange_delete(self.exchange)
-        except Exception as exc:  # noqa: BLE001 - report and carry on
+        except Exception as exc:
             print(f"  cleanup on {url}: {exc}")
 
 
@@ -329,12 +327,12 @@ def bench_broker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 def burst(url: str, names: Names, count: int) -> dict[str, float]:
     """A backlog put on the bus of an in-process queue part, until the broker took all of it."""
     from suite_agent.config.models import QueueSection
-    from suite_agent.events.bus import Event, EventBus
     from suite_agent.core.inbox import Inbox
+    from suite_agent.core.snapshot import Snapshot
+    from suite_agent.events.bus import Event, EventBus
+    from suite_agent.output.pump import OutputPump
     from suite_agent.parts.lifecycle import AgentHandle
     from suite_agent.parts.queue import QueuePart
-    from suite_agent.output.pump import OutputPump
-    from suite_agent.core.snapshot import Snapshot
 
     sink = EventCounter(url, names)  # so the broker routes and stores them, as it would for a user
     bus, inbox = EventBus(), Inbox()
@@ -467,7 +465,7 @@ def reachable(url: str) -> bool:
         with Connection(url, connect_timeout=3) as conn:
             conn.ensure_connection(max_retries=0)
         return True
-    except Exception:  # noqa: BLE001 - any failure means: not usable
+    except Exception:
         return False
 
 

@@ -28,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from installers import BENCH_DIR, ensure_pm2, ensure_python_peer  # noqa: E402
-from measure import Result, Settings, new_result, run_one  # noqa: E402
-from peers import Circus, Pm2, SuiteAgent, Supervisor, Supervisord  # noqa: E402
-from procfs import (  # noqa: E402
+from installers import BENCH_DIR, ensure_pm2, ensure_python_peer
+from measure import Result, Settings, new_result, run_one
+from peers import Circus, Pm2, SuiteAgent, Supervisor, Supervisord
+from procfs import (
     HAS_CHILDREN_FILE,
     RUN_TAG_VAR,
     is_gone,
@@ -40,7 +40,7 @@ from procfs import (  # noqa: E402
     tagged_strays,
     untagged_lookalikes,
 )
-from report import SUITE, table, write_json  # noqa: E402
+from report import SUITE, table, write_json
 
 REPO = BENCH_DIR.parent
 ALL_PEERS = ("supervisord", "circus", "pm2")
@@ -109,7 +109,7 @@ def peer_factories(peers: list[str], sleep_bin: str) -> dict[str, Factory]:
             continue
         try:
             py = ensure_python_peer(peer)
-        except Exception as exc:  # noqa: BLE001 - say why and go on without it
+        except Exception as exc:
             print(f"{peer} skipped: could not install it: {exc}")
             continue
         cls: type[Supervisord | Circus] = Supervisord if peer == "supervisord" else Circus

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import psutil
+import contextlib
 
 T = TypeVar("T")
 TOKEN_VAR = "SUITE_TEST_TOKEN"
@@ -104,10 +105,8 @@ class Agent:
             self._log.close()
         leftovers = [p for p in processes_with_token(self.token)]
         if leftovers:
-            try:
+            with contextlib.suppress(psutil.Error):
                 psutil.wait_procs(leftovers, timeout=2)
-            except psutil.Error:
-                pass
         return kill_leftovers(self.token)
 
     # -- observing ------------------------------------------------------------------------

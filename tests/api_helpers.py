@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from agent import Agent, wait_for
+import contextlib
 
 
 def free_port() -> int:
@@ -147,7 +148,7 @@ class SseReader:
                     key, _, value = raw.partition(": ")
                     if key in ("event", "id", "data"):
                         setattr(current, key, value)
-        except Exception:  # noqa: BLE001 - closed under our feet: the stream is over either way
+        except Exception:
             pass
         finally:
             self.ended.set()
@@ -170,10 +171,8 @@ class SseReader:
         return event
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.conn.sock and self.conn.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.conn.close()
         self._thread.join(5) if self._thread.is_alive() else None
 

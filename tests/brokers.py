@@ -78,10 +78,8 @@ def queue_yaml(url: str, exchange: str, agent_id: str) -> str:
 def drain_for(conn: Connection, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
-        try:
+        with suppress(TimeoutError):
             conn.drain_events(timeout=min(left, 0.1))
-        except TimeoutError:
-            pass
 
 
 @dataclass(frozen=True)
@@ -139,10 +137,8 @@ class EventReader:
             if left <= 0:
                 seen = [(r.routing_key, r.body.get("subject"), r.body.get("data")) for r in self.received]
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}; got: {seen}")
-            try:
+            with suppress(TimeoutError):
                 self.conn.drain_events(timeout=min(left, 0.2))
-            except TimeoutError:
-                pass
 
     def drain(self, seconds: float) -> None:
         """Keep reading for a while (to see that nothing more comes)."""
@@ -208,10 +204,8 @@ class Commander:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no reply for {cid} within {timeout}s")
-            try:
+            with suppress(TimeoutError):
                 self.conn.drain_events(timeout=min(left, 0.2))
-            except TimeoutError:
-                pass
         return self.replies[cid]
 
     def wait_replies(self, cid: str, count: int, timeout: float = 10.0) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agent import Agent  # noqa: E402
+from agent import Agent
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent import wait_for
 from suite_agent.parts.api.intake import HEAD_LIMIT, Gathered, Intake, RequestStream
+
+from agent import wait_for
 
 LIMIT = 1000  # the body limit of these streams
 

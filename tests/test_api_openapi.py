@@ -20,10 +20,11 @@ from schemathesis.checks import (
 )
 from schemathesis.specs.openapi.checks import status_code_conformance
 
-from agent import Agent
-from api_helpers import Api, start_with_api
 from suite_agent.parts.api.app import build_app
 from suite_agent.parts.api.openapi import document
+
+from agent import Agent
+from api_helpers import Api, start_with_api
 
 pytestmark = pytest.mark.e2e
 TOKEN = "fuzz-token"

@@ -10,17 +10,18 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api_helpers import Api, free_port
+from suite_agent.config.models import ApiSection
+from suite_agent.core.inbox import Inbox
+from suite_agent.core.snapshot import Snapshot
+from suite_agent.events.bus import Event, EventBus
 from suite_agent.parts.api.context import StreamSlots
 from suite_agent.parts.api.listen import Listen, is_loopback, parse_listen
 from suite_agent.parts.api.metrics import samples_to_families
 from suite_agent.parts.api.part import ApiPart
 from suite_agent.parts.api.sse import EventStream
-from suite_agent.config.models import ApiSection
-from suite_agent.events.bus import Event, EventBus
-from suite_agent.core.inbox import Inbox
 from suite_agent.parts.lifecycle import AgentHandle, IntegrationError, Sample
-from suite_agent.core.snapshot import Snapshot
+
+from api_helpers import Api, free_port
 
 
 def handle(tmp_path: Path, bus: EventBus | None = None) -> AgentHandle:

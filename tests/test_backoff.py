@@ -1,7 +1,7 @@
 import pytest
 
-from suite_agent.core.backoff import GiveUp, Restart, decide
 from suite_agent.config.models import BackoffSpec, StartLimitSpec
+from suite_agent.core.backoff import GiveUp, Restart, decide
 
 BACKOFF = BackoffSpec(initial=0.25, factor=2, max=2, reset_after=10)
 LIMIT = StartLimitSpec(burst=5, interval=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from suite_agent.processes.cgroups import cgroup2_mounts, locate, own_cgroup
 from suite_agent.processes.tracking import MarkerScan
 

@@ -10,7 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from suite_agent.config import store as loader
+from suite_agent.config.models import AgentSection
 from suite_agent.config.store import (
     ConfigStore,
     Declared,
@@ -18,7 +20,6 @@ from suite_agent.config.store import (
     is_config_file,
     validate_dir,
 )
-from suite_agent.config.models import AgentSection
 
 REPO = Path(__file__).resolve().parents[1]
 _mtime = itertools.count(1_700_000_000_000_000_000, 1_000_000_000)

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from agent import Agent, agent_command, wait_for
 
 pytestmark = pytest.mark.e2e

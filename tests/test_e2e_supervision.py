@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import grp
 import contextlib
+import grp
 import os
 import pwd
 import signal

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from suite_agent.processes import cgroups
+
 from agent import Agent, processes_with_token, wait_for
 from api_helpers import start_with_api
-from suite_agent.processes import cgroups
 
 pytestmark = pytest.mark.e2e
 CGROUPS_USABLE = cgroups.find_own()[0] is not None

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from suite_agent.events.bus import EventBus
 from suite_agent.core.inbox import Inbox
-from suite_agent.parts.lifecycle import FACTORIES, AgentHandle, IntegrationError, IntegrationManager, Sample
 from suite_agent.core.snapshot import Snapshot
+from suite_agent.events.bus import EventBus
+from suite_agent.parts.lifecycle import FACTORIES, AgentHandle, IntegrationError, IntegrationManager, Sample
 
 
 class FlakyPart:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from suite_agent.config.models import QueueSection
 from suite_agent.core.inbox import Control, Reload
 from suite_agent.parts.lifecycle import IntegrationError

@@ -16,14 +16,15 @@ from typing import Any, cast
 
 import pytest
 
-from agent import wait_for
 from suite_agent.config.models import QueueSection
-from suite_agent.events.bus import Event, EventBus
 from suite_agent.core.inbox import Control, Inbox, Reload
+from suite_agent.core.snapshot import Snapshot
+from suite_agent.events.bus import Event, EventBus
+from suite_agent.output.pump import OutputPump
 from suite_agent.parts.lifecycle import AgentHandle, Integration, IntegrationManager
 from suite_agent.parts.queue import COMMAND_REJECTED, QueuePart
-from suite_agent.output.pump import OutputPump
-from suite_agent.core.snapshot import Snapshot
+
+from agent import wait_for
 
 pytest.register_assert_rewrite("brokers")  # before its import: its checks are asserts
 from brokers import Broker, PrivateRedis

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from agent import Agent, wait_for
 from plugin_dist.visible import visible_to_agents
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+
 from agent import Agent, wait_for
 from plugin_dist.visible import visible_to_agents
 

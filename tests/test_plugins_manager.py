@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from suite_agent.core.inbox import Inbox
+from suite_agent.core.snapshot import Snapshot
+from suite_agent.events.bus import Event, EventBus
+from suite_agent.output.pump import OutputPump
+from suite_agent.parts.lifecycle import AgentHandle, Sample
+from suite_agent.parts.plugins.part import SCRAPE_DEADLINE, PluginManager, create
+
 from agent import wait_for
 from plugin_dist.visible import visible_to_agents
-from suite_agent.events.bus import Event, EventBus
-from suite_agent.core.inbox import Inbox
-from suite_agent.parts.lifecycle import AgentHandle, Sample
-from suite_agent.output.pump import OutputPump
-from suite_agent.parts.plugins.part import SCRAPE_DEADLINE, PluginManager, create
-from suite_agent.core.snapshot import Snapshot
 
 Make = Callable[[Mapping[str, Mapping[str, Any]]], PluginManager]
 

@@ -4,6 +4,7 @@ options: pure functions, no processes."""
 from __future__ import annotations
 
 import pytest
+
 from suite_agent.parts.plugins.metrics import PluginResultError, Value, collect, lint
 from suite_agent.parts.plugins.options import (
     OptionError,

@@ -19,10 +19,12 @@ from typing import Any
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from suite_agent.parts.plugins.metrics import lint
+
 from agent import Agent, wait_for
 from plugin_dist.visible import visible_to_agents
-from prometheus_client.parser import text_string_to_metric_families
-from suite_agent.parts.plugins.metrics import lint
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,10 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 import pytest
-from agent import wait_for
+
 from suite_agent.parts.plugins.runner import CallTimeout, Job, Runner
+
+from agent import wait_for
 
 Done = list[tuple[str, BaseException | None]]
 

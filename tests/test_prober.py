@@ -13,8 +13,8 @@ import pytest
 
 from suite_agent.config.models import HealthSpec
 from suite_agent.core.inbox import Inbox, ProbeChanged
-from suite_agent.health.scheduler import Prober
 from suite_agent.health.checks import check_http, run_check
+from suite_agent.health.scheduler import Prober
 from suite_agent.processes.factory import ForeignChildren
 
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from fakes import FakeClock, FakeFactory, FakePump
 from suite_agent.core.inbox import Control
 from suite_agent.core.supervisor import Supervisor
+
+from fakes import FakeClock, FakeFactory, FakePump
 
 
 class Harness:

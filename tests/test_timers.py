@@ -1,6 +1,6 @@
-from fakes import FakeClock
-
 from suite_agent.core.timers import Timers
+
+from fakes import FakeClock
 
 
 def test_due_timers_run_in_deadline_order_and_cancelled_ones_never() -> None:

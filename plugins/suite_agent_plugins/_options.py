@@ -29,7 +29,7 @@ def text(options: dict[str, Any], key: str, default: str | None = None) -> str |
 def flag(options: dict[str, Any], key: str, default: bool = False) -> bool:
     value = options.get(key, default)
     if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false, not {value!r}")  # noqa: TRY004 - the plugin API's refusal
+        raise ValueError(f"{key} must be true or false, not {value!r}")
     return value
 
 

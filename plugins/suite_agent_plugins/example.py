@@ -31,7 +31,7 @@ class CustomMetricsPlugin(PluginBase):
     def validate_options(self, options: dict[str, Any]) -> None:
         value = options.get("business_metric", 42)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"business_metric must be a number, not {value!r}")  # noqa: TRY004 - the API's refusal
+            raise ValueError(f"business_metric must be a number, not {value!r}")
 
     def on_service_start(self, service_name: str, pid: int) -> None:
         self._starts += 1

@@ -15,7 +15,6 @@ from typing import Any
 from suite_agent import __version__
 from suite_agent.settings import Settings
 
-
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Options every client command takes; the help says where their defaults come from.
 URL_HELP = "the agent's REST API (default $SUITE_AGENT_URL, else http://127.0.0.1:8080)"
@@ -98,8 +97,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(settings: Settings) -> int:
-    from suite_agent.core.supervisor import Supervisor
     from suite_agent.config.watcher import ConfigWatcher
+    from suite_agent.core.supervisor import Supervisor
 
     if settings.log_level.upper() not in LOG_LEVELS:
         print(f"suite-agent run: error: {settings.log_level!r} is not a log level (--log-level or "

@@ -115,7 +115,7 @@ def read_file(path: Path, file: str) -> Version | list[Problem]:
     with _no_cyclic_gc():
         try:
             return _read_file(path, file)
-        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError: one file's problem, not the load's
+        except Exception as exc:
             return [Problem(file, 1, f"cannot read the file: {type(exc).__name__}: {exc}")]
 
 
@@ -132,7 +132,7 @@ def _read_file(path: Path, file: str) -> Version | list[Problem]:
     try:
         root = load(text)
         plain = to_plain(root)
-    except Exception as exc:  # noqa: BLE001 - any input must give a problem, not a traceback
+    except Exception as exc:
         return [_yaml_problem(exc, text, file)]
     if plain is None:  # empty, or only comments
         return Version(file, ConfigFile(), Lines())
@@ -141,7 +141,7 @@ def _read_file(path: Path, file: str) -> Version | list[Problem]:
         return [Problem(file, node_line(root), f"a conf.d file is a mapping with the keys {_TOP_KEYS}, not a {kind}")]
     try:
         config = ConfigFile.model_validate(plain)
-    except Exception as exc:  # noqa: BLE001 - ValidationError, or a validator's bug
+    except Exception as exc:
         return problems_from(exc, root, file)
     return Version(file, config, _lines(root))
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from suite_agent.config.store import Declared
 from suite_agent.config.merge import find_cycle
 from suite_agent.config.models import AgentSection, ConfigFile
+from suite_agent.config.store import Declared
 
 PLUGIN_ORIGIN = "(plugins)"
 

@@ -12,13 +12,12 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Protocol
 
-from suite_agent.core import backoff
-
-from suite_agent.events import bus as events
 from suite_agent.config.models import ServiceSpec
+from suite_agent.core import backoff
+from suite_agent.core.timers import Clock, Timer, Timers
+from suite_agent.events import bus as events
 from suite_agent.events.bus import Event
 from suite_agent.processes.factory import ProcessFactory, Spawned, decode_status, signal_name
-from suite_agent.core.timers import Clock, Timer, Timers
 
 log = logging.getLogger("suite_agent")
 

@@ -20,12 +20,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from suite_agent.events import bus as events
-from suite_agent.config.store import ConfigStore, Declared
 from suite_agent.config.models import AgentSection, ServiceSpec
+from suite_agent.config.reloader import ConfigLoader
+from suite_agent.config.store import ConfigStore, Declared
 from suite_agent.config.transform import apply_result, as_file
 from suite_agent.core.dependencies import Dependencies
-from suite_agent.events.bus import Event, EventBus
 from suite_agent.core.inbox import (
     Call,
     Control,
@@ -37,11 +36,16 @@ from suite_agent.core.inbox import (
     Shutdown,
 )
 from suite_agent.core.instance import Instance, instance_name
-from suite_agent.parts.lifecycle import AgentHandle, IntegrationManager
-from suite_agent.config.reloader import ConfigLoader
-from suite_agent.output.pump import OutputPump
 from suite_agent.core.plan import Add, Remove, Replace, Scale, Update, plan
+from suite_agent.core.service import Service
+from suite_agent.core.snapshot import Snapshot
+from suite_agent.core.timers import Clock, SystemClock, Timers
+from suite_agent.core.waiters import Waiters
+from suite_agent.events import bus as events
+from suite_agent.events.bus import Event, EventBus
 from suite_agent.health.scheduler import Prober
+from suite_agent.output.pump import OutputPump
+from suite_agent.parts.lifecycle import AgentHandle, IntegrationManager
 from suite_agent.processes.factory import (
     ForeignChildren,
     PosixProcessFactory,
@@ -49,10 +53,7 @@ from suite_agent.processes.factory import (
     Spawned,
     account_environment,
 )
-from suite_agent.core.waiters import Waiters
-from suite_agent.core.service import Service
-from suite_agent.core.snapshot import Snapshot
-from suite_agent.core.timers import Clock, SystemClock, Timers
+import contextlib
 
 log = logging.getLogger("suite_agent")
 
@@ -60,10 +61,8 @@ log = logging.getLogger("suite_agent")
 def release_memory() -> None:
     """Hand the heap left over from parsing back to the OS (glibc keeps it otherwise)."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 PLUGIN_START_TIMEOUT = 30.0

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-
 log = logging.getLogger("suite_agent")
 
 
@@ -31,7 +30,7 @@ class SystemClock:
 
 
 class Timer:
-    __slots__ = ("deadline", "callback", "cancelled")
+    __slots__ = ("callback", "cancelled", "deadline")
 
     def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
         self.deadline = deadline

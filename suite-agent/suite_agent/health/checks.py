@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from suite_agent.config.models import ExecProbe, HttpProbe, Probe, TcpProbe
 from suite_agent.processes.factory import ForeignChildren, decode_status
+import contextlib
 
 OUTPUT_LIMIT = 512
 
@@ -91,10 +92,8 @@ def check_exec(spec: ExecProbe, timeout: float, foreign: ForeignChildren, cwd: s
     try:
         status = exited.result(max(0.0, deadline - time.monotonic()))
     except TimeoutError:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         exited.result(5.0)
         return CheckResult(False, f"{spec.command[0]}: timed out after {timeout:g}s")
     code, sig = decode_status(status)

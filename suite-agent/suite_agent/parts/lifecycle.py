@@ -18,11 +18,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from suite_agent.core.inbox import Inbox
+from suite_agent.core.snapshot import Snapshot
 from suite_agent.events import bus as events
 from suite_agent.events.bus import Event, EventBus
-from suite_agent.core.inbox import Inbox
 from suite_agent.output.pump import OutputPump
-from suite_agent.core.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from suite_agent.processes.factory import ForeignChildren

@@ -40,7 +40,7 @@ class RecorderPlugin(PluginBase):
 
     def validate_options(self, options: dict[str, Any]) -> None:
         if not isinstance(options.get("path"), str):
-            raise ValueError("path (the file to record calls in) is required")  # noqa: TRY004
+            raise ValueError("path (the file to record calls in) is required")
         self.calls = 0
         self._record("validate_options", options)
 

@@ -5,6 +5,7 @@ import os
 from typing import Any, Dict
 
 import requests
+
 from suite_agent.plugins import PluginBase, PluginInfo
 
 

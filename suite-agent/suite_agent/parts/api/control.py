@@ -6,10 +6,10 @@ from concurrent.futures import Future
 from typing import Any
 from urllib.parse import quote
 
+from suite_agent.core.inbox import Control, Reload, Verb
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.errors import ApiError
 from suite_agent.parts.api.params import Req, service_names
-from suite_agent.core.inbox import Control, Reload, Verb
 
 DEFAULT_WAIT = 30.0
 MAX_WAIT = 300.0

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from suite_agent.config.models import ApiSection, QueueSection
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.params import Req
 from suite_agent.parts.api.webhooks import public_url
-from suite_agent.config.models import ApiSection, QueueSection
 
 MASK = "***"
 _SECRET_KEY = re.compile(r"secret|token|passw|api_?key|credential|private", re.IGNORECASE)

@@ -8,9 +8,9 @@ from concurrent.futures import Future
 from typing import Any
 
 from suite_agent import __version__
+from suite_agent.core.inbox import Call, Inbox
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.params import Req
-from suite_agent.core.inbox import Call, Inbox
 
 PROBE_TIMEOUT = 2.0
 
@@ -40,7 +40,7 @@ class OwnerProbe:
             pending.result(timeout)
         except TimeoutError:
             return False  # still pending: later probes wait on the same question
-        except Exception:  # noqa: BLE001 - a question that failed counts as no answer
+        except Exception:
             with self._lock:
                 if self._pending is pending:
                     self._pending = None

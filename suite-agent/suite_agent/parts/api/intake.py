@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+import contextlib
 
 log = logging.getLogger("suite_agent.parts.api")
 
@@ -420,10 +421,8 @@ class Intake:
         fd = conn.socket.fileno()
         if self._pending.get(fd) is conn:
             del self._pending[fd]
-            try:
+            with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(fd)
-            except (KeyError, ValueError, OSError):
-                pass
 
     def _drain_wake(self) -> None:
         try:
@@ -437,10 +436,8 @@ class Intake:
             self._stopping = True
             added, self._added = self._added, []
         for conn in [*self._pending.values(), *added]:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
         self._pending.clear()
         self._selector.close()
         self._wake_r.close()

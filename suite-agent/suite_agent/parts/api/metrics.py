@@ -31,7 +31,6 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from suite_agent import __version__
-
 from suite_agent.events import bus as events
 from suite_agent.parts.lifecycle import AgentHandle, Sample
 

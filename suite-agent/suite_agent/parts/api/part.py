@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from suite_agent.config.models import ApiSection
 from suite_agent.events import cloudevents
 from suite_agent.parts.api import server
 from suite_agent.parts.api.app import build_app
@@ -15,7 +16,6 @@ from suite_agent.parts.api.listen import is_loopback, parse_listen
 from suite_agent.parts.api.metrics import Metrics
 from suite_agent.parts.api.openapi import document
 from suite_agent.parts.api.webhooks import Webhooks
-from suite_agent.config.models import ApiSection
 from suite_agent.parts.lifecycle import AgentHandle, IntegrationError, Sample
 
 log = logging.getLogger("suite_agent.parts.api")

@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from suite_agent.core.inbox import Verb
 from suite_agent.parts.api import control, declared, health, services, sse
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.docs import render as render_docs
 from suite_agent.parts.api.params import Req
-from suite_agent.core.inbox import Verb
 
 Handler = Callable[..., Reply]
 

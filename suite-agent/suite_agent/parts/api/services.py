@@ -6,10 +6,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from suite_agent.core.snapshot import status_dict
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.errors import not_found
 from suite_agent.parts.api.params import Req
-from suite_agent.core.snapshot import status_dict
 
 MAX_LINES = 10_000
 MAX_WAIT = 300.0

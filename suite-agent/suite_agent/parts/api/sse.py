@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 
 from suite_agent.events import cloudevents
+from suite_agent.events.bus import Event
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.params import Req
-from suite_agent.events.bus import Event
 
 DEFAULT_HEARTBEAT = 15.0
 STOP_CHECK = 0.5  # how often a quiet stream checks whether the server is stopping

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from suite_agent.events import cloudevents
 from suite_agent.config.models import Webhook
+from suite_agent.events import cloudevents
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.parts.lifecycle import IntegrationError, Sample
 

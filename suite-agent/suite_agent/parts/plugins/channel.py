@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from suite_agent.parts.plugins.pipe import FrameError, FrameReader, Message, encode
+import contextlib
 
 log = logging.getLogger("suite_agent.plugins")
 
@@ -157,10 +158,8 @@ class Channel:
 
     def shutdown(self) -> None:
         """Close the pipe from this end: the reader thread sees its end and settles everything."""
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def release(self) -> None:
         """Once closed and done with: the socket and the pidfd go back to the OS."""

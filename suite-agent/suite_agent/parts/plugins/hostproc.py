@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from concurrent.futures import Future, wait
 from typing import Any
 
-from suite_agent.plugins import ENTRY_POINT_GROUP
 from suite_agent.parts.plugins.dispatch import event_from_dict, hook_calls
 from suite_agent.parts.plugins.pipe import (
     HOST_FD,
@@ -38,6 +37,8 @@ from suite_agent.parts.plugins.pipe import (
 )
 from suite_agent.parts.plugins.runner import CallTimeout
 from suite_agent.parts.plugins.slot import EXPECTED, PluginLoadError, PluginSlot, describe
+from suite_agent.plugins import ENTRY_POINT_GROUP
+import contextlib
 
 log = logging.getLogger("suite_agent.plugins")
 
@@ -181,10 +182,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     name = host_argv_name(sys.argv if argv is None else argv)
     faulthandler.enable()  # a crash in a C extension leaves its Python stack in the agent's log
-    try:
+    with contextlib.suppress(OSError):
         os.nice(NICE)
-    except OSError:
-        pass
     sock = socket.socket(fileno=HOST_FD)
     reader, writer = FrameReader(sock), FrameWriter(sock)
     hello = reader.read()

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, wait
 from typing import Any
 
+from suite_agent.core.snapshot import Snapshot
 from suite_agent.events.bus import Event, Subscription
 from suite_agent.parts.lifecycle import AgentHandle, IntegrationError, Sample
 from suite_agent.parts.plugins import pipe
@@ -27,7 +28,6 @@ from suite_agent.parts.plugins.dispatch import PLUGIN_ERROR, event_dict, plain
 from suite_agent.parts.plugins.options import DEFAULT_TIMEOUT
 from suite_agent.parts.plugins.pipe import Message
 from suite_agent.parts.plugins.proxy import PluginProxy
-from suite_agent.core.snapshot import Snapshot
 
 log = logging.getLogger("suite_agent.plugins")
 

@@ -60,7 +60,7 @@ class Job:
             return
         try:
             result = self.fn()
-        except BaseException as exc:  # noqa: BLE001 - SystemExit too: a plugin never ends its worker that way
+        except BaseException as exc:
             self.settle(error=exc)
         else:
             self.settle(result=result)

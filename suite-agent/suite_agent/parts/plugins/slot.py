@@ -17,8 +17,8 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from suite_agent.plugins.base import HOOKS, PluginBase, PluginInfo, implements
 from suite_agent.parts.plugins.runner import CallTimeout, Job, Runner
+from suite_agent.plugins.base import HOOKS, PluginBase, PluginInfo, implements
 
 log = logging.getLogger("suite_agent.plugins")
 

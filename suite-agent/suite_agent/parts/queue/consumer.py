@@ -34,6 +34,7 @@ from suite_agent.parts.lifecycle import AgentHandle
 from suite_agent.parts.queue import commands
 from suite_agent.parts.queue.commands import Command, CommandError
 from suite_agent.parts.queue.link import Link, release
+import contextlib
 
 log = logging.getLogger("suite_agent.parts.queue")
 
@@ -93,10 +94,8 @@ class CommandConsumer:
         consumer.consume()
         self.link.ready()
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=PARKED_TURN if self._parked else IDLE_TURN)
-            except TimeoutError:
-                pass
             conn.heartbeat_check()
             self._settle_parked()
 

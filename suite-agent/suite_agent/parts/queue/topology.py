@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue, binding
 
-from suite_agent.events import cloudevents
 from suite_agent.config.models import QueueSection
+from suite_agent.events import cloudevents
 from suite_agent.parts.lifecycle import IntegrationError
 from suite_agent.parts.queue import redis_batch
 
