@@ -18,7 +18,7 @@ import os
 import time
 from collections import deque
 
-from .journal import say
+from .diag import say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

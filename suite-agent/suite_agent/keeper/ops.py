@@ -12,7 +12,7 @@ import os
 import signal
 
 from .children import check_instance
-from .journal import say
+from .diag import say
 from .pipes import STREAMS
 from .protocol import VERSION, BadRequest, error_reply
 
@@ -74,7 +74,7 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     env = _env(request.get("env"))
     user = _account(request, "user")
     group = _account(request, "group")
-    logs = {name: _log(request, name) for name in STREAMS}
+    files = {name: _log(request, name) for name in STREAMS}
     max_lines, max_text = _buffer(request)
     if keeper.shutting_down or keeper.stopping:
         raise OSError(errno.ESHUTDOWN, "the keeper is shutting down")
@@ -91,7 +91,7 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
         os.close(err_w)
     keeper.childless = False
     for name, fd in (("stdout", out_r), ("stderr", err_r)):
-        stream = keeper.pipes.stream(instance, name, *logs[name], max_lines, max_text)
+        stream = keeper.pipes.stream(instance, name, *files[name], max_lines, max_text)
         keeper.add_pipe(keeper.pipes.attach(stream, fd))
     keeper.journal_spawn(child)
     return {"pid": child.pid, "pgid": child.pgid, "start_time": child.start_time,

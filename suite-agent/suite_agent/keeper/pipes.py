@@ -19,7 +19,7 @@ import heapq
 import os
 import time
 
-from .journal import say
+from .diag import say
 from .logs import Batch, Line, LogFile, Ring, flush, split
 
 TYPE_CHECKING = False
@@ -34,13 +34,14 @@ READS_PER_TURN = 16
 
 
 class Stream:
-    __slots__ = ("file", "instance", "name", "ring")
+    __slots__ = ("file", "instance", "name", "pipes", "ring")
 
     def __init__(self, instance: str, name: str, file: LogFile | None, ring: Ring) -> None:
         self.instance = instance
         self.name = name
         self.file = file
         self.ring = ring
+        self.pipes = 0  # open pipes writing here: the file is closed when none is left
 
 
 class Pipe:
@@ -81,6 +82,7 @@ class Pipes:
     def attach(self, stream: Stream, fd: int) -> Pipe:
         os.set_blocking(fd, False)
         pipe = self.by_fd[fd] = Pipe(fd, stream)
+        stream.pipes += 1
         return pipe
 
     def read(self, pipe: Pipe) -> tuple[list[Line], bool]:
@@ -114,11 +116,16 @@ class Pipes:
         return self._number(stream, batch), eof
 
     def close(self, pipe: Pipe) -> None:
-        self.by_fd.pop(pipe.fd, None)
+        if self.by_fd.pop(pipe.fd, None) is None:
+            return
         try:
             os.close(pipe.fd)
         except OSError:
             pass
+        stream = pipe.stream
+        stream.pipes -= 1
+        if stream.pipes == 0 and stream.file is not None:
+            stream.file.close()  # a stopped instance holds no file open; its next byte reopens
 
     def instances(self) -> list[str]:
         return sorted({instance for instance, _name in self.streams})
@@ -128,8 +135,7 @@ class Pipes:
         writing to its file until its end."""
         for name in STREAMS:
             stream = self.streams.pop((instance, name), None)
-            if stream is not None and stream.file is not None and not any(
-                    p.stream is stream for p in self.by_fd.values()):
+            if stream is not None and stream.pipes == 0 and stream.file is not None:
                 stream.file.close()
 
     def reopen(self) -> int:

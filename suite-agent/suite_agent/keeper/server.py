@@ -23,7 +23,7 @@ import time
 from . import procfs, statedir
 from .children import Child, Children, Exit
 from .connections import Connection, TooSlow
-from .journal import say
+from .diag import say
 from .libc import become_subreaper, trim_heap
 from .ops import dispatch
 from .pipes import Pipe, Pipes
@@ -177,8 +177,10 @@ class Keeper:
         """Read the pipes to their end, close everything, leave no socket and no records."""
         deadline = time.monotonic() + 1.0
         while self.pipes.by_fd and time.monotonic() < deadline:
-            for pipe in list(self.pipes.by_fd.values()):
-                self._read_pipe(pipe)
+            for fd, _mask in self._poll.poll(0.05):
+                pipe = self.pipes.by_fd.get(fd)
+                if pipe is not None:
+                    self._read_pipe(pipe)
         self.pipes.close_files()
         signal.set_wakeup_fd(-1)
         for conn in list(self.clients.values()):
