@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,21 +63,30 @@ class Keeper:
             self.popen.wait(10)
 
 
+# Events a wait_exit took from a client while it looked for another exit, by client.
+_unclaimed: weakref.WeakKeyDictionary[KeeperClient, list[Event]] = weakref.WeakKeyDictionary()
+
+
 def wait_exit(client: KeeperClient, instance: str, timeout: float = 10.0,
               seen: list[Event] | None = None) -> Exit:
-    """The next exit event of `instance` (other events go to `seen`)."""
-    found: list[Exit] = []
+    """The next exit event of `instance`. Other exits wait for the wait_exit that asks for them;
+    other events go to `seen`."""
+    backlog = _unclaimed.setdefault(client, [])
 
-    def arrived() -> bool:
-        for event in client.events(0.05):
+    def take() -> Exit | None:
+        if not any(isinstance(e, Exit) and e.instance == instance for e in backlog):
+            for event in client.events(0.05):
+                if isinstance(event, Exit):
+                    backlog.append(event)
+                elif seen is not None:
+                    seen.append(event)
+        for event in backlog:
             if isinstance(event, Exit) and event.instance == instance:
-                found.append(event)
-            elif seen is not None:
-                seen.append(event)
-        return bool(found)
+                backlog.remove(event)
+                return event
+        return None
 
-    wait_for(arrived, timeout, f"the exit of {instance}")
-    return found[0]
+    return wait_for(take, timeout, f"the exit of {instance}")
 
 
 def gone(pid: int, start_time: int) -> Callable[[], bool]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from agent import wait_for
 from keeper_helpers import ENV, Keeper, wait_exit
-from suite_agent.keeper import procfs, statedir
+from suite_agent.keeper import ops, procfs, statedir
 from suite_agent.keeper.children import Child, Children
 from suite_agent.keeper.client import (
     KeeperClient,
@@ -361,6 +361,17 @@ def test_malformed_requests_get_a_clear_error_and_change_nothing(keeper: Keeper)
     replies = raw_exchange(keeper.state_dir, b"this is not json\n")
     assert replies[0]["ok"] is False and replies[0]["error"] == "EINVAL"
     assert client.inventory().processes == before.processes
+
+
+def test_a_failing_handler_is_answered_and_nothing_else_happens(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_args: object) -> dict[str, object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(ops.OPS, "boom", boom)
+    reply = ops.dispatch(None, None, {"id": 7, "op": "boom"})  # type: ignore[arg-type]
+    assert reply["id"] == 7 and reply["ok"] is False and reply["error"] == "EIO"
+    assert "a bug" in str(reply["message"])
 
 
 def test_the_state_directory_and_socket_are_private(keeper: Keeper) -> None:

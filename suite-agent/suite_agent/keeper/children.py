@@ -102,6 +102,7 @@ class Children:
         self._next_exit = 1
         self._sid = os.getsid(0)
         self._paths: dict[tuple[str, str | None], tuple[str, float]] = {}
+        self._cwd = os.getcwd()  # the keeper never changes directory
 
     def spawn(self, instance: str, argv: list[str], cwd: str | None, env: dict[str, str],
               user: str | int | None, group: str | int | None, stdout: int, stderr: int) -> Child:
@@ -121,6 +122,8 @@ class Children:
     def _spawn(self, argv: list[str], cwd: str | None, env: dict[str, str],
                user: str | int | None, group: str | int | None, stdout: int, stderr: int
                ) -> tuple[int, subprocess.Popen[bytes] | None]:
+        if cwd is not None and os.path.normpath(cwd) == self._cwd:
+            cwd = None  # where posix_spawn starts it anyway
         if cwd is not None or user is not None or group is not None:
             return _popen(argv, cwd, env, user, group, stdout, stderr)
         key = (argv[0], env.get("PATH"))

@@ -375,9 +375,14 @@ def take_brain_lock(state_dir: str) -> int:
 
 
 def start_keeper(state_dir: str, *, stop_timeout: float | None = None, timeout: float = 10.0,
-                 python: str = sys.executable) -> subprocess.Popen[bytes]:
+                 cwd: str | None = None, python: str = sys.executable
+                 ) -> subprocess.Popen[bytes]:
     """Start a keeper on `state_dir`, detached (a session of its own, stdin on /dev/null, its
     stderr appended to DIR/keeper.log), and return once its socket answers.
+
+    It runs in `cwd` (by default this process's directory): a child spawned without a ``cwd``,
+    or with this one, starts there by the fast path (posix_spawn); another directory costs a
+    fork through subprocess.
 
     It runs without site-packages (``python -S``) and finds this package through PYTHONPATH: the
     keeper imports nothing else, and a site's .pth files would cost it memory. Raises KeeperError
@@ -394,7 +399,8 @@ def start_keeper(state_dir: str, *, stop_timeout: float | None = None, timeout: 
                   os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=log, cwd="/", env=env, start_new_session=True,
+                                 stderr=log, cwd=cwd or os.getcwd(), env=env,
+                                 start_new_session=True,
                                  close_fds=True)
     finally:
         os.close(log)

@@ -21,7 +21,7 @@ import struct
 import time
 
 from . import procfs, statedir
-from .children import Child, Children, Exit
+from .children import Child, Children
 from .connections import Connection, TooSlow
 from .diag import say
 from .libc import become_subreaper, trim_heap
@@ -111,6 +111,7 @@ class Keeper:
         self.subreaper = become_subreaper()
         if not self.subreaper:
             say("cannot become a child subreaper: orphaned grandchildren go to init")
+        _raise_open_file_limit()
         self.journal = statedir.Journal(self.state_dir, self.pid, self.start_time)
         listener = self._listen()
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -137,15 +138,21 @@ class Keeper:
             if self._deadline is not None:
                 timeout = max(0.0, self._deadline - time.monotonic())
             for fd, mask in self._poll.poll(timeout):
-                pipe = self.pipes.by_fd.get(fd)  # pipes have no handler: a closure each is memory
-                if pipe is not None:
-                    self._read_pipe(pipe)
-                    continue
-                handler = self._handlers.get(fd)
-                if handler is not None:
-                    handler(mask)
+                try:
+                    pipe = self.pipes.by_fd.get(fd)  # no handler per pipe: a closure is memory
+                    if pipe is not None:
+                        self._read_pipe(pipe)
+                        continue
+                    handler = self._handlers.get(fd)
+                    if handler is not None:
+                        handler(mask)
+                except Exception as exc:  # noqa: BLE001 - a bug must not orphan every service
+                    _bug(f"handling fd {fd}", exc)
             if self._signals:
-                self._on_signals()
+                try:
+                    self._on_signals()
+                except Exception as exc:  # noqa: BLE001 - as above
+                    _bug("handling signals", exc)
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 if self._stop_phase == 1:
                     self._kill_all()
@@ -183,6 +190,7 @@ class Keeper:
                     self._read_pipe(pipe)
         self.pipes.close_files()
         signal.set_wakeup_fd(-1)
+        self.terminate_pending = 0  # leaving now: a brain that goes too changes nothing
         for conn in list(self.clients.values()):
             try:
                 conn.sock.setblocking(True)
@@ -235,12 +243,9 @@ class Keeper:
     def reap(self) -> None:
         exits, orphans, self.childless = self.children.reap()
         for record in exits:
-            self._exited(record)
+            self.broadcast({"event": "exit", **record.as_dict()})
         for pid, status in orphans:
             self.broadcast({"event": "orphan", "pid": pid, "status": status})
-
-    def _exited(self, record: Exit) -> None:
-        self.broadcast({"event": "exit", **record.as_dict()})
 
     def _on_terminate(self, signum: int) -> None:
         if self._stop_phase:
@@ -388,8 +393,28 @@ class Keeper:
             self.stop_all()
 
 
+def _raise_open_file_limit() -> None:
+    # Two pipes and up to two log files a service: a few hundred services need more than the
+    # usual 1024. Children inherit the raised limit, as they did from the agent.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            say(f"cannot raise the open-file limit from {soft}: {exc}")
+
+
 def _ignore(_signum: int, _frame: object) -> None:
     pass
+
+
+def _bug(what: str, exc: Exception) -> None:
+    import traceback  # only ever needed here
+
+    say(f"error {what} (carrying on): {exc!r}\n" + "".join(traceback.format_exception(exc)))
 
 
 def _killpg(pgid: int, signum: int) -> None:
