@@ -86,7 +86,9 @@ def wait_exit(client: KeeperClient, instance: str, timeout: float = 10.0,
                 return event
         return None
 
-    return wait_for(take, timeout, f"the exit of {instance}")
+    found = wait_for(take, timeout, f"the exit of {instance}")
+    assert found is not None
+    return found
 
 
 def gone(pid: int, start_time: int) -> Callable[[], bool]:

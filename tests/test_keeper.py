@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -239,12 +240,18 @@ def test_a_journal_is_compacted_to_its_live_records(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sleeper() -> object:
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     """A process in a session of its own (as a keeper's child is: pgid and sid are known)."""
     popen = subprocess.Popen(["sleep", "3650"], start_new_session=True)
     yield popen
     popen.kill()
     popen.wait()
+
+
+def started(pid: int) -> int:
+    start = wait_for(lambda: procfs.start_time(pid), 5, "the process in /proc")
+    assert start is not None
+    return start
 
 
 def write_dead_keeper(state: Path, records: list[dict[str, object]]) -> Path:
@@ -263,7 +270,7 @@ def record_of(pid: int, start_time: int, instance: str = "s.1") -> dict[str, obj
 
 def test_a_survivor_is_found_by_pid_and_start_time(tmp_path: Path, sleeper: subprocess.Popen[bytes]
                                                    ) -> None:
-    start = wait_for(lambda: procfs.start_time(sleeper.pid), 5, "the sleeper in /proc")
+    start = started(sleeper.pid)
     folder = write_dead_keeper(tmp_path, [record_of(sleeper.pid, start)])
     (found,) = find_survivors(str(tmp_path))
     assert (found.instance, found.pid, found.leader_alive, found.members) == (
@@ -278,7 +285,7 @@ def test_a_survivor_is_found_by_pid_and_start_time(tmp_path: Path, sleeper: subp
 
 
 def test_a_reused_pid_is_not_a_survivor(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
-    start = wait_for(lambda: procfs.start_time(sleeper.pid), 5, "the sleeper in /proc")
+    start = started(sleeper.pid)
     # The journal's process had the sleeper's pid, group and session, but another start time:
     # the sleeper only reuses its pid.
     folder = write_dead_keeper(tmp_path, [record_of(sleeper.pid, start - 1, "earlier.1")])
@@ -292,7 +299,7 @@ def test_a_reused_pid_is_not_a_survivor(tmp_path: Path, sleeper: subprocess.Pope
 
 def test_the_folder_of_a_running_keeper_is_not_searched(tmp_path: Path,
                                                         sleeper: subprocess.Popen[bytes]) -> None:
-    start = wait_for(lambda: procfs.start_time(sleeper.pid), 5, "the sleeper in /proc")
+    start = started(sleeper.pid)
     me = procfs.start_time(os.getpid())
     folder = tmp_path / statedir.KEEPERS / f"{os.getpid()}-{me}"
     folder.mkdir(parents=True)
@@ -424,6 +431,7 @@ def test_the_keeper_imports_the_standard_library_and_itself_only(keeper_dir: Pat
         stderr=subprocess.PIPE, env=env, start_new_session=True)
     try:
         client = wait_for(lambda: _try_connect(keeper_dir), 20, "the keeper's socket")
+        assert client is not None
         client.spawn("t.1", ["true"], env=ENV)  # spawning, reaping: the paths that import
         client.shutdown()
         client.close()

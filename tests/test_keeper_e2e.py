@@ -293,7 +293,7 @@ def test_sigterm_with_a_brain_waits_for_its_orders(keeper: Keeper) -> None:
     sleeper = client.spawn("s.1", ["sleep", "3650"], env=ENV)
     popen.send_signal(signal.SIGTERM)
 
-    def told() -> list[Event]:
+    def told() -> list[Terminate]:
         return [e for e in client.events(0.05) if isinstance(e, Terminate)]
 
     assert wait_for(told, 10, "the terminate event")[0].signal == signal.SIGTERM

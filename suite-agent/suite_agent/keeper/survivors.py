@@ -112,9 +112,10 @@ def stop_survivors(survivors: list[Survivor], timeout: float = 10.0) -> list[Sur
 
 def discard_dead_keepers(state_dir: str) -> list[str]:
     """Remove the folders of dead keepers that name no survivor any more; returns them."""
+    named = {s.folder for s in find_survivors(state_dir)}
     removed = []
     for folder in dead_keeper_folders(state_dir):
-        if not any(s.folder == folder for s in find_survivors(state_dir)):
+        if folder not in named:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
