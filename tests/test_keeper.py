@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from suite_agent.keeper.client import (
 from suite_agent.keeper.logs import MAX_LINE, Batch, LogFile, Ring, flush, split
 from suite_agent.keeper.pipes import Pipes
 from suite_agent.keeper.protocol import BadRequest, LineBuffer, encode
+from suite_agent.keeper.server import Keeper as KeeperServer
 from suite_agent.keeper.survivors import discard_dead_keepers, find_survivors
 
 pytest_plugins = ["keeper_fixtures"]  # the keeper and keeper_dir fixtures
@@ -379,6 +381,24 @@ def test_a_failing_handler_is_answered_and_nothing_else_happens(
     reply = ops.dispatch(None, None, {"id": 7, "op": "boom"})  # type: ignore[arg-type]
     assert reply["id"] == 7 and reply["ok"] is False and reply["error"] == "EIO"
     assert "a bug" in str(reply["message"])
+
+
+def test_a_child_whose_pipes_cannot_be_watched_is_killed(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # In this process (not a running keeper): the child is this test's to reap.
+    keeper = KeeperServer(str(tmp_path))
+
+    def no_room(_pipe: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keeper, "add_pipe", no_room)
+    request = {"instance": "s.1", "argv": ["sleep", "3650"], "env": ENV}
+    with pytest.raises(OSError, match="No space"):
+        ops.spawn(keeper, None, request)  # type: ignore[arg-type]
+    child = keeper.children.by_instance["s.1"]
+    _pid, status = os.waitpid(child.pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert keeper.pipes.by_fd == {}
 
 
 def test_the_state_directory_and_socket_are_private(keeper: Keeper) -> None:

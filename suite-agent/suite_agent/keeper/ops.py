@@ -90,9 +90,24 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
         os.close(out_w)
         os.close(err_w)
     keeper.childless = False
-    for name, fd in (("stdout", out_r), ("stderr", err_r)):
-        stream = keeper.pipes.stream(instance, name, *files[name], max_lines, max_text)
-        keeper.add_pipe(keeper.pipes.attach(stream, fd))
+    unwatched = {"stdout": out_r, "stderr": err_r}
+    try:
+        for name in STREAMS:
+            stream = keeper.pipes.stream(instance, name, *files[name], max_lines, max_text)
+            pipe = keeper.pipes.attach(stream, unwatched[name])
+            del unwatched[name]
+            try:
+                keeper.add_pipe(pipe)
+            except BaseException:
+                keeper.pipes.close(pipe)
+                raise
+    except BaseException:
+        # A child whose output nobody would read must not run on: the brain is told the spawn
+        # failed, and sees its exit as for any other.
+        for fd in unwatched.values():
+            os.close(fd)
+        keeper.children.signal(instance, signal.SIGKILL)
+        raise
     keeper.journal_spawn(child)
     return {"pid": child.pid, "pgid": child.pgid, "start_time": child.start_time,
             "spawned_at": child.spawned_at}
