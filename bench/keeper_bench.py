@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -95,6 +96,7 @@ def main() -> int:
                 child.kill()
             popen.kill()
             popen.wait()
+        shutil.rmtree(state, ignore_errors=True)
     return 0
 
 

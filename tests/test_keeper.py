@@ -1,4 +1,4 @@
-"""The keeper's parts on their own, its requests, and what `python -m suite_agent.keeper` imports."""
+"""The keeper's parts on their own, its requests, and what `python -m suite_agent.keeper` loads."""
 
 from __future__ import annotations
 

@@ -275,9 +275,8 @@ def test_sigterm_with_no_brain_stops_every_group_and_exits(keeper: Keeper) -> No
     popen = keeper.start(stop_timeout=0.5)
     client = keeper.connect()
     polite = client.spawn("polite.1", ["sleep", "3650"], env=ENV)
-    stubborn = client.spawn("stubborn.1", ["sh", "-c",
-                                           "trap '' TERM; echo ready; while :; do sleep 0.05; done"],
-                            env=ENV)
+    ignore_term = "trap '' TERM; echo ready; while :; do sleep 0.05; done"
+    stubborn = client.spawn("stubborn.1", ["sh", "-c", ignore_term], env=ENV)
     wait_for(lambda: client.logs(["stubborn.1"]).lines, 10, "the trap to be set")
     client.close()  # no brain connected any more
     popen.send_signal(signal.SIGTERM)

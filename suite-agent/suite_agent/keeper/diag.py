@@ -1,4 +1,4 @@
-"""The keeper's own diagnostics: lines on its stderr, which start_keeper points at DIR/keeper.log."""
+"""The keeper's own diagnostics: lines on its stderr (start_keeper points it at DIR/keeper.log)."""
 
 from __future__ import annotations
 

@@ -388,7 +388,8 @@ class Keeper:
             return
         self._unwatch(conn.fd)
         conn.sock.close()
-        if conn.brain and self.terminate_pending and not any(c.brain for c in self.clients.values()):
+        brains_left = any(c.brain for c in self.clients.values())
+        if conn.brain and self.terminate_pending and not brains_left:
             say("the brain left after a terminate signal: stopping every service")
             self.stop_all()
 
