@@ -1,0 +1,279 @@
+"""The keeper's children: spawning each in its own process group, signalling, reaping, exits.
+
+Reaping happens only here, with ``waitpid(-1)``: the keeper is a child subreaper, so orphaned
+grandchildren come back to it and are reaped too. Nothing else may wait for a child (the
+``Popen`` objects of children spawned through subprocess get their return code set here, so that
+subprocess never polls them and steals an exit).
+
+A child is named by its instance id ("web.1"); the record of an instance's last process stays
+after it exits (its group may live on) until the instance is spawned again or forgotten. Every
+exit gets an ``exit_id`` and is kept until the brain acknowledges it, connected or not.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+from . import procfs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any
+
+__all__ = ["Child", "Children", "Exit", "check_instance", "decode_status"]
+
+
+PATH_CACHE_FOR = 2.0
+"""Seconds a PATH lookup of a command is reused: long enough for a crash loop to skip it, short
+enough that a program installed earlier in the PATH is found as a shell would find it."""
+# Python ignores these; a service must start with them at their defaults, as from a shell.
+_IGNORED_BY_PYTHON = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def check_instance(instance: object) -> str:
+    """An instance id names files in the state directory and log folder: no path tricks."""
+    if (not isinstance(instance, str) or not instance or len(instance) > 200 or "/" in instance
+            or "\0" in instance or instance.startswith(".")):
+        raise ValueError(f"instance must be a non-empty name without '/' that does not start "
+                         f"with '.', not {instance!r}")
+    return instance
+
+
+def decode_status(status: int) -> tuple[int | None, int | None]:
+    """(exit code, None) for a normal exit, (None, signal number) for a death by signal."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None
+
+
+class Exit:
+    __slots__ = ("exit_id", "instance", "pid", "status", "time")
+
+    def __init__(self, exit_id: int, instance: str, pid: int, status: int, when: float) -> None:
+        self.exit_id = exit_id
+        self.instance = instance
+        self.pid = pid
+        self.status = status
+        self.time = when
+
+    def as_dict(self) -> dict[str, Any]:
+        code, signum = decode_status(self.status)
+        return {"exit_id": self.exit_id, "instance": self.instance, "pid": self.pid,
+                "status": self.status, "code": code, "signal": signum, "time": self.time}
+
+
+class Child:
+    """The last process spawned for an instance; `pgid` is its pid (it leads its own group)."""
+
+    __slots__ = ("alive", "argv", "instance", "pid", "popen", "sid", "spawned_at", "start_time")
+
+    def __init__(self, instance: str, pid: int, start_time: int, sid: int, argv: list[str],
+                 popen: subprocess.Popen[bytes] | None) -> None:
+        self.instance = instance
+        self.pid = pid
+        self.start_time = start_time
+        self.sid = sid
+        self.argv = argv
+        self.spawned_at = time.time()
+        self.alive = True  # not reaped yet
+        self.popen = popen
+
+    @property
+    def pgid(self) -> int:
+        return self.pid
+
+    def record(self) -> dict[str, Any]:
+        """What the state directory keeps of this child, to find it again without the keeper."""
+        return {"instance": self.instance, "pid": self.pid, "pgid": self.pid, "sid": self.sid,
+                "start_time": self.start_time, "spawned_at": self.spawned_at, "argv": self.argv}
+
+
+class Children:
+    def __init__(self) -> None:
+        self.by_instance: dict[str, Child] = {}
+        self.by_pid: dict[int, Child] = {}  # not reaped yet
+        self.exits: dict[int, Exit] = {}  # not acknowledged yet, oldest first
+        self._next_exit = 1
+        self._sid = os.getsid(0)
+        self._paths: dict[tuple[str, str | None], tuple[str, float]] = {}
+        self._cwd = os.getcwd()  # the keeper never changes directory
+
+    def spawn(self, instance: str, argv: list[str], cwd: str | None, env: dict[str, str],
+              user: str | int | None, group: str | int | None, stdout: int, stderr: int) -> Child:
+        """Start `argv` in a process group of its own, stdin on /dev/null, stdout and stderr on
+        the given pipe write ends. Raises OSError (ENOENT, EACCES, EPERM...) or ValueError."""
+        current = self.by_instance.get(instance)
+        if current is not None and current.alive:
+            raise OSError(errno.EEXIST, f"{instance} is running as pid {current.pid}")
+        pid, popen = self._spawn(argv, cwd, env, user, group, stdout, stderr)
+        # The child cannot be reaped before this reads it: only this process reaps, and later.
+        found = procfs.stat(pid)
+        child = Child(instance, pid, found.start_time if found else 0, self._sid, argv, popen)
+        self.by_instance[instance] = child
+        self.by_pid[pid] = child
+        return child
+
+    def _spawn(self, argv: list[str], cwd: str | None, env: dict[str, str],
+               user: str | int | None, group: str | int | None, stdout: int, stderr: int
+               ) -> tuple[int, subprocess.Popen[bytes] | None]:
+        if cwd is not None and os.path.normpath(cwd) == self._cwd:
+            cwd = None  # where posix_spawn starts it anyway
+        if cwd is not None or user is not None or group is not None:
+            return _popen(argv, cwd, env, user, group, stdout, stderr)
+        key = (argv[0], env.get("PATH"))
+        now = time.monotonic()
+        cached = self._paths.get(key)
+        if cached is not None and now - cached[1] < PATH_CACHE_FOR:
+            try:
+                return _posix_spawn(cached[0], argv, env, stdout, stderr), None
+            except (FileNotFoundError, PermissionError):
+                pass  # gone or changed since: look again
+        path = _which(argv[0], env)
+        pid = _posix_spawn(path, argv, env, stdout, stderr)
+        if len(self._paths) > 4096:
+            self._paths.clear()
+        self._paths[key] = (path, now)
+        return pid, None
+
+    def reap(self) -> tuple[list[Exit], list[tuple[int, int]], bool]:
+        """Reap every child that has exited: the exits of instances, the (pid, status) of
+        orphans that came to the keeper as subreaper, and whether no child at all is left."""
+        exits: list[Exit] = []
+        orphans: list[tuple[int, int]] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return exits, orphans, True
+            if pid == 0:
+                return exits, orphans, False
+            child = self.by_pid.pop(pid, None)
+            if child is None:
+                orphans.append((pid, status))
+                continue
+            child.alive = False
+            if child.popen is not None:
+                child.popen.returncode = os.waitstatus_to_exitcode(status)
+                child.popen = None
+            record = Exit(self._next_exit, child.instance, pid, status, time.time())
+            self._next_exit += 1
+            self.exits[record.exit_id] = record
+            exits.append(record)
+
+    def get(self, instance: str) -> Child:
+        child = self.by_instance.get(instance)
+        if child is None:
+            raise ProcessLookupError(errno.ESRCH, f"no instance {instance}")
+        return child
+
+    def signal(self, instance: str, signum: int, pid: int | None = None) -> bool:
+        """Send `signum` to the instance's process group; False if the group is gone. With
+        `pid`, refuse (ESRCH) if the instance's process is another one by now."""
+        child = self.get(instance)
+        if pid is not None and pid != child.pid:
+            raise ProcessLookupError(errno.ESRCH, f"{instance} is pid {child.pid} now, not {pid}")
+        if not self.group_is_ours(child):
+            return False
+        try:
+            os.killpg(child.pgid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def group_is_ours(self, child: Child) -> bool:
+        """Whether the group number still names the child's group.
+
+        An unreaped leader holds its pid, and a pid stays unused while a group of that number
+        exists. Once the leader is reaped and its group empties, the number may be given to a
+        new process: a process with that pid and another start time means the group is gone.
+        """
+        if child.alive:
+            return True
+        found = procfs.stat(child.pgid)
+        return found is None or found.start_time == child.start_time
+
+    def group_alive(self, child: Child) -> bool:
+        if not self.group_is_ours(child):
+            return False
+        try:
+            os.killpg(child.pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def ack(self, exit_ids: list[int]) -> int:
+        return sum(self.exits.pop(i, None) is not None for i in exit_ids)
+
+    def forget(self, instance: str) -> None:
+        child = self.get(instance)
+        if child.alive:
+            raise OSError(errno.EBUSY, f"{instance} is running as pid {child.pid}")
+        del self.by_instance[instance]
+
+    def live_groups(self) -> list[int]:
+        return [c.pgid for c in self.by_instance.values() if c.alive or self.group_alive(c)]
+
+
+def _posix_spawn(path: str, argv: list[str], env: dict[str, str], stdout: int, stderr: int
+                 ) -> int:
+    # vfork and exec, no Python in the child: the fast path a respawn takes.
+    return os.posix_spawn(path, argv, env, file_actions=[
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, stdout, 1),
+        (os.POSIX_SPAWN_DUP2, stderr, 2),
+    ], setpgroup=0, setsigdef=_IGNORED_BY_PYTHON)
+
+
+def _popen(argv: list[str], cwd: str | None, env: dict[str, str], user: str | int | None,
+           group: str | int | None, stdout: int, stderr: int
+           ) -> tuple[int, subprocess.Popen[bytes]]:
+    # posix_spawn cannot change directory or user: subprocess can, and is imported only then.
+    import subprocess
+
+    if (user is not None or group is not None) and os.geteuid() != 0:
+        raise PermissionError(errno.EPERM, "user and group need the keeper to run as root")
+    _check_account(user, group)
+    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                             cwd=cwd, env=env, close_fds=True, process_group=0, user=user,
+                             group=group, restore_signals=True)
+    return popen.pid, popen
+
+
+def _which(name: str, env: dict[str, str]) -> str:
+    """`name` looked up in the PATH of the child's environment, as execvpe would."""
+    if "/" in name:
+        return name
+    denied: OSError | None = None
+    for folder in os.get_exec_path(env):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            if os.access(path, os.X_OK):
+                return path
+            denied = denied or PermissionError(errno.EACCES, "Permission denied", path)
+    raise denied or FileNotFoundError(errno.ENOENT, "No such file or directory", name)
+
+
+def _check_account(user: str | int | None, group: str | int | None) -> None:
+    # subprocess would raise a bare KeyError from the lookup; say what is missing instead.
+    if isinstance(user, str):
+        import pwd
+
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise ValueError(f"no such user {user!r}") from None
+    if isinstance(group, str):
+        import grp
+
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ValueError(f"no such group {group!r}") from None

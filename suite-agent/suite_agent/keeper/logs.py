@@ -1,0 +1,284 @@
+"""Where an instance's output goes: its log files, rotated by size, and its recent lines.
+
+A log file is opened on its first byte and written with plain unbuffered ``os.write``, so ``tail
+-f`` sees output at once. Rotation works like :class:`logging.handlers.RotatingFileHandler`
+(``x.log`` -> ``x.log.1`` ... ``x.log.N``; ``backups=0`` truncates in place) and cuts at a newline
+so a rotated file ends with a whole line. A file that cannot be opened or written (disk full,
+permissions) is reported once and left alone for :data:`RETRY_AFTER` seconds while its bytes are
+dropped: nothing here may stop the keeper from reading pipes.
+
+The recent lines of a stream are a :class:`Ring` bounded both in lines and in bytes. Every line
+of the keeper has a sequence number, one counter for all streams, so a reader asks for "the lines
+after seq N" and knows from the numbers whether any were pushed out before it asked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+
+from .diag import say
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["MAX_LINE", "RETRY_AFTER", "Batch", "Line", "LogFile", "Ring", "flush", "split"]
+
+RETRY_AFTER = 5.0
+MAX_LINE = 64 * 1024
+"""A pending line that grows past this many bytes without a newline is cut into a line of its
+own (where the cut does not split a UTF-8 character): a child that never writes a newline must
+not make the keeper's memory grow."""
+
+Line = tuple[int, float, str, int]
+"""seq, wall time, text, size of the raw line in bytes."""
+
+
+class LogFile:
+    """One rotated log file; see the module docstring."""
+
+    __slots__ = ("_failing", "_fd", "_retry_at", "_size", "backups", "max_bytes", "path")
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes  # 0: never rotate
+        self.backups = backups
+        self._fd = -1
+        self._size = 0
+        self._retry_at = 0.0
+        self._failing = False
+
+    def configure(self, path: str, max_bytes: int, backups: int) -> None:
+        """New settings; a new path takes effect at once (the old file is closed)."""
+        if path != self.path:
+            self.close()
+            self.path = path
+        self.max_bytes, self.backups = max_bytes, backups
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._fd < 0:
+            if time.monotonic() < self._retry_at:
+                return
+            if not self._open():
+                return
+        try:
+            self._write(memoryview(data))
+        except OSError as exc:
+            self._failed("cannot write", exc)
+
+    def close(self) -> None:
+        """Close the file; the next write opens the path again (which is what `reopen` is)."""
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+
+    def _open(self) -> bool:
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            self._failed("cannot open", exc)
+            return False
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+        if self._failing:
+            self._failing = False
+            say(f"log file {self.path} is writable again")
+        return True
+
+    def _write(self, view: memoryview) -> None:
+        if self.max_bytes <= 0:
+            self._write_all(view)
+            return
+        while view:
+            if self._size >= self.max_bytes and not self._rotate():
+                return
+            room = self.max_bytes - self._size
+            if len(view) <= room:
+                self._write_all(view)
+                return
+            # A line longer than the room goes to a fresh file; only one longer than max_bytes
+            # itself is split across files.
+            cut = bytes(view[:room]).rfind(b"\n") + 1
+            if cut == 0:
+                if self._size > 0:
+                    if not self._rotate():
+                        return
+                    continue
+                cut = room
+            self._write_all(view[:cut])
+            view = view[cut:]
+
+    def _write_all(self, view: memoryview) -> None:
+        while view:
+            n = os.write(self._fd, view)
+            self._size += n
+            view = view[n:]
+
+    def _rotate(self) -> bool:
+        if self.backups == 0:
+            os.ftruncate(self._fd, 0)
+            self._size = 0
+            return True
+        self.close()
+        base = self.path
+        for i in range(self.backups - 1, 0, -1):
+            if os.path.exists(f"{base}.{i}"):
+                os.replace(f"{base}.{i}", f"{base}.{i + 1}")
+        if os.path.exists(base):
+            os.replace(base, f"{base}.1")
+        return self._open()
+
+    def _failed(self, what: str, exc: OSError) -> None:
+        self.close()
+        self._retry_at = time.monotonic() + RETRY_AFTER
+        if not self._failing:
+            self._failing = True
+            say(f"{what} log file {self.path}: {exc.strerror or exc} (output is still read; "
+                f"retrying every {RETRY_AFTER:.0f}s)")
+
+
+_EMPTY: deque[Line] = deque(maxlen=0)  # shared and never appended to
+
+
+class Ring:
+    """The recent lines of one stream, at most `max_lines` lines and `max_bytes` bytes of text."""
+
+    __slots__ = ("evicted", "lines", "max_bytes", "max_lines", "size")
+
+    def __init__(self, max_lines: int, max_bytes: int) -> None:
+        # An empty deque costs half a kilobyte: a thousand quiet streams share this one until
+        # their first line.
+        self.lines: deque[Line] = _EMPTY
+        self.size = 0
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.evicted = 0  # the newest seq of this stream no longer held: a reader past it lost none
+
+    def extend(self, lines: Iterable[Line], skipped_through: int = 0) -> None:
+        """Append `lines`; `skipped_through` is the newest seq of lines that were never kept."""
+        self.evicted = max(self.evicted, skipped_through)
+        if self.lines is _EMPTY:
+            self.lines = deque()
+        for line in lines:
+            self.lines.append(line)
+            self.size += line[3]
+        self._trim()
+
+    def resize(self, max_lines: int, max_bytes: int) -> None:
+        self.max_lines, self.max_bytes = max_lines, max_bytes
+        self._trim()
+
+    def since(self, seq: int) -> list[Line]:
+        """The kept lines with a seq above `seq`, oldest first."""
+        lines = self.lines
+        if not lines or lines[-1][0] <= seq:
+            return []
+        if lines[0][0] > seq:
+            return list(lines)
+        return [line for line in lines if line[0] > seq]
+
+    def _trim(self) -> None:
+        lines = self.lines
+        while lines and (len(lines) > self.max_lines or self.size > self.max_bytes):
+            gone = lines.popleft()
+            self.size -= gone[3]
+            self.evicted = gone[0]
+
+
+class Batch:
+    """The complete raw lines one read of a pipe gave: all are counted (each takes a seq), only
+    the last `keep` are held on to, since older ones would fall out of the ring at once."""
+
+    __slots__ = ("keep", "lines", "total")
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.lines: list[bytes] = []
+        self.total = 0
+
+    def add(self, line: bytes) -> None:
+        self.total += 1
+        if self.keep:
+            self.lines.append(line)
+            if len(self.lines) > 2 * self.keep:  # amortised: trim only once twice too long
+                del self.lines[: -self.keep]
+
+    def add_block(self, block: bytes, count: int) -> None:
+        """`block` holds `count` lines separated by newlines, without a trailing one."""
+        self.total += count
+        if not self.keep:
+            return
+        if count <= self.keep:
+            self.lines.extend(block.split(b"\n"))
+        else:
+            self.lines.extend(block.rsplit(b"\n", self.keep)[1:])
+        if len(self.lines) > 2 * self.keep:
+            del self.lines[: -self.keep]
+
+    def numbered(self, last_seq: int, now: float) -> list[Line]:
+        """The kept lines numbered on from `last_seq`; the batch uses seqs up to
+        ``last_seq + total`` (lines not kept still used theirs)."""
+        kept = self.lines[-self.keep:] if self.keep else []
+        first = last_seq + self.total - len(kept) + 1
+        return [(first + i, now, _text(raw), len(raw)) for i, raw in enumerate(kept)]
+
+
+def split(partial: bytearray, data: bytes, batch: Batch) -> None:
+    """Add the lines `data` completes to `batch`; what follows its last newline stays in `partial`
+    (the pipe's pending line) for the next read."""
+    first_nl = data.find(b"\n")
+    if first_nl < 0:
+        partial += data
+        _cap(partial, batch)
+        return
+    partial += data[:first_nl]
+    _cap(partial, batch)
+    batch.add(bytes(partial))
+    partial.clear()
+    last_nl = data.rfind(b"\n")
+    if last_nl > first_nl:
+        # The whole lines in between go in as one block: splitting a large read line by line in
+        # Python would be the keeper's hot spot.
+        block = data[first_nl + 1:last_nl]
+        batch.add_block(block, data.count(b"\n", first_nl + 1, last_nl) + 1)
+    partial += data[last_nl + 1:]
+    _cap(partial, batch)
+
+
+def flush(partial: bytearray, batch: Batch) -> None:
+    """At end of file the pending line is a line too, newline or not."""
+    if partial:
+        batch.add(bytes(partial))
+        partial.clear()
+
+
+def _cap(partial: bytearray, batch: Batch) -> None:
+    while len(partial) > MAX_LINE:
+        cut = _cut_point(partial, MAX_LINE)
+        batch.add(bytes(partial[:cut]))
+        del partial[:cut]
+
+
+def _cut_point(data: bytearray, limit: int) -> int:
+    """`limit`, or up to 3 bytes less so the cut does not split a UTF-8 sequence."""
+    for p in range(limit - 1, max(limit - 5, -1), -1):
+        b = data[p]
+        if b & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for the lead byte
+        need = 4 if b >= 0xF0 else 3 if b >= 0xE0 else 2 if b >= 0xC0 else 1
+        return p if p > 0 and p + need > limit else limit
+    return limit
+
+
+def _text(raw: bytes) -> str:
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]  # CRLF output reads as the same line
+    return raw.decode("utf-8", errors="replace")

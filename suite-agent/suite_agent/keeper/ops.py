@@ -1,0 +1,318 @@
+"""The keeper's requests, one small handler per op; docs/keeper.md describes each.
+
+A handler checks the whole request before it changes anything, so a malformed one is answered
+with EINVAL and leaves the keeper as it was. No handler decides anything: each does what it is
+told or says why it cannot (an errno name and a message).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from .children import check_instance
+from .diag import say
+from .pipes import STREAMS
+from .protocol import VERSION, BadRequest, error_reply
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .connections import Connection
+    from .server import Keeper
+
+    Request = dict[str, Any]
+    Reply = dict[str, Any]
+
+__all__ = ["MAX_REPLY_TEXT", "OPS", "dispatch"]
+
+MAX_REPLY_TEXT = 2 * 1024 * 1024
+"""Bytes of line text at most in one `logs` or `follow` reply (the oldest lines are left out)."""
+
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_LOG_BACKUPS = 3
+DEFAULT_BUFFER_LINES = 1000
+DEFAULT_BUFFER_BYTES = 1024 * 1024
+
+
+def dispatch(keeper: Keeper, conn: Connection, message: object) -> Reply:
+    if not isinstance(message, dict):
+        return error_reply(None, BadRequest("a request is a JSON object"))
+    request_id = message.get("id")
+    op = message.get("op")
+    handler = OPS.get(op) if isinstance(op, str) else None
+    if handler is None:
+        return error_reply(request_id, BadRequest(f"unknown op {op!r}"))
+    try:
+        reply = handler(keeper, conn, message)
+    except (OSError, ValueError, TypeError) as exc:
+        return error_reply(request_id, exc)
+    except Exception as exc:  # noqa: BLE001 - a bug in one handler must not end the keeper
+        say(f"error in {op}: {exc!r}")
+        return error_reply(request_id, OSError(errno.EIO, f"keeper error in {op}: {exc!r}"))
+    return {"id": request_id, "ok": True, **reply}
+
+
+def hello(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    conn.brain = _bool(request, "brain", False)
+    return {"version": VERSION, "pid": keeper.pid, "start_time": keeper.start_time,
+            "started_at": keeper.started_at, "state_dir": keeper.state_dir,
+            "subreaper": keeper.subreaper, "dropped_clients": keeper.dropped_clients,
+            "last_seq": keeper.pipes.seq, "terminate_pending": keeper.terminate_pending,
+            "shutting_down": keeper.shutting_down}
+
+
+def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    instance = check_instance(request.get("instance"))
+    argv = _argv(request.get("argv"))
+    cwd = _optional_str(request, "cwd")
+    if cwd is not None and not os.path.isabs(cwd):
+        raise BadRequest(f"cwd must be an absolute path, not {cwd!r}")
+    env = _env(request.get("env"))
+    user = _account(request, "user")
+    group = _account(request, "group")
+    files = {name: _log(request, name) for name in STREAMS}
+    max_lines, max_text = _buffer(request)
+    if keeper.shutting_down or keeper.stopping:
+        raise OSError(errno.ESHUTDOWN, "the keeper is shutting down")
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        child = keeper.children.spawn(instance, argv, cwd, env, user, group, out_w, err_w)
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    keeper.childless = False
+    unwatched = {"stdout": out_r, "stderr": err_r}
+    try:
+        for name in STREAMS:
+            stream = keeper.pipes.stream(instance, name, *files[name], max_lines, max_text)
+            pipe = keeper.pipes.attach(stream, unwatched[name])
+            del unwatched[name]
+            try:
+                keeper.add_pipe(pipe)
+            except BaseException:
+                keeper.pipes.close(pipe)
+                raise
+    except BaseException:
+        # A child whose output nobody would read must not run on: the brain is told the spawn
+        # failed, and sees its exit as for any other.
+        for fd in unwatched.values():
+            os.close(fd)
+        keeper.children.signal(instance, signal.SIGKILL)
+        raise
+    keeper.journal_spawn(child)
+    return {"pid": child.pid, "pgid": child.pgid, "start_time": child.start_time,
+            "spawned_at": child.spawned_at}
+
+
+def signal_(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    instance = check_instance(request.get("instance"))
+    signum = _signal(request.get("signal"))
+    pid = _optional_int(request, "pid")
+    return {"delivered": keeper.children.signal(instance, signum, pid)}
+
+
+def inventory(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    children = keeper.children
+    return {
+        "instances": [{**c.record(), "alive": c.alive,
+                       "group_alive": c.alive or children.group_alive(c)}
+                      for c in children.by_instance.values()],
+        "exits": [e.as_dict() for e in children.exits.values()],
+        "last_seq": keeper.pipes.seq,
+        "terminate_pending": keeper.terminate_pending,
+        "shutting_down": keeper.shutting_down,
+    }
+
+
+def ack(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    ids = request.get("exits")
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+        raise BadRequest("exits must be a list of exit ids")
+    return {"acked": keeper.children.ack(ids)}
+
+
+def logs(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    instances = _instances(request)
+    streams = _streams(request)
+    count = _int(request, "lines", 100)
+    since = _int(request, "since", 0)
+    found, missed = keeper.pipes.recent(
+        keeper.pipes.instances() if instances is None else instances, streams, count, since)
+    return _lines_reply(keeper, found, missed)
+
+
+def follow(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    instances = _instances(request)
+    since = _optional_int(request, "since")
+    conn.follow_all = instances is None
+    conn.follow = set(instances or ())
+    if since is None:
+        return {"lines": [], "last_seq": keeper.pipes.seq, "missed": False}
+    found, missed = keeper.pipes.recent(
+        keeper.pipes.instances() if instances is None else instances, STREAMS, 1 << 30, since)
+    return _lines_reply(keeper, found, missed)
+
+
+def unfollow(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    conn.follow_all = False
+    conn.follow = set()
+    return {}
+
+
+def forget(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    instance = check_instance(request.get("instance"))
+    known = instance in keeper.children.by_instance
+    if known:
+        keeper.children.forget(instance)  # EBUSY while its process runs
+    elif instance not in keeper.pipes.instances():
+        raise ProcessLookupError(errno.ESRCH, f"no instance {instance}")
+    keeper.pipes.forget(instance)
+    keeper.journal_forget(instance)
+    return {}
+
+
+def reopen(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    return {"files": keeper.pipes.reopen()}
+
+
+def shutdown(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    keeper.shutting_down = True
+    return {"children": len(keeper.children.by_pid)}
+
+
+OPS: dict[str, Callable[[Keeper, Connection, Request], Reply]] = {
+    "hello": hello,
+    "spawn": spawn,
+    "signal": signal_,
+    "inventory": inventory,
+    "ack": ack,
+    "logs": logs,
+    "follow": follow,
+    "unfollow": unfollow,
+    "forget": forget,
+    "reopen": reopen,
+    "shutdown": shutdown,
+}
+
+
+# -- checking requests -----------------------------------------------------------------------
+def _lines_reply(keeper: Keeper, found: list[tuple[int, float, str, str, str]],
+                 missed: bool) -> Reply:
+    total = 0
+    first = len(found)
+    while first > 0 and total + len(found[first - 1][4]) <= MAX_REPLY_TEXT:
+        first -= 1
+        total += len(found[first][4])
+    return {"lines": [list(line) for line in found[first:]], "last_seq": keeper.pipes.seq,
+            "missed": missed, "truncated": first > 0}
+
+
+def _bool(request: Request, key: str, default: bool) -> bool:
+    value = request.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false, not {value!r}")
+    return value
+
+
+def _int(request: Request, key: str, default: int, minimum: int = 0) -> int:
+    value = request.get(key, default)
+    if type(value) is not int or value < minimum:
+        raise BadRequest(f"{key} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def _optional_int(request: Request, key: str) -> int | None:
+    value = request.get(key)
+    return None if value is None else _int(request, key, 0)
+
+
+def _optional_str(request: Request, key: str) -> str | None:
+    value = request.get(key)
+    if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+        raise BadRequest(f"{key} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _argv(value: object) -> list[str]:
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(a, str) and "\0" not in a for a in value) or not value[0]):
+        raise BadRequest(f"argv must be a non-empty list of strings, not {value!r}")
+    return value
+
+
+def _env(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k and "=" not in k and "\0" not in k
+            and isinstance(v, str) and "\0" not in v for k, v in value.items()):
+        raise BadRequest("env must be an object of NAME: value strings")
+    return value
+
+
+def _account(request: Request, key: str) -> str | int | None:
+    value = request.get(key)
+    if value is None or (isinstance(value, str) and value) or (type(value) is int and value >= 0):
+        return value
+    raise BadRequest(f"{key} must be a name or a number, not {value!r}")
+
+
+def _log(request: Request, key: str) -> tuple[str | None, int, int]:
+    spec = request.get(key)
+    if spec is None:
+        return None, 0, 0
+    if not isinstance(spec, dict):
+        raise BadRequest(f"{key} must be an object with path, max_bytes and backups, or null")
+    path = _optional_str(spec, "path")
+    if path is not None and not os.path.isabs(path):
+        raise BadRequest(f"{key}.path must be an absolute path, not {path!r}")
+    return (path, _int(spec, "max_bytes", DEFAULT_LOG_MAX_BYTES),
+            _int(spec, "backups", DEFAULT_LOG_BACKUPS))
+
+
+def _buffer(request: Request) -> tuple[int, int]:
+    spec = request.get("buffer") or {}
+    if not isinstance(spec, dict):
+        raise BadRequest("buffer must be an object with lines and bytes")
+    return _int(spec, "lines", DEFAULT_BUFFER_LINES), _int(spec, "bytes", DEFAULT_BUFFER_BYTES)
+
+
+def _signal(value: object) -> int:
+    if type(value) is int:
+        if value == 0 or value in signal.valid_signals():
+            return value
+    elif isinstance(value, str):
+        name = value.upper()
+        try:
+            return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+        except KeyError:
+            pass
+    raise BadRequest(f"no such signal: {value!r}")
+
+
+def _instances(request: Request) -> list[str] | None:
+    """`instances` (a list) or `instance` (one); None when neither is given: every instance."""
+    if "instance" in request:
+        return [check_instance(request["instance"])]
+    value = request.get("instances")
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise BadRequest("instances must be a list of instance ids")
+    return [check_instance(i) for i in value]
+
+
+def _streams(request: Request) -> tuple[str, ...]:
+    value = request.get("stream")
+    if value is None:
+        return STREAMS
+    if value not in STREAMS:
+        raise BadRequest(f"stream must be stdout or stderr, not {value!r}")
+    return (value,)

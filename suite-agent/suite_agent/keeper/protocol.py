@@ -1,0 +1,124 @@
+"""The keeper's wire format: one JSON object per line, both ways, over a unix stream socket.
+
+A request carries ``id`` (any JSON number or string, echoed in the reply) and ``op``; its reply
+carries the same ``id`` and ``ok``, and when ``ok`` is false ``error`` (an errno name such as
+``ENOENT``, or ``EINVAL`` for a malformed request), ``errno`` and ``message``. Lines the keeper
+sends on its own carry ``event`` and no ``id``. docs/keeper.md lists every op and event.
+"""
+
+from __future__ import annotations
+
+import errno as errnos
+import json
+import os
+
+TYPE_CHECKING = False  # typing costs the keeper a megabyte of resident memory
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = [
+    "EXIT_LOCKED",
+    "MAX_LINE",
+    "VERSION",
+    "BadRequest",
+    "LineBuffer",
+    "encode",
+    "error_reply",
+    "short_path",
+    "socket_path",
+]
+
+VERSION = 1
+"""Bumped when an op or a field changes meaning; `hello` tells it."""
+
+MAX_LINE = 4 * 1024 * 1024
+"""A request line longer than this ends the connection: a spawn with a large environment is a few
+hundred kilobytes, and a peer that sends more without a newline is not speaking this protocol."""
+
+SOCKET = "keeper.sock"
+
+EXIT_LOCKED = 3
+"""Exit status of a keeper that found another one holding its state directory."""
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+class BadRequest(ValueError):
+    """A request the keeper cannot act on as sent: answered with EINVAL, nothing else done."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return (_encoder.encode(message) + "\n").encode("utf-8", "surrogateescape")
+
+
+def error_reply(request_id: Any, exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        code = exc.errno
+        message = exc.strerror or str(exc)
+        if exc.filename is not None:
+            message = f"{message}: {exc.filename}"
+    else:
+        code = errnos.EINVAL
+        message = str(exc) or type(exc).__name__
+    return {"id": request_id, "ok": False, "error": errnos.errorcode.get(code, str(code)),
+            "errno": code, "message": message}
+
+
+class LineBuffer:
+    """Bytes from a stream socket in, whole decoded JSON objects out."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """The messages `data` completes; raises BadRequest for a line that is not JSON or too long
+        (the stream cannot be trusted after either)."""
+        self._data += data
+        if b"\n" not in data:
+            if len(self._data) > MAX_LINE:
+                raise BadRequest(f"line longer than {MAX_LINE} bytes")
+            return []
+        *lines, rest = self._data.split(b"\n")
+        self._data = bytearray(rest)
+        messages = []
+        for line in lines:
+            if not line.strip():
+                continue
+            if len(line) > MAX_LINE:
+                raise BadRequest(f"line longer than {MAX_LINE} bytes")
+            try:
+                messages.append(json.loads(line))
+            except ValueError as exc:
+                raise BadRequest(f"not JSON: {exc}") from None
+        return messages
+
+
+def socket_path(state_dir: str) -> str:
+    """The address of the keeper's socket in `state_dir`.
+
+    A unix socket path holds at most 107 bytes. A longer one is reached through the directory's
+    entry in /proc/self/fd, which the caller must keep open (see :func:`short_path`)."""
+    return os.path.join(state_dir, SOCKET)
+
+
+class short_path:  # a context manager, named like open()
+    """``with short_path(path) as p:`` gives `path`, or for a path too long for a unix socket an
+    equivalent one through /proc/self/fd that stays valid inside the block."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd = -1
+
+    def __enter__(self) -> str:
+        if len(os.fsencode(self._path)) < 100:
+            return self._path
+        directory, name = os.path.split(self._path)
+        self._fd = os.open(directory or ".", os.O_PATH | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self._fd}/{name}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
