@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from suite_agent.states import State
+
 
 @dataclass
 class PluginInfo:
@@ -33,13 +35,13 @@ class ServiceError(Exception):
         self.pid = pid
         self.exit_code = exit_code
         self.signal = signal
-        self.state = state  # "fatal" when the agent gave up on the service
+        self.state = state  # State.FATAL ("fatal") when the agent gave up on the service
         self.time = time
         self.data: dict[str, Any] = dict(data or {})
 
     @property
     def fatal(self) -> bool:
-        return self.state == "fatal"
+        return self.state == State.FATAL
 
 
 class PluginBase:

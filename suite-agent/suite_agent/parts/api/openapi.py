@@ -7,10 +7,11 @@ from typing import Any
 
 from suite_agent import __version__
 from suite_agent.parts.api.routes import ROUTES, Route
+from suite_agent.states import State
 
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
 _NULL_INT = {"type": ["integer", "null"]}
-_STATES = ["stopped", "starting", "running", "backoff", "stopping", "exited", "fatal"]
+_STATES = [s.value for s in State]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
