@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from suite_agent.config.durations import PATTERN_UP_TO_300S
+from suite_agent.config.models import SERVICE_NAME_MAX, SERVICE_NAME_PATTERN
 from suite_agent.core.inbox import Verb
 from suite_agent.parts.api import control, declared, health, services, sse
 from suite_agent.parts.api.context import ApiContext, Reply
@@ -16,15 +18,10 @@ from suite_agent.parts.api.params import Req
 
 Handler = Callable[..., Reply]
 
-NAME = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_.-]*$", "maxLength": 63}
+NAME = {"type": "string", "pattern": SERVICE_NAME_PATTERN, "maxLength": SERVICE_NAME_MAX}
 # Every duration parameter takes at most 300 s (MAX_WAIT of control and services, the SSE
-# heartbeat). The pattern admits only those, so a client that follows the document is never
-# refused: up to 300 (s), 300000ms or 5m.
-_SECONDS = r"(?:[12]?[0-9]?[0-9](?:\.[0-9]+)?|300(?:\.0+)?)"
-_MILLIS = r"(?:[12]?[0-9]{1,5}(?:\.[0-9]+)?|300000(?:\.0+)?)"
-_MINUTES = r"(?:[0-4](?:\.[0-9]+)?|5(?:\.0+)?)"
-DURATION = {"type": "string", "pattern": rf"^(?:{_SECONDS}s?|{_MILLIS}ms|{_MINUTES}m)$",
-            "examples": ["10s", "500ms", "2m", "0"]}
+# heartbeat), and says so.
+DURATION = {"type": "string", "pattern": PATTERN_UP_TO_300S, "examples": ["10s", "500ms", "2m", "0"]}
 
 
 @dataclass(frozen=True)
