@@ -1,12 +1,16 @@
-"""Checks of the addresses in conf.d (`api.listen`, `queue.url`) that need no network.
+"""The addresses in conf.d (`api.listen`, `queue.url`, webhook URLs): checks that need no
+network, and how they are shown without their secrets.
 
-The models run them, so `validate` refuses what the agent would refuse when it turns a part on.
+The models run the checks, so `validate` refuses what the agent would refuse when it turns a part on.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
+
+MASK = "***"
+"""What a secret shows as: in /api/config, in the log."""
 
 QUEUE_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 
@@ -74,3 +78,24 @@ def check_agent_id(agent_id: str) -> str:
     if not agent_id or any(c in agent_id for c in "*# \t\r\n") or agent_id.strip(".") != agent_id:
         raise ValueError(f"{agent_id!r}: use letters, digits, '-', '_' and inner dots (it becomes part of routing keys)")
     return agent_id
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password masked: `amqp://guest:secret@host//` -> `amqp://guest:***@host//`."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return MASK
+    if password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
+
+
+def public_url(url: str) -> str:
+    """The URL without its user, path and query, which often hold the secret (Slack, Teams)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…"

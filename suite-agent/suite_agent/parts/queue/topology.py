@@ -56,12 +56,6 @@ def is_amqp(url: str) -> bool:
     return urlsplit(url).scheme.lower() in AMQP_SCHEMES
 
 
-def safe_uri(url: str) -> str:
-    """The URL with its password masked, for logs."""
-    uri: str = Connection(url).as_uri()
-    return uri
-
-
 def connection(url: str, role: str) -> Connection:
     """A new, not yet connected kombu connection for one thread (`commands` or `events`)."""
     options: dict[str, Any]
