@@ -90,7 +90,7 @@ def test_inbox_messages_and_replies() -> None:
 
 
 @pytest.mark.parametrize(("url", "agent_id", "error"), [
-    ("kafka://127.0.0.1:9092", "a", "Kafka is planned"),
+    ("kafka://127.0.0.1:9092", "a", "needs Kafka support"),
     ("http://127.0.0.1", "a", "unsupported scheme 'http://'"),
     ("127.0.0.1:6379", "a", "unsupported scheme"),
     ("redis://127.0.0.1:6379/0", "a*", "queue.agent_id"),

@@ -7,16 +7,28 @@ The models run the checks, so `validate` refuses what the agent would refuse whe
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 """What a secret shows as: in /api/config, in the log."""
 
-QUEUE_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+QUEUE_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
 
 
-def listen_host(value: str) -> str:
-    """The host of `HOST:PORT`, `[IPV6]:PORT` or `:PORT` (every interface: 0.0.0.0)."""
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> Listen:
+    """`HOST:PORT`, `[IPV6]:PORT` or `:PORT` (every interface, as in Docker's `-p :8080`)."""
     host, sep, port = value.strip().rpartition(":")
     if not sep:
         raise ValueError(f"{value!r}: expected HOST:PORT, [IPV6]:PORT or :PORT")
@@ -26,11 +38,11 @@ def listen_host(value: str) -> str:
         raise ValueError(f"{value!r}: put an IPv6 address in brackets, e.g. [::1]:8080")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
-    return host or "0.0.0.0"
+    return Listen(host or "0.0.0.0", int(port))
 
 
 def check_listen(value: str) -> str:
-    listen_host(value)
+    parse_listen(value)
     return value
 
 
@@ -46,7 +58,7 @@ def needs_token(listen: str) -> bool:
     Names are not resolved (the answer must not depend on DNS at the moment of checking): a host
     name other than localhost counts as reachable from elsewhere.
     """
-    host = listen_host(listen)
+    host = parse_listen(listen).host
     if host == "localhost":
         return False
     try:
