@@ -224,9 +224,6 @@ class ServiceSpec(Model):
             raise ValueError("command cannot be empty")
         return value
 
-    def same_except_replicas(self, other: ServiceSpec) -> bool:
-        return self.model_copy(update={"replicas": 0}) == other.model_copy(update={"replicas": 0})
-
 
 class Webhook(Model):
     url: str
