@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from suite_agent import __version__
+from suite_agent.output.lines import STREAMS
 from suite_agent.parts.api.routes import ROUTES, Route
 from suite_agent.states import State
 
@@ -80,7 +81,7 @@ SCHEMAS: dict[str, Any] = {
     "LogLine": {
         "type": "object", "required": ["seq", "time", "instance", "stream", "text"],
         "properties": {"seq": {"type": "integer"}, "time": {"type": "number"}, "instance": {"type": "string"},
-                       "stream": {"type": "string", "enum": ["stdout", "stderr"]}, "text": {"type": "string"}},
+                       "stream": {"type": "string", "enum": list(STREAMS)}, "text": {"type": "string"}},
     },
     "LogLines": {
         "type": "object", "required": ["service", "lines", "last_seq"],

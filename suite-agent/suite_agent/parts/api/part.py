@@ -9,10 +9,10 @@ from suite_agent.config.endpoints import needs_token, parse_listen
 from suite_agent.config.models import ApiSection
 from suite_agent.events import cloudevents
 from suite_agent.parts.api import server
+from suite_agent.parts.api.agent_health import OwnerProbe
 from suite_agent.parts.api.app import build_app
 from suite_agent.parts.api.auth import load_token
 from suite_agent.parts.api.context import ApiContext, StreamSlots
-from suite_agent.parts.api.health import OwnerProbe
 from suite_agent.parts.api.metrics import Metrics
 from suite_agent.parts.api.openapi import document
 from suite_agent.parts.api.webhooks import Webhooks

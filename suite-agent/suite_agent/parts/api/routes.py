@@ -11,7 +11,8 @@ from typing import Any
 from suite_agent.config.durations import PATTERN_UP_TO_300S
 from suite_agent.config.models import SERVICE_NAME_MAX, SERVICE_NAME_PATTERN
 from suite_agent.core.inbox import Verb
-from suite_agent.parts.api import control, declared, health, services, sse
+from suite_agent.output.lines import STREAMS
+from suite_agent.parts.api import agent_health, control, declared, logs, sse, status
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.docs import render as render_docs
 from suite_agent.parts.api.params import Req
@@ -100,28 +101,29 @@ def _control_routes() -> list[Route]:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/api/health", health.health, "Agent health: 200 while the agent's loop turns", "health",
+    Route("GET", "/api/health", agent_health.health, "Agent health: 200 while the agent's loop turns", "health",
           {200: ("the loop answered", "Health"), 503: ("the loop did not answer within 2s", "Stalled")},
           auth=False, operation_id="health"),
-    Route("GET", "/livez", health.livez, "Liveness probe (Kubernetes)", "health",
+    Route("GET", "/livez", agent_health.livez, "Liveness probe (Kubernetes)", "health",
           {200: ("alive", "Probe"), 503: ("the loop did not answer within 2s", "Stalled")},
           auth=False, operation_id="livez"),
-    Route("GET", "/readyz", health.readyz, "Readiness probe: 503 until every autostart service is ready", "health",
+    Route("GET", "/readyz", agent_health.readyz, "Readiness probe: 503 until every autostart service is ready",
+          "health",
           {200: ("ready", "Readiness"), 503: ("some services are not ready (listed)", "Readiness")},
           auth=False, operation_id="readyz"),
-    Route("GET", "/api/services", services.list_services, "State of every service", "services",
+    Route("GET", "/api/services", status.list_services, "State of every service", "services",
           {200: ("services by name", "ServiceList")}, operation_id="listServices"),
     *_control_routes(),
-    Route("GET", "/api/services/<name>", services.one_service, "State of one service", "services",
+    Route("GET", "/api/services/<name>", status.one_service, "State of one service", "services",
           {200: ("the service", "ServiceStatus"), 404: ("unknown service", ERR)},
           params=(NAME_PARAM,), operation_id="getService"),
-    Route("GET", "/api/services/<name>/logs", services.logs, "Recent output of a service", "services",
+    Route("GET", "/api/services/<name>/logs", logs.logs, "Recent output of a service", "services",
           {200: ("buffered lines, oldest first", "LogLines"), 400: ("bad parameter", ERR),
            404: ("unknown service", ERR), 429: ("too many long polls open", ERR)},
           params=(NAME_PARAM,
-                  Param("lines", "query", {"type": "integer", "minimum": 0, "maximum": services.MAX_LINES},
+                  Param("lines", "query", {"type": "integer", "minimum": 0, "maximum": logs.MAX_LINES},
                         "at most this many lines (default 100)"),
-                  Param("stream", "query", {"type": "string", "enum": ["stdout", "stderr"]}, "one stream only"),
+                  Param("stream", "query", {"type": "string", "enum": list(STREAMS)}, "one stream only"),
                   Param("after", "query", {"type": "integer", "minimum": 0},
                         "only lines with a seq above this (to follow: the last seq you got)"),
                   Param("wait", "query", DURATION,
