@@ -86,8 +86,8 @@ class PluginBase:
         """Every agent event as a dict {id, type, service, time, data}; beyond the seed's hooks."""
 
 
-HOOKS = ("on_service_start", "on_service_stop", "on_service_error", "on_health_check",
-         "on_metrics_collect", "on_config_load", "on_shutdown", "on_event")
+# The hooks are PluginBase's on_* methods, in the order written above: a new one needs no list.
+HOOKS = tuple(name for name in vars(PluginBase) if name.startswith("on_"))
 
 
 def implements(plugin: object, hook: str) -> bool:
