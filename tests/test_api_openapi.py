@@ -194,11 +194,11 @@ def _duration_parameters() -> list[tuple[str, str, str]]:
 def test_every_documented_duration_is_one_the_api_takes() -> None:
     from hypothesis import strategies as st
 
-    from suite_agent.parts.api import control, services
+    from suite_agent.parts.api import control, logs
     from suite_agent.parts.api.errors import ApiError
     from suite_agent.parts.api.params import Req
 
-    maxima = {"wait": min(control.MAX_WAIT, services.MAX_WAIT), "heartbeat": 300.0}
+    maxima = {"wait": min(control.MAX_WAIT, logs.MAX_WAIT), "heartbeat": 300.0}
     params = _duration_parameters()
     assert len(params) == 8  # wait of the 6 control routes and of logs, heartbeat of events
     pattern = params[0][2]

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from suite_agent.config.endpoints import Listen, needs_token, parse_listen
 from suite_agent.config.models import ApiSection
 from suite_agent.core.inbox import Inbox
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.parts.api.context import StreamSlots
-from suite_agent.parts.api.listen import Listen, is_loopback, parse_listen
 from suite_agent.parts.api.metrics import samples_to_families
 from suite_agent.parts.api.part import ApiPart
 from suite_agent.parts.api.sse import EventStream
@@ -61,6 +61,15 @@ def test_a_port_taken_by_another_part_is_refused(tmp_path: Path) -> None:
         first.stop()
 
 
+@pytest.mark.parametrize(("listen", "error"), [
+    ("0.0.0.0:8080", "refusing to serve a non-loopback address without a token"),
+    ("8080", "api.listen '8080': expected HOST:PORT"),
+])
+def test_the_part_refuses_what_the_model_refuses(tmp_path: Path, listen: str, error: str) -> None:
+    with pytest.raises(IntegrationError, match=error):
+        ApiPart(handle(tmp_path), ApiSection.model_construct(listen=listen, token=None, token_file=None, webhooks=[]))
+
+
 class _Ctx:
     def __init__(self, bus: EventBus, buffer: int) -> None:
         self.handle = handle(Path("/nonexistent"), bus)
@@ -104,13 +113,13 @@ def test_listen_forms(text: str, expected: Listen) -> None:
 
 @pytest.mark.parametrize("text", ["8080", "::1:80", "host:", "host:0", "host:http", "[::1]:70000"])
 def test_bad_listen_forms(text: str) -> None:
-    with pytest.raises(IntegrationError):
+    with pytest.raises(ValueError):
         parse_listen(text)
 
 
-def test_loopback() -> None:
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("::")
+def test_only_loopback_addresses_go_without_a_token() -> None:
+    assert not needs_token("127.0.0.1:1") and not needs_token("[::1]:1") and not needs_token("localhost:1")
+    assert needs_token("0.0.0.0:1") and needs_token("[::]:1") and needs_token(":1") and needs_token("example.com:1")
 
 
 def test_part_samples_become_prometheus_families() -> None:

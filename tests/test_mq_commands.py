@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from suite_agent.config.endpoints import redact_url
 from suite_agent.config.models import QueueSection
 from suite_agent.core.inbox import Control, Reload
 from suite_agent.parts.lifecycle import IntegrationError
@@ -89,7 +90,7 @@ def test_inbox_messages_and_replies() -> None:
 
 
 @pytest.mark.parametrize(("url", "agent_id", "error"), [
-    ("kafka://127.0.0.1:9092", "a", "Kafka is planned"),
+    ("kafka://127.0.0.1:9092", "a", "needs Kafka support"),
     ("http://127.0.0.1", "a", "unsupported scheme 'http://'"),
     ("127.0.0.1:6379", "a", "unsupported scheme"),
     ("redis://127.0.0.1:6379/0", "a*", "queue.agent_id"),
@@ -108,4 +109,10 @@ def test_the_control_queue_is_durable_and_bound_to_both_keys() -> None:
     assert queue.name == "suite_agent.db.example.com.control" and queue.durable and not queue.auto_delete
     assert {b.routing_key for b in queue.bindings} == {"suite.control.*", "suite.control.*.db.example.com"}
     assert all(b.exchange.name == "ex" and b.exchange.type == "topic" and b.exchange.durable for b in queue.bindings)
-    assert topology.safe_uri("amqp://user:secret@h:5672//") == "amqp://user:**@h:5672//"
+
+
+def test_broker_urls_are_shown_without_their_password() -> None:
+    assert redact_url("amqp://user:secret@h:5672//") == "amqp://user:***@h:5672//"
+    assert redact_url("redis://:secret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert redact_url("redis://[::1") == "***"  # unparseable: nothing of it is shown

@@ -10,16 +10,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 try:
-    from suite_agent.output.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
-    from suite_agent.output.pump import MAX_LINE, LogLine, OutputPump
+    from suite_agent.output import pump as pump_module
+    from suite_agent.output.buffers import LineBuffer
+    from suite_agent.output.lines import CUT_MARK, MAX_LINE, Batch, LogLine, Pending, flush_partial, split_lines
+    from suite_agent.output.pump import OutputPump
 except ModuleNotFoundError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite-agent"))
-    from suite_agent.output.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
-    from suite_agent.output.pump import MAX_LINE, LogLine, OutputPump
+    from suite_agent.output import pump as pump_module
+    from suite_agent.output.buffers import LineBuffer
+    from suite_agent.output.lines import CUT_MARK, MAX_LINE, Batch, LogLine, Pending, flush_partial, split_lines
+    from suite_agent.output.pump import OutputPump
 
 IDLE = 10.0  # deadline for wait_idle; a healthy pump needs milliseconds
 
@@ -27,17 +32,60 @@ IDLE = 10.0  # deadline for wait_idle; a healthy pump needs milliseconds
 # ---------------------------------------------------------------------------- helpers
 
 
-PumpFactory = Callable[..., OutputPump]
+class IdlePump(OutputPump):
+    """An OutputPump that can tell when it has read everything written before a given moment."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle = threading.Condition()
+        self._idle_requested = 0
+        self._idle_done = 0
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once the pump has seen no readable pipe in a turn that began after this call,
+        i.e. everything written before the call has been read, written to the files and
+        buffered, and every pipe whose writers had all closed is closed. False on timeout (or
+        before start); True once stopped."""
+        if self._thread is None:
+            return self._closed
+        with self._idle:
+            if self._closed or self._stopping:
+                return True
+            self._idle_requested += 1
+            target = self._idle_requested
+        self._wake()
+        with self._idle:
+            return self._idle.wait_for(lambda: self._idle_done >= target or self._closed, timeout)
+
+    def _turn(self, timeout: float | None = None) -> int:
+        # A wait_idle() caller is owed an answer: poll instead of blocking, and count this turn
+        # as idle only if it began after the request and found nothing left to read or attach.
+        target = self._idle_requested
+        owed = target > self._idle_done
+        readable = super()._turn(0 if owed else timeout)
+        if owed and readable == 0 and self._attach_queue.empty():
+            with self._idle:
+                self._idle_done = max(self._idle_done, target)
+                self._idle.notify_all()
+        return readable
+
+    def _shutdown(self) -> None:
+        super()._shutdown()
+        with self._idle:
+            self._idle.notify_all()
+
+
+PumpFactory = Callable[..., IdlePump]
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
 
 
 @pytest.fixture
 def make_pump(tmp_path: Path) -> Iterator[PumpFactory]:
-    pumps: list[OutputPump] = []
+    pumps: list[IdlePump] = []
 
-    def make(**kwargs: object) -> OutputPump:
+    def make(**kwargs: object) -> IdlePump:
         kwargs.setdefault("log_dir", tmp_path / "logs")
-        pump = OutputPump(**kwargs)  # type: ignore[arg-type]
+        pump = IdlePump(**kwargs)
         pump.start()
         pumps.append(pump)
         return pump
@@ -49,7 +97,7 @@ def make_pump(tmp_path: Path) -> Iterator[PumpFactory]:
 
 
 @pytest.fixture
-def pump(make_pump: PumpFactory) -> OutputPump:
+def pump(make_pump: PumpFactory) -> IdlePump:
     return make_pump()
 
 
@@ -84,7 +132,7 @@ def py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def attach_pipe(pump: OutputPump, service: str, instance: str, stream: str) -> tuple[int, int]:
+def attach_pipe(pump: IdlePump, service: str, instance: str, stream: str) -> tuple[int, int]:
     """A new pipe whose read end is handed to the pump; returns (read fd, write fd)."""
     r, w = os.pipe()
     pump.attach(service, instance, stream, r)
@@ -95,7 +143,7 @@ def texts(lines: list[LogLine]) -> list[str]:
     return [line.text for line in lines]
 
 
-def idle(pump: OutputPump) -> None:
+def idle(pump: IdlePump) -> None:
     assert pump.wait_idle(IDLE), "pump did not become idle"
 
 
@@ -135,7 +183,7 @@ def numbered(count: int, start: int = 0) -> bytes:
 # ---------------------------------------------------------------------------- lines and files
 
 
-def test_lines_reach_file_and_buffer(pump: OutputPump, spawn: Spawn, tmp_path: Path) -> None:
+def test_lines_reach_file_and_buffer(pump: IdlePump, spawn: Spawn, tmp_path: Path) -> None:
     _, w = attach_pipe(pump, "web", "web-0", "stdout")
     before = time.time()
     spawn(py("print('hello'); print('wörld')"), stdout=w).wait()
@@ -150,7 +198,7 @@ def test_lines_reach_file_and_buffer(pump: OutputPump, spawn: Spawn, tmp_path: P
     assert pump.last_seq("web") == lines[1].seq == pump.last_seq()
 
 
-def test_stdout_and_stderr_are_separated(pump: OutputPump, spawn: Spawn, tmp_path: Path) -> None:
+def test_stdout_and_stderr_are_separated(pump: IdlePump, spawn: Spawn, tmp_path: Path) -> None:
     _, out = attach_pipe(pump, "api", "api-1", "stdout")
     _, err = attach_pipe(pump, "api", "api-1", "stderr")
     code = "import sys; print('to out', flush=True); print('to err', file=sys.stderr)"
@@ -165,7 +213,7 @@ def test_stdout_and_stderr_are_separated(pump: OutputPump, spawn: Spawn, tmp_pat
     assert [ln.stream for ln in pump.recent("api")] == ["stdout", "stderr"]
 
 
-def test_partial_lines_are_joined_across_writes(pump: OutputPump, tmp_path: Path) -> None:
+def test_partial_lines_are_joined_across_writes(pump: IdlePump, tmp_path: Path) -> None:
     _, w = attach_pipe(pump, "s", "s", "stdout")
     os.write(w, b"hel")
     idle(pump)
@@ -184,7 +232,7 @@ def test_partial_lines_are_joined_across_writes(pump: OutputPump, tmp_path: Path
 
 
 def test_a_long_line_is_cut_at_64k_in_memory_and_whole_in_the_file(
-    pump: OutputPump, spawn: Spawn, tmp_path: Path
+    pump: IdlePump, spawn: Spawn, tmp_path: Path
 ) -> None:
     _, w = attach_pipe(pump, "s", "s", "stdout")
     code = (
@@ -227,7 +275,7 @@ def test_a_line_without_end_is_buffered_once_cut(make_pump: PumpFactory, tmp_pat
     )
 
 
-def test_eof_flushes_partial_line_and_closes_fd(pump: OutputPump, tmp_path: Path) -> None:
+def test_eof_flushes_partial_line_and_closes_fd(pump: IdlePump, tmp_path: Path) -> None:
     r, w = os.pipe()
     inode = os.fstat(r).st_ino
     pump.attach("s", "s", "stdout", r)
@@ -286,7 +334,7 @@ def test_backups_zero_truncates_in_place(make_pump: PumpFactory, tmp_path: Path)
     assert sorted(os.listdir(logs)) == ["s.stderr.log"]
 
 
-def test_files_are_opened_lazily(pump: OutputPump, spawn: Spawn, tmp_path: Path) -> None:
+def test_files_are_opened_lazily(pump: IdlePump, spawn: Spawn, tmp_path: Path) -> None:
     fds = [attach_pipe(pump, "quiet", "quiet", stream) for stream in ("stdout", "stderr")]
     inodes = [os.fstat(r).st_ino for r, _ in fds]
     proc = spawn(["sleep", "60"], stdout=fds[0][1], stderr=fds[1][1])
@@ -409,7 +457,7 @@ def test_the_pending_line_never_holds_more_than_64k() -> None:
     assert batch.total == 1 and pending.cut
 
 
-def test_recent_filters_by_stream_count_and_seq(pump: OutputPump) -> None:
+def test_recent_filters_by_stream_count_and_seq(pump: IdlePump) -> None:
     _, out = attach_pipe(pump, "svc", "svc", "stdout")
     _, err = attach_pipe(pump, "svc", "svc", "stderr")
     _, other = attach_pipe(pump, "other", "other", "stdout")
@@ -444,7 +492,7 @@ def test_recent_filters_by_stream_count_and_seq(pump: OutputPump) -> None:
         os.close(fd)
 
 
-def test_wait_for_lines_wakes_on_new_output(pump: OutputPump) -> None:
+def test_wait_for_lines_wakes_on_new_output(pump: IdlePump) -> None:
     _, w = attach_pipe(pump, "s", "s", "stdout")
     _, noise = attach_pipe(pump, "noise", "noise", "stdout")
     os.write(w, b"old\n")
@@ -532,7 +580,7 @@ def test_endless_writer_does_not_starve_other_pipes(
     assert open_files_under(tmp_path / "logs") == []
 
 
-def test_300_pipes_at_once(pump: OutputPump, tmp_path: Path) -> None:
+def test_300_pipes_at_once(pump: IdlePump, tmp_path: Path) -> None:
     pipes = [attach_pipe(pump, f"svc{i}", f"svc{i}-0", "stdout") for i in range(300)]
     inodes = [os.fstat(r).st_ino for r, _ in pipes]
     for i, (_, w) in enumerate(pipes):
@@ -597,7 +645,7 @@ def test_disk_full_keeps_reading(
 
 
 def test_errors_in_the_loop_are_contained(
-    pump: OutputPump, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    pump: IdlePump, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_select = pump._selector.select
     calls = {"select": 0}
@@ -618,7 +666,7 @@ def test_errors_in_the_loop_are_contained(
     def broken_split(*args: object) -> None:
         raise RuntimeError("boom in split")
 
-    monkeypatch.setattr(pump, "_split", broken_split)
+    monkeypatch.setattr(pump_module, "split_lines", broken_split)
     os.write(w, b"lost\n")
     idle(pump)
     monkeypatch.undo()
@@ -630,7 +678,7 @@ def test_errors_in_the_loop_are_contained(
     idle(pump)
 
 
-def test_attach_rejects_bad_names_and_leaves_the_fd(pump: OutputPump) -> None:
+def test_attach_rejects_bad_names_and_leaves_the_fd(pump: IdlePump) -> None:
     r, w = os.pipe()
     try:
         with pytest.raises(ValueError):
@@ -675,7 +723,7 @@ def test_reconfigure(make_pump: PumpFactory, tmp_path: Path) -> None:
 
 
 def test_stop_drains_and_joins(tmp_path: Path, spawn: Spawn) -> None:
-    pump = OutputPump(tmp_path / "logs")
+    pump = IdlePump(tmp_path / "logs")
     r, w = os.pipe()
     inode = os.fstat(r).st_ino
     pump.attach("s", "s", "stdout", r)  # before start: queued
@@ -711,7 +759,7 @@ def test_stop_drains_and_joins(tmp_path: Path, spawn: Spawn) -> None:
 
 
 def test_stop_without_start_closes_attached_fds(tmp_path: Path) -> None:
-    pump = OutputPump(tmp_path / "logs")
+    pump = IdlePump(tmp_path / "logs")
     r, w = os.pipe()
     inode = os.fstat(r).st_ino
     pump.attach("s", "s", "stdout", r)

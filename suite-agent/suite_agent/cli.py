@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from suite_agent import __version__
+from suite_agent.output.lines import STREAMS
 from suite_agent.settings import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -70,7 +71,7 @@ def _client_parsers(command: Any) -> None:
     logs.add_argument("name", metavar="NAME", help="the service")
     logs.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
-    logs.add_argument("--stream", choices=("stdout", "stderr"), help="one stream only (default both)")
+    logs.add_argument("--stream", choices=STREAMS, help="one stream only (default both)")
 
 
 def cmd_client(args: argparse.Namespace, settings: Settings) -> int:

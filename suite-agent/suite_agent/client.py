@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
+from suite_agent.jsontext import dumps
 from suite_agent.settings import Settings
 
 FOLLOW_WAIT = 25.0  # seconds each long poll of `logs -f` may wait on the agent
@@ -42,7 +43,7 @@ class Api:
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
-            data = json.dumps(body).encode()
+            data = dumps(body).encode()
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -120,8 +121,7 @@ def status(settings: Settings, names: Sequence[str], as_json: bool, out: TextIO 
     if names:
         services = {n: services[n] for n in dict.fromkeys(names)}
     if as_json:
-        json.dump({"services": services}, out, indent=2, sort_keys=False)
-        out.write("\n")
+        out.write(dumps({"services": services}, indent=2) + "\n")
     else:
         out.write(table(services.values()))
     return 0

@@ -1,18 +1,34 @@
-"""Checks of the addresses in conf.d (`api.listen`, `queue.url`) that need no network.
+"""The addresses in conf.d (`api.listen`, `queue.url`, webhook URLs): checks that need no
+network, and how they are shown without their secrets.
 
-The models run them, so `validate` refuses what the agent would refuse when it turns a part on.
+The models run the checks, so `validate` refuses what the agent would refuse when it turns a part on.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
-QUEUE_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+MASK = "***"
+"""What a secret shows as: in /api/config, in the log."""
+
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+QUEUE_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
 
 
-def listen_host(value: str) -> str:
-    """The host of `HOST:PORT`, `[IPV6]:PORT` or `:PORT` (every interface: 0.0.0.0)."""
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> Listen:
+    """`HOST:PORT`, `[IPV6]:PORT` or `:PORT` (every interface, as in Docker's `-p :8080`)."""
     host, sep, port = value.strip().rpartition(":")
     if not sep:
         raise ValueError(f"{value!r}: expected HOST:PORT, [IPV6]:PORT or :PORT")
@@ -22,11 +38,11 @@ def listen_host(value: str) -> str:
         raise ValueError(f"{value!r}: put an IPv6 address in brackets, e.g. [::1]:8080")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
-    return host or "0.0.0.0"
+    return Listen(host or "0.0.0.0", int(port))
 
 
 def check_listen(value: str) -> str:
-    listen_host(value)
+    parse_listen(value)
     return value
 
 
@@ -42,7 +58,7 @@ def needs_token(listen: str) -> bool:
     Names are not resolved (the answer must not depend on DNS at the moment of checking): a host
     name other than localhost counts as reachable from elsewhere.
     """
-    host = listen_host(listen)
+    host = parse_listen(listen).host
     if host == "localhost":
         return False
     try:
@@ -74,3 +90,24 @@ def check_agent_id(agent_id: str) -> str:
     if not agent_id or any(c in agent_id for c in "*# \t\r\n") or agent_id.strip(".") != agent_id:
         raise ValueError(f"{agent_id!r}: use letters, digits, '-', '_' and inner dots (it becomes part of routing keys)")
     return agent_id
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password masked: `amqp://guest:secret@host//` -> `amqp://guest:***@host//`."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return MASK
+    if password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
+
+
+def public_url(url: str) -> str:
+    """The URL without its user, path and query, which often hold the secret (Slack, Teams)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…"

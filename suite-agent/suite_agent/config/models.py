@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import re
 import shlex
 import signal
 import socket
@@ -25,50 +23,12 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 
+from .durations import Duration
 from .endpoints import check_agent_id, check_exchange, check_listen, check_queue_url, check_token, needs_token
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: object) -> float:
-    """`250ms`, `10s`, `2m`, `1h` or a plain number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like 250ms, 10s, 2m")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return _finite(float(value) if value < 1e300 else math.inf)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return _finite(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-    raise ValueError(f"{value!r} is not a duration (use a number of seconds or 250ms, 10s, 2m, 1h)")
-
-
-def _finite(seconds: float) -> float:
-    # YAML has .inf and .nan, and huge integers do not fit a float.
-    if not math.isfinite(seconds) or seconds > 1e9:
-        raise ValueError("a duration must be a finite number of seconds, at most 1e9")
-    return seconds
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0, "maximum": 1e9},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"},
-            ],
-            "description": "seconds, or a string like 250ms, 10s, 2m, 1h",
-        }
-    ),
-]
-
 SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
-ServiceName = Annotated[str, StringConstraints(pattern=SERVICE_NAME_PATTERN, max_length=63)]
+SERVICE_NAME_MAX = 63
+ServiceName = Annotated[str, StringConstraints(pattern=SERVICE_NAME_PATTERN, max_length=SERVICE_NAME_MAX)]
 
 
 def _split_command(value: object) -> object:
@@ -141,7 +101,7 @@ class _OrListOfNames:
     """JSON Schema of depends_on: the mapping pydantic describes, or the list form `[db, cache]`."""
 
     def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        names = {"type": "string", "pattern": SERVICE_NAME_PATTERN, "maxLength": 63}
+        names = {"type": "string", "pattern": SERVICE_NAME_PATTERN, "maxLength": SERVICE_NAME_MAX}
         return {"anyOf": [handler(core), {"type": "array", "items": names}]}
 
 
@@ -263,9 +223,6 @@ class ServiceSpec(Model):
         if not value:
             raise ValueError("command cannot be empty")
         return value
-
-    def same_except_replicas(self, other: ServiceSpec) -> bool:
-        return self.model_copy(update={"replicas": 0}) == other.model_copy(update={"replicas": 0})
 
 
 class Webhook(Model):

@@ -24,7 +24,6 @@ from ruamel.yaml.reader import ReaderError
 from .accounts import missing_accounts
 from .files import Unreadable, read_bytes
 from .merge import Lines, Problem, Version, merge
-from .messages import problems_from
 from .models import (
     SINGLETON_SECTIONS,
     AgentSection,
@@ -33,6 +32,7 @@ from .models import (
     QueueSection,
     ServiceSpec,
 )
+from .problems import problems_from
 from .yamlpos import (
     Unsupported,
     item_line,

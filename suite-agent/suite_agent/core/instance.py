@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable, Mapping
-from enum import StrEnum
 from typing import Protocol
 
 from suite_agent.config.models import ServiceSpec
@@ -18,6 +17,7 @@ from suite_agent.core.timers import Clock, Timer, Timers
 from suite_agent.events import bus as events
 from suite_agent.events.bus import Event
 from suite_agent.processes.factory import ProcessFactory, Spawned, decode_status, signal_name
+from suite_agent.states import State as State
 
 log = logging.getLogger("suite_agent")
 
@@ -25,16 +25,6 @@ GROUP_RECHECK = 0.05  # a stopped leader may leave members whose exit we are not
 # After SIGKILL a group is gone within milliseconds unless a member is stuck in the kernel
 # (uninterruptible I/O) or its exit was never reported: past this, stop waiting for it.
 KILL_GRACE = 5.0
-
-
-class State(StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-    EXITED = "exited"
-    FATAL = "fatal"
 
 
 DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL})

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from suite_agent.config.models import ServiceSpec
-from suite_agent.core.instance import DOWN, Context, Instance, State
+from suite_agent.core.instance import Context, Instance, State
 
 # The state a service shows is that of its most noteworthy replica.
 _PRIORITY = (State.FATAL, State.BACKOFF, State.STOPPING, State.STARTING,
@@ -189,4 +189,4 @@ class Service:
         )
 
 
-__all__ = ["DOWN", "Service", "ServiceStatus"]
+__all__ = ["Service", "ServiceStatus"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import socket
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from suite_agent import jsontext
 from suite_agent.events.bus import Event
 
 if TYPE_CHECKING:
@@ -49,4 +49,4 @@ def envelope(event: Event, agent_id: str) -> dict[str, Any]:
 
 
 def dumps(event: Event, agent_id: str) -> str:
-    return json.dumps(envelope(event, agent_id), default=str, separators=(",", ":"))
+    return jsontext.dumps(envelope(event, agent_id))

@@ -6,26 +6,27 @@ character) and marked with :data:`CUT_MARK`; it is handed on as soon as it is th
 rest of it, up to its newline, is skipped: a child that never writes a newline costs no more. The
 log files get every byte; this is about what stays in memory. The lines a pipe completes in one
 turn of the pump are gathered in a :class:`Batch` that holds on only to as many as the recent-line
-buffer can keep, so a flood of short lines costs no more than the buffer. A :class:`LineBuffer`
-keeps the recent lines of one stream, bounded in lines and in bytes.
+buffer (:mod:`suite_agent.output.buffers`) can keep, so a flood of short lines costs no more than
+the buffer.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 __all__ = [
     "CUT_MARK",
     "MAX_LINE",
+    "STREAMS",
     "Batch",
-    "LineBuffer",
     "LogLine",
     "Pending",
+    "check_stream",
     "flush_partial",
     "split_lines",
 ]
+
+STREAMS: tuple[str, str] = ("stdout", "stderr")
 
 MAX_LINE = 64 * 1024
 """Bytes of one line kept in memory; a longer line is cut to this length."""
@@ -39,8 +40,13 @@ class LogLine:
     seq: int
     time: float
     instance: str
-    stream: str
+    stream: str  # one of STREAMS
     text: str
+
+
+def check_stream(stream: str) -> None:
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {', '.join(STREAMS)}, not {stream!r}")
 
 
 @dataclass(eq=False)
@@ -49,38 +55,6 @@ class Pending:
 
     data: bytearray = field(default_factory=bytearray)
     cut: bool = False  # it grew past MAX_LINE: handed on cut already; the rest is skipped
-
-
-class LineBuffer:
-    """The recent lines of one stream of one service, oldest first: at most `max_lines` of them
-    and at most `max_bytes` of text (UTF-8), the oldest dropped first to make room."""
-
-    __slots__ = ("_lines", "_sizes", "max_bytes", "max_lines", "size")
-
-    def __init__(self, max_lines: int, max_bytes: int, lines: Iterable[LogLine] = ()) -> None:
-        self.max_lines = max_lines
-        self.max_bytes = max_bytes
-        self.size = 0
-        self._lines: deque[LogLine] = deque()
-        self._sizes: deque[int] = deque()
-        self.extend(lines)
-
-    def extend(self, lines: Iterable[LogLine]) -> None:
-        for line in lines:
-            text = line.text
-            size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
-            self._lines.append(line)
-            self._sizes.append(size)
-            self.size += size
-        while self._lines and (len(self._lines) > self.max_lines or self.size > self.max_bytes):
-            self._lines.popleft()
-            self.size -= self._sizes.popleft()
-
-    def __iter__(self) -> Iterator[LogLine]:
-        return iter(self._lines)
-
-    def __len__(self) -> int:
-        return len(self._lines)
 
 
 class Batch:

@@ -9,61 +9,36 @@ read end of every output pipe and reads them all from ONE background thread with
   rotated by size (:mod:`suite_agent.output.logfile`). A file is opened on the first byte of output and
   closed when the last pipe writing to it reaches end of file.
 * a buffer of recent lines per service and stream, bounded in lines and in bytes, for the REST
-  logs route and ``suite-agent logs NAME [-f]``: :meth:`OutputPump.recent` and
-  :meth:`OutputPump.wait_for_lines`.
-  Every :class:`LogLine` carries a ``seq`` that grows across the whole pump, so a follower asks
-  for "lines after the last seq I saw". How bytes become lines is :mod:`suite_agent.output.lines`.
+  logs route and ``suite-agent logs NAME [-f]``: :mod:`suite_agent.output.buffers`, read through
+  :meth:`OutputPump.recent` and :meth:`OutputPump.wait_for_lines`. How bytes become lines is
+  :mod:`suite_agent.output.lines`.
 
-File I/O happens on the pump thread only and under no lock; the only lock (a
-:class:`threading.Condition`) guards the in-memory buffers and is held for list operations only.
-A log file that cannot be written (disk full, permissions) is reported once and skipped while the
-pipe keeps being read, and no exception ends the thread.
+File I/O happens on the pump thread only and under no lock; the buffers' lock is held for list
+operations only. A log file that cannot be written (disk full, permissions) is reported once and
+skipped while the pipe keeps being read, and no exception ends the thread.
 """
 
 from __future__ import annotations
 
 import errno
-import heapq
 import logging
 import os
 import queue
 import selectors
 import threading
 import time
-from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from suite_agent.output.lines import (
-    MAX_LINE,
-    Batch,
-    LineBuffer,
-    LogLine,
-    Pending,
-    flush_partial,
-    split_lines,
-)
-from suite_agent.output.logfile import RETRY_AFTER, FailureReports, LogFile, LogFileSettings
+from suite_agent.output.buffers import BUFFER_BYTES, RecentLines
+from suite_agent.output.lines import Batch, LogLine, Pending, check_stream, flush_partial, split_lines
+from suite_agent.output.logfile import FailureReports, LogFile, LogFileSettings
 
-# MAX_LINE, RETRY_AFTER and LogLine live with what they govern and are re-exported from here,
-# where callers have always imported them.
-__all__ = [
-    "BUFFER_BYTES",
-    "MAX_LINE",
-    "READS_PER_TURN",
-    "READ_SIZE",
-    "RETRY_AFTER",
-    "STREAMS",
-    "LogLine",
-    "OutputPump",
-]
+__all__ = ["READS_PER_TURN", "READ_SIZE", "OutputPump"]
 
 log = logging.getLogger("suite_agent.output.pump")
 
-STREAMS: tuple[str, str] = ("stdout", "stderr")
-BUFFER_BYTES = 1024 * 1024
-"""Default bound, in bytes of text, of the recent lines kept per service and stream."""
 READ_SIZE = 65536
 """Bytes asked for by each ``os.read``."""
 READS_PER_TURN = 16
@@ -91,11 +66,6 @@ def _settings(
     if buffer_bytes < 0:
         raise ValueError(f"buffer_bytes must be >= 0, not {buffer_bytes}")
     return _Settings(files, buffer_lines, buffer_bytes)
-
-
-def _check_stream(stream: str) -> None:
-    if stream not in STREAMS:
-        raise ValueError(f"stream must be one of {', '.join(STREAMS)}, not {stream!r}")
 
 
 @dataclass(eq=False)
@@ -127,6 +97,7 @@ class OutputPump:
         self._attach_queue: queue.SimpleQueue[tuple[str, str, str, int]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards _stopping, _drain_for and _closed against stop()
         self._stopping = False
         self._drain_for = 1.0  # seconds stop() lets the thread read what is left
         self._refusing = False  # the attach queue is closed: attach() closes what it gets
@@ -137,12 +108,8 @@ class OutputPump:
         self._files: dict[tuple[str, str], LogFile] = {}
         self._seq = 0
         self._reports = FailureReports()
-        # Shared with readers, guarded by _cond (held for in-memory work only).
-        self._cond = threading.Condition(threading.Lock())
-        self._buffers: dict[str, dict[str, LineBuffer]] = {}
-        self._last_seq: dict[tuple[str, str], int] = {}
-        self._idle_requested = 0
-        self._idle_done = 0
+        # Shared with readers; locks itself.
+        self._lines = RecentLines(buffer_lines, buffer_bytes)
 
     # ------------------------------------------------------------------ public API
 
@@ -162,7 +129,7 @@ class OutputPump:
         Pipes whose writers are still alive are closed too (their next write gets EPIPE), so
         call this after the children are stopped. Buffers stay readable afterwards.
         """
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             self._stopping = True
@@ -183,7 +150,7 @@ class OutputPump:
         ValueError (and leaves `fd` to the caller) for an unknown stream or an instance name
         that cannot be a file name. Attaching to a stopped pump closes `fd` at once.
         """
-        _check_stream(stream)
+        check_stream(stream)
         if not instance or "/" in instance or "\0" in instance or instance in (".", ".."):
             raise ValueError(f"instance name cannot be used in a file name: {instance!r}")
         if self._stopping:
@@ -199,50 +166,22 @@ class OutputPump:
     def recent(
         self, service: str, stream: str | None = None, lines: int = 100, after: int = 0
     ) -> list[LogLine]:
-        """The last `lines` buffered lines of `service` with ``seq > after``, oldest first.
-
-        `stream` None merges stdout and stderr in seq order. `lines` <= 0 gives [].
-        """
-        if stream is not None:
-            _check_stream(stream)
-        if lines <= 0:
-            return []
-        with self._cond:
-            return self._recent_locked(service, stream, lines, after)
+        """See :meth:`RecentLines.recent`."""
+        return self._lines.recent(service, stream, lines, after)
 
     def wait_for_lines(
         self, service: str, after: int, timeout: float, stream: str | None = None
     ) -> list[LogLine]:
-        """Lines of `service` (one `stream`, or both) with ``seq > after``, waiting up to
-        `timeout` seconds for the first one. Returns [] on timeout or once the pump is stopped.
-
-        A follower passes the seq of the last line it got. Lines pushed out of the buffer before
-        the follower came back are lost to it (their seqs are skipped).
-        """
-        if stream is not None:
-            _check_stream(stream)
-        streams = STREAMS if stream is None else (stream,)
-
-        def ready() -> bool:
-            return self._closed or any(self._last_seq.get((service, s), 0) > after for s in streams)
-
-        with self._cond:
-            self._cond.wait_for(ready, timeout)
-            return self._recent_locked(service, stream, self._settings.buffer_lines, after)
+        """See :meth:`RecentLines.wait_for_lines`; returns [] once the pump is stopped."""
+        return self._lines.wait_for_lines(service, after, timeout, stream)
 
     def last_seq(self, service: str | None = None) -> int:
-        """The seq of the newest line of `service` (of any service when None); 0 if none."""
-        with self._cond:
-            if service is None:
-                return max(self._last_seq.values(), default=0)
-            return max(self._last_seq.get((service, s), 0) for s in STREAMS)
+        """See :meth:`RecentLines.last_seq`."""
+        return self._lines.last_seq(service)
 
     def forget(self, service: str) -> None:
         """Drop the buffers of a removed service. Its log files stay on disk."""
-        with self._cond:
-            self._buffers.pop(service, None)
-            for s in STREAMS:
-                self._last_seq.pop((service, s), None)
+        self._lines.forget(service)
 
     def reconfigure(
         self,
@@ -256,49 +195,14 @@ class OutputPump:
         moves at its next rotation), max_bytes and backups to the next write and rotation, and
         the buffer bounds at once (existing buffers keep their newest lines)."""
         new = _settings(log_dir, max_bytes, backups, buffer_lines, buffer_bytes)
-        with self._cond:
-            old = self._settings
-            self._settings = new  # one reference swap: the pump thread reads it without a lock
-            if (new.buffer_lines, new.buffer_bytes) != (old.buffer_lines, old.buffer_bytes):
-                for streams in self._buffers.values():
-                    for s, buf in streams.items():
-                        streams[s] = LineBuffer(new.buffer_lines, new.buffer_bytes, buf)
-
-    def wait_idle(self, timeout: float) -> bool:
-        """For tests: True once the pump has seen no readable pipe in a check that began after
-        this call, i.e. everything written before the call has been read, written to the files
-        and buffered, and every pipe whose writers had all closed is closed. False on timeout
-        (or before start); True once stopped."""
-        if self._thread is None:
-            return self._closed
-        with self._cond:
-            if self._closed or self._stopping:
-                return True
-            self._idle_requested += 1
-            target = self._idle_requested
-        self._wake()
-        with self._cond:
-            return self._cond.wait_for(lambda: self._idle_done >= target or self._closed, timeout)
+        self._settings = new  # one reference swap: the pump thread reads it without a lock
+        self._lines.resize(new.buffer_lines, new.buffer_bytes)
 
     @property
     def log_dir(self) -> Path:
         return self._settings.files.log_dir
 
-    # ------------------------------------------------------------------ readers' helpers
-
-    def _recent_locked(
-        self, service: str, stream: str | None, lines: int, after: int
-    ) -> list[LogLine]:
-        buffers = self._buffers.get(service)
-        if not buffers:
-            return []
-        streams = STREAMS if stream is None else (stream,)
-        parts: list[Iterable[LogLine]] = [buffers[s] for s in streams if s in buffers]
-        merged: Iterable[LogLine] = (
-            parts[0] if len(parts) == 1 else heapq.merge(*parts, key=lambda ln: ln.seq)
-        )
-        picked = [ln for ln in merged if ln.seq > after]
-        return picked[-lines:] if lines < len(picked) else picked
+    # ------------------------------------------------------------------ any thread
 
     def _wake(self) -> None:
         try:
@@ -324,14 +228,9 @@ class OutputPump:
         finally:
             self._shutdown()
 
-    def _turn(self, timeout: float | None = None, *, for_idle: bool = True) -> int:
+    def _turn(self, timeout: float | None = None) -> int:
         """One select and the reads it allows; returns how many pipes were readable."""
-        # A wait_idle() caller is owed an answer: poll instead of blocking, and count this turn
-        # as idle only if it began after the request and found nothing left to read or attach.
-        idle_target = self._idle_requested
         self._take_attachments()
-        if idle_target > self._idle_done:
-            timeout = 0
         events = self._selector.select(timeout)
         batches: list[tuple[_Source, Batch]] = []
         readable = 0
@@ -346,15 +245,6 @@ class OutputPump:
             if batch.total:
                 batches.append((source, batch))
         self._publish(batches)
-        if (
-            for_idle
-            and idle_target > self._idle_done
-            and readable == 0
-            and self._attach_queue.empty()
-        ):
-            with self._cond:
-                self._idle_done = max(self._idle_done, idle_target)
-                self._cond.notify_all()
         return readable
 
     def _drain_wake(self) -> None:
@@ -391,9 +281,6 @@ class OutputPump:
             file.users += 1
             self._sources[fd] = source
 
-    # Called through the instance so that a test can make splitting fail (test_output.py).
-    _split = staticmethod(split_lines)
-
     def _read(self, source: _Source, batch: Batch) -> None:
         chunks: list[bytes] = []
         eof = False
@@ -414,7 +301,7 @@ class OutputPump:
                 break
             chunks.append(data)
             try:
-                self._split(source.partial, data, batch)
+                split_lines(source.partial, data, batch)
             except Exception:
                 if not source.broken:
                     source.broken = True
@@ -456,24 +343,12 @@ class OutputPump:
         if not batches:
             return
         now = time.time()
-        made: list[tuple[_Source, list[LogLine], int]] = []
+        made: list[tuple[str, str, list[LogLine], int]] = []
         for source, batch in batches:
             lines = batch.log_lines(self._seq, now, source.instance, source.stream)
             self._seq += batch.total
-            made.append((source, lines, self._seq))
-        with self._cond:
-            settings = self._settings
-            for source, lines, newest in made:
-                streams = self._buffers.setdefault(source.service, {})
-                buf = streams.get(source.stream)
-                if buf is None:
-                    # reconfigure() resizes existing buffers under this lock, so only new ones
-                    # need the current bounds.
-                    buf = LineBuffer(settings.buffer_lines, settings.buffer_bytes)
-                    streams[source.stream] = buf
-                buf.extend(lines)
-                self._last_seq[(source.service, source.stream)] = newest
-            self._cond.notify_all()
+            made.append((source.service, source.stream, lines, self._seq))
+        self._lines.add(made)
 
     def _recover(self) -> None:
         """After an unexpected error: drop pipes that are no longer valid, then pause briefly
@@ -484,14 +359,13 @@ class OutputPump:
             except OSError:
                 log.error("output pump: fd %d of %s went away", source.fd, source.instance)
                 self._drop(source)
-        with self._cond:
-            self._cond.wait(0.05)
+        time.sleep(0.05)
 
     def _final_drain(self) -> None:
         deadline = time.monotonic() + self._drain_for
         while self._sources and time.monotonic() < deadline:
             try:
-                if self._turn(0, for_idle=False) == 0:
+                if self._turn(0) == 0:
                     break
             except Exception:
                 log.exception("output pump: error while draining")
@@ -520,9 +394,9 @@ class OutputPump:
             log.debug("output pump: closing the selector: %s", exc)
         self._close_fd(self._wake_r)
         self._close_fd(self._wake_w)
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+        self._lines.close()
 
     def _close_queued(self) -> None:
         """Close the fds still waiting in the attach queue (the pump will not read them)."""

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from suite_agent.states import State
+
 
 @dataclass
 class PluginInfo:
@@ -33,13 +35,13 @@ class ServiceError(Exception):
         self.pid = pid
         self.exit_code = exit_code
         self.signal = signal
-        self.state = state  # "fatal" when the agent gave up on the service
+        self.state = state  # State.FATAL ("fatal") when the agent gave up on the service
         self.time = time
         self.data: dict[str, Any] = dict(data or {})
 
     @property
     def fatal(self) -> bool:
-        return self.state == "fatal"
+        return self.state == State.FATAL
 
 
 class PluginBase:
@@ -84,8 +86,8 @@ class PluginBase:
         """Every agent event as a dict {id, type, service, time, data}; beyond the seed's hooks."""
 
 
-HOOKS = ("on_service_start", "on_service_stop", "on_service_error", "on_health_check",
-         "on_metrics_collect", "on_config_load", "on_shutdown", "on_event")
+# The hooks are PluginBase's on_* methods, in the order written above: a new one needs no list.
+HOOKS = tuple(name for name in vars(PluginBase) if name.startswith("on_"))
 
 
 def implements(plugin: object, hook: str) -> bool:

@@ -8,9 +8,10 @@ from typing import Any
 
 import bottle  # type: ignore[import-untyped]
 
+from suite_agent.jsontext import dumps
 from suite_agent.parts.api.auth import authorized
 from suite_agent.parts.api.context import JSON, ApiContext, Reply
-from suite_agent.parts.api.errors import ApiError, dumps
+from suite_agent.parts.api.errors import ApiError
 from suite_agent.parts.api.params import Req
 from suite_agent.parts.api.routes import ROUTES, Route
 

@@ -13,7 +13,7 @@ from suite_agent.parts.api.errors import ApiError
 from suite_agent.parts.lifecycle import AgentHandle
 
 if TYPE_CHECKING:
-    from suite_agent.parts.api.health import OwnerProbe
+    from suite_agent.parts.api.agent_health import OwnerProbe
     from suite_agent.parts.api.metrics import Metrics
 
 JSON = "application/json"

@@ -5,14 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from suite_agent.config.endpoints import MASK, public_url, redact_url
 from suite_agent.config.models import ApiSection, QueueSection
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.params import Req
-from suite_agent.parts.api.webhooks import public_url
 
-MASK = "***"
 _SECRET_KEY = re.compile(r"secret|token|passw|api_?key|credential|private", re.IGNORECASE)
 
 
@@ -53,7 +51,7 @@ def _queue(section: QueueSection | None) -> dict[str, Any] | None:
     if section is None:
         return None
     data = section.model_dump(mode="json")
-    data["url"] = mask_url(section.url)
+    data["url"] = redact_url(section.url)
     return data
 
 
@@ -65,16 +63,3 @@ def _options(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_options(v) for v in value]
     return value
-
-
-def mask_url(url: str) -> str:
-    """`amqp://guest:secret@host//` -> `amqp://guest:***@host//`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return MASK
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{netloc[-1]}"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 
@@ -26,7 +25,3 @@ def bad_request(message: str) -> ApiError:
 
 def not_found(message: str, **extra: Any) -> ApiError:
     return ApiError(404, message, **extra)
-
-
-def dumps(body: Any) -> str:
-    return json.dumps(body, default=str, separators=(",", ":"))

@@ -14,7 +14,6 @@ gather, reads only until the same deadline.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 import os
@@ -26,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 import contextlib
+
+from suite_agent.jsontext import dumps
 
 log = logging.getLogger("suite_agent.parts.api")
 
@@ -50,7 +51,7 @@ class Gathered(enum.Enum):
 
 def error_bytes(protocol: str, status: str, message: str) -> bytes:
     """A whole error response: JSON `{"error": ...}`, and the connection closes after it."""
-    body = json.dumps({"error": message}).encode()
+    body = dumps({"error": message}).encode()
     head = (f"{protocol} {status}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode("latin-1") + body

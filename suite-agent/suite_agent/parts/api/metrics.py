@@ -33,11 +33,11 @@ from prometheus_client.registry import Collector
 from suite_agent import __version__
 from suite_agent.events import bus as events
 from suite_agent.parts.lifecycle import AgentHandle, Sample
+from suite_agent.states import State
 
 log = logging.getLogger("suite_agent.parts.api")
 
 SAMPLE_PERIOD = 5.0
-STATES = ("stopped", "starting", "running", "backoff", "stopping", "exited", "fatal")
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -141,9 +141,9 @@ class AgentCollector(Collector):
         for name in sorted(snap.services):
             s = snap.services[name]
             pids.update(s.pids)
-            up.add_metric([name], 1.0 if s.state == "running" else 0.0)
-            for st in STATES:
-                state.add_metric([name, st], 1.0 if s.state == st else 0.0)
+            up.add_metric([name], 1.0 if s.state == State.RUNNING else 0.0)
+            for st in State:
+                state.add_metric([name, st.value], 1.0 if s.state == st else 0.0)
             ready.add_metric([name], 1.0 if s.ready else 0.0)
             restarts.add_metric([name], float(s.restarts))
             uptime.add_metric([name], s.uptime(now))

@@ -6,11 +6,13 @@ import copy
 from typing import Any
 
 from suite_agent import __version__
+from suite_agent.output.lines import STREAMS
 from suite_agent.parts.api.routes import ROUTES, Route
+from suite_agent.states import State
 
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
 _NULL_INT = {"type": ["integer", "null"]}
-_STATES = ["stopped", "starting", "running", "backoff", "stopping", "exited", "fatal"]
+_STATES = [s.value for s in State]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -79,7 +81,7 @@ SCHEMAS: dict[str, Any] = {
     "LogLine": {
         "type": "object", "required": ["seq", "time", "instance", "stream", "text"],
         "properties": {"seq": {"type": "integer"}, "time": {"type": "number"}, "instance": {"type": "string"},
-                       "stream": {"type": "string", "enum": ["stdout", "stderr"]}, "text": {"type": "string"}},
+                       "stream": {"type": "string", "enum": list(STREAMS)}, "text": {"type": "string"}},
     },
     "LogLines": {
         "type": "object", "required": ["service", "lines", "last_seq"],

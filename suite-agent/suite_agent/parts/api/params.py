@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from suite_agent.config.models import parse_duration
+from suite_agent.config.durations import parse_duration
 from suite_agent.parts.api.errors import ApiError, bad_request
 
 MAX_BODY = 64 * 1024

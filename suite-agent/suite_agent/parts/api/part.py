@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
+from suite_agent.config.endpoints import needs_token, parse_listen
 from suite_agent.config.models import ApiSection
 from suite_agent.events import cloudevents
 from suite_agent.parts.api import server
+from suite_agent.parts.api.agent_health import OwnerProbe
 from suite_agent.parts.api.app import build_app
 from suite_agent.parts.api.auth import load_token
 from suite_agent.parts.api.context import ApiContext, StreamSlots
-from suite_agent.parts.api.health import OwnerProbe
-from suite_agent.parts.api.listen import is_loopback, parse_listen
 from suite_agent.parts.api.metrics import Metrics
 from suite_agent.parts.api.openapi import document
 from suite_agent.parts.api.webhooks import Webhooks
@@ -27,10 +27,13 @@ MAX_STREAMS = 16
 
 class ApiPart:
     def __init__(self, handle: AgentHandle, section: ApiSection) -> None:
-        self.listen = parse_listen(section.listen)
+        try:
+            self.listen = parse_listen(section.listen)
+        except ValueError as exc:
+            raise IntegrationError(f"api.listen {exc}") from None
         base_dir = handle.conf_dir.absolute().parent
         token = load_token(section, base_dir)
-        if token is None and not is_loopback(self.listen.host):
+        if token is None and needs_token(section.listen):
             raise IntegrationError(
                 f"api.listen {section.listen}: refusing to serve a non-loopback address without a token "
                 "(set api.token or api.token_file, or listen on 127.0.0.1)")

@@ -8,23 +8,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from suite_agent.config.durations import PATTERN_UP_TO_300S
+from suite_agent.config.models import SERVICE_NAME_MAX, SERVICE_NAME_PATTERN
 from suite_agent.core.inbox import Verb
-from suite_agent.parts.api import control, declared, health, services, sse
+from suite_agent.output.lines import STREAMS
+from suite_agent.parts.api import agent_health, control, declared, logs, sse, status
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.docs import render as render_docs
 from suite_agent.parts.api.params import Req
 
 Handler = Callable[..., Reply]
 
-NAME = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_.-]*$", "maxLength": 63}
+NAME = {"type": "string", "pattern": SERVICE_NAME_PATTERN, "maxLength": SERVICE_NAME_MAX}
 # Every duration parameter takes at most 300 s (MAX_WAIT of control and services, the SSE
-# heartbeat). The pattern admits only those, so a client that follows the document is never
-# refused: up to 300 (s), 300000ms or 5m.
-_SECONDS = r"(?:[12]?[0-9]?[0-9](?:\.[0-9]+)?|300(?:\.0+)?)"
-_MILLIS = r"(?:[12]?[0-9]{1,5}(?:\.[0-9]+)?|300000(?:\.0+)?)"
-_MINUTES = r"(?:[0-4](?:\.[0-9]+)?|5(?:\.0+)?)"
-DURATION = {"type": "string", "pattern": rf"^(?:{_SECONDS}s?|{_MILLIS}ms|{_MINUTES}m)$",
-            "examples": ["10s", "500ms", "2m", "0"]}
+# heartbeat), and says so.
+DURATION = {"type": "string", "pattern": PATTERN_UP_TO_300S, "examples": ["10s", "500ms", "2m", "0"]}
 
 
 @dataclass(frozen=True)
@@ -103,28 +101,29 @@ def _control_routes() -> list[Route]:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/api/health", health.health, "Agent health: 200 while the agent's loop turns", "health",
+    Route("GET", "/api/health", agent_health.health, "Agent health: 200 while the agent's loop turns", "health",
           {200: ("the loop answered", "Health"), 503: ("the loop did not answer within 2s", "Stalled")},
           auth=False, operation_id="health"),
-    Route("GET", "/livez", health.livez, "Liveness probe (Kubernetes)", "health",
+    Route("GET", "/livez", agent_health.livez, "Liveness probe (Kubernetes)", "health",
           {200: ("alive", "Probe"), 503: ("the loop did not answer within 2s", "Stalled")},
           auth=False, operation_id="livez"),
-    Route("GET", "/readyz", health.readyz, "Readiness probe: 503 until every autostart service is ready", "health",
+    Route("GET", "/readyz", agent_health.readyz, "Readiness probe: 503 until every autostart service is ready",
+          "health",
           {200: ("ready", "Readiness"), 503: ("some services are not ready (listed)", "Readiness")},
           auth=False, operation_id="readyz"),
-    Route("GET", "/api/services", services.list_services, "State of every service", "services",
+    Route("GET", "/api/services", status.list_services, "State of every service", "services",
           {200: ("services by name", "ServiceList")}, operation_id="listServices"),
     *_control_routes(),
-    Route("GET", "/api/services/<name>", services.one_service, "State of one service", "services",
+    Route("GET", "/api/services/<name>", status.one_service, "State of one service", "services",
           {200: ("the service", "ServiceStatus"), 404: ("unknown service", ERR)},
           params=(NAME_PARAM,), operation_id="getService"),
-    Route("GET", "/api/services/<name>/logs", services.logs, "Recent output of a service", "services",
+    Route("GET", "/api/services/<name>/logs", logs.logs, "Recent output of a service", "services",
           {200: ("buffered lines, oldest first", "LogLines"), 400: ("bad parameter", ERR),
            404: ("unknown service", ERR), 429: ("too many long polls open", ERR)},
           params=(NAME_PARAM,
-                  Param("lines", "query", {"type": "integer", "minimum": 0, "maximum": services.MAX_LINES},
+                  Param("lines", "query", {"type": "integer", "minimum": 0, "maximum": logs.MAX_LINES},
                         "at most this many lines (default 100)"),
-                  Param("stream", "query", {"type": "string", "enum": ["stdout", "stderr"]}, "one stream only"),
+                  Param("stream", "query", {"type": "string", "enum": list(STREAMS)}, "one stream only"),
                   Param("after", "query", {"type": "integer", "minimum": 0},
                         "only lines with a seq above this (to follow: the last seq you got)"),
                   Param("wait", "query", DURATION,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from suite_agent.config.endpoints import public_url
 from suite_agent.config.models import Webhook
 from suite_agent.events import cloudevents
 from suite_agent.events.bus import Event, EventBus
@@ -40,14 +41,6 @@ SIGNATURE_HEADER = "X-Suite-Signature"
 
 def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-
-
-def public_url(url: str) -> str:
-    """The URL without its path and query, which often hold the secret (Slack, Teams)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}/…"
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

@@ -8,7 +8,6 @@ a counter when `k` ends in `_total`, a gauge otherwise.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,11 +53,10 @@ class Value:
 @dataclass(frozen=True)
 class Collected:
     samples: tuple[Value, ...]  # -> /metrics
-    values: Mapping[str, Any]  # everything the plugin returned, JSON-safe -> metrics_json()
     problems: Mapping[str, str]  # key -> why it is left out of /metrics
 
 
-EMPTY = Collected((), {}, {})
+EMPTY = Collected((), {})
 
 
 def metric_part(text: str) -> str:
@@ -105,18 +103,6 @@ def lint(name: str, kind: str, labels: Sequence[str] = ()) -> list[str]:
     if any(f"_{a}_" in lower or lower.endswith(f"_{a}") for a in _ABBREVIATIONS):
         problems.append("metric names should not contain abbreviated units")
     return problems
-
-
-def json_safe(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return repr(value)
 
 
 def _number(value: Any) -> float | None:
@@ -174,4 +160,4 @@ def collect(plugin: str, result: Any, taken: frozenset[str] = frozenset()) -> Co
             problems[key] = f"becomes {name}, and {'; '.join(found)}"
             continue
         samples.extend(Value(name, labels, number, kind) for labels, number in series)
-    return Collected(tuple(samples), json_safe(result), problems)
+    return Collected(tuple(samples), problems)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from suite_agent.config.models import parse_duration
+from suite_agent.config.durations import parse_duration
 from suite_agent.parts.plugins.dispatch import plain
 
 DEFAULT_TIMEOUT = 5.0

@@ -139,30 +139,7 @@ class PluginManager:
                                   help="resident memory of the plugin's process"))
         return out
 
-    # -- for the core and the JSON metrics ------------------------------------------------
-    def metrics_json(self) -> dict[str, Any]:
-        """Per plugin: its state, its process, and what its on_metrics_collect returned last."""
-        self._collect(SCRAPE_DEADLINE)
-        result: dict[str, Any] = {}
-        for proxy in self.proxies:
-            counters = proxy.counters()
-            channel = proxy.channel
-            result[proxy.name] = {
-                "state": proxy.state,
-                "version": (proxy.info or {}).get("version"),
-                "pid": channel.pid if channel is not None and not channel.closed else None,
-                "memory_rss_bytes": proxy.rss,
-                "metrics": dict(proxy.collected.values),
-                "calls": counters["calls"],
-                "errors": counters["errors"],
-                "dropped": counters["dropped"],
-                "lost": counters["lost"],
-                "restarts": counters["restarts"],
-                "stuck_threads": counters["stuck"],
-                "last_error": proxy.last_error,
-            }
-        return result
-
+    # -- for the core ---------------------------------------------------------------------
     def transform_config(self, config: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Each plugin's on_config_load in turn, in its process, each within `timeout` (or the
         plugin's own `_timeout` when shorter).

@@ -76,7 +76,6 @@ class PluginProxy:
         self.state = "starting"  # starting | loaded | failed | restarting | stopped
         self.info: dict[str, Any] | None = None
         self.hooks: frozenset[str] | None = None  # known once loaded
-        self.last_error: str | None = None
         self.channel: Channel | None = None
         self.collected: Collected = EMPTY
         self.rss: int | None = None
@@ -253,7 +252,6 @@ class PluginProxy:
     def _fail(self, hook: str, message: str, trace: str | None, publish: bool) -> None:
         with self._lock:
             self._errors[hook] += 1
-            self.last_error = f"{hook}: {message}"
         self._report(self, hook, message, trace, publish)
 
     # -- to the process -------------------------------------------------------------------

@@ -127,7 +127,6 @@ class Runner:
         self._worker: _Worker | None = None
         self._stuck: list[_Worker] = []  # abandoned workers, until seen finished
         self._stuck_lock = threading.Lock()
-        self.abandoned = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._drive, name=f"plugin {name}", daemon=True)
 
@@ -157,10 +156,6 @@ class Runner:
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():
             self._thread.join(timeout)
-
-    @property
-    def queued(self) -> int:
-        return len(self._jobs)
 
     @property
     def stuck(self) -> int:
@@ -218,7 +213,6 @@ class Runner:
                 self._worker.close()
                 with self._stuck_lock:
                     self._stuck.append(self._worker)
-                self.abandoned += 1
                 self._worker = None
         self._on_done(job, error)
 

@@ -30,6 +30,7 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 
 from suite_agent.events.bus import Event
+from suite_agent.jsontext import dumps
 from suite_agent.parts.lifecycle import AgentHandle
 from suite_agent.parts.queue import commands
 from suite_agent.parts.queue.commands import Command, CommandError
@@ -198,7 +199,7 @@ class CommandConsumer:
         # The default exchange routes to the queue named reply_to, on AMQP and on Redis. "agent"
         # tells apart the replies to a command sent to every agent.
         self._producer.publish(
-            commands.dumps({**body, "agent": self.agent_id}), exchange="", routing_key=str(reply_to),
+            dumps({**body, "agent": self.agent_id}), exchange="", routing_key=str(reply_to),
             correlation_id=message.properties.get("correlation_id"),
             content_type="application/json", content_encoding="utf-8", retry=False,
         )

@@ -12,6 +12,7 @@ from typing import Literal
 
 from kombu.connection import Connection
 
+from suite_agent.config.endpoints import redact_url
 from suite_agent.parts.queue import topology
 from suite_agent.parts.queue.stats import Stats
 
@@ -51,7 +52,7 @@ class Link:
 
     def ready(self) -> None:
         """The connection is set up (queues declared, consuming or able to publish)."""
-        uri = topology.safe_uri(self.url)
+        uri = redact_url(self.url)
         if self._was_up:
             self.stats.reconnects[self.role] += 1
             log.info("queue: %s: reconnected to %s after %.1fs", self.role, uri, time.monotonic() - self._down_since)
@@ -73,7 +74,7 @@ class Link:
             return
         how = "connection lost" if self.state == "up" else "cannot connect"
         log.warning("queue: %s: %s to %s (%s); retrying with backoff up to %gs", self.role, how,
-                    topology.safe_uri(self.url), _describe(exc), BACKOFF_MAX, exc_info=exc if unexpected else None)
+                    redact_url(self.url), _describe(exc), BACKOFF_MAX, exc_info=exc if unexpected else None)
         self.state = "down"
         self._down_since = time.monotonic()
         self.stats.set_connected(self.role, False)

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from suite_agent.config.endpoints import redact_url
 from suite_agent.config.models import QueueSection
 from suite_agent.parts.lifecycle import AgentHandle, Sample
 from suite_agent.parts.queue import topology
@@ -43,7 +44,7 @@ class QueuePart:
                          threading.Thread(target=consumer.run, name="queue-commands", daemon=True)]
         for thread in self._threads:
             thread.start()
-        log.info("queue: %s, exchange %r, agent %r, commands from queue %r", topology.safe_uri(section.url),
+        log.info("queue: %s, exchange %r, agent %r, commands from queue %r", redact_url(section.url),
                  section.exchange, section.agent_id, topology.control_queue_name(section.agent_id))
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -8,14 +8,13 @@ from urllib.parse import urlsplit
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue, binding
 
+from suite_agent.config.endpoints import AMQP_SCHEMES, check_agent_id, check_exchange, check_queue_url
 from suite_agent.config.models import QueueSection
 from suite_agent.events import cloudevents
 from suite_agent.parts.lifecycle import IntegrationError
 from suite_agent.parts.queue import redis_batch
 
 COMMAND_PREFIX = "suite.control."
-REDIS_SCHEMES = frozenset({"redis", "rediss"})
-AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 CONNECT_TIMEOUT = 5.0
 # Only the command connection reads, so only it can answer the broker's heartbeats; the
@@ -28,23 +27,24 @@ REDIS_SOCKET_TIMEOUT = 10.0  # well above the BRPOP, so an idle consumer never t
 
 
 def check(section: QueueSection) -> None:
-    """Refuse what cannot work, before any thread starts."""
-    scheme = urlsplit(section.url).scheme.lower()
-    if scheme == "kafka":
-        raise IntegrationError("queue.url: Kafka is planned, not supported yet; use redis:// or amqp://")
-    if scheme not in REDIS_SCHEMES | AMQP_SCHEMES:
-        raise IntegrationError(f"queue.url: unsupported scheme {scheme + '://' if scheme else section.url!r}; "
-                               "use redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST:5672//")
+    """Refuse what cannot work, before any thread starts: what the model checks (a section may
+    have been built without it), and whether kombu can parse the URL."""
+    try:
+        check_queue_url(section.url)
+    except ValueError as exc:
+        raise IntegrationError(f"queue.url: {exc}") from None
     try:
         Connection(section.url).as_uri()
     except Exception as exc:
         raise IntegrationError(f"queue.url: cannot parse: {exc}") from None
-    if not section.exchange.strip():
-        raise IntegrationError("queue.exchange: cannot be empty")
-    agent_id = section.agent_id
-    if not agent_id or any(c in agent_id for c in "*# \t\r\n") or agent_id.strip(".") != agent_id:
-        raise IntegrationError(f"queue.agent_id {agent_id!r}: use letters, digits, '-', '_' and inner dots "
-                               "(it becomes part of routing keys)")
+    try:
+        check_exchange(section.exchange)
+    except ValueError as exc:
+        raise IntegrationError(f"queue.exchange: {exc}") from None
+    try:
+        check_agent_id(section.agent_id)
+    except ValueError as exc:
+        raise IntegrationError(f"queue.agent_id {exc}") from None
 
 
 def event_content_type(section: QueueSection) -> str:
@@ -54,12 +54,6 @@ def event_content_type(section: QueueSection) -> str:
 
 def is_amqp(url: str) -> bool:
     return urlsplit(url).scheme.lower() in AMQP_SCHEMES
-
-
-def safe_uri(url: str) -> str:
-    """The URL with its password masked, for logs."""
-    uri: str = Connection(url).as_uri()
-    return uri
 
 
 def connection(url: str, role: str) -> Connection:

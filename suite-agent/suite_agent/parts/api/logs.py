@@ -1,4 +1,4 @@
-"""Reading services: their state from the owner's snapshot, their output from the pump."""
+"""`GET /api/services/NAME/logs`: a service's recent output from the pump, or a long poll for it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from suite_agent.core.snapshot import status_dict
+from suite_agent.output.lines import STREAMS
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.errors import not_found
 from suite_agent.parts.api.params import Req
@@ -16,26 +16,12 @@ MAX_WAIT = 300.0
 POLL_SLICE = 0.5  # a long poll re-checks this often whether the server is stopping
 
 
-def list_services(ctx: ApiContext, req: Req) -> Reply:
-    snap = ctx.handle.snapshot()
-    now = time.time()
-    services = {name: status_dict(snap.services[name], now) for name in sorted(snap.services)}
-    return Reply(200, {"services": services, "generation": snap.generation})
-
-
-def one_service(ctx: ApiContext, req: Req, name: str) -> Reply:
-    status = ctx.handle.snapshot().services.get(name)
-    if status is None:
-        raise not_found(f"unknown service: {name}", unknown=[name])
-    return Reply(200, status_dict(status, time.time()))
-
-
 def logs(ctx: ApiContext, req: Req, name: str) -> Reply:
     if name not in ctx.handle.snapshot().services:
         raise not_found(f"unknown service: {name}", unknown=[name])
     lines = req.integer("lines", 100, 0, MAX_LINES)
     after = req.integer("after", 0, 0, 2**62)
-    stream = req.choice("stream", ("stdout", "stderr"))
+    stream = req.choice("stream", STREAMS)
     wait = req.duration("wait", 0.0, MAX_WAIT)
     pump = ctx.handle.pump
     found = pump.recent(name, stream, lines, after)
