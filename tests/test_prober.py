@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import http.server
 import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 from suite_agent.config.models import HealthSpec
 from suite_agent.core.inbox import Inbox, ProbeChanged
 from suite_agent.health.checks import check_http, run_check
 from suite_agent.health.scheduler import Prober
-from suite_agent.processes.factory import ForeignChildren
+from suite_agent.processes.factory import ForeignChildren, ReaperGone
+
+from agent import wait_for
 
 
 class Reaper:
@@ -158,6 +163,24 @@ def test_missing_exec_probe_command_is_a_failure_not_a_crash(foreign: ForeignChi
     assert probe is not None
     result = run_check(probe, foreign, None, os.environ)
     assert not result.ok and "No such file" in result.message
+
+
+def test_once_the_owner_stops_reaping_a_running_exec_check_ends_at_once_and_kills_its_command() -> None:
+    children = ForeignChildren()  # nobody reaps them: the owner's loop has ended
+    probe = health(liveness={"exec": {"command": ["sleep", "31"]}, "timeout": 20}).liveness
+    assert probe is not None
+    with ThreadPoolExecutor(1) as pool:
+        check = pool.submit(run_check, probe, children, None, os.environ)
+        (pid,) = wait_for(lambda: [c.pid for c in psutil.Process().children() if c.cmdline() == ["sleep", "31"]],
+                          5, "the probe's command")
+        began = time.monotonic()
+        children.close()
+        result = check.result(5)
+    assert time.monotonic() - began < 2
+    assert not result.ok and "the agent is stopping" in result.message
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL  # killed, not left to outlive the agent
+    with pytest.raises(ReaperGone):
+        children.spawn(["true"], None, os.environ, 1)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -208,10 +208,13 @@ class Supervisor:
             selector.close()
             os.close(sig_r)
             os.close(sig_w)
+            # Nothing is reaped from here on: probes stop first, and their children are given up
+            # on, so no probe waits for an exit that would never be reported.
+            self.prober.stop()
+            self.foreign.close()
             # Parts stop last, so the API answers and the queue sends events to the end.
             self.loader.stop()
             self.integrations.stop()
-            self.prober.stop()
             self.pump.stop()
             self.factory.close()
         log.info("all services stopped; bye")
