@@ -18,6 +18,7 @@ import pytest
 
 from suite_agent.config.models import QueueSection
 from suite_agent.core.inbox import Control, Inbox, Reload
+from suite_agent.core.results import ControlResult, Outcome, Refused, ReloadSummary
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.output.pump import OutputPump
@@ -59,16 +60,15 @@ class StandInOwner:
             select.select([self.inbox.fileno], [], [], 0.1)
             for message in self.inbox.drain():
                 self.handled.append(message)
-                if isinstance(message, Reload) and message.reply is not None:
-                    message.reply.set_result({"ok": True, "added": [], "changed": [], "removed": [], "errors": {}})
+                if isinstance(message, Reload):
+                    message.reply.set_result(ReloadSummary())
                 elif isinstance(message, Control):
                     unknown = [n for n in message.names if n not in self.known]
                     if unknown:
-                        message.reply.set_result({"ok": False, "error": f"unknown service: {', '.join(unknown)}",
-                                                  "unknown": unknown})
+                        message.reply.set_result(Refused(tuple(unknown)))
                     else:
                         ok = message.verb != "stop"  # so that "error" is counted too
-                        message.reply.set_result({"ok": ok, "results": {n: {"ok": ok} for n in message.names}})
+                        message.reply.set_result(ControlResult({n: Outcome(ok, None) for n in message.names}))
 
     def stop(self) -> None:
         self._stop.set()
@@ -108,7 +108,7 @@ def test_samples_count_commands_by_result_and_the_part_stops_cleanly(
     wait_for(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
 
     assert cmd.send("suite.control.status", {"services": ["web"]})["ok"] is True
-    assert cmd.send("suite.control.status")["results"] == {"web": {"ok": True}}  # no names: every service
+    assert list(cmd.send("suite.control.status")["results"]) == ["web"]  # no names: every service
     assert cmd.send("suite.control.stop", {"services": ["web"]})["ok"] is False
     assert cmd.send("suite.control.start", {"services": ["nope"]})["error"] == "unknown service: nope"
     assert cmd.send("suite.control.start", {"services": 3})["ok"] is False

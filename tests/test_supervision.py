@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from suite_agent.core.inbox import Control
+from suite_agent.core.results import ControlResult, Refused, ReloadSummary
 from suite_agent.core.supervisor import Supervisor
 
 from fakes import FakeClock, FakeFactory, FakePump
@@ -25,7 +25,7 @@ class Harness:
     def write(self, text: str, name: str = "svc.yaml") -> None:
         (self.conf / name).write_text(text)
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> ReloadSummary:
         return self.sup.apply(self.sup.store.load())
 
     def settle(self) -> None:
@@ -48,6 +48,12 @@ class Harness:
         msg = Control(verb, names, wait=wait)  # type: ignore[arg-type]
         self.sup.handle_control(msg)
         return msg
+
+
+def answer(msg: Control) -> ControlResult:
+    reply = msg.reply.result(0)
+    assert isinstance(reply, ControlResult), reply
+    return reply
 
 
 @pytest.fixture
@@ -144,8 +150,8 @@ def test_stop_signals_the_group_and_waits_for_it_to_empty(h: Harness) -> None:
     assert h.factory.signals[-1] == (pid, signal.SIGKILL)
     h.settle()  # the SIGCHLD that follows
     assert h.state("a") == "stopped" and h.factory.alive() == set()
-    reply = msg.reply.result(0)
-    assert reply["ok"] and reply["results"]["a"]["state"] == "stopped"
+    reply = answer(msg)
+    assert reply.ok and reply.results_json()["a"]["state"] == "stopped"
 
 
 def test_stopped_only_once_the_grandchild_is_gone(h: Harness) -> None:
@@ -190,7 +196,7 @@ def test_start_from_fatal_forgives_and_replies_when_running(h: Harness) -> None:
     assert h.state("a") == "fatal"
     h.factory.missing.clear()
     msg = h.control("start", "a")
-    assert msg.reply.result(0)["ok"] and h.state("a") == "running"
+    assert answer(msg).ok and h.state("a") == "running"
 
 
 def test_unknown_names_do_nothing(h: Harness) -> None:
@@ -198,7 +204,7 @@ def test_unknown_names_do_nothing(h: Harness) -> None:
     h.load()
     msg = h.control("stop", "a", "ghost")
     reply = msg.reply.result(0)
-    assert reply == {"ok": False, "error": "unknown service: ghost", "unknown": ["ghost"]}
+    assert reply == Refused(("ghost",)) and reply.error == "unknown service: ghost"
     assert h.state("a") == "running"
 
 
@@ -208,8 +214,8 @@ def test_restart_replies_with_the_new_pid(h: Harness) -> None:
     (old,) = h.pids("a")
     msg = h.control("restart", "a")
     h.settle()
-    reply = msg.reply.result(0)
-    assert reply["ok"] and reply["results"]["a"]["pids"] != [old]
+    reply = answer(msg)
+    assert reply.ok and reply.results_json()["a"]["pids"] != [old]
 
 
 def test_reply_at_the_deadline_lists_what_is_pending(h: Harness) -> None:
@@ -218,8 +224,8 @@ def test_reply_at_the_deadline_lists_what_is_pending(h: Harness) -> None:
     h.factory.ignore.add(signal.SIGTERM)
     msg = h.control("stop", "a", wait=1.0)
     h.advance(1.0)
-    reply = msg.reply.result(0)
-    assert reply["ok"] is False and reply["pending"] == ["a"]
+    reply = answer(msg)
+    assert reply.ok is False and reply.pending == ("a",)
 
 
 def test_reload_touches_only_the_changed_service(h: Harness) -> None:
@@ -229,7 +235,7 @@ def test_reload_touches_only_the_changed_service(h: Harness) -> None:
     h.write("services:\n  a: {command: [x]}\n  b: {command: [y, '2']}\n  c: {command: [z]}\n")
     summary = h.load()
     h.settle()
-    assert summary["changed"] == ["b"] and summary["added"] == ["c"]
+    assert summary.changed == ("b",) and summary.added == ("c",)
     assert h.pids("a") == a and h.pids("b") != b and h.pids("c")
 
 
@@ -239,7 +245,7 @@ def test_removed_service_stops_then_disappears(h: Harness) -> None:
     h.load()
     (pid,) = h.pids("b")
     (h.conf / "b.yaml").unlink()
-    assert h.load()["removed"] == ["b"]
+    assert h.load().removed == ("b",)
     h.settle()
     assert "b" not in h.sup.services and "b" not in h.sup.snapshot.services
     assert pid not in h.factory.alive()
@@ -275,7 +281,7 @@ from suite_agent.core.inbox import ProbeChanged, Shutdown  # noqa: E402
 def probe(h: Harness, name: str, kind: str, ok: bool, index: int = 0) -> None:
     inst = h.sup.services[name].instances[index]
     assert inst.pid is not None
-    h.sup.handle_probechanged(ProbeChanged(name, index, inst.pid, kind, ok, "scripted"))
+    h.sup.handle_probe_changed(ProbeChanged(name, index, inst.pid, kind, ok, "scripted"))
     h.settle()
 
 
@@ -318,7 +324,7 @@ def test_starting_a_service_starts_its_dependencies(h: Harness) -> None:
     msg = h.control("start", "app")
     h.settle()
     assert h.state("db") == "running" and h.state("app") == "running"
-    assert msg.reply.result(0)["ok"]
+    assert answer(msg).ok
 
 
 def test_liveness_failure_restarts_and_counts(h: Harness) -> None:
@@ -339,7 +345,7 @@ def test_a_verdict_about_an_old_process_is_ignored(h: Harness) -> None:
     h.write("services:\n  a: {command: [a], health: {liveness: {tcp: {port: 1}}}}\n")
     h.load()
     (pid,) = h.pids("a")
-    h.sup.handle_probechanged(ProbeChanged("a", 0, pid - 1, "liveness", False, "stale"))
+    h.sup.handle_probe_changed(ProbeChanged("a", 0, pid - 1, "liveness", False, "stale"))
     h.settle()
     assert h.pids("a") == (pid,) and h.factory.signals == []
 
@@ -401,7 +407,7 @@ def test_start_replies_once_the_service_is_ready(h: Harness) -> None:
     h.settle()
     assert h.state("a") == "running" and not msg.reply.done()
     probe(h, "a", "readiness", True)
-    assert msg.reply.result(0)["ok"] and msg.reply.result(0)["results"]["a"]["ready"] is True
+    assert answer(msg).ok and answer(msg).results_json()["a"]["ready"] is True
 
 
 # -- faults: long crash loops, failing handlers, groups that do not go -----------------------
@@ -444,7 +450,7 @@ def test_an_exit_that_fails_to_be_handled_costs_no_other_exit(h: Harness, monkey
     assert sb.state == "running" and sb.pids not in ((), (b,)) and sb.restarts == 1
     assert any(r.levelname == "ERROR" and "exit of pid" in r.getMessage() for r in caplog.records)
     monkeypatch.undo()
-    assert h.control("start", "a").reply.result(0)["ok"] and h.state("a") == "running"
+    assert answer(h.control("start", "a")).ok and h.state("a") == "running"
     h.sup.handle_shutdown(Shutdown())
     h.settle()
     assert h.sup._all_down()
@@ -479,7 +485,7 @@ def test_an_exit_never_reported_does_not_keep_a_service_stopping(
     msg = h.control("stop", "a", wait=60)
     h.advance(1.0)
     h.advance(KILL_GRACE)
-    assert h.state("a") == "stopped" and msg.reply.result(0)["ok"]
+    assert h.state("a") == "stopped" and answer(msg).ok
     assert any(r.levelname == "ERROR" and "never reported" in r.getMessage() for r in caplog.records)
 
 
@@ -512,7 +518,7 @@ def test_a_dependent_starts_once_a_reload_fixes_its_fatal_dependency(h: Harness)
     assert h.state("db") == "fatal" and h.state("app") == "starting"
     h.write("services:\n  db: {command: [db], restart: always, start_limit: {burst: 2, interval: 60s}}\n",
             "db.yaml")
-    assert h.load()["changed"] == ["db"]
+    assert h.load().changed == ("db",)
     h.settle()
     assert h.state("db") == "running"
     assert h.state("app") == "running" and h.pids("app")
@@ -524,7 +530,7 @@ def test_a_verdict_on_a_process_that_already_exited_counts_for_nothing(h: Harnes
     h.load()
     (pid,) = h.pids("web")
     h.factory.die(pid, code=1)  # it exited; the owner has not reaped it yet
-    h.sup.handle_probechanged(ProbeChanged("web", 0, pid, "readiness", True, "HTTP 200"))
+    h.sup.handle_probe_changed(ProbeChanged("web", 0, pid, "readiness", True, "HTTP 200"))
     h.sup.after_turn()
     web = h.sup.services["web"].status()
     assert not web.ready and pid not in web.pids
@@ -543,10 +549,10 @@ def test_start_of_a_job_answers_once_it_exited_and_how(h: Harness) -> None:
     assert not msg.reply.done()
     h.factory.die(h.pids("job")[0], code=3)
     h.settle()
-    reply = msg.reply.result(0)
-    assert reply["ok"] is False
-    assert reply["results"]["job"].items() >= {"ok": False, "state": "exited", "last_exit_code": 3}.items()
-    assert reply["results"]["ok"].items() >= {"ok": True, "state": "exited", "last_exit_code": 0}.items()
+    reply = answer(msg)
+    assert reply.ok is False
+    assert reply.results_json()["job"].items() >= {"ok": False, "state": "exited", "last_exit_code": 3}.items()
+    assert reply.results_json()["ok"].items() >= {"ok": True, "state": "exited", "last_exit_code": 0}.items()
 
 
 def test_a_job_still_running_at_the_deadline_is_pending_not_ok(h: Harness) -> None:
@@ -554,9 +560,9 @@ def test_a_job_still_running_at_the_deadline_is_pending_not_ok(h: Harness) -> No
     h.load()
     msg = h.control("restart", "job", wait=5.0)
     h.advance(5.0)
-    reply = msg.reply.result(0)
-    assert reply["ok"] is False and reply["pending"] == ["job"]
-    assert reply["results"]["job"]["state"] == "running"
+    reply = answer(msg)
+    assert reply.ok is False and reply.pending == ("job",)
+    assert reply.results_json()["job"]["state"] == "running"
 
 
 def test_a_finished_manual_job_whose_command_changes_waits_for_its_next_start(h: Harness) -> None:
@@ -567,7 +573,7 @@ def test_a_finished_manual_job_whose_command_changes_waits_for_its_next_start(h:
     h.settle()
     assert h.state("job") == "exited" and len(h.factory.spawned) == 1
     h.write("services:\n  job: {command: [job, '2'], restart: never, autostart: false}\n")
-    assert h.load()["changed"] == ["job"]
+    assert h.load().changed == ("job",)
     h.settle()
     assert h.state("job") == "exited" and len(h.factory.spawned) == 1
     h.control("start", "job")
@@ -603,7 +609,7 @@ def test_a_service_declared_again_while_still_stopping_starts_again(h: Harness) 
     h.load()
     h.factory.ignore.add(signal.SIGTERM)
     (h.conf / "a.yaml").unlink()
-    assert h.load()["removed"] == ["a"]
+    assert h.load().removed == ("a",)
     h.settle()
     assert h.state("a") == "stopping"
     h.write("services:\n  a: {command: [a]}\n", "a.yaml")

@@ -58,7 +58,7 @@ class ConfigLoader:
             self._load(batch)
 
     def _load(self, batch: list[Reload]) -> None:
-        replies = tuple(m.reply for m in batch if m.reply is not None)
+        replies = tuple(m.reply for m in batch)
         source = ", ".join(dict.fromkeys(m.source for m in batch))
         problem = None
         try:

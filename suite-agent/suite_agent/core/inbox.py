@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from suite_agent.core.results import DEFAULT_WAIT, ControlAnswer, ReloadAnswer
+
+if TYPE_CHECKING:
+    from suite_agent.config.store import Declared
+    from suite_agent.core.supervisor import Supervisor
 
 Verb = Literal["start", "stop", "restart", "status"]
 
@@ -18,8 +26,8 @@ class Control:
     verb: Verb
     names: tuple[str, ...]
     source: str = "api"
-    wait: float | None = 30.0
-    reply: Future[dict[str, Any]] = field(default_factory=Future, compare=False)
+    wait: float = DEFAULT_WAIT  # 0: answer at once
+    reply: Future[ControlAnswer] = field(default_factory=Future, compare=False)
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,7 @@ class Reload:
 
     source: str = "signal"
     paths: tuple[str, ...] = ()
-    reply: Future[dict[str, Any]] | None = field(default=None, compare=False)
+    reply: Future[ReloadAnswer] = field(default_factory=Future, compare=False)
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Shutdown:
 class Call:
     """Run a read-only function on the owner thread (tests and diagnostics)."""
 
-    fn: Any
+    fn: Callable[[Supervisor], Any]
     reply: Future[Any] = field(default_factory=Future, compare=False)
 
 
@@ -60,9 +68,9 @@ class ProbeChanged:
 class Loaded:
     """A freshly loaded configuration for the owner to apply; the replies wait for the summary."""
 
-    declared: Any  # config.loader.Declared
+    declared: Declared
     source: str
-    replies: tuple[Future[dict[str, Any]], ...] = ()
+    replies: tuple[Future[ReloadAnswer], ...] = ()
     problem: str | None = None  # plugins could not transform it; the files' version is used
 
 
@@ -80,10 +88,8 @@ class Inbox:
 
     def put(self, message: Message) -> None:
         self._queue.put(message)
-        try:
+        with contextlib.suppress(BlockingIOError):  # full: the owner is already due to wake
             os.write(self._w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full, so the owner is already due to wake
 
     def drain(self) -> list[Message]:
         try:

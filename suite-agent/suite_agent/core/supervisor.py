@@ -7,6 +7,7 @@ reach it only through the inbox and read only the snapshots and events it publis
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import gc
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, assert_never
 
 from suite_agent.config.models import AgentSection, ServiceSpec
 from suite_agent.config.reloader import ConfigLoader
@@ -37,6 +38,7 @@ from suite_agent.core.inbox import (
 )
 from suite_agent.core.instance import Instance, instance_name
 from suite_agent.core.plan import Add, Remove, Replace, Scale, Update, plan
+from suite_agent.core.results import Refused, ReloadSummary, ShuttingDown
 from suite_agent.core.service import Service
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.core.timers import Clock, SystemClock, Timers
@@ -53,7 +55,6 @@ from suite_agent.processes.factory import (
     Spawned,
     account_environment,
 )
-import contextlib
 
 log = logging.getLogger("suite_agent")
 
@@ -283,14 +284,26 @@ class Supervisor:
             self.dispatch(message)
 
     def dispatch(self, message: Message) -> None:
-        handler: Callable[[Any], None] = getattr(self, "handle_" + type(message).__name__.lower())
         try:
-            handler(message)
+            match message:
+                case Control():
+                    self.handle_control(message)
+                case Loaded():
+                    self.handle_loaded(message)
+                case ProbeChanged():
+                    self.handle_probe_changed(message)
+                case Shutdown():
+                    self.handle_shutdown(message)
+                case Reload():
+                    self.handle_reload(message)
+                case Call():
+                    self.handle_call(message)
+                case _:
+                    assert_never(message)
         except Exception as exc:  # one bad message must not take the owner down
             log.exception("error handling %s", type(message).__name__)
-            reply = getattr(message, "reply", None)
-            if reply is not None and not reply.done():
-                reply.set_exception(exc)
+            if isinstance(message, Control | Call) and not message.reply.done():
+                message.reply.set_exception(exc)
 
     # -- handlers -------------------------------------------------------------------------
     def handle_sigchld(self) -> None:
@@ -324,7 +337,7 @@ class Supervisor:
             self.changed(name)
         self.dependencies.stop_in_order(dict.fromkeys(self.services))
 
-    def handle_probechanged(self, msg: ProbeChanged) -> None:
+    def handle_probe_changed(self, msg: ProbeChanged) -> None:
         if msg.ok:
             # The check may have passed as the process died: its exit comes first, so a pass
             # never counts for a process that is gone.
@@ -342,11 +355,10 @@ class Supervisor:
     def handle_control(self, msg: Control) -> None:
         unknown = [n for n in msg.names if n not in self.services or self.services[n].removing]
         if unknown or not msg.names:
-            error = f"unknown service: {', '.join(unknown)}" if unknown else "no service named"
-            msg.reply.set_result({"ok": False, "error": error, "unknown": unknown})
+            msg.reply.set_result(Refused(tuple(unknown)))
             return
         if self._shutting_down and msg.verb != "status":
-            msg.reply.set_result({"ok": False, "error": "the agent is shutting down"})
+            msg.reply.set_result(ShuttingDown())
             return
         for name in dict.fromkeys(msg.names):
             svc = self.services[name]
@@ -368,28 +380,28 @@ class Supervisor:
     def handle_loaded(self, msg: Loaded) -> None:
         if self._shutting_down:
             for reply in msg.replies:
-                reply.set_result({"ok": False, "error": "the agent is shutting down"})
+                reply.set_result(ShuttingDown())
             return
         if msg.problem is not None:
             log.error("configuration not transformed by plugins: %s", msg.problem)
             self.emit(Event.make(events.CONFIG_ERROR, None, source="plugins", errors=[msg.problem]))
         first = self.declared is None
         summary = self.apply(msg.declared)
-        if msg.source == "watch" and not any(summary[k] for k in ("added", "changed", "removed")):
+        if msg.source == "watch" and summary.changes_nothing:
             for reply in msg.replies:  # the watcher's catch-up found nothing new: stay quiet
-                reply.set_result({"ok": not msg.declared.rejected, **summary})
+                reply.set_result(summary)
             return
-        log.info("configuration loaded (%s): %s", msg.source,
-                 ", ".join(f"{k} {len(v)}" for k, v in summary.items() if k != "errors"))
+        log.info("configuration loaded (%s): added %d, changed %d, removed %d", msg.source,
+                 len(summary.added), len(summary.changed), len(summary.removed))
         if first:
             log.info("service output goes to %s", self.pump.log_dir)
         release_memory()
-        self.emit(Event.make(events.CONFIG_RELOADED, None, source=msg.source, **summary))
+        self.emit(Event.make(events.CONFIG_RELOADED, None, source=msg.source, **summary.json()))
         for reply in msg.replies:
-            reply.set_result({"ok": not msg.declared.rejected, **summary})
+            reply.set_result(summary)
 
     # -- reconcile ------------------------------------------------------------------------
-    def apply(self, declared: Declared) -> dict[str, Any]:
+    def apply(self, declared: Declared) -> ReloadSummary:
         self.declared = declared
         self._report_rejections(declared)
         if declared.agent != self.agent:
@@ -400,33 +412,35 @@ class Supervisor:
         for section in ("api", "queue", "plugins"):
             self.integrations.configure(section, getattr(declared, section))
         actual = {n: s.spec for n, s in self.services.items() if not s.removing}
-        summary: dict[str, Any] = {"added": [], "changed": [], "removed": [],
-                                   "errors": {f: [str(p) for p in ps] for f, ps in declared.rejected.items()}}
+        added: list[str] = []
+        changed: list[str] = []
+        removed: list[str] = []
         for action in plan(declared.services, actual):
             origin = declared.origins.get(action.name)
             match action:
                 case Remove(name):
                     self._remove(name)
-                    summary["removed"].append(name)
+                    removed.append(name)
                 case Add(name, spec):
                     self._add(name, spec, origin)
-                    summary["added"].append(name)
+                    added.append(name)
                 case Replace(name, spec):
                     self.services[name].replace(spec, origin)
-                    summary["changed"].append(name)
+                    changed.append(name)
                 case Scale(name, spec):
                     self.services[name].scale(spec, origin)
-                    summary["changed"].append(name)
+                    changed.append(name)
                 case Update(name, spec):
                     self.services[name].update(spec, origin)
-                    summary["changed"].append(name)
+                    changed.append(name)
         self.dependencies.reindex()
         for name, svc in self.services.items():
             if not svc.removing and svc.origin != declared.origins.get(name):
                 svc.origin = declared.origins.get(name)
                 self.changed(name)
         self._publish()
-        return summary
+        errors = {file: tuple(str(p) for p in problems) for file, problems in declared.rejected.items()}
+        return ReloadSummary(tuple(added), tuple(changed), tuple(removed), MappingProxyType(errors))
 
     def _add(self, name: str, spec: ServiceSpec, origin: str | None) -> None:
         existing = self.services.get(name)
