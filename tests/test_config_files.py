@@ -19,7 +19,8 @@ from suite_agent.config import yamlpos
 from suite_agent.config.files import MAX_FILE_BYTES
 from suite_agent.config.reloader import ConfigLoader
 from suite_agent.config.store import ConfigStore, Declared, validate_dir
-from suite_agent.core.inbox import Inbox, Loaded, Reload
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Inbox, Loaded
 
 T = TypeVar("T")
 GOOD = "services:\n  good: {command: [sleep, '1']}\n"

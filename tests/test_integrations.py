@@ -40,8 +40,8 @@ def manager(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> IntegrationManag
     monkeypatch.setitem(FACTORIES, "api", "flaky_part:create")
     FlakyPart.attempts = 0
     bus = EventBus()
-    return IntegrationManager(lambda m: AgentHandle(inbox=Inbox(), bus=bus, pump=None,  # type: ignore[arg-type]
-                                                    snapshot=Snapshot, conf_dir=tmp_path, parts=m.parts))
+    return IntegrationManager(AgentHandle(inbox=Inbox(), bus=bus, pump=None,  # type: ignore[arg-type]
+                                          snapshot=Snapshot, conf_dir=tmp_path))
 
 
 def test_a_part_that_failed_to_start_is_retried_with_the_same_section(manager: IntegrationManager) -> None:

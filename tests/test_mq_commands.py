@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from suite_agent.config.models import QueueSection
-from suite_agent.core.inbox import Control, Reload
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Control
 from suite_agent.core.results import (
     ANSWER_SLACK,
     DEFAULT_WAIT,

@@ -17,7 +17,8 @@ from typing import Any, cast
 import pytest
 
 from suite_agent.config.models import QueueSection
-from suite_agent.core.inbox import Control, Inbox, Reload
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Control, Inbox
 from suite_agent.core.results import ControlResult, Outcome, Refused, ReloadSummary
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.events.bus import Event, EventBus
@@ -45,7 +46,8 @@ def queue_threads() -> list[str]:
 
 
 class StandInOwner:
-    """Answers the inbox the way the owner does, for services named in `known`."""
+    """Answers the inbox the way the owner does, for services named in `known`; and reloads, as
+    the loader thread does."""
 
     def __init__(self, inbox: Inbox, known: tuple[str, ...]) -> None:
         self.inbox = inbox
@@ -60,15 +62,17 @@ class StandInOwner:
             select.select([self.inbox.fileno], [], [], 0.1)
             for message in self.inbox.drain():
                 self.handled.append(message)
-                if isinstance(message, Reload):
-                    message.reply.set_result(ReloadSummary())
-                elif isinstance(message, Control):
+                if isinstance(message, Control):
                     unknown = [n for n in message.names if n not in self.known]
                     if unknown:
                         message.reply.set_result(Refused(tuple(unknown)))
                     else:
                         ok = message.verb != "stop"  # so that "error" is counted too
                         message.reply.set_result(ControlResult({n: Outcome(ok, None) for n in message.names}))
+
+    def reload(self, request: Reload) -> None:
+        self.handled.append(request)
+        request.reply.set_result(ReloadSummary())
 
     def stop(self) -> None:
         self._stop.set()
@@ -85,9 +89,9 @@ def snapshot_of(*names: str) -> Callable[[], Snapshot]:
 def seam(tmp_path: Path) -> Iterator[tuple[IntegrationManager, StandInOwner]]:
     inbox, bus = Inbox(), EventBus()
     pump = OutputPump(tmp_path / "logs")
-    manager = IntegrationManager(lambda m: AgentHandle(inbox=inbox, bus=bus, pump=pump, snapshot=snapshot_of("web"),
-                                                       conf_dir=tmp_path, parts=m.parts))
     owner = StandInOwner(inbox, ("web",))
+    manager = IntegrationManager(AgentHandle(inbox=inbox, bus=bus, pump=pump, snapshot=snapshot_of("web"),
+                                             conf_dir=tmp_path, reload=owner.reload))
     try:
         yield manager, owner
     finally:

@@ -16,6 +16,7 @@ import pytest
 
 from suite_agent.config.models import HealthSpec
 from suite_agent.core.inbox import Inbox, ProbeChanged
+from suite_agent.events.bus import EventBus
 from suite_agent.health.checks import check_http, run_check
 from suite_agent.health.scheduler import Prober
 from suite_agent.processes.factory import ForeignChildren, ReaperGone
@@ -92,17 +93,14 @@ def test_tcp_readiness_flips_when_the_port_closes(foreign: ForeignChildren, list
 
 
 def test_only_transitions_are_reported(foreign: ForeignChildren, listener: socket.socket) -> None:
-    inbox = Inbox()
-    prober = Prober(inbox, foreign)
-    seen: list[ProbeChanged] = []
-    prober.on_result = seen.append
+    inbox, results = Inbox(), EventBus()
+    prober = Prober(inbox, foreign, results=results)
+    seen = results.subscribe()
     port = listener.getsockname()[1]
     prober.watch(("db", 0), 1, health(liveness={"tcp": {"port": port}, "period": 0.02}), None, os.environ)
     try:
-        deadline = time.monotonic() + 5
-        while len(seen) < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(seen) >= 5
+        checks = [seen.get(5) for _ in range(5)]
+        assert all(e is not None and e.type == "probe_result" and e.data["ok"] for e in checks)
         assert len([m for m in inbox.drain() if isinstance(m, ProbeChanged)]) == 1
     finally:
         prober.stop()

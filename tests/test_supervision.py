@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from suite_agent.core.inbox import Control
 from suite_agent.core.results import ControlResult, Refused, ReloadSummary
 from suite_agent.core.supervisor import Supervisor
 
-from fakes import FakeClock, FakeFactory, FakePump
+from fakes import FakeClock, FakeFactory, FakeLoader, FakeProber, FakePump
 
 
 class Harness:
@@ -20,7 +23,9 @@ class Harness:
         self.conf.mkdir()
         self.clock = FakeClock()
         self.factory = FakeFactory()
-        self.sup = Supervisor(self.conf, clock=self.clock, factory=self.factory, pump=FakePump())  # type: ignore[arg-type]
+        self.prober = FakeProber()
+        self.sup = Supervisor(self.conf, clock=self.clock, factory=self.factory, pump=FakePump(),  # type: ignore[arg-type]
+                              prober=self.prober, loader=FakeLoader())
 
     def write(self, text: str, name: str = "svc.yaml") -> None:
         (self.conf / name).write_text(text)
@@ -57,8 +62,27 @@ def answer(msg: Control) -> ControlResult:
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Harness:
-    return Harness(tmp_path)
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.sup.close()
+
+
+def test_a_harness_leaves_no_thread_and_no_fd_behind(tmp_path: Path) -> None:
+    threads, fds = set(threading.enumerate()), set(os.listdir("/proc/self/fd"))
+    h = Harness(tmp_path)
+    h.write("services:\n  db: {command: [db], health: {readiness: {exec: {command: [check]}}}}\n"
+            "  app: {command: [app], depends_on: {db: {condition: healthy}}}\n")
+    h.load()
+    probe(h, "db", "readiness", True)
+    assert h.state("app") == "running" and h.prober.watching == {("db", 0): h.pids("db")[0]}
+    h.sup.handle_shutdown(Shutdown())
+    h.settle()  # app stops first,
+    h.settle()  # then db
+    assert h.sup._all_down() and h.prober.watching == {}
+    h.sup.close()
+    assert set(threading.enumerate()) == threads
+    assert set(os.listdir("/proc/self/fd")) == fds
 
 
 def test_autostart_services_start_and_manual_ones_wait(h: Harness) -> None:
@@ -339,6 +363,71 @@ def test_liveness_failure_restarts_and_counts(h: Harness) -> None:
     status = h.sup.services["a"].status()
     assert status.state == "running" and status.pids != (pid,) and status.restarts == 1
     assert status.health == "unknown"  # a new process has no verdict yet
+
+
+LIVENESS = "health: {liveness: {tcp: {port: 1}}}, stop: {timeout: 5s}"
+
+
+def test_a_stop_asked_for_while_a_failed_probe_stops_it_wins(h: Harness) -> None:
+    h.write(f"services:\n  a: {{command: [a], {LIVENESS}}}\n")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    probe(h, "a", "liveness", False)
+    assert h.state("a") == "stopping"
+    h.control("stop", "a")
+    h.advance(5.0)  # SIGKILL at the stop timeout,
+    h.settle()  # and its exit
+    assert h.state("a") == "stopped" and len(h.factory.spawned) == 1
+
+
+def test_a_probe_failing_while_an_operator_stop_runs_restarts_nothing(h: Harness) -> None:
+    h.write(f"services:\n  a: {{command: [a], {LIVENESS}}}\n")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    h.control("stop", "a")
+    probe(h, "a", "liveness", False)
+    h.advance(5.0)
+    h.settle()
+    assert h.state("a") == "stopped" and len(h.factory.spawned) == 1
+
+
+def test_a_restart_asked_for_while_a_failed_probe_stops_it_starts_it_once_as_the_operator_asked(
+        h: Harness) -> None:
+    h.write(f"services:\n  a: {{command: [a], {LIVENESS}}}\n")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    probe(h, "a", "liveness", False)
+    h.control("restart", "a")
+    h.advance(5.0)
+    h.settle()
+    status = h.sup.services["a"].status()
+    assert status.state == "running" and len(h.factory.spawned) == 2
+    assert status.restarts == 0  # an operator's restart, not one after a failure
+
+
+def test_a_replica_scaled_away_while_a_failed_probe_stops_it_is_not_restarted(h: Harness) -> None:
+    h.write(f"services:\n  a: {{command: [a], replicas: 2, {LIVENESS}}}\n")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    probe(h, "a", "liveness", False, index=1)
+    h.write(f"services:\n  a: {{command: [a], replicas: 1, {LIVENESS}}}\n")
+    h.load()
+    h.advance(5.0)
+    h.settle()
+    assert len(h.pids("a")) == 1 and len(h.factory.spawned) == 2
+
+
+def test_a_dependency_that_restarts_restarts_the_dependents_that_ask_for_it(h: Harness) -> None:
+    h.write("services:\n  db: {command: [db]}\n  app: {command: [app], depends_on: {db: {restart: true}}}\n"
+            "  web: {command: [web], depends_on: [db]}\n")
+    h.load()
+    h.settle()
+    (db,), (app,), (web,) = h.pids("db"), h.pids("app"), h.pids("web")
+    h.factory.die(db, code=1)
+    h.settle()
+    h.settle()
+    assert h.pids("db") != (db,) and h.pids("app") not in ((), (app,)) and h.pids("web") == (web,)
+    assert h.state("app") == "running"
 
 
 def test_a_verdict_about_an_old_process_is_ignored(h: Harness) -> None:

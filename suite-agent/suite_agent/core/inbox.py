@@ -31,15 +31,6 @@ class Control:
 
 
 @dataclass(frozen=True)
-class Reload:
-    """Re-read conf.d. `paths` are the files the watcher saw change (empty: all)."""
-
-    source: str = "signal"
-    paths: tuple[str, ...] = ()
-    reply: Future[ReloadAnswer] = field(default_factory=Future, compare=False)
-
-
-@dataclass(frozen=True)
 class Shutdown:
     reason: str = "signal"
 
@@ -54,7 +45,7 @@ class Call:
 
 @dataclass(frozen=True)
 class ProbeChanged:
-    """A probe's verdict flipped (or, to observers, one check's result)."""
+    """A probe's verdict flipped (every check's result goes to the prober's own bus instead)."""
 
     service: str
     index: int
@@ -66,7 +57,8 @@ class ProbeChanged:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A freshly loaded configuration for the owner to apply; the replies wait for the summary."""
+    """A freshly loaded configuration for the owner to apply; the replies wait for the summary.
+    (Reload requests go to the loader thread, config/reloader.py, never through here.)"""
 
     declared: Declared
     source: str
@@ -74,7 +66,7 @@ class Loaded:
     problem: str | None = None  # plugins could not transform it; the files' version is used
 
 
-Message = Control | Reload | Shutdown | Call | ProbeChanged | Loaded
+Message = Control | Shutdown | Call | ProbeChanged | Loaded
 
 
 class Inbox:

@@ -1,4 +1,5 @@
-"""Start, stop, restart and reload: messages into the owner's inbox, answered once done."""
+"""Start, stop, restart (messages into the owner's inbox) and reload (a request to the loader
+thread), each answered once done."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from concurrent.futures import Future
 from typing import Any, TypeVar, assert_never
 from urllib.parse import quote
 
-from suite_agent.core.inbox import Control, Reload, Verb
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Control, Verb
 from suite_agent.core.results import (
     ANSWER_SLACK,
     DEFAULT_WAIT,
@@ -69,7 +71,7 @@ def control_reply(answer: ControlAnswer, wait: float) -> Reply:
 
 def reload(ctx: ApiContext, req: Req) -> Reply:
     request = Reload(source="api")
-    ctx.handle.inbox.put(request)
+    ctx.handle.reload(request)
     return reload_reply(_answer(request.reply, RELOAD_WAIT))
 
 

@@ -12,7 +12,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard, assert_never, cast, get_args
 
-from suite_agent.core.inbox import Control, Reload
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Control
 from suite_agent.core.results import (
     ANSWER_SLACK,
     DEFAULT_WAIT,
@@ -117,7 +118,8 @@ def _json_type(value: Any) -> str:
 
 
 def to_owner(command: Command, every_service: Collection[str]) -> Control | Reload:
-    """The owner's message for this command; its answer comes in the message's `reply`.
+    """The owner's message for this command (a reload: the loader's request); its answer comes in
+    the message's `reply`.
 
     `every_service` stands in for the names of a bare status.
     """

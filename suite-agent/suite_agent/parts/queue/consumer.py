@@ -29,6 +29,7 @@ from kombu.entity import Queue
 from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 
+from suite_agent.config.reloader import Reload
 from suite_agent.core.results import ControlAnswer, ReloadAnswer
 from suite_agent.events.bus import Event
 from suite_agent.parts.lifecycle import AgentHandle
@@ -137,7 +138,10 @@ class CommandConsumer:
                            [(message, False)])
         if key:
             self._remember(key, pending)
-        self.handle.inbox.put(request)
+        if isinstance(request, Reload):
+            self.handle.reload(request)
+        else:
+            self.handle.inbox.put(request)
         try:
             request.reply.exception(FAST_WAIT)  # a wait only: _finish reads the answer or failure
         except FutureTimeout:
