@@ -21,8 +21,9 @@ MAX_WAIT = 300.0
 # The owner answers at `wait` itself; a caller gives up on it this much later: a loop that has not
 # turned for this long is stalled (as `/api/health` counts it), not busy.
 ANSWER_SLACK = 2.0
-# How long a caller waits for a reload's summary: reading conf.d, then plugins' on_config_load.
-RELOAD_WAIT = 30.0
+# How long a caller waits for a reload's summary: reading conf.d, starting the plugins it names
+# (up to 30 s) and their on_config_load (up to 5 s), applying it.
+RELOAD_WAIT = 40.0
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ FACTORIES: dict[str, str] = {
 }
 
 
+# A reload waits this long for the plugins it names to start, then for their on_config_load.
 PLUGIN_START_TIMEOUT = 30.0
 PLUGIN_HOOK_TIMEOUT = 5.0
 
