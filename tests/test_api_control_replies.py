@@ -1,13 +1,23 @@
-"""How the REST API renders each of the owner's answers to start/stop/restart and reload."""
+"""How the REST API renders each of the owner's answers to start/stop/restart and reload, and
+where a reload goes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Inbox
 from suite_agent.core.results import ControlAnswer, ControlResult, Outcome, Refused, ReloadSummary, ShuttingDown
 from suite_agent.core.service import ServiceStatus
-from suite_agent.parts.api.control import control_reply, reload_reply
+from suite_agent.core.snapshot import Snapshot
+from suite_agent.events.bus import EventBus
+from suite_agent.parts.api.control import control_reply, reload, reload_reply
 from suite_agent.parts.api.errors import ApiError
+from suite_agent.parts.api.params import Req
+from suite_agent.parts.lifecycle import AgentHandle
 
 
 def status(name: str, state: str) -> ServiceStatus:
@@ -71,3 +81,21 @@ def test_a_reload_answers_200_with_its_summary_or_why_not() -> None:
     assert reload_reply(ReloadSummary()).body == {"ok": True, "added": [], "changed": [], "removed": [], "errors": {}}
     reply = reload_reply(ShuttingDown())
     assert (reply.status, reply.body) == (200, {"ok": False, "error": "the agent is shutting down"})
+
+
+def test_a_reload_goes_to_the_loader_never_through_the_owner(tmp_path: Path) -> None:
+    requests: list[Reload] = []
+
+    def loader(request: Reload) -> None:
+        requests.append(request)
+        request.reply.set_result(ReloadSummary(added=("a",)))
+
+    inbox = Inbox()
+    handle = AgentHandle(inbox=inbox, bus=EventBus(), pump=None,  # type: ignore[arg-type]
+                         snapshot=Snapshot, conf_dir=tmp_path, reload=loader)
+    try:
+        reply = reload(SimpleNamespace(handle=handle), Req({}, {}))  # type: ignore[arg-type]
+        assert reply.body["added"] == ["a"] and [r.source for r in requests] == ["api"]
+        assert inbox.drain() == []
+    finally:
+        inbox.close()
