@@ -1,4 +1,5 @@
-"""Scripted stand-ins for the clock, the OS process layer and the output pump."""
+"""Scripted stand-ins for the clock, the OS process layer, the output pump, the prober and the
+configuration loader: a supervisor built on them starts no thread and opens no fd but its inbox."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from suite_agent.config.models import HealthSpec
+from suite_agent.config.reloader import Reload
 from suite_agent.processes.factory import Spawned
 
 
@@ -95,3 +98,33 @@ class FakePump:
     def forget(self, service: str) -> None: ...
 
     def reconfigure(self, *args: object) -> None: ...
+
+
+class FakeProber:
+    """What the owner asked to be probed; verdicts are scripted with handle_probe_changed."""
+
+    def __init__(self) -> None:
+        self.watching: dict[tuple[str, int], int] = {}  # (service, index) -> pid
+
+    def watch(self, key: tuple[str, int], pid: int, health: HealthSpec, cwd: str | None,
+              env: Mapping[str, str]) -> None:
+        self.watching[key] = pid
+
+    def unwatch(self, key: tuple[str, int]) -> None:
+        self.watching.pop(key, None)
+
+    def stop(self, timeout: float = 2.0) -> None: ...
+
+
+class FakeLoader:
+    """Keeps the reload requests; tests load conf.d themselves (Supervisor.apply)."""
+
+    def __init__(self) -> None:
+        self.requests: list[Reload] = []
+
+    def start(self) -> None: ...
+
+    def request(self, msg: Reload) -> None:
+        self.requests.append(msg)
+
+    def stop(self, timeout: float = 5.0) -> None: ...

@@ -17,9 +17,9 @@ import pytest
 from suite_agent.config import store as loader
 from suite_agent.config import yamlpos
 from suite_agent.config.files import MAX_FILE_BYTES
-from suite_agent.config.reloader import ConfigLoader
+from suite_agent.config.reloader import ConfigLoader, Reload
 from suite_agent.config.store import ConfigStore, Declared, validate_dir
-from suite_agent.core.inbox import Inbox, Loaded, Reload
+from suite_agent.core.inbox import Inbox, Loaded
 
 T = TypeVar("T")
 GOOD = "services:\n  good: {command: [sleep, '1']}\n"

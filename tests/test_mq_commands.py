@@ -11,7 +11,20 @@ from hypothesis import strategies as st
 
 from suite_agent.config.endpoints import redact_url
 from suite_agent.config.models import QueueSection
-from suite_agent.core.inbox import Control, Reload
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Control
+from suite_agent.core.results import (
+    ANSWER_SLACK,
+    DEFAULT_WAIT,
+    MAX_WAIT,
+    RELOAD_WAIT,
+    ControlResult,
+    Outcome,
+    Refused,
+    ReloadSummary,
+    ShuttingDown,
+)
+from suite_agent.core.service import ServiceStatus
 from suite_agent.parts.lifecycle import IntegrationError
 from suite_agent.parts.queue import commands, topology
 from suite_agent.parts.queue.commands import Command, CommandError, parse
@@ -19,7 +32,7 @@ from suite_agent.parts.queue.commands import Command, CommandError, parse
 
 def test_a_broadcast_and_a_targeted_command() -> None:
     assert parse("suite.control.start", b'{"services": ["web", "api", "web"]}', "host-1") == Command(
-        "start", ("web", "api"), commands.DEFAULT_WAIT)
+        "start", ("web", "api"), DEFAULT_WAIT)
     assert parse("suite.control.stop.host-1", '{"services": ["web"], "wait": 2.5}', "host-1").wait == 2.5
     assert parse("suite.control.stop.db.example.com", '{"services": ["w"]}', "db.example.com").verb == "stop"
 
@@ -42,7 +55,7 @@ def test_status_and_reload_need_no_body(body: bytes) -> None:
     ("suite.control.start", b'{"services": ["web"], "wait": true}', "not a boolean"),
     ("suite.control.start", b'{"services": ["web"], "wait": NaN}', "number of seconds"),
     ("suite.control.start", b'{"services": ["web"], "wait": Infinity}', "number of seconds"),
-    ("suite.control.start", b'{"services": ["web"], "wait": 3601}', "between 0 and 3600"),
+    ("suite.control.start", b'{"services": ["web"], "wait": 301}', "between 0 and 300 seconds"),
     ("suite.control.start", b'{"services": ["web"], "force": true}', "unknown field(s) 'force'"),
     ("suite.control.kill", b'{"services": ["web"]}', "unknown verb 'kill'"),
     ("suite.control", b"{}", "is not a command"),
@@ -73,20 +86,44 @@ def test_any_body_parses_or_is_a_command_error(verb: str, body: Any) -> None:
         assert str(exc)
         return
     assert command.verb in commands.VERBS and all(isinstance(n, str) for n in command.names)
-    assert 0 <= command.wait <= commands.MAX_WAIT
+    assert 0 <= command.wait <= MAX_WAIT
 
 
-def test_inbox_messages_and_replies() -> None:
-    status_all, answer = commands.to_inbox(Command("status", (), 30.0), {"b": 1, "a": 2}.keys())
+def test_messages_for_the_owner() -> None:
+    status_all = commands.to_owner(Command("status", (), 30.0), {"b": 1, "a": 2}.keys())
     assert isinstance(status_all, Control) and status_all.names == ("a", "b") and status_all.source == "queue"
-    assert status_all.reply is answer
-    reload, answer = commands.to_inbox(Command("reload", (), 30.0), ())
-    assert isinstance(reload, Reload) and reload.reply is answer and reload.source == "queue"
-    summary = {"ok": False, "added": ["x"], "changed": [], "removed": [], "errors": {"f.yaml": ["bad"]}}
-    assert commands.reply(Command("reload", (), 1.0), summary) == {
+    reload = commands.to_owner(Command("reload", (), 30.0), ())
+    assert isinstance(reload, Reload) and reload.source == "queue"
+    assert commands.answer_within(Command("stop", ("a",), 5.0)) == 5.0 + ANSWER_SLACK
+    assert commands.answer_within(Command("reload", (), 5.0)) == RELOAD_WAIT
+
+
+def running(name: str) -> ServiceStatus:
+    return ServiceStatus(name=name, state="running", detail="pid 7", ready=True, health="unknown", pids=(7,),
+                         restarts=1, started_at=990.0, last_exit_code=None, last_signal=None, replicas=1,
+                         autostart=True, origin="conf.d/a.yaml")
+
+
+def test_every_answer_is_rendered_as_it_is_sent() -> None:
+    start, reload = Command("start", ("web", "gone"), 30.0), Command("reload", (), 30.0)
+    result = ControlResult({"web": Outcome(True, running("web")), "gone": Outcome(False, None)}, ("web",), at=1000.0)
+    assert commands.reply(start, result) == {"ok": False, "results": {
+        "web": {"name": "web", "state": "running", "detail": "pid 7", "ready": True, "health": "unknown",
+                "pids": [7], "restarts": 1, "uptime": 10.0, "last_exit_code": None, "last_signal": None,
+                "replicas": 1, "autostart": True, "file": "conf.d/a.yaml", "ok": True},
+        "gone": {"ok": False, "state": "removed"}}, "pending": ["web"]}
+    assert commands.reply(start, ControlResult({"web": Outcome(True, None)})) == {
+        "ok": True, "results": {"web": {"ok": True, "state": "removed"}}}
+    refused = Refused(("x",))
+    assert commands.refused(refused) and not commands.refused(Refused(()))
+    assert commands.reply(start, refused) == {"ok": False, "error": "unknown service: x", "unknown": ["x"]}
+    assert commands.reply(start, Refused(())) == {"ok": False, "error": "no service named", "unknown": []}
+    assert commands.reply(start, ShuttingDown()) == {"ok": False, "error": "the agent is shutting down"}
+    summary = ReloadSummary(added=("x",), errors={"f.yaml": ("bad",)})
+    assert commands.reply(reload, summary) == {
         "ok": False, "results": {"added": ["x"], "changed": [], "removed": [], "errors": {"f.yaml": ["bad"]}}}
-    assert commands.refused({"ok": False, "error": "unknown service: x", "unknown": ["x"]})
-    assert not commands.refused({"ok": False, "results": {}})
+    assert commands.reply(reload, ReloadSummary())["ok"] is True
+    assert commands.reply(reload, ShuttingDown()) == {"ok": False, "results": {"error": "the agent is shutting down"}}
 
 
 @pytest.mark.parametrize(("url", "agent_id", "error"), [

@@ -17,7 +17,9 @@ from typing import Any, cast
 import pytest
 
 from suite_agent.config.models import QueueSection
-from suite_agent.core.inbox import Control, Inbox, Reload
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Control, Inbox
+from suite_agent.core.results import ControlResult, Outcome, Refused, ReloadSummary
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.output.pump import OutputPump
@@ -44,7 +46,8 @@ def queue_threads() -> list[str]:
 
 
 class StandInOwner:
-    """Answers the inbox the way the owner does, for services named in `known`."""
+    """Answers the inbox the way the owner does, for services named in `known`; and reloads, as
+    the loader thread does."""
 
     def __init__(self, inbox: Inbox, known: tuple[str, ...]) -> None:
         self.inbox = inbox
@@ -59,16 +62,17 @@ class StandInOwner:
             select.select([self.inbox.fileno], [], [], 0.1)
             for message in self.inbox.drain():
                 self.handled.append(message)
-                if isinstance(message, Reload) and message.reply is not None:
-                    message.reply.set_result({"ok": True, "added": [], "changed": [], "removed": [], "errors": {}})
-                elif isinstance(message, Control):
+                if isinstance(message, Control):
                     unknown = [n for n in message.names if n not in self.known]
                     if unknown:
-                        message.reply.set_result({"ok": False, "error": f"unknown service: {', '.join(unknown)}",
-                                                  "unknown": unknown})
+                        message.reply.set_result(Refused(tuple(unknown)))
                     else:
                         ok = message.verb != "stop"  # so that "error" is counted too
-                        message.reply.set_result({"ok": ok, "results": {n: {"ok": ok} for n in message.names}})
+                        message.reply.set_result(ControlResult({n: Outcome(ok, None) for n in message.names}))
+
+    def reload(self, request: Reload) -> None:
+        self.handled.append(request)
+        request.reply.set_result(ReloadSummary())
 
     def stop(self) -> None:
         self._stop.set()
@@ -85,9 +89,9 @@ def snapshot_of(*names: str) -> Callable[[], Snapshot]:
 def seam(tmp_path: Path) -> Iterator[tuple[IntegrationManager, StandInOwner]]:
     inbox, bus = Inbox(), EventBus()
     pump = OutputPump(tmp_path / "logs")
-    manager = IntegrationManager(lambda m: AgentHandle(inbox=inbox, bus=bus, pump=pump, snapshot=snapshot_of("web"),
-                                                       conf_dir=tmp_path, parts=m.parts))
     owner = StandInOwner(inbox, ("web",))
+    manager = IntegrationManager(AgentHandle(inbox=inbox, bus=bus, pump=pump, snapshot=snapshot_of("web"),
+                                             conf_dir=tmp_path, reload=owner.reload))
     try:
         yield manager, owner
     finally:
@@ -108,7 +112,7 @@ def test_samples_count_commands_by_result_and_the_part_stops_cleanly(
     wait_for(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
 
     assert cmd.send("suite.control.status", {"services": ["web"]})["ok"] is True
-    assert cmd.send("suite.control.status")["results"] == {"web": {"ok": True}}  # no names: every service
+    assert list(cmd.send("suite.control.status")["results"]) == ["web"]  # no names: every service
     assert cmd.send("suite.control.stop", {"services": ["web"]})["ok"] is False
     assert cmd.send("suite.control.start", {"services": ["nope"]})["error"] == "unknown service: nope"
     assert cmd.send("suite.control.start", {"services": 3})["ok"] is False

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import http.server
 import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 from suite_agent.config.models import HealthSpec
 from suite_agent.core.inbox import Inbox, ProbeChanged
+from suite_agent.events.bus import EventBus
 from suite_agent.health.checks import check_http, run_check
 from suite_agent.health.scheduler import Prober
-from suite_agent.processes.factory import ForeignChildren
+from suite_agent.processes.factory import ForeignChildren, ReaperGone
+
+from agent import wait_for
 
 
 class Reaper:
@@ -87,17 +93,14 @@ def test_tcp_readiness_flips_when_the_port_closes(foreign: ForeignChildren, list
 
 
 def test_only_transitions_are_reported(foreign: ForeignChildren, listener: socket.socket) -> None:
-    inbox = Inbox()
-    prober = Prober(inbox, foreign)
-    seen: list[ProbeChanged] = []
-    prober.on_result = seen.append
+    inbox, results = Inbox(), EventBus()
+    prober = Prober(inbox, foreign, results=results)
+    seen = results.subscribe()
     port = listener.getsockname()[1]
     prober.watch(("db", 0), 1, health(liveness={"tcp": {"port": port}, "period": 0.02}), None, os.environ)
     try:
-        deadline = time.monotonic() + 5
-        while len(seen) < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(seen) >= 5
+        checks = [seen.get(5) for _ in range(5)]
+        assert all(e is not None and e.type == "probe_result" and e.data["ok"] for e in checks)
         assert len([m for m in inbox.drain() if isinstance(m, ProbeChanged)]) == 1
     finally:
         prober.stop()
@@ -158,6 +161,24 @@ def test_missing_exec_probe_command_is_a_failure_not_a_crash(foreign: ForeignChi
     assert probe is not None
     result = run_check(probe, foreign, None, os.environ)
     assert not result.ok and "No such file" in result.message
+
+
+def test_once_the_owner_stops_reaping_a_running_exec_check_ends_at_once_and_kills_its_command() -> None:
+    children = ForeignChildren()  # nobody reaps them: the owner's loop has ended
+    probe = health(liveness={"exec": {"command": ["sleep", "31"]}, "timeout": 20}).liveness
+    assert probe is not None
+    with ThreadPoolExecutor(1) as pool:
+        check = pool.submit(run_check, probe, children, None, os.environ)
+        (pid,) = wait_for(lambda: [c.pid for c in psutil.Process().children() if c.cmdline() == ["sleep", "31"]],
+                          5, "the probe's command")
+        began = time.monotonic()
+        children.close()
+        result = check.result(5)
+    assert time.monotonic() - began < 2
+    assert not result.ok and "the agent is stopping" in result.message
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL  # killed, not left to outlive the agent
+    with pytest.raises(ReaperGone):
+        children.spawn(["true"], None, os.environ, 1)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

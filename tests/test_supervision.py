@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from suite_agent.core.inbox import Control
+from suite_agent.core.results import ControlResult, Refused, ReloadSummary
 from suite_agent.core.supervisor import Supervisor
 
-from fakes import FakeClock, FakeFactory, FakePump
+from fakes import FakeClock, FakeFactory, FakeLoader, FakeProber, FakePump
 
 
 class Harness:
@@ -20,12 +23,14 @@ class Harness:
         self.conf.mkdir()
         self.clock = FakeClock()
         self.factory = FakeFactory()
-        self.sup = Supervisor(self.conf, clock=self.clock, factory=self.factory, pump=FakePump())  # type: ignore[arg-type]
+        self.prober = FakeProber()
+        self.sup = Supervisor(self.conf, clock=self.clock, factory=self.factory, pump=FakePump(),  # type: ignore[arg-type]
+                              prober=self.prober, loader=FakeLoader())
 
     def write(self, text: str, name: str = "svc.yaml") -> None:
         (self.conf / name).write_text(text)
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> ReloadSummary:
         return self.sup.apply(self.sup.store.load())
 
     def settle(self) -> None:
@@ -50,9 +55,34 @@ class Harness:
         return msg
 
 
+def answer(msg: Control) -> ControlResult:
+    reply = msg.reply.result(0)
+    assert isinstance(reply, ControlResult), reply
+    return reply
+
+
 @pytest.fixture
-def h(tmp_path: Path) -> Harness:
-    return Harness(tmp_path)
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.sup.close()
+
+
+def test_a_harness_leaves_no_thread_and_no_fd_behind(tmp_path: Path) -> None:
+    threads, fds = set(threading.enumerate()), set(os.listdir("/proc/self/fd"))
+    h = Harness(tmp_path)
+    h.write("services:\n  db: {command: [db], health: {readiness: {exec: {command: [check]}}}}\n"
+            "  app: {command: [app], depends_on: {db: {condition: healthy}}}\n")
+    h.load()
+    probe(h, "db", "readiness", True)
+    assert h.state("app") == "running" and h.prober.watching == {("db", 0): h.pids("db")[0]}
+    h.sup.handle_shutdown(Shutdown())
+    h.settle()  # app stops first,
+    h.settle()  # then db
+    assert h.sup._all_down() and h.prober.watching == {}
+    h.sup.close()
+    assert set(threading.enumerate()) - threads == set()
+    assert set(os.listdir("/proc/self/fd")) - fds == set()
 
 
 def test_autostart_services_start_and_manual_ones_wait(h: Harness) -> None:
@@ -144,8 +174,8 @@ def test_stop_signals_the_group_and_waits_for_it_to_empty(h: Harness) -> None:
     assert h.factory.signals[-1] == (pid, signal.SIGKILL)
     h.settle()  # the SIGCHLD that follows
     assert h.state("a") == "stopped" and h.factory.alive() == set()
-    reply = msg.reply.result(0)
-    assert reply["ok"] and reply["results"]["a"]["state"] == "stopped"
+    reply = answer(msg)
+    assert reply.ok and reply.results_json()["a"]["state"] == "stopped"
 
 
 def test_stopped_only_once_the_grandchild_is_gone(h: Harness) -> None:
@@ -190,7 +220,7 @@ def test_start_from_fatal_forgives_and_replies_when_running(h: Harness) -> None:
     assert h.state("a") == "fatal"
     h.factory.missing.clear()
     msg = h.control("start", "a")
-    assert msg.reply.result(0)["ok"] and h.state("a") == "running"
+    assert answer(msg).ok and h.state("a") == "running"
 
 
 def test_unknown_names_do_nothing(h: Harness) -> None:
@@ -198,7 +228,7 @@ def test_unknown_names_do_nothing(h: Harness) -> None:
     h.load()
     msg = h.control("stop", "a", "ghost")
     reply = msg.reply.result(0)
-    assert reply == {"ok": False, "error": "unknown service: ghost", "unknown": ["ghost"]}
+    assert reply == Refused(("ghost",)) and reply.error == "unknown service: ghost"
     assert h.state("a") == "running"
 
 
@@ -208,8 +238,8 @@ def test_restart_replies_with_the_new_pid(h: Harness) -> None:
     (old,) = h.pids("a")
     msg = h.control("restart", "a")
     h.settle()
-    reply = msg.reply.result(0)
-    assert reply["ok"] and reply["results"]["a"]["pids"] != [old]
+    reply = answer(msg)
+    assert reply.ok and reply.results_json()["a"]["pids"] != [old]
 
 
 def test_reply_at_the_deadline_lists_what_is_pending(h: Harness) -> None:
@@ -218,8 +248,8 @@ def test_reply_at_the_deadline_lists_what_is_pending(h: Harness) -> None:
     h.factory.ignore.add(signal.SIGTERM)
     msg = h.control("stop", "a", wait=1.0)
     h.advance(1.0)
-    reply = msg.reply.result(0)
-    assert reply["ok"] is False and reply["pending"] == ["a"]
+    reply = answer(msg)
+    assert reply.ok is False and reply.pending == ("a",)
 
 
 def test_reload_touches_only_the_changed_service(h: Harness) -> None:
@@ -229,7 +259,7 @@ def test_reload_touches_only_the_changed_service(h: Harness) -> None:
     h.write("services:\n  a: {command: [x]}\n  b: {command: [y, '2']}\n  c: {command: [z]}\n")
     summary = h.load()
     h.settle()
-    assert summary["changed"] == ["b"] and summary["added"] == ["c"]
+    assert summary.changed == ("b",) and summary.added == ("c",)
     assert h.pids("a") == a and h.pids("b") != b and h.pids("c")
 
 
@@ -239,7 +269,7 @@ def test_removed_service_stops_then_disappears(h: Harness) -> None:
     h.load()
     (pid,) = h.pids("b")
     (h.conf / "b.yaml").unlink()
-    assert h.load()["removed"] == ["b"]
+    assert h.load().removed == ("b",)
     h.settle()
     assert "b" not in h.sup.services and "b" not in h.sup.snapshot.services
     assert pid not in h.factory.alive()
@@ -275,7 +305,7 @@ from suite_agent.core.inbox import ProbeChanged, Shutdown  # noqa: E402
 def probe(h: Harness, name: str, kind: str, ok: bool, index: int = 0) -> None:
     inst = h.sup.services[name].instances[index]
     assert inst.pid is not None
-    h.sup.handle_probechanged(ProbeChanged(name, index, inst.pid, kind, ok, "scripted"))
+    h.sup.handle_probe_changed(ProbeChanged(name, index, inst.pid, kind, ok, "scripted"))
     h.settle()
 
 
@@ -318,7 +348,7 @@ def test_starting_a_service_starts_its_dependencies(h: Harness) -> None:
     msg = h.control("start", "app")
     h.settle()
     assert h.state("db") == "running" and h.state("app") == "running"
-    assert msg.reply.result(0)["ok"]
+    assert answer(msg).ok
 
 
 def test_liveness_failure_restarts_and_counts(h: Harness) -> None:
@@ -335,11 +365,76 @@ def test_liveness_failure_restarts_and_counts(h: Harness) -> None:
     assert status.health == "unknown"  # a new process has no verdict yet
 
 
+LIVENESS = "health: {liveness: {tcp: {port: 1}}}, stop: {timeout: 5s}"
+
+
+def test_a_stop_asked_for_while_a_failed_probe_stops_it_wins(h: Harness) -> None:
+    h.write(f"services:\n  a: {{command: [a], {LIVENESS}}}\n")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    probe(h, "a", "liveness", False)
+    assert h.state("a") == "stopping"
+    h.control("stop", "a")
+    h.advance(5.0)  # SIGKILL at the stop timeout,
+    h.settle()  # and its exit
+    assert h.state("a") == "stopped" and len(h.factory.spawned) == 1
+
+
+def test_a_probe_failing_while_an_operator_stop_runs_restarts_nothing(h: Harness) -> None:
+    h.write(f"services:\n  a: {{command: [a], {LIVENESS}}}\n")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    h.control("stop", "a")
+    probe(h, "a", "liveness", False)
+    h.advance(5.0)
+    h.settle()
+    assert h.state("a") == "stopped" and len(h.factory.spawned) == 1
+
+
+def test_a_restart_asked_for_while_a_failed_probe_stops_it_starts_it_once_as_the_operator_asked(
+        h: Harness) -> None:
+    h.write(f"services:\n  a: {{command: [a], {LIVENESS}}}\n")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    probe(h, "a", "liveness", False)
+    h.control("restart", "a")
+    h.advance(5.0)
+    h.settle()
+    status = h.sup.services["a"].status()
+    assert status.state == "running" and len(h.factory.spawned) == 2
+    assert status.restarts == 0  # an operator's restart, not one after a failure
+
+
+def test_a_replica_scaled_away_while_a_failed_probe_stops_it_is_not_restarted(h: Harness) -> None:
+    h.write(f"services:\n  a: {{command: [a], replicas: 2, {LIVENESS}}}\n")
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    probe(h, "a", "liveness", False, index=1)
+    h.write(f"services:\n  a: {{command: [a], replicas: 1, {LIVENESS}}}\n")
+    h.load()
+    h.advance(5.0)
+    h.settle()
+    assert len(h.pids("a")) == 1 and len(h.factory.spawned) == 2
+
+
+def test_a_dependency_that_restarts_restarts_the_dependents_that_ask_for_it(h: Harness) -> None:
+    h.write("services:\n  db: {command: [db]}\n  app: {command: [app], depends_on: {db: {restart: true}}}\n"
+            "  web: {command: [web], depends_on: [db]}\n")
+    h.load()
+    h.settle()
+    (db,), (app,), (web,) = h.pids("db"), h.pids("app"), h.pids("web")
+    h.factory.die(db, code=1)
+    h.settle()
+    h.settle()
+    assert h.pids("db") != (db,) and h.pids("app") not in ((), (app,)) and h.pids("web") == (web,)
+    assert h.state("app") == "running"
+
+
 def test_a_verdict_about_an_old_process_is_ignored(h: Harness) -> None:
     h.write("services:\n  a: {command: [a], health: {liveness: {tcp: {port: 1}}}}\n")
     h.load()
     (pid,) = h.pids("a")
-    h.sup.handle_probechanged(ProbeChanged("a", 0, pid - 1, "liveness", False, "stale"))
+    h.sup.handle_probe_changed(ProbeChanged("a", 0, pid - 1, "liveness", False, "stale"))
     h.settle()
     assert h.pids("a") == (pid,) and h.factory.signals == []
 
@@ -401,7 +496,7 @@ def test_start_replies_once_the_service_is_ready(h: Harness) -> None:
     h.settle()
     assert h.state("a") == "running" and not msg.reply.done()
     probe(h, "a", "readiness", True)
-    assert msg.reply.result(0)["ok"] and msg.reply.result(0)["results"]["a"]["ready"] is True
+    assert answer(msg).ok and answer(msg).results_json()["a"]["ready"] is True
 
 
 # -- faults: long crash loops, failing handlers, groups that do not go -----------------------
@@ -444,7 +539,7 @@ def test_an_exit_that_fails_to_be_handled_costs_no_other_exit(h: Harness, monkey
     assert sb.state == "running" and sb.pids not in ((), (b,)) and sb.restarts == 1
     assert any(r.levelname == "ERROR" and "exit of pid" in r.getMessage() for r in caplog.records)
     monkeypatch.undo()
-    assert h.control("start", "a").reply.result(0)["ok"] and h.state("a") == "running"
+    assert answer(h.control("start", "a")).ok and h.state("a") == "running"
     h.sup.handle_shutdown(Shutdown())
     h.settle()
     assert h.sup._all_down()
@@ -479,7 +574,7 @@ def test_an_exit_never_reported_does_not_keep_a_service_stopping(
     msg = h.control("stop", "a", wait=60)
     h.advance(1.0)
     h.advance(KILL_GRACE)
-    assert h.state("a") == "stopped" and msg.reply.result(0)["ok"]
+    assert h.state("a") == "stopped" and answer(msg).ok
     assert any(r.levelname == "ERROR" and "never reported" in r.getMessage() for r in caplog.records)
 
 
@@ -512,7 +607,7 @@ def test_a_dependent_starts_once_a_reload_fixes_its_fatal_dependency(h: Harness)
     assert h.state("db") == "fatal" and h.state("app") == "starting"
     h.write("services:\n  db: {command: [db], restart: always, start_limit: {burst: 2, interval: 60s}}\n",
             "db.yaml")
-    assert h.load()["changed"] == ["db"]
+    assert h.load().changed == ("db",)
     h.settle()
     assert h.state("db") == "running"
     assert h.state("app") == "running" and h.pids("app")
@@ -524,7 +619,7 @@ def test_a_verdict_on_a_process_that_already_exited_counts_for_nothing(h: Harnes
     h.load()
     (pid,) = h.pids("web")
     h.factory.die(pid, code=1)  # it exited; the owner has not reaped it yet
-    h.sup.handle_probechanged(ProbeChanged("web", 0, pid, "readiness", True, "HTTP 200"))
+    h.sup.handle_probe_changed(ProbeChanged("web", 0, pid, "readiness", True, "HTTP 200"))
     h.sup.after_turn()
     web = h.sup.services["web"].status()
     assert not web.ready and pid not in web.pids
@@ -543,10 +638,10 @@ def test_start_of_a_job_answers_once_it_exited_and_how(h: Harness) -> None:
     assert not msg.reply.done()
     h.factory.die(h.pids("job")[0], code=3)
     h.settle()
-    reply = msg.reply.result(0)
-    assert reply["ok"] is False
-    assert reply["results"]["job"].items() >= {"ok": False, "state": "exited", "last_exit_code": 3}.items()
-    assert reply["results"]["ok"].items() >= {"ok": True, "state": "exited", "last_exit_code": 0}.items()
+    reply = answer(msg)
+    assert reply.ok is False
+    assert reply.results_json()["job"].items() >= {"ok": False, "state": "exited", "last_exit_code": 3}.items()
+    assert reply.results_json()["ok"].items() >= {"ok": True, "state": "exited", "last_exit_code": 0}.items()
 
 
 def test_a_job_still_running_at_the_deadline_is_pending_not_ok(h: Harness) -> None:
@@ -554,9 +649,9 @@ def test_a_job_still_running_at_the_deadline_is_pending_not_ok(h: Harness) -> No
     h.load()
     msg = h.control("restart", "job", wait=5.0)
     h.advance(5.0)
-    reply = msg.reply.result(0)
-    assert reply["ok"] is False and reply["pending"] == ["job"]
-    assert reply["results"]["job"]["state"] == "running"
+    reply = answer(msg)
+    assert reply.ok is False and reply.pending == ("job",)
+    assert reply.results_json()["job"]["state"] == "running"
 
 
 def test_a_finished_manual_job_whose_command_changes_waits_for_its_next_start(h: Harness) -> None:
@@ -567,7 +662,7 @@ def test_a_finished_manual_job_whose_command_changes_waits_for_its_next_start(h:
     h.settle()
     assert h.state("job") == "exited" and len(h.factory.spawned) == 1
     h.write("services:\n  job: {command: [job, '2'], restart: never, autostart: false}\n")
-    assert h.load()["changed"] == ["job"]
+    assert h.load().changed == ("job",)
     h.settle()
     assert h.state("job") == "exited" and len(h.factory.spawned) == 1
     h.control("start", "job")
@@ -603,7 +698,7 @@ def test_a_service_declared_again_while_still_stopping_starts_again(h: Harness) 
     h.load()
     h.factory.ignore.add(signal.SIGTERM)
     (h.conf / "a.yaml").unlink()
-    assert h.load()["removed"] == ["a"]
+    assert h.load().removed == ("a",)
     h.settle()
     assert h.state("a") == "stopping"
     h.write("services:\n  a: {command: [a]}\n", "a.yaml")

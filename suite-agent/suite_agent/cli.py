@@ -116,7 +116,7 @@ def cmd_run(settings: Settings) -> int:
     become_subreaper()
     factory = PosixProcessFactory(cgroups=settings.cgroups == "auto")
     supervisor = Supervisor(settings.conf_dir, factory=factory)
-    watcher = ConfigWatcher(settings.conf_dir, supervisor.inbox)
+    watcher = ConfigWatcher(settings.conf_dir, supervisor.request_reload)
     watcher.start()
     try:
         return supervisor.run()

@@ -1,8 +1,8 @@
 """Reads conf.d off the owner thread, so parsing (and plugins' config hooks) never delay it.
 
-Reload requests from anywhere (start, SIGHUP, the watcher, REST, the queue) queue up here;
-requests that arrive while a load runs are served by one more load, together. The owner
-receives a `Loaded` message and applies it.
+Reload requests from anywhere (start, SIGHUP, the watcher, REST, the queue) come straight here,
+never through the owner; requests that arrive while a load runs are served by one more load,
+together. The owner receives a `Loaded` message and applies it, then answers the requests.
 """
 
 from __future__ import annotations
@@ -10,22 +10,38 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from suite_agent.config.store import ConfigStore, Declared, Problem
-from suite_agent.core.inbox import Inbox, Loaded, Reload
+from suite_agent.core.inbox import Inbox, Loaded
+from suite_agent.core.results import ReloadAnswer
 
 log = logging.getLogger("suite_agent.config")
 
-# Returns the configuration to apply, and a problem to report when it could not be transformed.
-Transform = Callable[[Declared], tuple[Declared, str | None]]
+
+@dataclass(frozen=True)
+class Reload:
+    """Re-read conf.d (all of it: a change to one file can change how the others merge)."""
+
+    source: str = "signal"
+    reply: Future[ReloadAnswer] = field(default_factory=Future, compare=False)
+
+
+class Parts(Protocol):
+    """The optional parts, through which a configuration goes before the owner sees it."""
+
+    def through_plugins(self, declared: Declared) -> tuple[Declared, str | None]:
+        """The configuration to apply, and a problem to report when it could not be transformed."""
+        ...
 
 
 class ConfigLoader:
-    def __init__(self, store: ConfigStore, inbox: Inbox) -> None:
+    def __init__(self, store: ConfigStore, inbox: Inbox, parts: Parts | None = None) -> None:
         self.store = store
         self.inbox = inbox
-        self.transform: Transform | None = None  # plugins' on_config_load, when plugins are on
+        self.parts = parts
         self._requests: queue.SimpleQueue[Reload | None] = queue.SimpleQueue()
         self._warned: frozenset[Problem] = frozenset()
         self._thread = threading.Thread(target=self._run, name="config-loader", daemon=True)
@@ -34,6 +50,7 @@ class ConfigLoader:
         self._thread.start()
 
     def request(self, msg: Reload) -> None:
+        """From any thread."""
         self._requests.put(msg)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -58,14 +75,14 @@ class ConfigLoader:
             self._load(batch)
 
     def _load(self, batch: list[Reload]) -> None:
-        replies = tuple(m.reply for m in batch if m.reply is not None)
+        replies = tuple(m.reply for m in batch)
         source = ", ".join(dict.fromkeys(m.source for m in batch))
         problem = None
         try:
             declared = self.store.load()
             self._warn(declared)
-            if self.transform is not None:
-                declared, problem = self.transform(declared)
+            if self.parts is not None:
+                declared, problem = self.parts.through_plugins(declared)
         except Exception as exc:  # a loader bug must not stop later reloads
             log.exception("cannot load the configuration")
             for reply in replies:

@@ -1,4 +1,4 @@
-"""Watches conf.d/ (inotify, through watchfiles' notify binding) and asks the owner to reload.
+"""Watches conf.d/ (inotify, through watchfiles' notify binding) and asks the loader to reload.
 
 The watch is armed before anything is read: right after arming, one catch-up reload picks up
 whatever changed between the agent's first read and that moment, so no edit is ever lost.
@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+from suite_agent.config.reloader import Reload
 from suite_agent.config.store import is_config_file
-from suite_agent.core.inbox import Inbox, Reload
 
 log = logging.getLogger("suite_agent.config.watcher")
 
@@ -36,9 +37,9 @@ def triggers_reload(path: str) -> bool:
 
 
 class ConfigWatcher:
-    def __init__(self, conf_dir: str | os.PathLike[str], inbox: Inbox) -> None:
+    def __init__(self, conf_dir: str | os.PathLike[str], request: Callable[[Reload], None]) -> None:
         self.conf_dir = Path(conf_dir)
-        self.inbox = inbox
+        self.request = request  # the loader's: reloads never go through the owner
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
 
@@ -61,11 +62,10 @@ class ConfigWatcher:
         from watchfiles._rust_notify import RustNotify
 
         with RustNotify([str(self.conf_dir)], False, False, 300, False, False) as notify:
-            self.inbox.put(Reload(source="watch"))
+            self.request(Reload(source="watch"))
             while not self._stop.is_set():
                 changes = notify.watch(DEBOUNCE_MS, STEP_MS, 0, self._stop)
                 if isinstance(changes, str):  # "stop", "signal" or "timeout"
                     continue
-                paths = tuple(sorted({path for _change, path in changes if triggers_reload(path)}))
-                if paths:
-                    self.inbox.put(Reload(source="file", paths=paths))
+                if any(triggers_reload(path) for _change, path in changes):
+                    self.request(Reload(source="file"))

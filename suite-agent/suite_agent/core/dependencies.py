@@ -63,7 +63,7 @@ class Dependencies:
         while released and self._waiting:
             released = False
             for inst in list(self._waiting):
-                if inst.state is not State.STARTING or inst.pid is not None or not inst.wanted:
+                if inst.state is not State.STARTING or inst.pid is not None:  # started, or stopped
                     self._waiting.discard(inst)
                 elif not self.unmet(inst.next_spec):
                     self._waiting.discard(inst)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from suite_agent.core.results import DEFAULT_WAIT, ControlAnswer, ReloadAnswer
+
+if TYPE_CHECKING:
+    from suite_agent.config.store import Declared
+    from suite_agent.core.supervisor import Supervisor
 
 Verb = Literal["start", "stop", "restart", "status"]
 
@@ -18,17 +26,8 @@ class Control:
     verb: Verb
     names: tuple[str, ...]
     source: str = "api"
-    wait: float | None = 30.0
-    reply: Future[dict[str, Any]] = field(default_factory=Future, compare=False)
-
-
-@dataclass(frozen=True)
-class Reload:
-    """Re-read conf.d. `paths` are the files the watcher saw change (empty: all)."""
-
-    source: str = "signal"
-    paths: tuple[str, ...] = ()
-    reply: Future[dict[str, Any]] | None = field(default=None, compare=False)
+    wait: float = DEFAULT_WAIT  # 0: answer at once
+    reply: Future[ControlAnswer] = field(default_factory=Future, compare=False)
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,13 @@ class Shutdown:
 class Call:
     """Run a read-only function on the owner thread (tests and diagnostics)."""
 
-    fn: Any
+    fn: Callable[[Supervisor], Any]
     reply: Future[Any] = field(default_factory=Future, compare=False)
 
 
 @dataclass(frozen=True)
 class ProbeChanged:
-    """A probe's verdict flipped (or, to observers, one check's result)."""
+    """A probe's verdict flipped (every check's result goes to the prober's own bus instead)."""
 
     service: str
     index: int
@@ -58,15 +57,16 @@ class ProbeChanged:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A freshly loaded configuration for the owner to apply; the replies wait for the summary."""
+    """A freshly loaded configuration for the owner to apply; the replies wait for the summary.
+    (Reload requests go to the loader thread, config/reloader.py, never through here.)"""
 
-    declared: Any  # config.loader.Declared
+    declared: Declared
     source: str
-    replies: tuple[Future[dict[str, Any]], ...] = ()
+    replies: tuple[Future[ReloadAnswer], ...] = ()
     problem: str | None = None  # plugins could not transform it; the files' version is used
 
 
-Message = Control | Reload | Shutdown | Call | ProbeChanged | Loaded
+Message = Control | Shutdown | Call | ProbeChanged | Loaded
 
 
 class Inbox:
@@ -80,10 +80,8 @@ class Inbox:
 
     def put(self, message: Message) -> None:
         self._queue.put(message)
-        try:
+        with contextlib.suppress(BlockingIOError):  # full: the owner is already due to wake
             os.write(self._w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full, so the owner is already due to wake
 
     def drain(self) -> list[Message]:
         try:

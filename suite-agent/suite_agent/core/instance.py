@@ -35,10 +35,17 @@ def instance_name(service: str, index: int) -> str:
     return service if index == 0 else f"{service}.{index}"
 
 
-class Context(Protocol):
-    clock: Clock
-    timers: Timers
-    factory: ProcessFactory
+class InstanceHost(Protocol):
+    """All an instance may use of the owner."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def timers(self) -> Timers: ...
+
+    @property
+    def factory(self) -> ProcessFactory: ...
 
     def emit(self, event: Event) -> None: ...
 
@@ -56,14 +63,14 @@ class Context(Protocol):
 
     def wait_for_dependencies(self, instance: Instance) -> None: ...
 
-    def probe(self, instance: Instance, on: bool) -> None: ...
+    def restart_dependents(self, service: str) -> None: ...
 
-    def start_dependencies(self, spec: ServiceSpec) -> None: ...
+    def probe(self, instance: Instance, on: bool) -> None: ...
 
 
 class Instance:
-    def __init__(self, ctx: Context, service: str, index: int, spec: ServiceSpec) -> None:
-        self.ctx = ctx
+    def __init__(self, host: InstanceHost, service: str, index: int, spec: ServiceSpec) -> None:
+        self.host = host
         self.service = service
         self.index = index
         self.name = instance_name(service, index)
@@ -84,7 +91,8 @@ class Instance:
         self._timer: Timer | None = None  # backoff delay or stop escalation
         self._recheck_timer: Timer | None = None
         self._when_down: list[Callable[[], None]] = []
-        self.wanted = False  # an operator (or autostart) asked for it to run
+        # Why a failed probe is stopping it: it restarts once down, unless a stop comes first.
+        self._failed: str | None = None
         self.ready = False
         self.verdicts: dict[str, bool] = {}  # latest probe verdicts of this process
         self._ready_timer: Timer | None = None
@@ -97,13 +105,12 @@ class Instance:
         if self.state is State.STOPPING:
             self._when_down.append(self.start)
             return
-        self.wanted = True
         self._cancel_timer()
         self._streak, self._history = 0, ()  # an operator's start forgives past crashes
         self._begin()
 
     def stop(self, then: Callable[[], None] | None = None) -> None:
-        self.wanted = False
+        self._failed = None
         self._halt(then)
 
     def _halt(self, then: Callable[[], None] | None = None) -> None:
@@ -120,8 +127,8 @@ class Instance:
         assert self.tracked is not None
         self._not_ready()
         self._set(State.STOPPING, f"sent SIG{self.spec.stop.signal}")
-        self.ctx.factory.signal_group(self.tracked, self.spec.stop.signum)
-        self._timer = self.ctx.timers.call_later(self.spec.stop.timeout, self._escalate)
+        self.host.factory.signal_group(self.tracked, self.spec.stop.signum)
+        self._timer = self.host.timers.call_later(self.spec.stop.timeout, self._escalate)
 
     @property
     def down(self) -> bool:
@@ -155,9 +162,11 @@ class Instance:
         if not ok and kind in ("startup", "liveness"):
             why = f"{kind} probe failed: {message}"
             log.warning("%s: %s; restarting", self.name, why)
-            self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
-                                     pid=self.pid, error=why))
-            self._halt(lambda: self._restart_after_failure(why) if self.wanted else None)
+            self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                      pid=self.pid, error=why))
+            if self.state is not State.STOPPING:  # else a stop was asked for: it stays stopped
+                self._failed = why
+            self._halt()
 
     def _report_health(self, probe: str | None, message: str, health_before: str,
                        ready_before: bool) -> None:
@@ -166,10 +175,10 @@ class Instance:
         if probe is not None or self.spec.ready_after > 0:
             log.info("%s: %s, %s (%s)", self.name, "ready" if self.ready else "not ready",
                      self.health, message)
-        self.ctx.changed(self.service)
-        self.ctx.emit(Event.make(events.HEALTH_CHECK, self.service, instance=self.name, pid=self.pid,
-                                 probe=probe, ok=self.verdicts.get(probe) if probe else None,
-                                 message=message, health=self.health, ready=self.ready))
+        self.host.changed(self.service)
+        self.host.emit(Event.make(events.HEALTH_CHECK, self.service, instance=self.name, pid=self.pid,
+                                  probe=probe, ok=self.verdicts.get(probe) if probe else None,
+                                  message=message, health=self.health, ready=self.ready))
 
     def _arm_ready(self) -> None:
         """Without a readiness probe, a running process is ready after `ready_after`."""
@@ -178,7 +187,7 @@ class Instance:
         if self.spec.ready_after <= 0:
             self._become_ready("running")
         else:
-            self._ready_timer = self.ctx.timers.call_later(
+            self._ready_timer = self.host.timers.call_later(
                 self.spec.ready_after, lambda: self._become_ready(f"running for {self.spec.ready_after:g}s"))
 
     def _become_ready(self, why: str) -> None:
@@ -191,7 +200,7 @@ class Instance:
         if self._ready_timer is not None:
             self._ready_timer.cancel()
             self._ready_timer = None
-        self.ctx.probe(self, False)
+        self.host.probe(self, False)
         health_before, ready_before = self.health, self.ready
         self.ready = False
         self.verdicts = {}
@@ -202,10 +211,10 @@ class Instance:
     def on_exit(self, status: int) -> None:
         code, sig = decode_status(status)
         pid = self.pid
-        self.ctx.track(pid or 0, None)
+        self.host.track(pid or 0, None)
         self.pid = None
         self.last_exit_code, self.last_signal = code, sig
-        self.exited_at = self.ctx.clock.monotonic()
+        self.exited_at = self.host.clock.monotonic()
         self._last_run = self.exited_at - self.started_at
         how = f"exited with code {code}" if sig is None else f"killed by {signal_name(sig)}"
         try:
@@ -219,19 +228,19 @@ class Instance:
     def _exited(self, pid: int | None, code: int | None, sig: int | None, how: str) -> None:
         self._not_ready()
         if self.state is State.STOPPING:
-            self.ctx.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
-                                     pid=pid, exit_code=code, signal=sig, expected=True))
+            self.host.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
+                                      pid=pid, exit_code=code, signal=sig, expected=True))
             self._check_group()
             return
         success = sig is None and code in self.spec.success_codes
-        self.ctx.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
-                                 pid=pid, exit_code=code, signal=sig, expected=False))
+        self.host.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
+                                  pid=pid, exit_code=code, signal=sig, expected=False))
         if not success:
-            self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
-                                     pid=pid, exit_code=code, signal=sig, error=how))
-        if self.tracked is not None and self.ctx.factory.group_alive(self.tracked):
+            self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                      pid=pid, exit_code=code, signal=sig, error=how))
+        if self.tracked is not None and self.host.factory.group_alive(self.tracked):
             # The leader is gone; what it left in its group goes with it.
-            self.ctx.factory.signal_group(self.tracked, signal.SIGKILL)
+            self.host.factory.signal_group(self.tracked, signal.SIGKILL)
         policy = self.spec.restart
         if policy == "never" or (policy == "on-failure" and success):
             log.info("%s: %s", self.name, how)
@@ -243,7 +252,7 @@ class Instance:
         self._restart_after_failure(how)
 
     def _restart_after_failure(self, why: str) -> None:
-        now = self.ctx.clock.monotonic()
+        now = self.host.clock.monotonic()
         decision = backoff.decide(now, self._last_run, self._streak, self._history,
                                   self.spec.backoff, self.spec.start_limit)
         if isinstance(decision, backoff.GiveUp):
@@ -257,13 +266,13 @@ class Instance:
             return
         log.info("%s: %s; restarting in %.3gs", self.name, why, decision.delay)
         self._set(State.BACKOFF, f"{why}; restarting in {decision.delay:.3g}s")
-        self._timer = self.ctx.timers.call_later(decision.delay, self._begin)
+        self._timer = self.host.timers.call_later(decision.delay, self._begin)
 
     def _give_up(self, reason: str) -> None:
         log.error("%s: %s", self.name, reason)
         self._set(State.FATAL, reason)
-        self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
-                                 error=reason, state=State.FATAL.value))
+        self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                  error=reason, state=State.FATAL.value))
         self._notify_down()
 
     def on_group_check(self) -> None:
@@ -275,13 +284,13 @@ class Instance:
         """Spawn now, or wait (as `starting`) until the dependencies' conditions hold."""
         self._timer = None
         spec = self.next_spec
-        unmet = self.ctx.unmet_dependencies(spec) if spec.depends_on else []
+        unmet = self.host.unmet_dependencies(spec) if spec.depends_on else []
         if unmet:
             detail = "waiting for " + ", ".join(unmet)
             if detail != self.detail:
                 log.info("%s: %s", self.name, detail)
             self._set(State.STARTING, detail)
-            self.ctx.wait_for_dependencies(self)
+            self.host.wait_for_dependencies(self)
             return
         self._spawn()
 
@@ -290,7 +299,7 @@ class Instance:
         return self._next_spec or self.spec
 
     def dependencies_met(self) -> None:
-        if self.state is State.STARTING and self.pid is None and self.wanted:
+        if self.state is State.STARTING and self.pid is None:
             self._spawn()
 
     def _spawn(self) -> None:
@@ -299,28 +308,29 @@ class Instance:
             self.spec, self._next_spec = self._next_spec, None
         spec = self.spec
         try:
-            spawned = self.ctx.factory.spawn(spec.command, self.ctx.process_cwd(spec),
-                                             self.ctx.process_env(spec), spec.user, spec.group, self.name)
+            spawned = self.host.factory.spawn(spec.command, self.host.process_cwd(spec),
+                                              self.host.process_env(spec), spec.user, spec.group, self.name)
         except Exception as exc:  # whatever the OS or a bad spec throws, this service alone fails
             self.started_wall = None
             self._last_run = 0.0
             why = f"cannot start {spec.command[0]!r}: {exc}"
-            self.ctx.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name, error=why))
+            self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name, error=why))
             if spec.restart == "never":
                 self._give_up(why)
             else:
                 self._restart_after_failure(why)
             return
         self.pid, self.tracked = spawned.pid, spawned.tracked  # all it starts, whatever its group
-        self.started_at = self.ctx.clock.monotonic()
-        self.started_wall = self.ctx.clock.time()
-        self.ctx.track(spawned.pid, self)
-        self.ctx.attach_output(self.service, self.name, spawned)
+        self.started_at = self.host.clock.monotonic()
+        self.started_wall = self.host.clock.time()
+        self.host.track(spawned.pid, self)
+        self.host.attach_output(self.service, self.name, spawned)
         log.info("%s: started (pid %d)", self.name, spawned.pid)
-        self.ctx.emit(Event.make(events.SERVICE_STARTED, self.service, instance=self.name, pid=spawned.pid))
+        self.host.emit(Event.make(events.SERVICE_STARTED, self.service, instance=self.name, pid=spawned.pid))
+        self.host.restart_dependents(self.service)
         probes = spec.health
         if probes.startup or probes.liveness or probes.readiness:
-            self.ctx.probe(self, True)
+            self.host.probe(self, True)
         if probes.startup is not None:
             self._set(State.STARTING, f"pid {spawned.pid}; waiting for the startup probe")
         else:
@@ -335,7 +345,7 @@ class Instance:
 
     def kill(self) -> None:
         """Stop at once with SIGKILL (a second interrupt), under the same bound as `_escalate`."""
-        self.wanted = False
+        self._failed = None
         self._halt()
         if self.state is State.STOPPING:
             self._cancel_timer()
@@ -353,9 +363,9 @@ class Instance:
         if self.tracked is None:
             return
         self.detail = "sent SIGKILL"
-        self.ctx.factory.signal_group(self.tracked, signal.SIGKILL)
-        self.ctx.changed(self.service)
-        self._timer = self.ctx.timers.call_later(KILL_GRACE, self._abandon)
+        self.host.factory.signal_group(self.tracked, signal.SIGKILL)
+        self.host.changed(self.service)
+        self._timer = self.host.timers.call_later(KILL_GRACE, self._abandon)
 
     def _abandon(self) -> None:
         """The group outlived SIGKILL by KILL_GRACE: stop waiting, so a stop or shutdown ends."""
@@ -364,12 +374,12 @@ class Instance:
             return
         pid, tracked = self.pid, self.tracked
         if pid is not None:
-            self.ctx.track(pid, None)  # should its exit come after all, it is reaped as an orphan
+            self.host.track(pid, None)  # should its exit come after all, it is reaped as an orphan
         self.pid = None
         if self._recheck_timer is not None:
             self._recheck_timer.cancel()
             self._recheck_timer = None
-        if tracked is not None and self.ctx.factory.group_alive(tracked):
+        if tracked is not None and self.host.factory.group_alive(tracked):
             why = f"its processes are still there {KILL_GRACE:g}s after SIGKILL; gave up on them"
             log.error("%s: %s", self.name, why)
             self.tracked = None
@@ -386,9 +396,9 @@ class Instance:
         self.on_group_check()
 
     def _check_group(self) -> None:
-        if self.tracked is not None and self.ctx.factory.group_alive(self.tracked):
+        if self.tracked is not None and self.host.factory.group_alive(self.tracked):
             if self._recheck_timer is None:
-                self._recheck_timer = self.ctx.timers.call_later(GROUP_RECHECK, self._recheck)
+                self._recheck_timer = self.host.timers.call_later(GROUP_RECHECK, self._recheck)
             return
         self._cancel_timer()
         if self._recheck_timer is not None:
@@ -404,6 +414,9 @@ class Instance:
 
     def _notify_down(self) -> None:
         callbacks, self._when_down = self._when_down, []
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            callbacks.insert(0, lambda: self._restart_after_failure(failed))
         for callback in callbacks:
             try:
                 callback()
@@ -418,5 +431,5 @@ class Instance:
     def _set(self, state: State, detail: str) -> None:
         self.state = state
         self.detail = detail
-        self.ctx.changed(self.service)
+        self.host.changed(self.service)
 

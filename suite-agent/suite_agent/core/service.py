@@ -5,13 +5,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from suite_agent.config.models import ServiceSpec
-from suite_agent.core.instance import Context, Instance, State
+from suite_agent.core.instance import Instance, InstanceHost, State
 
 # The state a service shows is that of its most noteworthy replica.
 _PRIORITY = (State.FATAL, State.BACKOFF, State.STOPPING, State.STARTING,
              State.RUNNING, State.EXITED, State.STOPPED)
+
+
+class ServiceHost(InstanceHost, Protocol):
+    """All a service may use of the owner: what its instances may, and starting its dependencies."""
+
+    def start_dependencies(self, spec: ServiceSpec) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -53,19 +60,19 @@ def _when_all(instances: list[Instance], action: Callable[[Instance, Callable[[]
 
 
 class Service:
-    def __init__(self, ctx: Context, name: str, spec: ServiceSpec, origin: str | None) -> None:
-        self.ctx = ctx
+    def __init__(self, host: ServiceHost, name: str, spec: ServiceSpec, origin: str | None) -> None:
+        self.host = host
         self.name = name
         self.spec = spec
         self.origin = origin
-        self.wanted = spec.autostart
+        self.wanted = spec.autostart  # meant to run: an operator (or autostart) asked for it
         self.removing = False
-        self.instances = [Instance(ctx, name, i, spec) for i in range(spec.replicas)]
+        self.instances = [Instance(host, name, i, spec) for i in range(spec.replicas)]
         self._leaving: list[Instance] = []  # scaled away, still stopping
 
     def start(self) -> None:
         self.wanted = True
-        self.ctx.start_dependencies(self.spec)
+        self.host.start_dependencies(self.spec)
         for inst in self.instances:
             inst.start()
 
@@ -116,18 +123,18 @@ class Service:
 
     def _resize(self, replicas: int) -> None:
         while len(self.instances) < replicas:
-            self.instances.append(Instance(self.ctx, self.name, len(self.instances), self.spec))
+            self.instances.append(Instance(self.host, self.name, len(self.instances), self.spec))
         extra, self.instances = self.instances[replicas:], self.instances[:replicas]
         for inst in extra:
             # Still shown until its group is gone.
             self._leaving.append(inst)
             inst.stop(functools.partial(self._left, inst))
-        self.ctx.changed(self.name)
+        self.host.changed(self.name)
 
     def _left(self, inst: Instance) -> None:
         if inst in self._leaving:
             self._leaving.remove(inst)
-        self.ctx.changed(self.name)
+        self.host.changed(self.name)
 
     @property
     def down(self) -> bool:

@@ -7,7 +7,7 @@ reach it only through the inbox and read only the snapshots and events it publis
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import ctypes
 import gc
 import logging
@@ -18,25 +18,16 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol, assert_never
 
 from suite_agent.config.models import AgentSection, ServiceSpec
-from suite_agent.config.reloader import ConfigLoader
+from suite_agent.config.reloader import ConfigLoader, Reload
 from suite_agent.config.store import ConfigStore, Declared
-from suite_agent.config.transform import apply_result, as_file
 from suite_agent.core.dependencies import Dependencies
-from suite_agent.core.inbox import (
-    Call,
-    Control,
-    Inbox,
-    Loaded,
-    Message,
-    ProbeChanged,
-    Reload,
-    Shutdown,
-)
-from suite_agent.core.instance import Instance, instance_name
+from suite_agent.core.host import Host, Probes
+from suite_agent.core.inbox import Call, Control, Inbox, Loaded, Message, ProbeChanged, Shutdown
 from suite_agent.core.plan import Add, Remove, Replace, Scale, Update, plan
+from suite_agent.core.results import Refused, ReloadSummary, ShuttingDown
 from suite_agent.core.service import Service
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.core.timers import Clock, SystemClock, Timers
@@ -46,14 +37,7 @@ from suite_agent.events.bus import Event, EventBus
 from suite_agent.health.scheduler import Prober
 from suite_agent.output.pump import OutputPump
 from suite_agent.parts.lifecycle import AgentHandle, IntegrationManager
-from suite_agent.processes.factory import (
-    ForeignChildren,
-    PosixProcessFactory,
-    ProcessFactory,
-    Spawned,
-    account_environment,
-)
-import contextlib
+from suite_agent.processes.factory import ForeignChildren, PosixProcessFactory, ProcessFactory
 
 log = logging.getLogger("suite_agent")
 
@@ -65,9 +49,17 @@ def release_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-PLUGIN_START_TIMEOUT = 30.0
-PLUGIN_HOOK_TIMEOUT = 5.0
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Loader(Protocol):
+    """The thread that reads conf.d (config/reloader.py, or a fake in tests)."""
+
+    def start(self) -> None: ...
+
+    def request(self, msg: Reload) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
 
 
 class Supervisor:
@@ -78,6 +70,8 @@ class Supervisor:
         clock: Clock | None = None,
         factory: ProcessFactory | None = None,
         pump: OutputPump | None = None,
+        prober: Probes | None = None,
+        loader: Loader | None = None,
     ) -> None:
         self.conf_dir = Path(conf_dir)
         self.base_dir = self.conf_dir.absolute().parent
@@ -88,101 +82,34 @@ class Supervisor:
         self.bus = EventBus()
         self.probe_bus = EventBus()
         self.store = ConfigStore(self.conf_dir)
-        self.loader = ConfigLoader(self.store, self.inbox)
-        self.loader.transform = self._through_plugins
         self.agent = AgentSection()
         self.pump = pump or OutputPump(self._log_dir(self.agent), self.agent.log_max_bytes,
                                        self.agent.log_backups, self.agent.log_buffer_lines,
                                        self.agent.log_buffer_bytes)
         self.services: dict[str, Service] = {}
         self.snapshot = Snapshot(started_at=self.clock.time())
-        self.integrations = IntegrationManager(lambda manager: AgentHandle(
-            inbox=self.inbox, bus=self.bus, probes=self.probe_bus, pump=self.pump, snapshot=lambda: self.snapshot,
-            conf_dir=self.conf_dir, parts=manager.parts, since=manager.since, children=lambda: self.foreign))
         self.declared: Declared | None = None
-        self._by_pid: dict[int, Instance] = {}
         self.foreign = ForeignChildren()
-        self.prober = Prober(self.inbox, self.foreign, on_result=self._probe_result)
+        self.integrations = IntegrationManager(AgentHandle(
+            inbox=self.inbox, bus=self.bus, probes=self.probe_bus, pump=self.pump, snapshot=lambda: self.snapshot,
+            conf_dir=self.conf_dir, children=self.foreign, reload=self.request_reload))
+        self.loader: Loader = loader or ConfigLoader(self.store, self.inbox, parts=self.integrations)
+        self.prober: Probes = prober or Prober(self.inbox, self.foreign, results=self.probe_bus)
         self.dependencies = Dependencies(self.services)
+        self.host = Host(self.clock, self.timers, self.factory, self.bus, self.pump, self.prober,
+                         self.dependencies, self.base_dir)
         self.waiters = Waiters(self.services, self.timers, self.clock)
-        self._dirty: set[str] = set()  # services whose snapshot entry is out of date
-        # Something changed since dependents and waiters last looked; kept apart from _dirty,
-        # which apply() clears by publishing before they have looked.
-        self._moved = False
         self._shutting_down = False
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
-        self._base_env = dict(os.environ)
 
-    # -- Context for services and instances -----------------------------------------------
-    def emit(self, event: Event) -> None:
-        self.bus.publish(event)
-        if event.type == events.SERVICE_STARTED and event.service is not None:
-            self.dependencies.restart_dependents(event.service)
+    def request_reload(self, msg: Reload) -> None:
+        """From any thread: straight to the loader thread, which answers on msg.reply."""
+        self.loader.request(msg)
 
-    def attach_output(self, service: str, instance: str, spawned: Spawned) -> None:
-        if spawned.stdout is not None:
-            self.pump.attach(service, instance, "stdout", spawned.stdout)
-        if spawned.stderr is not None:
-            self.pump.attach(service, instance, "stderr", spawned.stderr)
-
-    def track(self, pid: int, instance: Instance | None) -> None:
-        if instance is None:
-            self._by_pid.pop(pid, None)
-        else:
-            self._by_pid[pid] = instance
-
-    def changed(self, service: str) -> None:
-        self._dirty.add(service)
-        self._moved = True
-
-    def process_env(self, spec: ServiceSpec) -> Mapping[str, str]:
-        if spec.user is not None:
-            return {**self._base_env, **account_environment(spec.user), **spec.environment}
-        return {**self._base_env, **spec.environment} if spec.environment else self._base_env
-
-    def process_cwd(self, spec: ServiceSpec) -> str | None:
-        return str(self.base_dir / spec.directory) if spec.directory else None
-
-    def unmet_dependencies(self, spec: ServiceSpec) -> list[str]:
-        return self.dependencies.unmet(spec)
-
-    def wait_for_dependencies(self, instance: Instance) -> None:
-        self.dependencies.wait(instance)
-
-    def start_dependencies(self, spec: ServiceSpec) -> None:
-        self.dependencies.start_for(spec)
-
-    def probe(self, instance: Instance, on: bool) -> None:
-        key = (instance.service, instance.index)
-        if on and instance.pid is not None:
-            spec = instance.spec
-            self.prober.watch(key, instance.pid, spec.health, self.process_cwd(spec), self.process_env(spec))
-        else:
-            self.prober.unwatch(key)
-
-    # -- on the prober thread -------------------------------------------------------------
-    def _probe_result(self, result: ProbeChanged) -> None:
-        self.probe_bus.publish(Event.make(events.PROBE_RESULT, result.service,
-                                          instance=instance_name(result.service, result.index),
-                                          pid=result.pid, probe=result.kind, ok=result.ok,
-                                          message=result.message))
-
-    # -- on the loader thread -------------------------------------------------------------
-    def _through_plugins(self, declared: Declared) -> tuple[Declared, str | None]:
-        """Plugins' on_config_load, run before the owner sees the configuration."""
-        if declared.plugins is None and "plugins" not in self.integrations.parts():
-            return declared, None
-        # Plugins named by this very configuration must see it: start them first.
-        self.integrations.ensure("plugins", declared.plugins, PLUGIN_START_TIMEOUT)
-        transform = getattr(self.integrations.parts().get("plugins"), "transform_config", None)
-        if transform is None:
-            return declared, None
-        original = as_file(declared)
-        try:
-            result = transform(copy.deepcopy(original), PLUGIN_HOOK_TIMEOUT)
-            return (declared, None) if result == original else (apply_result(declared, result), None)
-        except Exception as exc:  # a plugin's mistake leaves the files' configuration in force
-            return declared, f"on_config_load: {exc}"
+    def close(self) -> None:
+        """Release the inbox; once run() has returned (or was never called) and no thread is left
+        that could still write to it."""
+        self.inbox.close()
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
@@ -195,7 +122,7 @@ class Supervisor:
         self.pump.start()
         self.loader.start()
         try:
-            self.handle_reload(Reload(source="start"))
+            self.loader.request(Reload(source="start"))
             while not (self._shutting_down and self._all_down()):
                 self.turn(selector)
         except BaseException:
@@ -208,10 +135,13 @@ class Supervisor:
             selector.close()
             os.close(sig_r)
             os.close(sig_w)
+            # Nothing is reaped from here on: probes stop first, and their children are given up
+            # on, so no probe waits for an exit that would never be reported.
+            self.prober.stop()
+            self.foreign.close()
             # Parts stop last, so the API answers and the queue sends events to the end.
             self.loader.stop()
             self.integrations.stop()
-            self.prober.stop()
             self.pump.stop()
             self.factory.close()
         log.info("all services stopped; bye")
@@ -236,13 +166,13 @@ class Supervisor:
         self.factory.kill_all()
 
     def after_turn(self) -> None:
-        if self._moved:
-            self._moved = False
+        if self.host.moved:
+            self.host.moved = False
             if self.dependencies.busy:
                 self.dependencies.advance()
             if self.waiters:
                 self.waiters.check()
-        if self._dirty:
+        if self.host.dirty:
             self._publish()
 
     def _install_signals(self, wake_fd: int) -> dict[int, Any]:
@@ -271,7 +201,7 @@ class Supervisor:
         if signal.SIGCHLD in received:
             self.handle_sigchld()
         if signal.SIGHUP in received:
-            self.handle_reload(Reload(source="signal"))
+            self.loader.request(Reload(source="signal"))
         if signal.SIGTERM in received or signal.SIGINT in received:
             self.handle_shutdown(Shutdown(reason="signal"))
 
@@ -280,20 +210,30 @@ class Supervisor:
             self.dispatch(message)
 
     def dispatch(self, message: Message) -> None:
-        handler: Callable[[Any], None] = getattr(self, "handle_" + type(message).__name__.lower())
         try:
-            handler(message)
+            match message:
+                case Control():
+                    self.handle_control(message)
+                case Loaded():
+                    self.handle_loaded(message)
+                case ProbeChanged():
+                    self.handle_probe_changed(message)
+                case Shutdown():
+                    self.handle_shutdown(message)
+                case Call():
+                    self.handle_call(message)
+                case _:
+                    assert_never(message)
         except Exception as exc:  # one bad message must not take the owner down
             log.exception("error handling %s", type(message).__name__)
-            reply = getattr(message, "reply", None)
-            if reply is not None and not reply.done():
-                reply.set_exception(exc)
+            if isinstance(message, Control | Call) and not message.reply.done():
+                message.reply.set_exception(exc)
 
     # -- handlers -------------------------------------------------------------------------
     def handle_sigchld(self) -> None:
         orphans = False
         for pid, status in self.factory.reap():
-            inst = self._by_pid.get(pid)
+            inst = self.host.by_pid.get(pid)
             if inst is None:
                 orphans = orphans or not self.foreign.deliver(pid, status)
                 continue
@@ -301,7 +241,7 @@ class Supervisor:
                 inst.on_exit(status)
             except Exception:  # the other exits of this batch are reaped already: handle them too
                 log.exception("%s: error handling the exit of pid %d", inst.name, pid)
-                self.track(pid, None)
+                self.host.track(pid, None)
         if orphans:
             for svc in self.services.values():
                 for inst in svc.all_instances:
@@ -318,10 +258,10 @@ class Supervisor:
         log.info("shutting down (%s): stopping every service", msg.reason)
         self._shutting_down = True
         for name in self.services:
-            self.changed(name)
+            self.host.changed(name)
         self.dependencies.stop_in_order(dict.fromkeys(self.services))
 
-    def handle_probechanged(self, msg: ProbeChanged) -> None:
+    def handle_probe_changed(self, msg: ProbeChanged) -> None:
         if msg.ok:
             # The check may have passed as the process died: its exit comes first, so a pass
             # never counts for a process that is gone.
@@ -339,11 +279,10 @@ class Supervisor:
     def handle_control(self, msg: Control) -> None:
         unknown = [n for n in msg.names if n not in self.services or self.services[n].removing]
         if unknown or not msg.names:
-            error = f"unknown service: {', '.join(unknown)}" if unknown else "no service named"
-            msg.reply.set_result({"ok": False, "error": error, "unknown": unknown})
+            msg.reply.set_result(Refused(tuple(unknown)))
             return
         if self._shutting_down and msg.verb != "status":
-            msg.reply.set_result({"ok": False, "error": "the agent is shutting down"})
+            msg.reply.set_result(ShuttingDown())
             return
         for name in dict.fromkeys(msg.names):
             svc = self.services[name]
@@ -355,38 +294,35 @@ class Supervisor:
                 svc.restart()
             log.info("%s: %s requested (%s)", name, msg.verb, msg.source)
         if msg.verb != "status":
-            self.emit(Event.make(events.COMMAND, None, verb=msg.verb, services=list(msg.names),
-                                 source=msg.source))
+            self.host.emit(Event.make(events.COMMAND, None, verb=msg.verb, services=list(msg.names),
+                                      source=msg.source))
         self.waiters.add(msg)
-
-    def handle_reload(self, msg: Reload) -> None:
-        self.loader.request(msg)
 
     def handle_loaded(self, msg: Loaded) -> None:
         if self._shutting_down:
             for reply in msg.replies:
-                reply.set_result({"ok": False, "error": "the agent is shutting down"})
+                reply.set_result(ShuttingDown())
             return
         if msg.problem is not None:
             log.error("configuration not transformed by plugins: %s", msg.problem)
-            self.emit(Event.make(events.CONFIG_ERROR, None, source="plugins", errors=[msg.problem]))
+            self.host.emit(Event.make(events.CONFIG_ERROR, None, source="plugins", errors=[msg.problem]))
         first = self.declared is None
         summary = self.apply(msg.declared)
-        if msg.source == "watch" and not any(summary[k] for k in ("added", "changed", "removed")):
+        if msg.source == "watch" and summary.changes_nothing:
             for reply in msg.replies:  # the watcher's catch-up found nothing new: stay quiet
-                reply.set_result({"ok": not msg.declared.rejected, **summary})
+                reply.set_result(summary)
             return
-        log.info("configuration loaded (%s): %s", msg.source,
-                 ", ".join(f"{k} {len(v)}" for k, v in summary.items() if k != "errors"))
+        log.info("configuration loaded (%s): added %d, changed %d, removed %d", msg.source,
+                 len(summary.added), len(summary.changed), len(summary.removed))
         if first:
             log.info("service output goes to %s", self.pump.log_dir)
         release_memory()
-        self.emit(Event.make(events.CONFIG_RELOADED, None, source=msg.source, **summary))
+        self.host.emit(Event.make(events.CONFIG_RELOADED, None, source=msg.source, **summary.json()))
         for reply in msg.replies:
-            reply.set_result({"ok": not msg.declared.rejected, **summary})
+            reply.set_result(summary)
 
     # -- reconcile ------------------------------------------------------------------------
-    def apply(self, declared: Declared) -> dict[str, Any]:
+    def apply(self, declared: Declared) -> ReloadSummary:
         self.declared = declared
         self._report_rejections(declared)
         if declared.agent != self.agent:
@@ -397,33 +333,35 @@ class Supervisor:
         for section in ("api", "queue", "plugins"):
             self.integrations.configure(section, getattr(declared, section))
         actual = {n: s.spec for n, s in self.services.items() if not s.removing}
-        summary: dict[str, Any] = {"added": [], "changed": [], "removed": [],
-                                   "errors": {f: [str(p) for p in ps] for f, ps in declared.rejected.items()}}
+        added: list[str] = []
+        changed: list[str] = []
+        removed: list[str] = []
         for action in plan(declared.services, actual):
             origin = declared.origins.get(action.name)
             match action:
                 case Remove(name):
                     self._remove(name)
-                    summary["removed"].append(name)
+                    removed.append(name)
                 case Add(name, spec):
                     self._add(name, spec, origin)
-                    summary["added"].append(name)
+                    added.append(name)
                 case Replace(name, spec):
                     self.services[name].replace(spec, origin)
-                    summary["changed"].append(name)
+                    changed.append(name)
                 case Scale(name, spec):
                     self.services[name].scale(spec, origin)
-                    summary["changed"].append(name)
+                    changed.append(name)
                 case Update(name, spec):
                     self.services[name].update(spec, origin)
-                    summary["changed"].append(name)
+                    changed.append(name)
         self.dependencies.reindex()
         for name, svc in self.services.items():
             if not svc.removing and svc.origin != declared.origins.get(name):
                 svc.origin = declared.origins.get(name)
-                self.changed(name)
+                self.host.changed(name)
         self._publish()
-        return summary
+        errors = {file: tuple(str(p) for p in problems) for file, problems in declared.rejected.items()}
+        return ReloadSummary(tuple(added), tuple(changed), tuple(removed), MappingProxyType(errors))
 
     def _add(self, name: str, spec: ServiceSpec, origin: str | None) -> None:
         existing = self.services.get(name)
@@ -433,8 +371,8 @@ class Supervisor:
             if spec.autostart and not existing.wanted and not self._shutting_down:
                 existing.start()  # declared anew, so started as anything added is
             return
-        svc = self.services[name] = Service(self, name, spec, origin)
-        self.changed(name)
+        svc = self.services[name] = Service(self.host, name, spec, origin)
+        self.host.changed(name)
         if spec.autostart and not self._shutting_down:
             svc.start()
 
@@ -446,7 +384,7 @@ class Supervisor:
             if svc.removing and self.services.get(name) is svc:
                 del self.services[name]
                 self.pump.forget(name)
-                self.changed(name)
+                self.host.changed(name)
 
         self.dependencies.stop_in_order({name: forget})
 
@@ -456,8 +394,8 @@ class Supervisor:
                 continue
             for problem in problems:
                 log.error("%s", problem)
-            self.emit(Event.make(events.CONFIG_ERROR, None, file=file,
-                                 errors=[str(p) for p in problems]))
+            self.host.emit(Event.make(events.CONFIG_ERROR, None, file=file,
+                                      errors=[str(p) for p in problems]))
         self._reported_errors = dict(declared.rejected)
 
     def _log_dir(self, agent: AgentSection) -> Path:
@@ -466,13 +404,13 @@ class Supervisor:
     # -- snapshots ------------------------------------------------------------------------
     def _publish(self) -> None:
         statuses = dict(self.snapshot.services)
-        for name in self._dirty:
+        for name in self.host.dirty:
             svc = self.services.get(name)
             if svc is None:
                 statuses.pop(name, None)
             else:
                 statuses[name] = svc.status()
-        self._dirty.clear()
+        self.host.dirty.clear()
         self.snapshot = Snapshot(
             services=MappingProxyType(statuses),
             declared=self.declared,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from suite_agent.core.inbox import Control
 from suite_agent.core.instance import Instance, State
+from suite_agent.core.results import ControlResult, Outcome
 from suite_agent.core.service import Service
-from suite_agent.core.snapshot import status_dict
 from suite_agent.core.timers import Clock, Timer, Timers
 
 
@@ -77,20 +76,15 @@ class Waiters:
             waiter.timer.cancel()
         if waiter in self._waiting:
             self._waiting.remove(waiter)
-        verb, now = waiter.msg.verb, self._clock.time()
-        results: dict[str, Any] = {}
+        verb = waiter.msg.verb
+        outcomes: dict[str, Outcome] = {}
         pending: list[str] = []
         for name in dict.fromkeys(waiter.msg.names):
             svc = self._services.get(name)
             if svc is None:
-                results[name] = {"ok": verb == "stop", "state": "removed"}
+                outcomes[name] = Outcome(ok=verb == "stop", status=None)
                 continue
-            entry = status_dict(svc.status(), now)
-            entry["ok"] = verb == "status" or succeeded(verb, svc)
+            outcomes[name] = Outcome(ok=verb == "status" or succeeded(verb, svc), status=svc.status())
             if not final and not settled(verb, svc):
                 pending.append(name)
-            results[name] = entry
-        reply: dict[str, Any] = {"ok": all(r["ok"] for r in results.values()), "results": results}
-        if pending:
-            reply["pending"] = pending
-        waiter.msg.reply.set_result(reply)
+        waiter.msg.reply.set_result(ControlResult(outcomes, tuple(pending), at=self._clock.time()))

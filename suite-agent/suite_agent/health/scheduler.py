@@ -4,6 +4,8 @@ One scheduler thread keeps a deadline heap; checks run on a bounded worker pool,
 its own timeout, so a hanging target or a thousand probes never reach the owner's loop.
 Thresholds are counted here (Kubernetes semantics); the owner hears `ProbeChanged` when a
 probe's verdict flips, and acts: restart on liveness/startup failure, `ready` on readiness.
+Every check's result also goes out as a `probe_result` event on the prober's own bus, for
+plugins; the owner never sees those.
 
 A readiness check that reaches a port on this host counts only if the service may be the one
 that answered: when the listening socket belongs to no process of the service (another program
@@ -30,6 +32,9 @@ import psutil
 
 from suite_agent.config.models import HealthSpec, Probe
 from suite_agent.core.inbox import Inbox, ProbeChanged
+from suite_agent.core.instance import instance_name
+from suite_agent.events import bus as events
+from suite_agent.events.bus import Event, EventBus
 from suite_agent.health.checks import CheckResult, run_check
 from suite_agent.processes.factory import ForeignChildren
 
@@ -62,9 +67,10 @@ class _Watch:
 
 class Prober:
     def __init__(self, inbox: Inbox, foreign: ForeignChildren, max_workers: int = 16,
-                 on_result: Callable[[ProbeChanged], None] | None = None) -> None:
+                 results: EventBus | None = None) -> None:
         self._inbox = inbox
         self._foreign = foreign
+        self.results = results if results is not None else EventBus()  # every check's result (plugins see it)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
         self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._watches: dict[Key, _Watch] = {}
@@ -72,7 +78,6 @@ class Prober:
         self._seq = itertools.count()
         self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
         self._started = False
-        self.on_result = on_result  # every check's result, for observers (plugins)
 
     # -- from the owner thread (never blocks) ---------------------------------------------
     def watch(self, key: Key, pid: int, health: HealthSpec, cwd: str | None,
@@ -165,9 +170,9 @@ class Prober:
             verdict.ok = True
         elif not result.ok and verdict.failures >= probe.failure_threshold:
             verdict.ok = False
-        change = ProbeChanged(watch.key[0], watch.key[1], watch.pid, kind, bool(result.ok), result.message)
-        if self.on_result is not None:
-            self.on_result(change)
+        service, index = watch.key
+        self.results.publish(Event.make(events.PROBE_RESULT, service, instance=instance_name(service, index),
+                                        pid=watch.pid, probe=kind, ok=bool(result.ok), message=result.message))
         if verdict.ok is not before and verdict.ok is not None:
             self._inbox.put(ProbeChanged(watch.key[0], watch.key[1], watch.pid, kind,
                                          verdict.ok, result.message))

@@ -7,6 +7,8 @@ reported as a `config_error` event; the agent and the other parts carry on.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
 import logging
 import queue
@@ -18,6 +20,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from suite_agent.config.reloader import Reload
+from suite_agent.config.store import Declared
+from suite_agent.config.transform import apply_result, as_file
 from suite_agent.core.inbox import Inbox
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.events import bus as events
@@ -37,6 +42,11 @@ FACTORIES: dict[str, str] = {
 }
 
 
+# A reload waits this long for the plugins it names to start, then for their on_config_load.
+PLUGIN_START_TIMEOUT = 30.0
+PLUGIN_HOOK_TIMEOUT = 5.0
+
+
 class IntegrationError(Exception):
     """A part cannot run with this configuration; the message says why, for the operator."""
 
@@ -52,6 +62,10 @@ class Sample:
     help: str = ""
 
 
+def _no_loader(request: Reload) -> None:
+    request.reply.set_exception(RuntimeError("this agent has no configuration loader"))
+
+
 @dataclass(frozen=True)
 class AgentHandle:
     """Everything a part may touch: all of it safe to use from any thread."""
@@ -61,12 +75,15 @@ class AgentHandle:
     pump: OutputPump
     snapshot: Callable[[], Snapshot]
     conf_dir: Path
-    parts: Callable[[], Mapping[str, Integration]]  # the parts running now (for metrics)
+    # The parts running now (for metrics); the manager fills this and `since` in.
+    parts: Callable[[], Mapping[str, Integration]] = lambda: MappingProxyType({})
     probes: EventBus = field(default_factory=EventBus)  # every probe check's result, for plugins
     # When the part's section was applied: subscribe with since=this to miss no event of that load.
     since: Callable[[str], float | None] = lambda name: None
     # Children a part starts (plugin processes) are reaped by the owner, through this.
-    children: Callable[[], ForeignChildren] | None = None
+    children: ForeignChildren | None = None
+    # Re-read conf.d: straight to the loader thread, which answers on the request's reply.
+    reload: Callable[[Reload], None] = _no_loader
 
 
 class Integration(Protocol):
@@ -78,8 +95,8 @@ class Integration(Protocol):
 
 
 class IntegrationManager:
-    def __init__(self, handle_factory: Callable[[IntegrationManager], AgentHandle]) -> None:
-        self.handle = handle_factory(self)
+    def __init__(self, handle: AgentHandle) -> None:
+        self.handle = dataclasses.replace(handle, parts=self.parts, since=self.since)
         self._parts: dict[str, Integration] = {}
         self._sections: dict[str, Any] = {}
         self._failed: set[str] = set()  # parts whose last start failed: a reload tries again
@@ -114,6 +131,23 @@ class IntegrationManager:
     def ensure(self, name: str, section: Any, timeout: float) -> None:
         """Like configure, waiting until applied: for the loader thread, never the owner."""
         self.configure(name, section).wait(timeout)
+
+    def through_plugins(self, declared: Declared) -> tuple[Declared, str | None]:
+        """Plugins' on_config_load, on the loader thread before the owner sees the configuration;
+        the configuration to apply, and why it is the files' own when the plugins failed."""
+        if declared.plugins is None and "plugins" not in self.parts():
+            return declared, None
+        # Plugins named by this very configuration must see it: start them first.
+        self.ensure("plugins", declared.plugins, PLUGIN_START_TIMEOUT)
+        transform = getattr(self.parts().get("plugins"), "transform_config", None)
+        if transform is None:
+            return declared, None
+        original = as_file(declared)
+        try:
+            result = transform(copy.deepcopy(original), PLUGIN_HOOK_TIMEOUT)
+            return (declared, None) if result == original else (apply_result(declared, result), None)
+        except Exception as exc:  # a plugin's mistake leaves the files' configuration in force
+            return declared, f"on_config_load: {exc}"
 
     def stop(self, timeout: float = 10.0) -> None:
         if not self._started:

@@ -8,6 +8,7 @@ starts, in any session or process group, is found through tracking.py.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import grp
@@ -278,6 +279,10 @@ def signal_name(signum: int) -> str:
         return str(signum)
 
 
+class ReaperGone(ChildProcessError):
+    """The owner reaps no more (the agent is ending): a child's exit would never be reported."""
+
+
 class ForeignChildren:
     """Children that other threads start (exec probes), reaped by the owner on their behalf.
 
@@ -288,14 +293,19 @@ class ForeignChildren:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[int, Future[int]] = {}
+        self._spawned: set[int] = set()  # pids `spawn` started, each the leader of its own group
+        self._closed = False
 
     def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
               output_fd: int) -> tuple[int, Future[int]]:
         """Start argv in its own process group, output to output_fd; the future gets its status."""
         exited: Future[int] = Future()
         with self._lock:
+            if self._closed:
+                raise ReaperGone("the agent is stopping")
             pid = _spawn_probe(argv, cwd, env, output_fd)
             self._waiting[pid] = exited
+            self._spawned.add(pid)
         return pid, exited
 
     def adopt(self, start: Callable[[], int]) -> tuple[int, Future[int]]:
@@ -309,11 +319,27 @@ class ForeignChildren:
     def deliver(self, pid: int, status: int) -> bool:
         with self._lock:
             exited = self._waiting.pop(pid, None)
+            self._spawned.discard(pid)
         if exited is None:
             return False
         exited.set_result(status)
         return True
 
+    def close(self) -> None:
+        """The owner stops reaping. What `spawn` started is killed, group and all, and its future
+        fails now: a thread waiting on it (a probe's check) ends at once instead of at its timeout,
+        and nothing it started outlives the agent. Later spawns fail. Adopted children (plugin
+        processes) are left to the part that stops them: a settled future would tell it they are
+        gone, and it would no longer kill one that hangs."""
+        with self._lock:
+            self._closed = True
+            given_up = [(pid, self._waiting.pop(pid)) for pid in self._spawned if pid in self._waiting]
+            self._spawned.clear()
+        for pid, exited in given_up:
+            # Unreaped, the pid cannot have gone to another process: the group is still the probe's.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            exited.set_exception(ReaperGone(f"pid {pid}: the agent is stopping"))
 
 
 def _spawn_probe(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], output_fd: int) -> int:

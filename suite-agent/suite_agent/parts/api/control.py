@@ -1,20 +1,31 @@
-"""Start, stop, restart and reload: messages into the owner's inbox, answered once done."""
+"""Start, stop, restart (messages into the owner's inbox) and reload (a request to the loader
+thread), each answered once done."""
 
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar, assert_never
 from urllib.parse import quote
 
-from suite_agent.core.inbox import Control, Reload, Verb
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Control, Verb
+from suite_agent.core.results import (
+    ANSWER_SLACK,
+    DEFAULT_WAIT,
+    MAX_WAIT,
+    RELOAD_WAIT,
+    ControlAnswer,
+    ControlResult,
+    Refused,
+    ReloadAnswer,
+    ReloadSummary,
+    ShuttingDown,
+)
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.errors import ApiError
 from suite_agent.parts.api.params import Req, service_names
 
-DEFAULT_WAIT = 30.0
-MAX_WAIT = 300.0
-RELOAD_TIMEOUT = 30.0
-ANSWER_SLACK = 1.0  # the owner answers at `wait` itself; this covers a busy turn
+T = TypeVar("T")
 
 
 def control_many(verb: Verb, ctx: ApiContext, req: Req) -> Reply:
@@ -31,31 +42,50 @@ def control_one(verb: Verb, ctx: ApiContext, req: Req, name: str) -> Reply:
 def _control(ctx: ApiContext, verb: Verb, names: tuple[str, ...], wait: float) -> Reply:
     message = Control(verb, names, source="api", wait=wait)
     ctx.handle.inbox.put(message)
-    reply = _answer(message.reply, wait + ANSWER_SLACK)
-    if reply.get("unknown"):
-        raise ApiError(404, str(reply.get("error", "unknown service")), unknown=list(reply["unknown"]))
-    if "error" in reply:
-        raise ApiError(409, str(reply["error"]))
-    results: dict[str, Any] = reply.get("results", {})
-    body: dict[str, Any] = {"ok": bool(reply.get("ok")), "results": results}
-    pending = list(reply.get("pending", []))
+    return control_reply(_answer(message.reply, wait + ANSWER_SLACK), wait)
+
+
+def control_reply(answer: ControlAnswer, wait: float) -> Reply:
+    """200 when every service settled as asked, 409 when one did not; 202 while some are still
+    settling (and always for `wait=0`), with where to follow them. Unknown names: 404."""
+    match answer:
+        case Refused(unknown=unknown) if unknown:
+            raise ApiError(404, answer.error, unknown=list(unknown))
+        case Refused() | ShuttingDown():
+            raise ApiError(409, answer.error)
+        case ControlResult():
+            pass
+        case _:
+            assert_never(answer)
+    body: dict[str, Any] = {"ok": answer.ok, "results": answer.results_json()}
+    pending = list(answer.pending)
     if wait == 0:
-        pending = [n for n, r in results.items() if not r.get("ok")]
+        pending = [name for name, outcome in answer.outcomes.items() if not outcome.ok]
     if pending or wait == 0:
         body["pending"] = pending
         body["follow"] = [f"/api/services/{quote(n)}" for n in pending]
         headers = {"Location": body["follow"][0]} if pending else {}
         return Reply(202, body, headers=headers)
-    return Reply(200 if body["ok"] else 409, body)
+    return Reply(200 if answer.ok else 409, body)
 
 
 def reload(ctx: ApiContext, req: Req) -> Reply:
-    answer: Future[dict[str, Any]] = Future()
-    ctx.handle.inbox.put(Reload(source="api", reply=answer))
-    return Reply(200, _answer(answer, RELOAD_TIMEOUT))
+    request = Reload(source="api")
+    ctx.handle.reload(request)
+    return reload_reply(_answer(request.reply, RELOAD_WAIT))
 
 
-def _answer(future: Future[dict[str, Any]], timeout: float) -> dict[str, Any]:
+def reload_reply(answer: ReloadAnswer) -> Reply:
+    match answer:
+        case ReloadSummary():
+            return Reply(200, {"ok": answer.ok, **answer.json()})
+        case ShuttingDown():
+            return Reply(200, {"ok": False, "error": answer.error})
+        case _:
+            assert_never(answer)
+
+
+def _answer(future: Future[T], timeout: float) -> T:
     try:
         return future.result(timeout)
     except TimeoutError:

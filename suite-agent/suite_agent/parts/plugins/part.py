@@ -68,7 +68,7 @@ class PluginManager:
     def __init__(self, handle: AgentHandle, section: Mapping[str, Mapping[str, Any]],
                  default_timeout: float = DEFAULT_TIMEOUT) -> None:
         self._handle = handle
-        children: pipe.Adopter = handle.children() if handle.children is not None else pipe.WaitingAdopter()
+        children: pipe.Adopter = handle.children if handle.children is not None else pipe.WaitingAdopter()
         self.proxies = [PluginProxy(str(name), options or {}, default_timeout, children, self._report,
                                     self._launch, OWN_METRICS)
                         for name, options in section.items()]

@@ -9,11 +9,23 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, TypeGuard, assert_never, cast, get_args
 
-from suite_agent.core.inbox import Control, Reload
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Control
+from suite_agent.core.results import (
+    ANSWER_SLACK,
+    DEFAULT_WAIT,
+    MAX_WAIT,
+    RELOAD_WAIT,
+    ControlAnswer,
+    ControlResult,
+    Refused,
+    ReloadAnswer,
+    ReloadSummary,
+    ShuttingDown,
+)
 from suite_agent.parts.queue.topology import COMMAND_PREFIX
 
 # The event published (and answered) when a command is refused: suite.command_rejected.
@@ -22,8 +34,6 @@ COMMAND_REJECTED = "command_rejected"
 QueueVerb = Literal["start", "stop", "restart", "reload", "status"]
 VERBS: tuple[str, ...] = get_args(QueueVerb)
 FIELDS = ("services", "wait")
-DEFAULT_WAIT = 30.0  # as the REST API: how long a start/stop/restart waits for the services to settle
-MAX_WAIT = 3600.0
 
 
 class CommandError(ValueError):
@@ -107,32 +117,50 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def to_inbox(command: Command, every_service: Collection[str]) -> tuple[Control | Reload, Future[dict[str, Any]]]:
-    """The owner's message for this command, and the future its answer comes in.
+def to_owner(command: Command, every_service: Collection[str]) -> Control | Reload:
+    """The owner's message for this command (a reload: the loader's request); its answer comes in
+    the message's `reply`.
 
     `every_service` stands in for the names of a bare status.
     """
-    reply: Future[dict[str, Any]] = Future()
     if command.verb == "reload":
-        return Reload(source="queue", reply=reply), reply
+        return Reload(source="queue")
     names = command.names or tuple(sorted(every_service))
-    return Control(verb=command.verb, names=names, source="queue", wait=command.wait, reply=reply), reply
+    return Control(verb=command.verb, names=names, source="queue", wait=command.wait)
 
 
-def reply(command: Command, answer: Mapping[str, Any]) -> dict[str, Any]:
+def answer_within(command: Command) -> float:
+    """How long to wait for the owner's answer before answering without it."""
+    return RELOAD_WAIT if command.verb == "reload" else command.wait + ANSWER_SLACK
+
+
+def reply(command: Command, answer: ControlAnswer | ReloadAnswer) -> dict[str, Any]:
     """`{"ok", "results", ...}` for every verb; a reload's summary becomes its results."""
-    if command.verb == "reload":
-        return {"ok": bool(answer.get("ok")), "results": {k: v for k, v in answer.items() if k != "ok"}}
-    return dict(answer)
+    match answer:
+        case ControlResult():
+            body: dict[str, Any] = {"ok": answer.ok, "results": answer.results_json()}
+            if answer.pending:
+                body["pending"] = list(answer.pending)
+            return body
+        case ReloadSummary():
+            return {"ok": answer.ok, "results": answer.json()}
+        case Refused():
+            return {**error(answer.error), "unknown": list(answer.unknown)}
+        case ShuttingDown() if command.verb == "reload":
+            return {"ok": False, "results": {"error": answer.error}}
+        case ShuttingDown():
+            return error(answer.error)
+        case _:
+            assert_never(answer)
 
 
 def error(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
 
 
-def refused(answer: Mapping[str, Any]) -> bool:
+def refused(answer: ControlAnswer | ReloadAnswer) -> TypeGuard[Refused]:
     """The owner did nothing because the command named services it does not know."""
-    return bool(answer.get("unknown"))
+    return isinstance(answer, Refused) and bool(answer.unknown)
 
 
 def dumps(body: Mapping[str, Any]) -> str:

@@ -15,6 +15,7 @@ in between means a redelivery, which the id memory below answers without applyin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -29,13 +30,14 @@ from kombu.entity import Queue
 from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 
+from suite_agent.config.reloader import Reload
+from suite_agent.core.results import ControlAnswer, ReloadAnswer
 from suite_agent.events.bus import Event
 from suite_agent.jsontext import dumps
 from suite_agent.parts.lifecycle import AgentHandle
 from suite_agent.parts.queue import commands
 from suite_agent.parts.queue.commands import Command, CommandError
 from suite_agent.parts.queue.link import Link, release
-import contextlib
 
 log = logging.getLogger("suite_agent.parts.queue")
 
@@ -43,7 +45,6 @@ PREFETCH = 16  # commands in flight at once (parked ones count)
 FAST_WAIT = 0.25
 IDLE_TURN = 0.25  # bounds how late stop() is noticed
 PARKED_TURN = 0.02
-ANSWER_GRACE = 10.0  # beyond a command's own "wait": the owner must have answered by then
 RECENT_IDS = 1024  # message ids remembered against redelivery and resends
 
 
@@ -53,7 +54,7 @@ class _Pending:
 
     command: Command
     key: str | None  # message_id, else correlation_id
-    future: Future[dict[str, Any]]
+    future: Future[ControlAnswer] | Future[ReloadAnswer]
     deadline: float
     deliveries: list[tuple[Message, bool]] = field(default_factory=list)  # (message, is a duplicate)
     answer: dict[str, Any] | None = None
@@ -133,13 +134,17 @@ class CommandConsumer:
         if command.verb == "status" and not command.names and not every:
             self._answer(message, {"ok": True, "results": {}}, "ok")
             return
-        request, answer = commands.to_inbox(command, every)
-        pending = _Pending(command, key, answer, time.monotonic() + command.wait + ANSWER_GRACE, [(message, False)])
+        request = commands.to_owner(command, every)
+        pending = _Pending(command, key, request.reply, time.monotonic() + commands.answer_within(command),
+                           [(message, False)])
         if key:
             self._remember(key, pending)
-        self.handle.inbox.put(request)
+        if isinstance(request, Reload):
+            self.handle.reload(request)
+        else:
+            self.handle.inbox.put(request)
         try:
-            answer.exception(FAST_WAIT)  # a wait only: _finish reads the answer or failure
+            request.reply.exception(FAST_WAIT)  # a wait only: _finish reads the answer or failure
         except FutureTimeout:
             self._parked.append(pending)
             return
@@ -157,7 +162,7 @@ class CommandConsumer:
     def _finish(self, pending: _Pending) -> None:
         command = pending.command
         if not pending.future.done():
-            answer = commands.error(f"no answer from the agent within {command.wait + ANSWER_GRACE:g}s")
+            answer = commands.error(f"no answer from the agent within {commands.answer_within(command):g}s")
         elif pending.future.exception() is not None:
             answer = commands.error(f"internal error: {pending.future.exception()}")
         else:
@@ -166,7 +171,7 @@ class CommandConsumer:
                 self._forget(pending)
                 for message, _ in pending.deliveries:
                     self._reject(message, str(message.delivery_info.get("routing_key", "")),
-                                 str(raw.get("error", "refused")), commands.reply(command, raw))
+                                 raw.error, commands.reply(command, raw))
                 return
             answer = commands.reply(command, raw)
         pending.answer = answer

@@ -1,0 +1,98 @@
+"""What the owner lends its services and instances, and the books it keeps on them.
+
+Services and instances see only this (through `ServiceHost`, `InstanceHost`), never the
+supervisor: time, the process layer, output, events, probes and dependencies; and the owner
+reads back which pid is whose and which statuses are out of date. Owner thread only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+from suite_agent.config.models import HealthSpec, ServiceSpec
+from suite_agent.core.dependencies import Dependencies
+from suite_agent.core.instance import Instance
+from suite_agent.core.timers import Clock, Timers
+from suite_agent.events.bus import Event, EventBus
+from suite_agent.output.pump import OutputPump
+from suite_agent.processes.factory import ProcessFactory, Spawned, account_environment
+
+
+class Probes(Protocol):
+    """The probe scheduler, as the owner drives it (health/scheduler.py, or a fake in tests)."""
+
+    def watch(self, key: tuple[str, int], pid: int, health: HealthSpec, cwd: str | None,
+              env: Mapping[str, str]) -> None: ...
+
+    def unwatch(self, key: tuple[str, int]) -> None: ...
+
+    def stop(self, timeout: float = 2.0) -> None: ...
+
+
+class Host:
+    def __init__(self, clock: Clock, timers: Timers, factory: ProcessFactory, bus: EventBus,
+                 pump: OutputPump, prober: Probes, dependencies: Dependencies, base_dir: Path) -> None:
+        self.clock = clock
+        self.timers = timers
+        self.factory = factory
+        self._bus = bus
+        self._pump = pump
+        self._prober = prober
+        self._dependencies = dependencies
+        self._base_dir = base_dir
+        self._base_env = dict(os.environ)
+        self.by_pid: dict[int, Instance] = {}
+        self.dirty: set[str] = set()  # services whose snapshot entry is out of date
+        # Something changed since dependents and waiters last looked; kept apart from `dirty`,
+        # which publishing clears before they have looked.
+        self.moved = False
+
+    def emit(self, event: Event) -> None:
+        self._bus.publish(event)
+
+    def attach_output(self, service: str, instance: str, spawned: Spawned) -> None:
+        if spawned.stdout is not None:
+            self._pump.attach(service, instance, "stdout", spawned.stdout)
+        if spawned.stderr is not None:
+            self._pump.attach(service, instance, "stderr", spawned.stderr)
+
+    def track(self, pid: int, instance: Instance | None) -> None:
+        if instance is None:
+            self.by_pid.pop(pid, None)
+        else:
+            self.by_pid[pid] = instance
+
+    def changed(self, service: str) -> None:
+        self.dirty.add(service)
+        self.moved = True
+
+    def process_env(self, spec: ServiceSpec) -> Mapping[str, str]:
+        if spec.user is not None:
+            return {**self._base_env, **account_environment(spec.user), **spec.environment}
+        return {**self._base_env, **spec.environment} if spec.environment else self._base_env
+
+    def process_cwd(self, spec: ServiceSpec) -> str | None:
+        return str(self._base_dir / spec.directory) if spec.directory else None
+
+    def unmet_dependencies(self, spec: ServiceSpec) -> list[str]:
+        return self._dependencies.unmet(spec)
+
+    def wait_for_dependencies(self, instance: Instance) -> None:
+        self._dependencies.wait(instance)
+
+    def start_dependencies(self, spec: ServiceSpec) -> None:
+        self._dependencies.start_for(spec)
+
+    def restart_dependents(self, service: str) -> None:
+        self._dependencies.restart_dependents(service)
+
+    def probe(self, instance: Instance, on: bool) -> None:
+        key = (instance.service, instance.index)
+        if on and instance.pid is not None:
+            spec = instance.spec
+            self._prober.watch(key, instance.pid, spec.health, self.process_cwd(spec), self.process_env(spec))
+        else:
+            self._prober.unwatch(key)
