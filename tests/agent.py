@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import psutil
-import contextlib
 
 T = TypeVar("T")
 TOKEN_VAR = "SUITE_TEST_TOKEN"

@@ -1,4 +1,4 @@
-"""Scripted stand-ins for the clock, the OS process layer and the output pump."""
+"""Scripted stand-ins for the clock, the OS process layer, the output pump and the prober."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from suite_agent.config.models import HealthSpec
+from suite_agent.health.scheduler import Key
 from suite_agent.processes.factory import Spawned
 
 
@@ -95,3 +97,19 @@ class FakePump:
     def forget(self, service: str) -> None: ...
 
     def reconfigure(self, *args: object) -> None: ...
+
+
+class FakeProber:
+    """Remembers what is probed; the tests deliver the verdicts themselves (ProbeChanged)."""
+
+    def __init__(self) -> None:
+        self.watched: dict[Key, int] = {}
+
+    def watch(self, key: Key, pid: int, health: HealthSpec, cwd: str | None,
+              env: Mapping[str, str]) -> None:
+        self.watched[key] = pid
+
+    def unwatch(self, key: Key) -> None:
+        self.watched.pop(key, None)
+
+    def stop(self, timeout: float = 2.0) -> None: ...

@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent import Agent, wait_for
 from api_helpers import Api, start_with_api
 
-pytestmark = pytest.mark.e2e
 PY = sys.executable
 TOKEN = "s3cret-token"
 IGNORE_TERM = (f"[{PY}, -c, 'import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

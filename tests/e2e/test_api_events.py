@@ -8,12 +8,8 @@ import socket
 import threading
 import time
 
-import pytest
-
 from agent import Agent, wait_for
 from api_helpers import Receiver, SseReader, start_with_api
-
-pytestmark = pytest.mark.e2e
 
 
 def test_sse_sends_cloudevents_with_type_and_id(agent: Agent) -> None:

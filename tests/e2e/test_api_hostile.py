@@ -18,7 +18,6 @@ import pytest
 from agent import Agent, wait_for
 from api_helpers import Api, start_with_api
 
-pytestmark = pytest.mark.e2e
 TOKEN = "hostile-token"
 REQUEST_TIMEOUT = 10.0  # docs/rest.md: a request must arrive whole within 10 s
 THREADS = 24  # the server's worker threads (docs/rest.md)

@@ -26,7 +26,6 @@ from suite_agent.parts.api.openapi import document
 from agent import Agent
 from api_helpers import Api, start_with_api
 
-pytestmark = pytest.mark.e2e
 TOKEN = "fuzz-token"
 EXAMPLES = 30
 FUZZ_BUDGET = 60.0

@@ -9,7 +9,6 @@ import pytest
 from agent import Agent
 from api_helpers import Api, free_port, services_yaml, start_with_api
 
-pytestmark = pytest.mark.e2e
 WEB = "web: {command: [sleep, '3601']}\n"
 
 

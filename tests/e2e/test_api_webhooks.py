@@ -13,13 +13,9 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
 from agent import Agent, wait_for
 from api_helpers import SseReader, start_with_api
-
-pytest.register_assert_rewrite("brokers")  # before its import: its checks are asserts
 from brokers import Broker
 
 pytest_plugins = ["brokers"]  # the broker fixtures
-
-pytestmark = pytest.mark.e2e
 
 
 @dataclass

@@ -18,7 +18,6 @@ import pytest
 from agent import Agent, agent_command, wait_for
 from api_helpers import Api, free_port, start_with_api
 
-pytestmark = pytest.mark.e2e
 TOKEN = "client-token"
 SERVICES = """\
     web: {command: [sleep, "3621"]}

@@ -9,11 +9,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from agent import Agent, agent_command, wait_for
-
-pytestmark = pytest.mark.e2e
 
 
 def validate(conf_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -9,11 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from agent import Agent, agent_command, wait_for
 
-pytestmark = pytest.mark.e2e
 PY = sys.executable
 
 

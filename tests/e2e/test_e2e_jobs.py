@@ -6,12 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from agent import Agent, agent_command, wait_for
 from api_helpers import Api, start_with_api
-
-pytestmark = pytest.mark.e2e
 
 
 def cli(api: Api, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,6 @@ import pytest
 from agent import Agent, agent_command, processes_with_token, wait_for
 from api_helpers import start_with_api
 
-pytestmark = pytest.mark.e2e
 PY = sys.executable
 
 
@@ -217,7 +216,7 @@ def test_usage_error_exits_2() -> None:
 
 
 def test_example_conf_d_is_valid() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run([*agent_command(), "validate", "--conf-dir", str(root / "conf.d")],
                             capture_output=True, text=True, timeout=30)
     assert (result.returncode, result.stdout) == (0, "")

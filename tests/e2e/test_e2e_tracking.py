@@ -18,7 +18,6 @@ from suite_agent.processes import cgroups
 from agent import Agent, processes_with_token, wait_for
 from api_helpers import start_with_api
 
-pytestmark = pytest.mark.e2e
 CGROUPS_USABLE = cgroups.find_own()[0] is not None
 
 

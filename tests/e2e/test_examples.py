@@ -30,11 +30,9 @@ from typing import IO
 import pytest
 
 from agent import TOKEN_VAR, kill_leftovers, wait_for
-
-pytest.register_assert_rewrite("brokers")  # before its import: its checks are asserts
 from brokers import REDIS_URL, require, unavailable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MARKED = re.compile(r"^<!-- example: ([a-z-]+) -->\n```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 KINDS = {"setup": "sh", "agent": "sh", "sh": "sh", "file": "yaml", "python": "python", "python-background": "python"}

@@ -5,17 +5,12 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-import pytest
 from kombu import Connection, Exchange, Queue, binding
 
 from agent import Agent
-
-pytest.register_assert_rewrite("brokers")  # before its import: its checks are asserts
 from brokers import CE_CONTENT_TYPE, JSON_CONTENT_TYPE, Broker, assert_cloudevent
 
 pytest_plugins = ["brokers"]  # the broker fixtures
-
-pytestmark = pytest.mark.e2e
 
 
 def start(agent: Agent, b: Broker, agent_id: str, services: str, extra: str = "") -> None:

@@ -25,8 +25,6 @@ from suite_agent.parts.lifecycle import AgentHandle, Integration, IntegrationMan
 from suite_agent.parts.queue import COMMAND_REJECTED, QueuePart
 
 from agent import wait_for
-
-pytest.register_assert_rewrite("brokers")  # before its import: its checks are asserts
 from brokers import Broker, PrivateRedis
 
 pytest_plugins = ["brokers"]  # the broker fixtures

@@ -6,16 +6,10 @@ import os
 import signal
 import textwrap
 
-import pytest
-
 from agent import Agent, wait_for
-
-pytest.register_assert_rewrite("brokers")  # before its import: its checks are asserts
 from brokers import AMQP_URL, Broker, PrivateRedis, assert_cloudevent, queue_yaml, require
 
 pytest_plugins = ["brokers"]  # the broker fixtures
-
-pytestmark = pytest.mark.e2e
 
 
 def services(body: str) -> str:

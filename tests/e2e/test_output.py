@@ -17,7 +17,7 @@ try:
     from suite_agent.output.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
     from suite_agent.output.pump import MAX_LINE, LogLine, OutputPump
 except ModuleNotFoundError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite-agent"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "suite-agent"))
     from suite_agent.output.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
     from suite_agent.output.pump import MAX_LINE, LogLine, OutputPump
 

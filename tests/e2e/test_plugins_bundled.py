@@ -22,8 +22,6 @@ import pytest
 from agent import Agent, wait_for
 from plugin_dist.visible import visible_to_agents
 
-pytestmark = pytest.mark.e2e
-
 
 # -- stand-ins --------------------------------------------------------------------------------
 class SlackReceiver:

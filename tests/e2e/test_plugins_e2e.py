@@ -21,8 +21,6 @@ import pytest
 from agent import Agent, wait_for
 from plugin_dist.visible import visible_to_agents
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _test_plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

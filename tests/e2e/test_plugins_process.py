@@ -26,8 +26,6 @@ from suite_agent.parts.plugins.metrics import lint
 from agent import Agent, wait_for
 from plugin_dist.visible import visible_to_agents
 
-pytestmark = pytest.mark.e2e
-
 HOST = "suite_agent.parts.plugins.hostproc"
 
 

@@ -21,7 +21,7 @@ from suite_agent.config.store import (
     validate_dir,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _mtime = itertools.count(1_700_000_000_000_000_000, 1_000_000_000)
 
 

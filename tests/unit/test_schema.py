@@ -14,7 +14,7 @@ from ruamel.yaml import YAML
 from suite_agent.config.models import ConfigFile
 from suite_agent.config.schema import DRAFT_07, dump, schemas, write_schemas
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HAVE_JSONSCHEMA = importlib.util.find_spec("jsonschema") is not None
 NOT_DRAFT_07 = {
     "$defs",

@@ -11,7 +11,7 @@ import pytest
 from suite_agent.core.inbox import Control
 from suite_agent.core.supervisor import Supervisor
 
-from fakes import FakeClock, FakeFactory, FakePump
+from fakes import FakeClock, FakeFactory, FakeProber, FakePump
 
 
 class Harness:
@@ -21,6 +21,8 @@ class Harness:
         self.clock = FakeClock()
         self.factory = FakeFactory()
         self.sup = Supervisor(self.conf, clock=self.clock, factory=self.factory, pump=FakePump())  # type: ignore[arg-type]
+        self.prober = FakeProber()
+        self.sup.prober = self.prober  # type: ignore[assignment]
 
     def write(self, text: str, name: str = "svc.yaml") -> None:
         (self.conf / name).write_text(text)
@@ -274,7 +276,7 @@ from suite_agent.core.inbox import ProbeChanged, Shutdown  # noqa: E402
 
 def probe(h: Harness, name: str, kind: str, ok: bool, index: int = 0) -> None:
     inst = h.sup.services[name].instances[index]
-    assert inst.pid is not None
+    assert inst.pid is not None and h.prober.watched[(name, index)] == inst.pid
     h.sup.handle_probechanged(ProbeChanged(name, index, inst.pid, kind, ok, "scripted"))
     h.settle()
 
