@@ -9,27 +9,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO
 
 import psutil
 
-T = TypeVar("T")
+from eventually import eventually
+
 TOKEN_VAR = "SUITE_TEST_TOKEN"
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def agent_command() -> list[str]:
@@ -121,7 +109,7 @@ class Agent:
             return lines if len(lines) >= count else []
 
         try:
-            lines: list[str] = wait_for(found, timeout, f"log line /{pattern}/ x{count}")
+            lines: list[str] = eventually(found, timeout, f"log line /{pattern}/ x{count}")
             return lines
         except AssertionError:
             raise AssertionError(f"no /{pattern}/ x{count} in agent log:\n{self.log()[-4000:]}") from None
@@ -150,7 +138,7 @@ class Agent:
             pids = self.pids_of(marker)
             return pids if len(pids) == count else []
 
-        return wait_for(found, timeout, f"{count} process(es) of {marker!r}")
+        return eventually(found, timeout, f"{count} process(es) of {marker!r}")
 
     def write(self, name: str, text: str) -> Path:
         """Write a conf.d file the way Ansible and Terraform do: temp file, then rename."""

@@ -1,5 +1,5 @@
 """Shared fixtures. tests/ is on sys.path (`pythonpath` in setup.cfg): the helper modules beside
-this file (agent, api_helpers, brokers, fakes) import by their plain names."""
+this file (agent, api_helpers, brokers, eventually, fakes) import by their plain names."""
 
 from __future__ import annotations
 

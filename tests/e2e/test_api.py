@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import Agent, wait_for
+from agent import Agent
 from api_helpers import Api, start_with_api
+from eventually import eventually
 
 PY = sys.executable
 TOKEN = "s3cret-token"
@@ -61,7 +62,7 @@ def test_health_livez_readyz_need_no_token(api: Api) -> None:
     assert health.status == 200
     assert health.json["status"] == "ok" and health.json["services"] == 6 and health.json["uptime"] >= 0
     assert api.get("/livez", token=None).json == {"status": "ok"}
-    ready = wait_for(lambda: (r := api.get("/readyz", token=None)).status == 200 and r, 10, "readyz 200")
+    ready = eventually(lambda: (r := api.get("/readyz", token=None)).status == 200 and r, 10, "readyz 200")
     assert ready.json == {"status": "ready", "not_ready": []}  # autostart: false services do not count
 
 
@@ -73,7 +74,7 @@ def test_readyz_lists_the_autostart_services_not_ready(live: tuple[Agent, Api]) 
         assert resp.status == 503 and resp.json["not_ready"] == ["web"]
     finally:
         assert api.post("/api/services/web/start").status == 200
-    wait_for(lambda: api.get("/readyz", token=None).status == 200, 10, "ready again")
+    eventually(lambda: api.get("/readyz", token=None).status == 200, 10, "ready again")
 
 
 # -- auth ----------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def test_unknown_service_is_404(api: Api) -> None:
 
 
 def test_logs_by_stream_count_and_after(api: Api) -> None:
-    wait_for(lambda: len(api.get("/api/services/chatty/logs?stream=stdout").json["lines"]) >= 3, 10, "output")
+    eventually(lambda: len(api.get("/api/services/chatty/logs?stream=stdout").json["lines"]) >= 3, 10, "output")
     out = api.get("/api/services/chatty/logs?lines=2&stream=stdout").json
     assert out["service"] == "chatty" and len(out["lines"]) == 2
     assert all(line["stream"] == "stdout" and line["text"].startswith("out ") for line in out["lines"])
@@ -193,15 +194,15 @@ def test_a_failed_action_is_409_with_the_results(api: Api) -> None:
 def test_a_slow_action_is_202_with_where_to_follow(live: tuple[Agent, Api]) -> None:
     _, api = live
     assert api.post("/api/services/stubborn/start").status == 200
-    wait_for(lambda: api.get("/api/services/stubborn/logs?after=0&wait=5s").json["lines"], 10, "TERM ignored")
+    eventually(lambda: api.get("/api/services/stubborn/logs?after=0&wait=5s").json["lines"], 10, "TERM ignored")
     resp = api.post("/api/services/stop?wait=200ms", {"services": ["stubborn"]})
     assert resp.status == 202, resp.text
     assert resp.json["pending"] == ["stubborn"] and resp.headers["location"] == "/api/services/stubborn"
     assert resp.json["results"]["stubborn"]["state"] == "stopping"
-    wait_for(lambda: api.get(resp.headers["location"]).json["state"] == "stopped", 10, "stubborn killed")
+    eventually(lambda: api.get(resp.headers["location"]).json["state"] == "stopped", 10, "stubborn killed")
     immediate = api.post("/api/services/idle/start?wait=0")
     assert immediate.status == 202 and "idle" in immediate.json["results"]
-    wait_for(lambda: api.get("/api/services/idle").json["state"] == "running", 10, "idle running")
+    eventually(lambda: api.get("/api/services/idle").json["state"] == "running", 10, "idle running")
     assert api.post("/api/services/idle/stop").status == 200
 
 
@@ -290,7 +291,7 @@ def test_reload_reports_changes_and_rejected_files(live: tuple[Agent, Api]) -> N
         os.unlink(agent.conf_dir / "extra.yaml")
     resp = api.post("/api/reload")
     assert resp.status == 200 and resp.json["ok"] is True
-    wait_for(lambda: "extra" not in api.get("/api/services").json["services"], 10, "extra removed")
+    eventually(lambda: "extra" not in api.get("/api/services").json["services"], 10, "extra removed")
 
 
 # -- metrics and docs ----------------------------------------------------------------------
@@ -321,7 +322,7 @@ def test_metrics_parse_and_describe_each_service(live: tuple[Agent, Api]) -> Non
     assert value(fams, "suite_agent_info", version=__import__("suite_agent").__version__) == 1.0
     assert value(fams, "suite_agent_webhook_deliveries", webhook="0", result="ok") == 0.0
     assert "suite_agent_config_reloads" in fams
-    rss = wait_for(lambda: "suite_agent_service_memory_rss_bytes" in (f := families(api)) and
+    rss = eventually(lambda: "suite_agent_service_memory_rss_bytes" in (f := families(api)) and
                    any(s.labels["service"] == "chatty" for s in f["suite_agent_service_memory_rss_bytes"].samples)  # type: ignore[attr-defined]
                    and f, 10, "rss of chatty")
     assert value(rss, "suite_agent_service_memory_rss_bytes", service="chatty") > 100_000
@@ -330,7 +331,7 @@ def test_metrics_parse_and_describe_each_service(live: tuple[Agent, Api]) -> Non
 
 def test_last_exit_code_in_metrics(api: Api) -> None:
     api.post("/api/services/oneshot/start")
-    wait_for(lambda: api.get("/api/services/oneshot").json["state"] == "exited", 10, "oneshot exited")
+    eventually(lambda: api.get("/api/services/oneshot").json["state"] == "exited", 10, "oneshot exited")
     assert value(families(api), "suite_agent_service_last_exit_code", service="oneshot") == 3.0
 
 

@@ -8,8 +8,9 @@ import socket
 import threading
 import time
 
-from agent import Agent, wait_for
+from agent import Agent
 from api_helpers import Receiver, SseReader, start_with_api
+from eventually import eventually
 
 
 def test_sse_sends_cloudevents_with_type_and_id(agent: Agent) -> None:
@@ -18,7 +19,7 @@ def test_sse_sends_cloudevents_with_type_and_id(agent: Agent) -> None:
     try:
         assert reader.status == 200 and reader.headers["content-type"].startswith("text/event-stream")
         assert reader.headers["cache-control"] == "no-cache"
-        wait_for(lambda: "connected" in reader.comments, 5, "the stream to open")
+        eventually(lambda: "connected" in reader.comments, 5, "the stream to open")
         assert api.post("/api/services/web/restart").status == 200
         started = reader.wait_event("service_started", "web")
         body = started.json
@@ -34,13 +35,13 @@ def test_sse_type_filter_and_heartbeats(agent: Agent) -> None:
     api = start_with_api(agent, "web: {command: [sleep, '3601']}\n")
     reader = SseReader(api, "?types=suite.service_stopped,service_error&heartbeat=200ms")
     try:
-        wait_for(lambda: reader.comments.count("heartbeat") >= 2, 5, "two heartbeats")
+        eventually(lambda: reader.comments.count("heartbeat") >= 2, 5, "two heartbeats")
         api.post("/api/services/web/restart")
         reader.wait_event("service_stopped", "web")
         # A later event that passes the filter: once it is here, the restart's service_started
         # (sent before it, on the same ordered stream) would be here too, had it passed.
         api.post("/api/services/web/stop")
-        wait_for(lambda: len([e for e in reader.events if e.event == "service_stopped"]) == 2, 10,
+        eventually(lambda: len([e for e in reader.events if e.event == "service_stopped"]) == 2, 10,
                  "the stop's service_stopped")
         assert {e.event for e in reader.events} == {"service_stopped"}
     finally:
@@ -68,18 +69,21 @@ def test_a_stuck_client_is_dropped_and_slows_nothing(agent: Agent) -> None:
             slowest = max(slowest, time.monotonic() - began)
             rounds += 1
         assert slowest < 3.0
-        wait_for(lambda: len(healthy.events) >= rounds * 50, 20, "every service_started")
+        eventually(lambda: len(healthy.events) >= rounds * 50, 20, "every service_started")
         stuck.settimeout(10)
-        data = b""
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not data.endswith(b"\r\n0\r\n\r\n"):
-            data += stuck.recv(1 << 20)
+        data = bytearray()
+
+        def ended() -> bool:
+            data.extend(stuck.recv(1 << 20))
+            return data.endswith(b"\r\n0\r\n\r\n")
+
+        eventually(ended, 20, "the stuck stream's last chunk")
         assert b": dropped: this client fell behind" in data
         assert data.endswith(b"\r\n0\r\n\r\n")  # the last chunk: the stream has ended
     finally:
         stuck.close()
         healthy.close()
-    wait_for(lambda: "suite_agent_api_streams 0.0" in api.get("/metrics").text, 10, "stream slots released")
+    eventually(lambda: "suite_agent_api_streams 0.0" in api.get("/metrics").text, 10, "stream slots released")
 
 
 def test_webhook_is_signed_retried_and_filtered(agent: Agent) -> None:
@@ -92,7 +96,7 @@ def test_webhook_is_signed_retried_and_filtered(agent: Agent) -> None:
         api = start_with_api(agent, "web: {command: [sleep, '3601']}\n", api_extra=extra)
         (first,) = agent.wait_pids("3601")
         # The agent's first start is sent too: the API subscribes from the moment it is configured.
-        got = wait_for(lambda: receiver.received, 10, "the webhook POST")[0]
+        got = eventually(lambda: receiver.received, 10, "the webhook POST")[0]
         assert receiver.attempts == 2  # the first attempt got a 500 and was retried
         assert got.headers["content-type"] == "application/cloudevents+json"
         expected = "sha256=" + hmac.new(b"shh", got.body, hashlib.sha256).hexdigest()
@@ -102,9 +106,9 @@ def test_webhook_is_signed_retried_and_filtered(agent: Agent) -> None:
         assert body["data"]["pid"] == first
         api.post("/api/services/web/restart")
         (new,) = agent.wait_pids("3601")
-        restarted = wait_for(lambda: receiver.received[1:], 10, "the restart's webhook POST")[0]
+        restarted = eventually(lambda: receiver.received[1:], 10, "the restart's webhook POST")[0]
         assert restarted.json["data"]["pid"] == new != first
-        stopped = wait_for(lambda: other.received, 10, "the service_stopped POST")[0]
+        stopped = eventually(lambda: other.received, 10, "the service_stopped POST")[0]
         assert stopped.json["type"] == "suite.service_stopped" and stopped.json["data"]["pid"] == first
         assert "x-suite-signature" not in stopped.headers
         assert [r.json["type"] for r in receiver.received] == ["suite.service_started"] * 2
@@ -135,7 +139,7 @@ def test_stopping_the_agent_ends_open_streams_promptly(agent: Agent) -> None:
     reader = SseReader(api)
     poller = threading.Thread(target=lambda: api.get("/api/services/web/logs?after=999999&wait=60s"), daemon=True)
     poller.start()
-    wait_for(lambda: "suite_agent_api_streams 2.0" in api.get("/metrics").text, 5, "both streams open")
+    eventually(lambda: "suite_agent_api_streams 2.0" in api.get("/metrics").text, 5, "both streams open")
     began = time.monotonic()
     assert agent.stop() == 0
     assert time.monotonic() - began < 5

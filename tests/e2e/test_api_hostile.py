@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import psutil
 import pytest
 
-from agent import Agent, wait_for
+from agent import Agent
 from api_helpers import Api, start_with_api
+from eventually import eventually
 
 TOKEN = "hostile-token"
 REQUEST_TIMEOUT = 10.0  # docs/rest.md: a request must arrive whole within 10 s
@@ -167,7 +168,7 @@ def test_trickling_clients_do_not_starve_health_and_get_408(live: tuple[Agent, A
     trickler.open()
     try:
         # Two lines each: with one server thread per connection, every thread would be taken now.
-        wait_for(lambda: trickler.lines_sent >= 2, 10, "the slow clients to start")
+        eventually(lambda: trickler.lines_sent >= 2, 10, "the slow clients to start")
         for path in ("/api/health", "/livez", "/readyz"):
             began = time.monotonic()
             answer = api.get(path, token=None, timeout=HEALTH_BOUND)
@@ -293,7 +294,7 @@ def test_a_huge_line_without_newline_stays_small_in_memory_and_whole_in_the_file
     rss_before = psutil.Process(agent.proc.pid).memory_info().rss
     assert api.post("/api/services/huge/start").status == 200
     log_file = agent.conf_dir.parent / "logs" / "huge.stdout.log"
-    wait_for(lambda: log_file.exists() and log_file.stat().st_size == len(b"first\n") + HUGE, 60,
+    eventually(lambda: log_file.exists() and log_file.stat().st_size == len(b"first\n") + HUGE, 60,
              "the whole line in the log file")
     resp = api.get("/api/services/huge/logs?lines=10000")
     assert resp.status == 200
@@ -309,13 +310,13 @@ def test_the_buffer_byte_bound_set_in_conf_d_is_honoured(agent: Agent) -> None:
     api = start_with_api(agent, "talk: {command: [sh, -c, 'for i in $(seq 100); do echo line-$i; done; "
                                 "exec sleep 3600']}\n", token=TOKEN)
     log_file = agent.conf_dir.parent / "logs" / "talk.stdout.log"
-    wait_for(lambda: log_file.exists() and b"line-100\n" in log_file.read_bytes(), 10, "all lines written")
+    eventually(lambda: log_file.exists() and b"line-100\n" in log_file.read_bytes(), 10, "all lines written")
 
     def kept() -> list[str]:
         resp = api.get("/api/services/talk/logs?lines=1000")
         texts: list[str] = [line["text"] for line in resp.json["lines"]]
         return texts if texts and texts[-1] == "line-100" else []
 
-    texts = wait_for(kept, 10, "the last line in the buffer")
+    texts = eventually(kept, 10, "the last line in the buffer")
     assert sum(len(t) for t in texts) <= 300
     assert len(texts) < 100

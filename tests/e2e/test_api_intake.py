@@ -13,7 +13,7 @@ import pytest
 
 from suite_agent.parts.api.intake import HEAD_LIMIT, Gathered, Intake, RequestStream
 
-from agent import wait_for
+from eventually import eventually
 
 LIMIT = 1000  # the body limit of these streams
 
@@ -150,11 +150,11 @@ def test_the_intake_hands_over_whole_requests_and_times_out_the_rest() -> None:
     try:
         for conn in conns[:3]:
             intake.add(conn)
-        wait_for(lambda: conns[0].closed.is_set(), 5, "the oldest dropped: two at most wait")
+        eventually(lambda: conns[0].closed.is_set(), 5, "the oldest dropped: two at most wait")
         for conn in conns[1:3]:
             conn.client.sendall(b"GET /x HTTP/1.1\r\n")
         conns[2].client.sendall(b"\r\n")
-        wait_for(lambda: handed == [conns[2]], 5, "the whole request handed over")
+        eventually(lambda: handed == [conns[2]], 5, "the whole request handed over")
         assert conns[1].client.recv(1000).startswith(b"HTTP/1.1 408 ")  # at its 0.5 s deadline
         assert conns[1].closed.is_set() and intake.pending == 0
     finally:

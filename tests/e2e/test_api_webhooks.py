@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
-from agent import Agent, wait_for
+from agent import Agent
 from api_helpers import SseReader, start_with_api
 from brokers import Broker
+from eventually import eventually
 
 pytest_plugins = ["brokers"]  # the broker fixtures
 
@@ -84,7 +85,7 @@ def test_webhook_posts_parse_with_the_cloudevents_sdk_without_a_queue(agent: Age
     start_with_api(agent, "web: {command: [sleep, '3811']}\n",
                    api_extra=f'  webhooks: [{{url: "{receiver.url()}", events: [service_started]}}]\n')
     (pid,) = agent.wait_pids("3811")
-    request = wait_for(lambda: receiver.requests, 10, "the webhook POST")[0]
+    request = eventually(lambda: receiver.requests, 10, "the webhook POST")[0]
     assert request.method == "POST"
     assert not [h for h in request.headers if h.lower().startswith("ce-")]  # structured mode only
     event = parsed(request)
@@ -106,7 +107,7 @@ def test_webhooks_the_queue_and_sse_name_the_same_source(redis_broker: Broker, a
     sse = SseReader(api, "?types=service_started")
     try:
         assert api.post("/api/services/web/start").status == 200
-        request = wait_for(lambda: receiver.requests, 10, "the webhook POST")[0]
+        request = eventually(lambda: receiver.requests, 10, "the webhook POST")[0]
         from_queue = reader.wait_for("suite.service_started", "web")[0]
         from_sse = sse.wait_event("service_started", "web").json
     finally:

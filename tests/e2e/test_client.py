@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import Agent, agent_command, wait_for
+from agent import Agent, agent_command
 from api_helpers import Api, free_port, start_with_api
+from eventually import eventually
 
 TOKEN = "client-token"
 SERVICES = """\
@@ -121,7 +122,7 @@ def test_reload(live: tuple[Agent, Api]) -> None:
 
 def test_logs_and_follow(live: tuple[Agent, Api]) -> None:
     _, api = live
-    wait_for(lambda: len(api.get("/api/services/talker/logs").json["lines"]) >= 3, 10, "talker output")
+    eventually(lambda: len(api.get("/api/services/talker/logs").json["lines"]) >= 3, 10, "talker output")
     done = cli(api, "logs", "talker", "-n", "3")
     assert done.returncode == 0
     lines = done.stdout.splitlines()

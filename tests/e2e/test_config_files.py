@@ -21,6 +21,8 @@ from suite_agent.config.reloader import ConfigLoader
 from suite_agent.config.store import ConfigStore, Declared, validate_dir
 from suite_agent.core.inbox import Inbox, Loaded, Reload
 
+from eventually import eventually
+
 T = TypeVar("T")
 GOOD = "services:\n  good: {command: [sleep, '1']}\n"
 
@@ -214,13 +216,10 @@ def loading(conf: Path) -> Iterator[tuple[ConfigLoader, Inbox]]:
 
 
 def next_loaded(inbox: Inbox, timeout: float = 20.0) -> Loaded:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for message in inbox.drain():
-            if isinstance(message, Loaded):
-                return message
-        time.sleep(0.01)
-    raise AssertionError(f"no configuration loaded within {timeout}s")
+    def loaded() -> Loaded | None:
+        return next((m for m in inbox.drain() if isinstance(m, Loaded)), None)
+
+    return eventually(loaded, timeout, "a configuration loaded")
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "big", "bomb", "directory"])

@@ -9,7 +9,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from agent import Agent, agent_command, wait_for
+from agent import Agent, agent_command
+from eventually import eventually
 
 
 def validate(conf_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -55,8 +56,8 @@ def test_validate_and_the_agent_blame_the_same_file(agent: Agent, conf_dir: Path
     agent.wait_pids("3821")
     agent.write("a.yaml", "services:\n  web: {command: [sleep, '3823']}\n")
     agent.wait_pids("3823")
-    wait_for(lambda: not agent.pids_of("3821"), 10, "3821 to stop")
-    wait_for(lambda: not agent.pids_of("3822"), 10, "3822 to stop")
+    eventually(lambda: not agent.pids_of("3821"), 10, "3821 to stop")
+    eventually(lambda: not agent.pids_of("3822"), 10, "3822 to stop")
     expected = f"{conf_dir}/b.yaml:2: services.web: service 'web' is already defined in {conf_dir}/a.yaml:2"
     agent.wait_log(re.escape(expected))
     done = validate(conf_dir)
@@ -113,7 +114,7 @@ def test_a_configmap_update_is_applied(agent: Agent, conf_dir: Path) -> None:
     })
     assert {name: os.readlink(conf_dir / name) for name in links} == links
     agent.wait_pids("3843")
-    wait_for(lambda: not agent.pids_of("3841"), 10, "3841 to stop")
+    eventually(lambda: not agent.pids_of("3841"), 10, "3841 to stop")
     assert agent.pids_of("3842") == [db]  # unchanged: not restarted
     assert app not in agent.pids_of("3843")
     assert " ERROR " not in agent.log()  # hidden entries are never read as files of their own

@@ -9,7 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from agent import Agent, agent_command, wait_for
+from agent import Agent, agent_command
+from eventually import eventually
 
 PY = sys.executable
 
@@ -81,7 +82,7 @@ def test_failing_liveness_restarts_the_service(agent: Agent, tmp_path: Path) -> 
     agent.wait_log(r"svc: ready")
     alive.unlink()
     agent.wait_log(r"svc: liveness probe failed: test: exit code 1; restarting")
-    wait_for(lambda: agent.pids_of("3621") not in ([], [pid]), 5, "a new svc process")
+    eventually(lambda: agent.pids_of("3621") not in ([], [pid]), 5, "a new svc process")
     assert agent.wait_log(r"svc: started", count=2)
 
 
@@ -175,7 +176,7 @@ def test_restart_true_restarts_dependents_with_their_dependency(agent: Agent) ->
 
     os.kill(db, signal.SIGKILL)
     agent.wait_log(r"app: restarting because db restarted")
-    wait_for(lambda: agent.pids_of("3630") not in ([], [app]), 5, "app restarted")
+    eventually(lambda: agent.pids_of("3630") not in ([], [app]), 5, "app restarted")
     assert agent.pids_of("3631") == [other]
 
 
@@ -221,7 +222,7 @@ def test_a_stranger_on_the_port_never_makes_a_crash_looping_service_ready(agent:
     server = [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
     stranger = subprocess.Popen(server, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _answers(port), 10, "the stranger listening")
+        eventually(lambda: _answers(port), 10, "the stranger listening")
         agent.write("a.yaml", services(f"""\
             web:
               command: {json.dumps(server)}

@@ -6,8 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from agent import Agent, agent_command, wait_for
+from agent import Agent, agent_command
 from api_helpers import Api, start_with_api
+from eventually import eventually
 
 
 def cli(api: Api, *args: str) -> subprocess.CompletedProcess[str]:
@@ -58,4 +59,4 @@ def test_editing_a_finished_manual_job_does_not_run_it(agent: Agent, tmp_path: P
     assert len(agent.wait_log(r"job: started")) == 1
     assert api.get("/api/services/job").json["state"] == "exited" and out.read_text() == "1\n"
     assert api.post("/api/services/job/start").status == 200
-    wait_for(lambda: out.read_text() == "1\n2\n", 5, "the edited job's run")
+    eventually(lambda: out.read_text() == "1\n2\n", 5, "the edited job's run")

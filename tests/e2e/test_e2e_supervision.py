@@ -15,8 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent import Agent, agent_command, processes_with_token, wait_for
+from agent import Agent, agent_command, processes_with_token
 from api_helpers import start_with_api
+from eventually import eventually
 
 PY = sys.executable
 
@@ -31,7 +32,7 @@ def test_respawn_after_kill_9(agent: Agent) -> None:
     agent.start()
     (pid,) = agent.wait_pids("3601")
     os.kill(pid, signal.SIGKILL)
-    new = wait_for(lambda: [p for p in agent.pids_of("3601") if p != pid], 2, "a new web process")
+    new = eventually(lambda: [p for p in agent.pids_of("3601") if p != pid], 2, "a new web process")
     assert len(new) == 1
     agent.wait_log(r"web: killed by SIGKILL; restarting")
 
@@ -86,7 +87,7 @@ def test_hot_reload_adds_changes_removes_only_what_changed(agent: Agent) -> None
     agent.write("b.yaml", services("change: {command: [sleep, '3614']}\nnew: {command: [sleep, '3606']}\n"))
     agent.wait_pids("3614")
     agent.wait_pids("3606")
-    wait_for(lambda: not psutil.pid_exists(gone) or psutil.Process(gone).status() == "zombie", 5, "gone stopped")
+    eventually(lambda: not psutil.pid_exists(gone) or psutil.Process(gone).status() == "zombie", 5, "gone stopped")
     assert agent.pids_of("3604") == [] and agent.pids_of("3605") == []
     assert agent.pids_of("3603") == [keep]
 
@@ -98,7 +99,7 @@ def test_removed_file_stops_its_services(agent: Agent) -> None:
     (a,) = agent.wait_pids("3607")
     agent.wait_pids("3608")
     (agent.conf_dir / "b.yaml").unlink()
-    wait_for(lambda: agent.pids_of("3608") == [], 5, "b stopped")
+    eventually(lambda: agent.pids_of("3608") == [], 5, "b stopped")
     assert agent.pids_of("3607") == [a]
 
 
@@ -137,7 +138,7 @@ def test_grandchildren_do_not_outlive_their_service(agent: Agent) -> None:
                     found.append(proc)
         return found
 
-    wait_for(lambda: len(tree()) == 3, 5, "three grandchildren")
+    eventually(lambda: len(tree()) == 3, 5, "three grandchildren")
     (agent.conf_dir / "a.yaml").unlink()
     agent.wait_log(r"tree: stopped")
     assert tree() == []
@@ -152,7 +153,7 @@ def test_sigkill_when_the_stop_signal_is_ignored(agent: Agent, tmp_path: Path) -
     agent.start()
     (pid,) = agent.wait_pids("3613")
     out = logs / "stubborn.stdout.log"
-    wait_for(lambda: out.exists() and out.read_text() == "0\n", 5, "the handler in place")
+    eventually(lambda: out.exists() and out.read_text() == "0\n", 5, "the handler in place")
     assert agent.stop() == 0
     assert "stubborn: still running 0.3s after SIGTERM; sending SIGKILL" in agent.log()
     assert not psutil.pid_exists(pid)
@@ -162,8 +163,8 @@ def test_output_goes_to_log_files(agent: Agent, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     agent.write("a.yaml", services("talk: {command: [sh, -c, 'echo hello out; echo hello err >&2; sleep 3615']}\n", logs))
     agent.start()
-    wait_for(lambda: (logs / "talk.stdout.log").exists() and "hello out" in (logs / "talk.stdout.log").read_text(), 5, "stdout log")
-    wait_for(lambda: (logs / "talk.stderr.log").exists() and "hello err" in (logs / "talk.stderr.log").read_text(), 5, "stderr log")
+    eventually(lambda: (logs / "talk.stdout.log").exists() and "hello out" in (logs / "talk.stdout.log").read_text(), 5, "stdout log")
+    eventually(lambda: (logs / "talk.stderr.log").exists() and "hello err" in (logs / "talk.stderr.log").read_text(), 5, "stderr log")
 
 
 def test_environment_and_directory(agent: Agent, tmp_path: Path) -> None:
@@ -174,14 +175,14 @@ def test_environment_and_directory(agent: Agent, tmp_path: Path) -> None:
         f"env: {{command: 'sh -c \"echo $GREETING from $(pwd); sleep 3616\"', directory: {work}, environment: {{GREETING: 42}}}}\n", logs))
     agent.start()
     out = logs / "env.stdout.log"
-    wait_for(lambda: out.exists() and f"42 from {work}" in out.read_text(), 5, "env output")
+    eventually(lambda: out.exists() and f"42 from {work}" in out.read_text(), 5, "env output")
 
 
 def test_two_hundred_services_start_and_stop_cleanly(agent: Agent, tmp_path: Path) -> None:
     body = "".join(f"s{i:03d}: {{command: [sleep, '47{i:03d}']}}\n" for i in range(200))
     agent.write("many.yaml", services(body, tmp_path / "logs"))
     agent.start()
-    wait_for(lambda: len(agent.children()) == 200, 20, "200 children")
+    eventually(lambda: len(agent.children()) == 200, 20, "200 children")
     pids = [c.pid for c in agent.children()]
     assert agent.stop() == 0
     assert [p for p in pids if psutil.pid_exists(p)] == []
@@ -250,7 +251,7 @@ def test_user_and_group_apply_when_root(agent: Agent, tmp_path: Path) -> None:
     agent.write("a.yaml", services("who: {command: [sh, -c, 'id -u; id -g; sleep 3643'], user: nobody, group: nogroup}\n", logs))
     agent.start()
     out = logs / "who.stdout.log"
-    wait_for(lambda: out.exists() and len(out.read_text().split()) == 2, 5, "id output")
+    eventually(lambda: out.exists() and len(out.read_text().split()) == 2, 5, "id output")
     assert out.read_text().split() == [str(pwd.getpwnam("nobody").pw_uid), str(grp.getgrnam("nogroup").gr_gid)]
 
 
@@ -323,7 +324,7 @@ def test_a_second_sigterm_kills_what_is_still_stopping(agent: Agent, tmp_path: P
     agent.start()
     (pid,) = agent.wait_pids("3645")
     out = logs / "stubborn.stdout.log"
-    wait_for(lambda: out.exists() and out.read_text() == "0\n", 5, "the handler in place")
+    eventually(lambda: out.exists() and out.read_text() == "0\n", 5, "the handler in place")
     agent.signal(signal.SIGTERM)
     agent.wait_log(r"shutting down")
     assert agent.proc is not None and agent.proc.poll() is None  # still waiting on its 60 s
@@ -339,7 +340,7 @@ def test_relative_paths_are_relative_to_the_conf_d_parent(agent: Agent, tmp_path
                 "  here: {command: [sh, -c, 'pwd; sleep 3646'], directory: work}\n")
     agent.start()
     out = tmp_path / "relative-logs" / "here.stdout.log"
-    wait_for(lambda: out.exists() and out.read_text() == f"{tmp_path / 'work'}\n", 5, "pwd in the log")
+    eventually(lambda: out.exists() and out.read_text() == f"{tmp_path / 'work'}\n", 5, "pwd in the log")
 
 
 @pytest.mark.parametrize(("factor", "restarts"), [
@@ -359,7 +360,7 @@ def test_a_crash_loop_of_any_length_keeps_restarting_and_sigterm_ends_it(
         assert not seen, f"running without a process: {seen}"
         return all(now[n]["restarts"] >= restarts for n in ("a", "b"))
 
-    wait_for(both_past, 30 + restarts * 0.1, f"{restarts} restarts of a and of b")
+    eventually(both_past, 30 + restarts * 0.1, f"{restarts} restarts of a and of b")
     assert api.get("/api/health", timeout=5).status == 200
     assert agent.proc is not None
     agent.signal(signal.SIGTERM)

@@ -15,8 +15,9 @@ import pytest
 
 from suite_agent.processes import cgroups
 
-from agent import Agent, processes_with_token, wait_for
+from agent import Agent, processes_with_token
 from api_helpers import start_with_api
+from eventually import eventually
 
 CGROUPS_USABLE = cgroups.find_own()[0] is not None
 
@@ -61,7 +62,7 @@ def gone(proc: psutil.Process) -> bool:
 
 
 def the_grandchild(agent: Agent, arg: str) -> psutil.Process:
-    (grandchild,) = wait_for(lambda: sleepers(agent, arg), 10, f"sleep {arg}")
+    (grandchild,) = eventually(lambda: sleepers(agent, arg), 10, f"sleep {arg}")
     # It did leave the service's session and process group: killpg alone would miss it.
     (leader,) = agent.children()
     assert os.getsid(grandchild.pid) != os.getsid(leader.pid)
@@ -92,7 +93,7 @@ def test_a_setsid_grandchild_goes_when_its_service_exits(agent: Agent, tracking:
     grandchild = the_grandchild(agent, "3703")
     (tmp_path / "go").touch()
     agent.wait_log(r"s: exited with code 3")
-    wait_for(lambda: gone(grandchild), 5, "the grandchild killed with its service")
+    eventually(lambda: gone(grandchild), 5, "the grandchild killed with its service")
 
 
 def test_a_setsid_grandchild_goes_with_the_agent(agent: Agent, tracking: str) -> None:
@@ -102,7 +103,7 @@ def test_a_setsid_grandchild_goes_with_the_agent(agent: Agent, tracking: str) ->
     grandchild = the_grandchild(agent, "3704")
     assert agent.stop() == 0
     # Stopped, and with no zombie left for long: once the agent is gone, init reaps what it left.
-    wait_for(lambda: not grandchild.is_running(), 5, "the grandchild gone")
+    eventually(lambda: not grandchild.is_running(), 5, "the grandchild gone")
 
 
 def test_sigkill_after_the_timeout_reaches_a_setsid_grandchild(agent: Agent, tracking: str,
@@ -117,7 +118,7 @@ def test_sigkill_after_the_timeout_reaches_a_setsid_grandchild(agent: Agent, tra
           stop: {{timeout: 300ms}}
         """)
     started_with(agent, tracking)
-    wait_for(lambda: (tmp_path / "ready").exists(), 10, "the TERM handler in place")
+    eventually(lambda: (tmp_path / "ready").exists(), 10, "the TERM handler in place")
     (grandchild,) = [p for p in processes_with_token(agent.token) if str(stubborn) in p.cmdline()]
     reply = api.post("/api/services/s/stop")
     assert reply.status == 200 and reply.json["results"]["s"]["state"] == "stopped", reply.text
@@ -147,7 +148,7 @@ def test_a_child_that_forks_at_once_keeps_its_grandchild_in_its_cgroup(agent: Ag
         found = sleepers(agent, "3708")
         return found if len(found) == 5 else []
 
-    grandchildren = wait_for(five, 10, "five grandchildren")
+    grandchildren = eventually(five, 10, "five grandchildren")
     assert agent.proc is not None
     tree = f"/suite-agent.{agent.proc.pid}/"
     for grandchild in grandchildren:
@@ -168,7 +169,7 @@ def test_a_grandchild_that_clears_its_environment_still_goes(agent: Agent) -> No
     agent.write("a.yaml", services(f"s: {{command: [sh, -c, 'setsid env -i sleep {arg} & sleep 3710']}}\n"))
     try:
         agent.start()
-        (grandchild,) = wait_for(escaped, 10, "the grandchild with an empty environment")
+        (grandchild,) = eventually(escaped, 10, "the grandchild with an empty environment")
         assert grandchild.environ() == {}
         (agent.conf_dir / "a.yaml").unlink()
         agent.wait_log(r"s: stopped")
@@ -221,7 +222,7 @@ def test_signals_reach_each_process_once(agent: Agent, tracking: str, tmp_path: 
     agent.write("a.yaml", services(f"s: {{command: [{sys.executable}, {counter}], directory: {tmp_path}}}\n"))
     agent.start()
     started_with(agent, tracking)
-    wait_for(lambda: (tmp_path / "ready").exists(), 10, "the TERM handler in place")
+    eventually(lambda: (tmp_path / "ready").exists(), 10, "the TERM handler in place")
     (agent.conf_dir / "a.yaml").unlink()
     agent.wait_log(r"s: stopped")
     assert (tmp_path / "terms").read_text() == "TERM\n"
@@ -232,7 +233,7 @@ def test_signals_reach_each_process_once(agent: Agent, tracking: str, tmp_path: 
 def test_a_service_running_as_another_user_is_in_its_cgroup_too(agent: Agent) -> None:
     agent.write("a.yaml", services("s: {command: [sh, -c, 'setsid sleep 3712 & sleep 3713'], user: nobody}\n"))
     agent.start()
-    (grandchild,) = wait_for(lambda: sleepers(agent, "3712"), 10, "the grandchild")
+    (grandchild,) = eventually(lambda: sleepers(agent, "3712"), 10, "the grandchild")
     (leader,) = agent.children()
     assert leader.uids().real != 0
     assert "/s@" in cgroup_of(leader.pid)

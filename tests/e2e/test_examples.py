@@ -29,8 +29,9 @@ from typing import IO
 
 import pytest
 
-from agent import TOKEN_VAR, kill_leftovers, wait_for
+from agent import TOKEN_VAR, kill_leftovers
 from brokers import REDIS_URL, require, unavailable
+from eventually import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -207,7 +208,7 @@ def test_the_examples_run_as_written_on_the_example_conf_d(run: Run) -> None:
         elif example.kind == "agent":
             run.start(["bash", "-c", ". .venv/bin/activate\n" + example.code], run.agent_log)
             started_agent = True
-            wait_for(lambda: http_get("http://127.0.0.1:8080/readyz")[0] == 200, 60, "the example agent ready")
+            eventually(lambda: http_get("http://127.0.0.1:8080/readyz")[0] == 200, 60, "the example agent ready")
         elif example.kind == "sh":
             run.shell(example.code, example.where)
         elif example.kind == "file":
@@ -215,7 +216,7 @@ def test_the_examples_run_as_written_on_the_example_conf_d(run: Run) -> None:
             assert first.startswith("# "), f"{example.where}: a file block starts with `# PATH`"
             (run.home / first[2:].strip()).write_text(example.code)
             if "queue:" in example.code:
-                wait_for(lambda: run.agent_says(r"queue: events: connected") and run.agent_says(
+                eventually(lambda: run.agent_says(r"queue: events: connected") and run.agent_says(
                     r"queue: commands: connected"), 30, "the queue on")
         elif example.kind == "python":
             done = subprocess.run([str(run.home / ".venv/bin/python"), "-c", example.code], cwd=run.home,
@@ -239,12 +240,12 @@ def consume(run: Run, example: Example) -> None:
         if "dashboard.events" in example.code and "dashboard.events" in before:
             mine = {"dashboard.events"}  # bound by an earlier run: it collected meanwhile
         else:
-            mine = wait_for(lambda: {n for n in our_queue_names(client) - before if not n.startswith("suite_agent.")},
+            mine = eventually(lambda: {n for n in our_queue_names(client) - before if not n.startswith("suite_agent.")},
                             20, f"{example.where}: its queue bound")
         restart = urllib.request.Request("http://127.0.0.1:8080/api/services/clock/restart?wait=10s", method="POST")
         with urllib.request.urlopen(restart, timeout=20) as response:
             assert response.status == 200
-        wait_for(lambda: re.search(r"suite\.service_started.* clock", log.read_text()), 20,
+        eventually(lambda: re.search(r"suite\.service_started.* clock", log.read_text()), 20,
                  f"{example.where}: the restart's events printed")
         assert "ContentDisallowed" not in log.read_text()
         proc.send_signal(signal.SIGINT)
@@ -258,7 +259,7 @@ def consume(run: Run, example: Example) -> None:
             restart = urllib.request.Request("http://127.0.0.1:8080/api/services/clock/restart?wait=10s",
                                              method="POST")
             urllib.request.urlopen(restart, timeout=20).close()
-            wait_for(lambda: client.llen("dashboard.events") >= sentinel + 2, 20,  # type: ignore[attr-defined]
+            eventually(lambda: client.llen("dashboard.events") >= sentinel + 2, 20,  # type: ignore[attr-defined]
                      "the restart's events in dashboard.events")
             assert not [k for name in mine for k in client.scan_iter(f"{name}*")]  # type: ignore[attr-defined]
     finally:

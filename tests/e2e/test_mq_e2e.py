@@ -11,8 +11,9 @@ from typing import Any
 
 from kombu import Connection
 
-from agent import Agent, wait_for
+from agent import Agent
 from brokers import Broker, assert_cloudevent
+from eventually import eventually
 
 pytest_plugins = ["brokers"]  # the broker fixtures
 
@@ -113,7 +114,7 @@ def test_commands_are_answered_on_reply_to_with_the_correlation_id(broker: Broke
 
     stopped = cmd.send("suite.control.stop", {"services": ["api"], "wait": 5})
     assert stopped["ok"] is True and stopped["results"]["api"]["state"] == "stopped"
-    wait_for(lambda: not agent.pids_of("3712"), 5, "api gone")
+    eventually(lambda: not agent.pids_of("3712"), 5, "api gone")
 
     agent.write("services.yaml", services("""\
         web: {command: [sleep, '3711']}
@@ -126,7 +127,7 @@ def test_commands_are_answered_on_reply_to_with_the_correlation_id(broker: Broke
 
     # Without reply_to the command is still applied (and acknowledged): fire and forget.
     cmd.publish("suite.control.stop", {"services": ["new"]}, reply=False)
-    wait_for(lambda: not agent.pids_of("3713"), 5, "new stopped without a reply asked for")
+    eventually(lambda: not agent.pids_of("3713"), 5, "new stopped without a reply asked for")
 
 
 def test_a_targeted_command_reaches_one_agent_of_two(broker: Broker, agent: Agent, tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ from suite_agent.output.pump import OutputPump
 from suite_agent.parts.lifecycle import AgentHandle, Integration, IntegrationManager
 from suite_agent.parts.queue import COMMAND_REJECTED, QueuePart
 
-from agent import wait_for
 from brokers import Broker, PrivateRedis
+from eventually import eventually
 
 pytest_plugins = ["brokers"]  # the broker fixtures
 
@@ -102,8 +102,8 @@ def test_samples_count_commands_by_result_and_the_part_stops_cleanly(
     cmd = broker.commander()
     agent_id = broker.agent_id()
     manager.configure("queue", QueueSection(url=broker.url, exchange=broker.exchange, agent_id=agent_id))
-    part = wait_for(lambda: manager.parts().get("queue"), 10, "the queue part")
-    wait_for(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
+    part = eventually(lambda: manager.parts().get("queue"), 10, "the queue part")
+    eventually(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
 
     assert cmd.send("suite.control.status", {"services": ["web"]})["ok"] is True
     assert cmd.send("suite.control.status")["results"] == {"web": {"ok": True}}  # no names: every service
@@ -119,13 +119,13 @@ def test_samples_count_commands_by_result_and_the_part_stops_cleanly(
     assert {r: value(part, "suite_agent_queue_commands_total", result=r)
             for r in ("ok", "error", "rejected", "duplicate")} == {"ok": 3, "error": 1, "rejected": 2, "duplicate": 1}
     assert sum(isinstance(m, Reload) for m in owner.handled) == 1  # the duplicate was not applied
-    wait_for(lambda: value(part, "suite_agent_queue_events_published_total") >= 2, 5, "the rejections published")
+    eventually(lambda: value(part, "suite_agent_queue_events_published_total") >= 2, 5, "the rejections published")
     assert value(part, "suite_agent_queue_outbox_size") == 0
     assert value(part, "suite_agent_queue_events_dropped_total") == 0
     assert value(part, "suite_agent_queue_reconnects_total") == 0
 
     manager.configure("queue", None)
-    wait_for(lambda: "queue" not in manager.parts() and not queue_threads(), 10, "the part's threads gone")
+    eventually(lambda: "queue" not in manager.parts() and not queue_threads(), 10, "the part's threads gone")
 
 
 def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
@@ -145,9 +145,9 @@ def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
     try:
         for n in range(250):
             bus.publish(Event.make("tick", None, n=n))
-        wait_for(lambda: value(part, "suite_agent_queue_events_dropped_total") == 150, 5, "150 dropped")
+        eventually(lambda: value(part, "suite_agent_queue_events_dropped_total") == 150, 5, "150 dropped")
         # The outbox counts what the publisher took from the bus: it takes within a turn.
-        wait_for(lambda: value(part, "suite_agent_queue_outbox_size") == 100, 5, "100 in the outbox")
+        eventually(lambda: value(part, "suite_agent_queue_outbox_size") == 100, 5, "100 in the outbox")
         assert value(part, "suite_agent_queue_connected") == 0
 
         server.start()
@@ -156,9 +156,9 @@ def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
         bus.publish(Event.make("tick", None, n=999))  # a sentinel: sent after all the others
         reader.wait(lambda received: received[-1].body["data"]["n"] == 999, 10, "the sentinel")
         assert [r.body["data"]["n"] for r in reader.received] == [*range(150, 250), 999]
-        wait_for(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
+        eventually(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
         # The publisher counts a send after the broker took it, so the reader may be first.
-        wait_for(lambda: value(part, "suite_agent_queue_events_published_total") == 101, 5, "101 counted")
+        eventually(lambda: value(part, "suite_agent_queue_events_published_total") == 101, 5, "101 counted")
         assert value(part, "suite_agent_queue_outbox_size") == 0
     finally:
         part.stop()

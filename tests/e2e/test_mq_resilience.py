@@ -6,8 +6,9 @@ import os
 import signal
 import textwrap
 
-from agent import Agent, wait_for
+from agent import Agent
 from brokers import AMQP_URL, Broker, PrivateRedis, assert_cloudevent, queue_yaml, require
+from eventually import eventually
 
 pytest_plugins = ["brokers"]  # the broker fixtures
 
@@ -26,7 +27,7 @@ def first(reader: object, type_: str, pid: int) -> int:
 def crash_and_respawn(agent: Agent, marker: str) -> tuple[int, int]:
     (pid,) = agent.wait_pids(marker)
     os.kill(pid, signal.SIGKILL)
-    (new,) = wait_for(lambda: [p for p in agent.pids_of(marker) if p != pid], 5, f"{marker} respawned")
+    (new,) = eventually(lambda: [p for p in agent.pids_of(marker) if p != pid], 5, f"{marker} respawned")
     return pid, new
 
 

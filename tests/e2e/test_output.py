@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from eventually import eventually
+
 try:
     from suite_agent.output.lines import CUT_MARK, Batch, LineBuffer, Pending, flush_partial, split_lines
     from suite_agent.output.pump import MAX_LINE, LogLine, OutputPump
@@ -97,13 +99,6 @@ def texts(lines: list[LogLine]) -> list[str]:
 
 def idle(pump: OutputPump) -> None:
     assert pump.wait_idle(IDLE), "pump did not become idle"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.005)
 
 
 def fd_closed(fd: int, pipe_inode: int) -> bool:
@@ -512,7 +507,7 @@ def test_endless_writer_does_not_starve_other_pipes(
     _, ping = attach_pipe(pump, "calm", "calm", "stdout")
     code = "import sys; c = b'z' * 65535 + b'\\n'\nwhile True: sys.stdout.buffer.write(c)"
     flood = spawn(py(code), stdout=w)
-    wait_until(lambda: pump.last_seq("flood") > 100)  # the flood is under way
+    eventually(lambda: pump.last_seq("flood") > 100, what="the flood under way")
 
     after = 0
     for i in range(5):
@@ -524,7 +519,7 @@ def test_endless_writer_does_not_starve_other_pipes(
         after = got[-1].seq
     assert flood.poll() is None  # still flooding all along
     flooded = pump.last_seq("flood")
-    wait_until(lambda: pump.last_seq("flood") > flooded + 100)  # and still being read
+    eventually(lambda: pump.last_seq("flood") > flooded + 100, what="the flood still read")
     flood.kill()
     flood.wait()
     os.close(ping)

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from agent import Agent, wait_for
+from agent import Agent
+from eventually import eventually
 from plugin_dist.visible import visible_to_agents
 
 
@@ -164,7 +165,7 @@ def test_slack_audit_and_email_against_their_stand_ins(
 
     (old,) = agent.wait_pids("5201")
     os.kill(old, signal.SIGKILL)
-    (new,) = wait_for(lambda: [p for p in agent.pids_of("5201") if p != old], 5, "web respawned")
+    (new,) = eventually(lambda: [p for p in agent.pids_of("5201") if p != old], 5, "web respawned")
     agent.write("crashy.yaml", yaml("""\
         services:
           crashy: {command: [sh, -c, 'exit 3'], backoff: {initial: 10ms}, start_limit: {burst: 1, interval: 30s}}
@@ -172,7 +173,7 @@ def test_slack_audit_and_email_against_their_stand_ins(
     agent.signal(signal.SIGHUP)
 
     # Slack: the seed's messages, as JSON posts to the webhook URL.
-    wait_for(lambda: "[test] ❌ Service 'crashy' error: exited with code 3; restarted 1 times within 30s; "
+    eventually(lambda: "[test] ❌ Service 'crashy' error: exited with code 3; restarted 1 times within 30s; "
              "giving up (start_limit)" in slack.texts(), 10, "the fatal error on Slack")
     texts = slack.texts()
     assert texts[:4] == [f"[test] ✅ Service 'web' started (PID: {old})", "[test] ⏹️ Service 'web' stopped",
@@ -186,7 +187,7 @@ def test_slack_audit_and_email_against_their_stand_ins(
                    r"HTTPError: HTTP Error 500")
 
     # Email: one mail per error, the fatal one saying so; logged in with the credentials.
-    wait_for(lambda: len(smtp.mails) >= 4, 10, "four mails")
+    eventually(lambda: len(smtp.mails) >= 4, 10, "four mails")
     subjects = smtp.subjects()
     assert subjects[0] == "[suite-agent] web error: killed by SIGKILL"
     assert "[suite-agent] crashy error: exited with code 3" in subjects
@@ -204,7 +205,7 @@ def test_slack_audit_and_email_against_their_stand_ins(
     assert set(smtp.logins) == {"agent:s3cret"}
 
     # Audit log: every event with its source, as JSON lines...
-    wait_for(lambda: any(r["type"] == "config_reloaded" and r["source"] == "signal" for r in audit_records(audit)),
+    eventually(lambda: any(r["type"] == "config_reloaded" and r["source"] == "signal" for r in audit_records(audit)),
              10, "the SIGHUP reload in the audit log")
     records = audit_records(audit)
     types = {r["type"] for r in records}
@@ -219,7 +220,7 @@ def test_slack_audit_and_email_against_their_stand_ins(
     for n in range(1, 21):
         agent.signal(signal.SIGHUP)
         agent.wait_log(r"configuration loaded \(signal\)", count=reloads + n)
-    wait_for(lambda: len([r for r in audit_records(audit) if r["type"] == "config_reloaded"
+    eventually(lambda: len([r for r in audit_records(audit) if r["type"] == "config_reloaded"
                           and r["source"] == "signal"]) >= 20, 10, "the last reloads in the audit log")
     assert audit.with_name("events.jsonl.2").exists() and not audit.with_name("events.jsonl.3").exists()
     for f in audit.parent.iterdir():
@@ -237,8 +238,8 @@ def test_the_seeds_slack_plugin_posts_with_requests(agent: Agent, slack: SlackRe
     agent.wait_log(r"plugin test_seed_slack: loaded \(slack_notifier 1\.0\.0\)")
     (old,) = agent.wait_pids("5202")
     os.kill(old, signal.SIGKILL)
-    (new,) = wait_for(lambda: [p for p in agent.pids_of("5202") if p != old], 5, "web respawned")
-    wait_for(lambda: len(slack.posts) >= 4, 10, "four posts")
+    (new,) = eventually(lambda: [p for p in agent.pids_of("5202") if p != old], 5, "web respawned")
+    eventually(lambda: len(slack.posts) >= 4, 10, "four posts")
     assert slack.texts()[:4] == [f"✅ Service 'web' started (PID: {old})", "⏹️ Service 'web' stopped",
                                  "❌ Service 'web' error: killed by SIGKILL", f"✅ Service 'web' started (PID: {new})"]
 

@@ -18,7 +18,8 @@ from typing import Any
 import psutil
 import pytest
 
-from agent import Agent, wait_for
+from agent import Agent
+from eventually import eventually
 from plugin_dist.visible import visible_to_agents
 
 
@@ -49,7 +50,7 @@ def respawn(agent: Agent, marker: str, timeout: float) -> tuple[int, int, float]
     (old,) = agent.wait_pids(marker)
     os.kill(old, signal.SIGKILL)
     started = time.monotonic()
-    (new,) = wait_for(lambda: [p for p in agent.pids_of(marker) if p != old], timeout, "the respawned process")
+    (new,) = eventually(lambda: [p for p in agent.pids_of(marker) if p != old], timeout, "the respawned process")
     return old, new, time.monotonic() - started
 
 
@@ -78,12 +79,12 @@ def test_every_hook_is_fired_by_real_services(agent: Agent, tmp_path: Path) -> N
     assert recorded(rec)[1]["hook"] == "on_config_load"
     assert recorded(rec)[1]["args"][0]["services"]["web"]["command"] == ["sleep", "5101"]
     (booted,) = agent.wait_pids("5101")
-    wait_for(lambda: [c for c in recorded(rec, "on_service_start") if c["args"] == ["web", booted]], 5,
+    eventually(lambda: [c for c in recorded(rec, "on_service_start") if c["args"] == ["web", booted]], 5,
              "on_service_start of the first process")
 
     old, new, _ = respawn(agent, "5101", 5)
     assert old == booted
-    wait_for(lambda: [c for c in recorded(rec, "on_service_start") if c["args"] == ["web", new]], 5,
+    eventually(lambda: [c for c in recorded(rec, "on_service_start") if c["args"] == ["web", new]], 5,
              "on_service_start of the new process")
     service_calls = [(c["hook"], c["args"]) for c in recorded(rec)
                      if c["hook"] in ("on_service_start", "on_service_stop", "on_service_error")]
@@ -96,7 +97,7 @@ def test_every_hook_is_fired_by_real_services(agent: Agent, tmp_path: Path) -> N
     agent.wait_log(r"^Service web started!$")  # the seed's MyPlugin, print() and all
 
     # Every probe result, as the prober reports them.
-    healthy = wait_for(lambda: [c["args"][0] for c in recorded(rec, "on_health_check")
+    healthy = eventually(lambda: [c["args"][0] for c in recorded(rec, "on_health_check")
                                 if c["args"][0].get("pid") == new and c["args"][0].get("ok")], 5,
                        "on_health_check for the new process")
     assert healthy[0]["service"] == "web" and healthy[0]["probe"] == "readiness" and healthy[0]["ok"] is True
@@ -106,14 +107,14 @@ def test_every_hook_is_fired_by_real_services(agent: Agent, tmp_path: Path) -> N
         services:
           crashy: {command: [sh, -c, 'exit 3'], backoff: {initial: 10ms}, start_limit: {burst: 1, interval: 30s}}
         """))
-    fatal = wait_for(lambda: [c["args"] for c in recorded(rec, "on_service_error") if c["args"][1]["fatal"]], 10,
+    fatal = eventually(lambda: [c["args"] for c in recorded(rec, "on_service_error") if c["args"][1]["fatal"]], 10,
                      "on_service_error with the fatal state")
     assert fatal[0][0] == "crashy" and fatal[0][1]["message"].endswith("giving up (start_limit)")
     crashy = [c["args"][1]["message"] for c in recorded(rec, "on_service_error") if c["args"][0] == "crashy"]
     assert crashy[0] == "exited with code 3"
 
     # on_metrics_collect with the agent's services, on the agent's schedule.
-    metrics = wait_for(lambda: [c["args"][0] for c in recorded(rec, "on_metrics_collect")], 15, "on_metrics_collect")
+    metrics = eventually(lambda: [c["args"][0] for c in recorded(rec, "on_metrics_collect")], 15, "on_metrics_collect")
     assert metrics[0]["services"]["web"]["state"] == "running" and metrics[0]["services_total"] >= 1
 
     # Every hook call of this plugin ran on its own worker, in its own process (not the agent),
@@ -157,7 +158,7 @@ def test_misbehaving_plugins_are_contained(agent: Agent, tmp_path: Path) -> None
     for _ in range(3):
         _, new, took = respawn(agent, "5102", 5)
         assert took < 0.5, f"respawn took {took:.3f}s"
-        wait_for(lambda new=new: [c for c in recorded(rec[1], "on_service_start") if c["args"] == ["web", new]],
+        eventually(lambda new=new: [c for c in recorded(rec[1], "on_service_start") if c["args"] == ["web", new]],
                  5, "the good plugin to hear of the new process")
     agent.wait_log(r"plugin test_rec3: (on_\w+): \1 did not return within 0\.3s "
                    r"\(stuck at .*recorder\.py:\d+ in _behave\); abandoned")
@@ -181,7 +182,7 @@ def test_misbehaving_plugins_are_contained(agent: Agent, tmp_path: Path) -> None
 
     expected = {"test_rec2", "test_rec3", "test_rec4", "test_broken_import", "test_not_a_plugin",
                 "no_such_plugin", "example"}
-    reported = wait_for(lambda: (found := failures()).keys() >= expected and found, 10, "plugin_error events")
+    reported = eventually(lambda: (found := failures()).keys() >= expected and found, 10, "plugin_error events")
     assert set(reported) == expected
     assert reported["test_rec4"] == {"on_metrics_collect"}
     assert {"on_service_stop", "on_service_start", "on_event"} <= reported["test_rec2"]
@@ -213,7 +214,7 @@ def test_changing_the_plugins_section_reloads_plugins_without_touching_services(
           test_rec2: {{path: '{two}'}}
         """))
     # Each plugin loads in its own process, in parallel.
-    wait_for(lambda: len(options_seen(two)) == 1 and len(options_seen(one)) == 2, 10, "both loaded")
+    eventually(lambda: len(options_seen(two)) == 1 and len(options_seen(one)) == 2, 10, "both loaded")
     # The old instance was shut down before a new one got the new options.
     calls = [(c["hook"], (c["pid"], c["instance"]), c["args"]) for c in recorded(one)
              if c["hook"] in ("validate_options", "on_shutdown")]
@@ -224,15 +225,15 @@ def test_changing_the_plugins_section_reloads_plugins_without_touching_services(
 
     # A plugin removed.
     agent.write("plugins.yaml", yaml(f"plugins:\n  test_rec2: {{path: '{two}'}}\n"))
-    wait_for(lambda: len(options_seen(two)) == 2, 10, "test_rec2 reloaded")
-    wait_for(lambda: len(recorded(one, "on_shutdown")) == 2, 10, "test_rec1 unloaded")
+    eventually(lambda: len(options_seen(two)) == 2, 10, "test_rec2 reloaded")
+    eventually(lambda: len(recorded(one, "on_shutdown")) == 2, 10, "test_rec1 unloaded")
     assert len(options_seen(one)) == 2
 
     # The section removed: plugins off.
     (agent.conf_dir / "plugins.yaml").unlink()
     agent.wait_log(r"plugins: off")
-    wait_for(lambda: len(recorded(two, "on_shutdown")) == 2, 10, "test_rec2 unloaded")
-    wait_for(lambda: not agent.pids_of("suite_agent.parts.plugins.hostproc"), 10, "no plugin process left")
+    eventually(lambda: len(recorded(two, "on_shutdown")) == 2, 10, "test_rec2 unloaded")
+    eventually(lambda: not agent.pids_of("suite_agent.parts.plugins.hostproc"), 10, "no plugin process left")
 
     assert agent.pids_of("510") == pids
     assert "restarting" not in agent.log() and "web: stopped" not in agent.log()
@@ -260,7 +261,7 @@ def test_on_config_load_rewrites_the_configuration_before_it_is_applied(agent: A
           test_rec1: {{path: "{rec}", config_patch: {{services: {{web: {{restart: sometimes}}}}}}}}
         """))
     agent.wait_log(r"configuration not transformed by plugins: .*services\.web\.restart")
-    (pid,) = wait_for(lambda: [p for p in agent.pids_of("5105") if p != pid], 10, "web restarted")
+    (pid,) = eventually(lambda: [p for p in agent.pids_of("5105") if p != pid], 10, "web restarted")
     assert psutil.Process(pid).environ()["DB_PASSWORD"] == "unset"
 
 
@@ -289,7 +290,7 @@ def test_plugin_metrics_appear_in_the_prometheus_route(agent: Agent, tmp_path: P
             return ""
         return text if "suite_agent_plugin_test_rec1_queue_depth" in text else ""
 
-    text = wait_for(scrape, 15, "plugin gauges in /metrics")
+    text = eventually(scrape, 15, "plugin gauges in /metrics")
     lines = text.splitlines()
     assert "suite_agent_plugin_example_custom_business_metric 7.0" in lines
     assert "suite_agent_plugin_test_rec1_queue_depth 3.0" in lines

@@ -21,7 +21,7 @@ from suite_agent.output.pump import OutputPump
 from suite_agent.parts.lifecycle import AgentHandle, Sample
 from suite_agent.parts.plugins.part import SCRAPE_DEADLINE, PluginManager, create
 
-from agent import wait_for
+from eventually import eventually
 from plugin_dist.visible import visible_to_agents
 
 Make = Callable[[Mapping[str, Mapping[str, Any]]], PluginManager]
@@ -58,7 +58,7 @@ def make(tmp_path: Path, bus: EventBus) -> Iterator[Make]:
 
 
 def loaded(manager: PluginManager, *names: str) -> None:
-    wait_for(lambda: all(p.settled.is_set() for p in manager.proxies), 15, "plugins to load")
+    eventually(lambda: all(p.settled.is_set() for p in manager.proxies), 15, "plugins to load")
     states = {p.name: p.state for p in manager.proxies}
     assert {n: states[n] for n in names} == dict.fromkeys(names, "loaded"), states
 
@@ -78,7 +78,7 @@ def plugin_errors(sub: Any, *plugins: str) -> list[dict[str, Any]]:
         found.extend(dict(e.data) for e in sub.drain() if e.type == "plugin_error")
         return {e["plugin"] for e in found} >= set(plugins)
 
-    wait_for(complete, 5, f"plugin_error events of {plugins}")
+    eventually(complete, 5, f"plugin_error events of {plugins}")
     return found
 
 
@@ -150,7 +150,7 @@ def test_metrics_become_gauges_and_garbage_is_counted_once(make: Make, bus: Even
         return found if ("suite_agent_plugin_example_custom_business_metric", ()) in found and \
             ("suite_agent_plugin_test_rec1_ratio", ()) in found else {}
 
-    found = wait_for(gauges, 10, "plugin gauges")
+    found = eventually(gauges, 10, "plugin gauges")
     assert found[("suite_agent_plugin_test_rec1_queue_depth", ())] == 3.0
     assert found[("suite_agent_plugin_test_rec1_ratio", ())] == 0.5
     assert found[("suite_agent_plugin_test_rec1_up", ())] == 1.0
@@ -201,7 +201,7 @@ def test_a_scrape_shows_fresh_values_at_once_and_waits_for_a_hanging_plugin_at_m
     assert len(recorded(tmp_path / "1", "on_metrics_collect")) == 1
     errors = ("suite_agent_plugin_errors_total", (("hook", "on_metrics_collect"), ("plugin", "test_rec1")))
     stuck = ("suite_agent_plugin_stuck_threads", (("plugin", "test_rec1"),))
-    wait_for(lambda: (f := by_name(manager.samples())).get(errors) and f.get(stuck), 10, "the call abandoned")
+    eventually(lambda: (f := by_name(manager.samples())).get(errors) and f.get(stuck), 10, "the call abandoned")
 
 
 # -- options and unloading ------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_stop_calls_on_shutdown_once_each_within_the_timeout(make: Make, bus: Ev
     })
     loaded(manager, "test_rec1", "test_rec2")
     bus.publish(Event.make("service_started", "web", instance="web", pid=42))
-    wait_for(lambda: recorded(tmp_path / "1", "on_service_start"), 5, "the hook call")
+    eventually(lambda: recorded(tmp_path / "1", "on_service_start"), 5, "the hook call")
     started = time.monotonic()
     manager.stop(1.0)
     assert time.monotonic() - started < 2.0
@@ -251,20 +251,20 @@ def test_calls_meant_for_a_plugin_whose_process_is_down_are_counted_as_lost_not_
         channel = proxy.channel
         assert channel is not None
         os.kill(channel.pid, signal.SIGKILL)
-        wait_for(lambda: proxy.channel is not channel and proxy.state in ("restarting", "starting", "loaded"),
+        eventually(lambda: proxy.channel is not channel and proxy.state in ("restarting", "starting", "loaded"),
                  5, "the death noticed")
 
     kill_and_wait_for_restart()
-    wait_for(lambda: proxy.state == "loaded", 15, "the second process loaded")
+    eventually(lambda: proxy.state == "loaded", 15, "the second process loaded")
     kill_and_wait_for_restart()  # a second death within 10 s: restarted after 0.5 s
     assert proxy.state == "restarting"
     before = proxy.counters()["lost"]  # the plugin_error events of the deaths may be lost too
     for pid in range(1001, 1006):
         bus.publish(Event.make("service_started", "web", instance="web", pid=pid))
-    wait_for(lambda: proxy.counters()["lost"] >= before + 10, 5, "on_service_start and on_event of 5 events lost")
-    wait_for(lambda: proxy.state == "loaded", 15, "the third process loaded")
+    eventually(lambda: proxy.counters()["lost"] >= before + 10, 5, "on_service_start and on_event of 5 events lost")
+    eventually(lambda: proxy.state == "loaded", 15, "the third process loaded")
     bus.publish(Event.make("service_started", "sentinel", instance="sentinel", pid=1))
-    wait_for(lambda: recorded(rec, "on_service_start"), 5, "the sentinel")
+    eventually(lambda: recorded(rec, "on_service_start"), 5, "the sentinel")
     assert [c["args"] for c in recorded(rec, "on_service_start")] == [["sentinel", 1]]
     found = by_name(manager.samples())
     assert found[("suite_agent_plugin_process_restarts_total", (("plugin", "test_rec1"),))] == 2.0

@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from suite_agent.parts.plugins.metrics import lint
 
-from agent import Agent, wait_for
+from agent import Agent
+from eventually import eventually
 from plugin_dist.visible import visible_to_agents
 
 HOST = "suite_agent.parts.plugins.hostproc"
@@ -52,7 +53,7 @@ def yaml(text: str) -> str:
 
 
 def plugin_process(agent: Agent, name: str, other_than: int | None = None) -> int:
-    (pid,) = wait_for(lambda: [p for p in agent.pids_of(f"{HOST} {name}") if p != other_than], 15,
+    (pid,) = eventually(lambda: [p for p in agent.pids_of(f"{HOST} {name}") if p != other_than], 15,
                       f"the process of plugin {name}")
     return pid
 
@@ -61,7 +62,7 @@ def respawn(agent: Agent, marker: str) -> tuple[int, float]:
     """kill -9 the service's process; (new pid, monotonic time it was seen)."""
     (old,) = agent.wait_pids(marker)
     os.kill(old, signal.SIGKILL)
-    (new,) = wait_for(lambda: [p for p in agent.pids_of(marker) if p != old], 5, "the respawned process")
+    (new,) = eventually(lambda: [p for p in agent.pids_of(marker) if p != old], 5, "the respawned process")
     return new, time.monotonic()
 
 
@@ -100,13 +101,13 @@ def test_a_plugin_that_exits_or_is_killed_is_restarted_and_the_rest_carries_on(a
     assert agent.proc is not None and agent.proc.poll() is None
     assert agent.pids_of("5401") == [web] and len(agent.pids_of("5402")) == 1
     # The other plugin heard of it, and of everything else, from its own process.
-    reported = wait_for(lambda: [e for e in plugin_errors(rec2) if e["plugin"] == "test_rec1"], 5, "plugin_error")
+    reported = eventually(lambda: [e for e in plugin_errors(rec2) if e["plugin"] == "test_rec1"], 5, "plugin_error")
     assert reported[0]["hook"] == "process" and reported[0]["error"].startswith(f"process {first} exited with code 1")
     assert [c["args"][0] for c in recorded(rec2, "on_service_start")] == ["web", "boom"]
 
     # Later hooks reach the new process.
     new_web, _ = respawn(agent, "5401")
-    wait_for(lambda: [c for c in recorded(rec1, "on_service_start") if c["args"] == ["web", new_web]], 5,
+    eventually(lambda: [c for c in recorded(rec1, "on_service_start") if c["args"] == ["web", new_web]], 5,
              "on_service_start in the new process")
     assert {c["pid"] for c in recorded(rec1, "on_service_start") if c["args"][0] == "web"} == {first, second}
 
@@ -116,7 +117,7 @@ def test_a_plugin_that_exits_or_is_killed_is_restarted_and_the_rest_carries_on(a
     third = plugin_process(agent, "test_rec1", other_than=second)
     agent.wait_log(r"plugin test_rec1: loaded", count=3)
     newest_web, _ = respawn(agent, "5401")
-    wait_for(lambda: [c for c in recorded(rec1, "on_service_start") if c["args"] == ["web", newest_web]], 5,
+    eventually(lambda: [c for c in recorded(rec1, "on_service_start") if c["args"] == ["web", newest_web]], 5,
              "on_service_start in the third process")
     assert recorded(rec1, "on_service_start")[-1]["pid"] == third
     assert agent.stop() == 0
@@ -137,7 +138,7 @@ def test_a_hook_holding_the_gil_delays_neither_respawns_nor_the_api(agent: Agent
     agent.start()
     agent.wait_log(r"api: on")
     # on_service_start(web) writes its line, then holds the GIL of the plugin's process for 4 s.
-    wait_for(lambda: [c for c in recorded(rec, "on_service_start") if c["args"][0] == "web"], 15,
+    eventually(lambda: [c for c in recorded(rec, "on_service_start") if c["args"][0] == "web"], 15,
              "the hook to start")
     _, respawned = respawn(agent, "5412")
     started = time.monotonic()
@@ -145,7 +146,7 @@ def test_a_hook_holding_the_gil_delays_neither_respawns_nor_the_api(agent: Agent
     health_took = time.monotonic() - started
     # The hook was still holding the GIL when the respawn and the health check were done.
     assert not recorded(rec, "held_gil")
-    (held,) = wait_for(lambda: recorded(rec, "held_gil"), 10, "the hook to return")
+    (held,) = eventually(lambda: recorded(rec, "held_gil"), 10, "the hook to return")
     assert health_took < 1.0
     assert held["time"] > time.time() - (time.monotonic() - respawned)
     assert "plugin test_rec1: process" not in agent.log()  # within its timeout: not killed
@@ -236,7 +237,7 @@ def test_a_plugin_process_ends_with_the_agent_even_when_the_agent_is_killed(agen
     agent.proc.kill()
     agent.proc.wait()
     # Its pipe closed: the plugin gets on_shutdown and the process ends.
-    wait_for(lambda: recorded(rec, "on_shutdown"), 10, "on_shutdown")
+    eventually(lambda: recorded(rec, "on_shutdown"), 10, "on_shutdown")
     psutil.wait_procs([host], timeout=10)
     assert not host.is_running() or host.status() == psutil.STATUS_ZOMBIE
 

@@ -12,7 +12,7 @@ import pytest
 
 from suite_agent.parts.plugins.runner import CallTimeout, Job, Runner
 
-from agent import wait_for
+from eventually import eventually
 
 Done = list[tuple[str, BaseException | None]]
 
@@ -47,7 +47,7 @@ def test_jobs_run_in_order_on_one_worker_thread(make_runner: Callable[..., tuple
     assert [j.future.result(5) for j in jobs] == list(range(50))
     assert [i for i, _ in seen] == list(range(50))
     assert {name for _, name in seen} == {"plugin t call"}
-    wait_for(lambda: len(done) == 50, 5, "every job reported")
+    eventually(lambda: len(done) == 50, 5, "every job reported")
     assert done == [(f"h{i}", None) for i in range(50)]
 
 
@@ -64,7 +64,7 @@ def test_an_exception_is_the_jobs_outcome_and_the_next_job_runs(
     assert second.future.result(5) == "ok"
     with pytest.raises(RuntimeError, match="boom"):
         first.future.result(0)
-    wait_for(lambda: len(done) == 2, 5, "both jobs reported")
+    eventually(lambda: len(done) == 2, 5, "both jobs reported")
     assert [(hook, type(error).__name__ if error else None) for hook, error in done] == [
         ("bad", "RuntimeError"), ("good", None)]
 
@@ -89,11 +89,11 @@ def test_a_hanging_call_is_abandoned_and_a_new_worker_takes_the_next(
     with pytest.raises(CallTimeout, match=r"hang did not return within 0.2s \(stuck at .*test_plugins_runner.py"):
         hanging.future.result(0)
     assert runner.abandoned == 1 and runner.stuck == 1
-    wait_for(lambda: len(done) == 2, 5, "both jobs reported")
+    eventually(lambda: len(done) == 2, 5, "both jobs reported")
     assert isinstance(done[0][1], CallTimeout)
     # The stuck thread finishes when the call returns; its late result changes nothing.
     release.set()
-    wait_for(lambda: runner.stuck == 0, 5, "the abandoned thread to end")
+    eventually(lambda: runner.stuck == 0, 5, "the abandoned thread to end")
     assert isinstance(hanging.future.exception(), CallTimeout)
 
 
@@ -103,7 +103,7 @@ def test_a_full_queue_drops_and_counts_but_forced_jobs_still_go_in(
     gate = threading.Event()
     blocker = job("block", lambda: gate.wait(10))
     runner.submit(blocker)
-    wait_for(lambda: runner.queued == 0, 5, "the blocker to start")
+    eventually(lambda: runner.queued == 0, 5, "the blocker to start")
     queued = [job(f"q{i}", lambda i=i: i) for i in range(5)]
     accepted = [runner.submit(j) for j in queued]
     assert accepted == [True, True, True, False, False]
@@ -159,10 +159,10 @@ def test_a_plugin_stuck_on_every_call_stops_being_called(
     jobs = [job("hang", lambda i=i: hang(i), timeout=0.1) for i in range(5)]
     for j in jobs:
         runner.submit(j)
-    wait_for(lambda: all(j.future.done() for j in jobs), 5, "every job settled")
+    eventually(lambda: all(j.future.done() for j in jobs), 5, "every job settled")
     assert calls == [0, 1] and runner.stuck == 2 and runner.dropped == 3
     release.set()
-    wait_for(lambda: runner.stuck == 0, 5, "the stuck calls to return")
+    eventually(lambda: runner.stuck == 0, 5, "the stuck calls to return")
     again = job("again", lambda: "called")
     runner.submit(again)
     assert again.future.result(5) == "called"

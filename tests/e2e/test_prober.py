@@ -17,6 +17,8 @@ from suite_agent.health.checks import check_http, run_check
 from suite_agent.health.scheduler import Prober
 from suite_agent.processes.factory import ForeignChildren
 
+from eventually import eventually
+
 
 class Reaper:
     """Stands in for the owner: reaps the exec probes' children and hands back their status."""
@@ -49,10 +51,12 @@ def foreign() -> Iterator[ForeignChildren]:
 
 def changes(inbox: Inbox, want: int, timeout: float = 5.0) -> list[ProbeChanged]:
     got: list[ProbeChanged] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        got += [m for m in inbox.drain() if isinstance(m, ProbeChanged)]
-        time.sleep(0.01)
+
+    def enough() -> bool:
+        got.extend(m for m in inbox.drain() if isinstance(m, ProbeChanged))
+        return len(got) >= want
+
+    eventually(enough, timeout, f"{want} probe change(s)")
     return got
 
 
@@ -94,10 +98,7 @@ def test_only_transitions_are_reported(foreign: ForeignChildren, listener: socke
     port = listener.getsockname()[1]
     prober.watch(("db", 0), 1, health(liveness={"tcp": {"port": port}, "period": 0.02}), None, os.environ)
     try:
-        deadline = time.monotonic() + 5
-        while len(seen) < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(seen) >= 5
+        eventually(lambda: len(seen) >= 5, 5, "5 results")
         assert len([m for m in inbox.drain() if isinstance(m, ProbeChanged)]) == 1
     finally:
         prober.stop()
@@ -106,13 +107,20 @@ def test_only_transitions_are_reported(foreign: ForeignChildren, listener: socke
 def test_startup_gates_the_others_and_failure_stops_probing(foreign: ForeignChildren, tmp_path: object) -> None:
     inbox = Inbox()
     prober = Prober(inbox, foreign)
+    results: list[ProbeChanged] = []
+    prober.on_result = results.append
     prober.watch(("svc", 0), 7, health(
         startup={"exec": {"command": ["false"]}, "period": 0.02, "failure_threshold": 3},
         liveness={"exec": {"command": ["true"]}, "period": 0.02}), None, os.environ)
     try:
         (change,) = changes(inbox, 1)
         assert (change.kind, change.ok) == ("startup", False)
-        assert changes(inbox, 1, timeout=0.3) == []  # no liveness verdict ever
+        # A sentinel probe on the same period: by its fifth check, svc's liveness would have had some.
+        prober.watch(("sentinel", 0), 8, health(liveness={"exec": {"command": ["true"]}, "period": 0.02}),
+                     None, os.environ)
+        eventually(lambda: sum(r.service == "sentinel" for r in results) >= 5, 5, "5 checks of the sentinel")
+        assert [(r.kind, r.ok) for r in results if r.service == "svc"] == [("startup", False)] * 3
+        assert [m for m in inbox.drain() if isinstance(m, ProbeChanged) and m.service == "svc"] == []
     finally:
         prober.stop()
 
