@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -77,13 +76,6 @@ def queue_yaml(url: str, exchange: str, agent_id: str) -> str:
 # -- reading events ---------------------------------------------------------------------------
 
 
-def drain_for(conn: Connection, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        with suppress(TimeoutError):
-            conn.drain_events(timeout=min(left, 0.1))
-
-
 @dataclass(frozen=True)
 class Received:
     routing_key: str
@@ -140,10 +132,6 @@ class EventReader:
         except AssertionError as exc:
             seen = [(r.routing_key, r.body.get("subject"), r.body.get("data")) for r in self.received]
             raise AssertionError(f"{exc}; got: {seen}") from None
-
-    def drain(self, seconds: float) -> None:
-        """Keep reading for a while (to see that nothing more comes)."""
-        drain_for(self.conn, seconds)
 
     def of(self, type_: str, subject: str | None = None) -> list[dict[str, Any]]:
         return [r.body for r in self.received
@@ -213,9 +201,13 @@ class Commander:
         eventually(lambda: self.reply_meta.get(cid, {}).get("count", 0) >= count, timeout,
                    f"{count} replies to {cid}", self.read)
 
-    def drain(self, seconds: float) -> None:
-        """Keep reading replies for a while (to see that nothing more comes)."""
-        drain_for(self.conn, seconds)
+    def echo(self, timeout: float = 10.0) -> None:
+        """A sentinel: a message of its own through its reply queue. Once it is back, every reply
+        sent before it has been read too."""
+        cid = f"echo-{uuid.uuid4().hex}"
+        Producer(self.producer.channel).publish({}, routing_key=self.reply_queue.name, correlation_id=cid,
+                                                serializer="json")  # the default exchange: to the queue by name
+        self.wait_reply(cid, timeout)
 
     def send(self, routing_key: str, body: Any = None, timeout: float = 10.0, **properties: Any) -> dict[str, Any]:
         return self.wait_reply(self.publish(routing_key, body, **properties), timeout)
@@ -264,6 +256,22 @@ class Broker:
         commander = Commander(url or self.url, self.exchange, name)
         self._closers.append(commander.close)
         return commander
+
+    def queued(self, agent_id: str, url: str | None = None) -> int:
+        """How many commands wait unread in the agent's control queue on this broker."""
+        url = url or self.url
+        name = f"suite_agent.{agent_id}.control"
+        if url.startswith("redis"):
+            import redis
+
+            client = redis.Redis.from_url(url)
+            try:
+                return int(client.llen(name))  # kombu keeps a Redis queue as a list of that name
+            finally:
+                client.close()
+        with Connection(url) as conn:
+            _, count, _ = conn.channel().queue_declare(name, passive=True)
+            return int(count)
 
     def cleanup(self, url: str | None = None) -> None:
         for close in reversed(self._closers):

@@ -124,20 +124,23 @@ def test_the_queue_section_reloads_without_touching_services(agent: Agent) -> No
         agent.wait_log(r"queue: commands: connected to amqp://")
         agent.wait_log(r"queue: events: connected to amqp://")
         assert via_amqp.send("suite.control.status", {"services": ["web"]})["results"]["web"]["pids"] == [pid]
+        # Nobody reads Redis now: a command sent there waits in the durable queue, while one sent
+        # after it over RabbitMQ is answered.
         waiting = via_redis.publish("suite.control.status", {"services": ["web"]})
-        via_redis.drain(0.5)
-        assert waiting not in via_redis.replies  # nobody reads Redis now: it waits in the durable queue
+        assert via_amqp.send("suite.control.status", {"services": ["web"]})["ok"] is True
+        assert on_redis.queued(agent_id) == 1
 
-        # Turned off.
+        # Turned off: a command waits on RabbitMQ.
         (agent.conf_dir / "queue.yaml").unlink()
         agent.wait_log(r"queue: off", count=2)
         unanswered = via_amqp.publish("suite.control.status", {"services": ["web"]})
-        via_amqp.drain(0.5)
-        assert unanswered not in via_amqp.replies
 
-        # Turned on again, on Redis: the command that waited there is answered now.
+        # Turned on again, on Redis: the command that waited there is answered now, and only it.
         agent.write("queue.yaml", on_redis.section(agent_id))
         assert via_redis.wait_reply(waiting, timeout=15)["results"]["web"]["pids"] == [pid]
+        assert on_redis.queued(agent_id) == 0
+        via_amqp.echo()
+        assert unanswered not in via_amqp.replies and on_amqp.queued(agent_id) == 1
 
         assert agent.pids_of("3821") == [pid]
         assert agent.log().count("web: started") == 1
