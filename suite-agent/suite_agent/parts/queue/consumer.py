@@ -15,6 +15,7 @@ in between means a redelivery, which the id memory below answers without applyin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -34,7 +35,6 @@ from suite_agent.parts.lifecycle import AgentHandle
 from suite_agent.parts.queue import commands
 from suite_agent.parts.queue.commands import Command, CommandError
 from suite_agent.parts.queue.link import Link, release
-import contextlib
 
 log = logging.getLogger("suite_agent.parts.queue")
 
