@@ -11,7 +11,6 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import IO
 
 import psutil
 
@@ -57,17 +56,16 @@ class Agent:
         self.log_path = tmp_path / "agent.log"
         self.token = uuid.uuid4().hex
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, *extra: str, ready: bool = True) -> Agent:
         env = {**os.environ, TOKEN_VAR: self.token}
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [*agent_command(), "run", "--conf-dir", str(self.conf_dir), *extra],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
-        )
+        with open(self.log_path, "ab") as log:  # the agent keeps its own copy
+            self.proc = subprocess.Popen(
+                [*agent_command(), "run", "--conf-dir", str(self.conf_dir), *extra],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )
         if ready:
             self.wait_log(r"configuration loaded \(start")
         return self
@@ -89,8 +87,6 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self._log is not None:
-            self._log.close()
         leftovers = [p for p in processes_with_token(self.token)]
         if leftovers:
             with contextlib.suppress(psutil.Error):

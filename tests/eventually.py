@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -13,7 +13,7 @@ def pause(left: float) -> None:
     time.sleep(min(left, 0.01))
 
 
-def eventually(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition",
+def eventually(predicate: Callable[[], T | Literal[False] | None], timeout: float = 10.0, what: str = "condition",
                step: Callable[[float], object] = pause) -> T:
     """The first truthy value of predicate(), tried again after each step(seconds left).
 

@@ -123,7 +123,8 @@ def test_webhook_failures_are_logged_and_counted(agent: Agent) -> None:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # nobody listens here once closed
     api = start_with_api(agent, "web: {command: [sleep, '3601']}\n",
-                         api_extra=f'  webhooks: [{{url: "http://127.0.0.1:{dead}/x?k=secret", events: [service_started]}}]\n')
+                         api_extra=f'  webhooks: [{{url: "http://127.0.0.1:{dead}/x?k=secret", '
+                                   'events: [service_started]}]\n')
     began = time.monotonic()
     assert api.post("/api/services/web/restart").status == 200
     assert time.monotonic() - began < 2.0  # the restart does not wait for the webhook

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import selectors
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import pytest
@@ -66,7 +68,7 @@ class Responses:
     def makefile(self, mode: str, *args: object) -> Responses:
         return self
 
-    def __getattr__(self, name: str) -> object:
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._fp, name)
 
     def close(self) -> None:
@@ -135,10 +137,8 @@ class Trickler:
             now = time.monotonic()
             if now >= next_line:
                 for key in list(selector.get_map().values()):
-                    try:
+                    with contextlib.suppress(OSError):  # the server closed it: the read below notices
                         key.fileobj.send(b"X-Slow: %d\r\n" % self.lines_sent)  # type: ignore[union-attr]
-                    except OSError:
-                        pass  # the server closed it: the read below notices
                 self.lines_sent += 1
                 next_line += self.period
             for key, _ in selector.select(max(0.0, next_line - time.monotonic())):
@@ -285,9 +285,9 @@ def test_a_huge_line_without_newline_stays_small_in_memory_and_whole_in_the_file
     agent.write("agent.yaml", "agent: {log_max_bytes: 1073741824}\n")
     script = agent.conf_dir.parent / "huge_line.py"
     script.write_text("import sys, time\n"
-                      "sys.stdout.buffer.write(b'first\\n' + b'x' * %d)\n"
+                      f"sys.stdout.buffer.write(b'first\\n' + b'x' * {HUGE})\n"
                       "sys.stdout.flush()\n"
-                      "time.sleep(3600)\n" % HUGE)
+                      "time.sleep(3600)\n")
     api = start_with_api(agent, f"huge: {{command: [{sys.executable}, {script}], autostart: false}}\n",
                          token=TOKEN)
     assert agent.proc is not None

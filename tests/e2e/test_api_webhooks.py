@@ -126,5 +126,5 @@ def test_a_redirect_is_a_failed_delivery_and_is_not_followed(agent: Agent, recei
     assert [(r.method, r.path) for r in receiver.requests] == [("POST", "/moved")]
     metrics = api.get("/metrics").text
     assert 'suite_agent_webhook_deliveries_total{result="failed",url="http://127.0.0.1:' in metrics
-    assert f'suite_agent_webhook_deliveries_total{{result="ok",url="http://127.0.0.1:{receiver.port}/…",webhook="0"}} 0.0' \
-        in metrics
+    assert (f'suite_agent_webhook_deliveries_total{{result="ok",url="http://127.0.0.1:{receiver.port}/…",'
+            'webhook="0"} 0.0') in metrics

@@ -50,7 +50,8 @@ def cli(api: Api | None, *args: str, token: str | None = TOKEN, env: dict[str, s
     if token is not None:
         environ["SUITE_AGENT_TOKEN"] = token
     environ.update(env or {})
-    return subprocess.run([*agent_command(), *args], check=False, capture_output=True, text=True, env=environ, timeout=timeout)
+    return subprocess.run([*agent_command(), *args], check=False, capture_output=True, text=True, env=environ,
+                          timeout=timeout)
 
 
 def test_status_table(live: tuple[Agent, Api]) -> None:
@@ -163,8 +164,9 @@ def test_an_agent_that_is_not_running_is_a_clear_error() -> None:
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
-    for args in (["start"], ["logs"], ["status", "--bogus"], ["logs", "x", "-n", "many"], ["logs", "x", "--stream", "x"],
-                 ["frobnicate"], ["run", "--conf-dir", str(tmp_path), "--log-level", "verbose"]):
+    for args in (["start"], ["logs"], ["status", "--bogus"], ["logs", "x", "-n", "many"],
+                 ["logs", "x", "--stream", "x"], ["frobnicate"],
+                 ["run", "--conf-dir", str(tmp_path), "--log-level", "verbose"]):
         done = cli(None, *args)
         assert done.returncode == 2, (args, done.stderr)
         assert len(done.stderr.splitlines()) == 1 and "error:" in done.stderr, (args, done.stderr)

@@ -52,7 +52,8 @@ def test_on_failure_restarts_a_crash_but_not_a_clean_exit(agent: Agent) -> None:
 
 
 def test_always_restarts_a_clean_exit(agent: Agent) -> None:
-    agent.write("a.yaml", services("tick: {command: [sh, -c, 'sleep 0.1'], restart: always, start_limit: {burst: 50}}\n"))
+    agent.write("a.yaml", services("tick: {command: [sh, -c, 'sleep 0.1'], restart: always, "
+                                   "start_limit: {burst: 50}}\n"))
     agent.start()
     agent.wait_log(r"tick: exited with code 0; restarting", count=3)
 
@@ -161,10 +162,12 @@ def test_sigkill_when_the_stop_signal_is_ignored(agent: Agent, tmp_path: Path) -
 
 def test_output_goes_to_log_files(agent: Agent, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
-    agent.write("a.yaml", services("talk: {command: [sh, -c, 'echo hello out; echo hello err >&2; sleep 3615']}\n", logs))
+    agent.write("a.yaml", services("talk: {command: [sh, -c, 'echo hello out; echo hello err >&2; sleep 3615']}\n",
+                                   logs))
     agent.start()
-    eventually(lambda: (logs / "talk.stdout.log").exists() and "hello out" in (logs / "talk.stdout.log").read_text(), 5, "stdout log")
-    eventually(lambda: (logs / "talk.stderr.log").exists() and "hello err" in (logs / "talk.stderr.log").read_text(), 5, "stderr log")
+    out, err = logs / "talk.stdout.log", logs / "talk.stderr.log"
+    eventually(lambda: out.exists() and "hello out" in out.read_text(), 5, "stdout log")
+    eventually(lambda: err.exists() and "hello err" in err.read_text(), 5, "stderr log")
 
 
 def test_environment_and_directory(agent: Agent, tmp_path: Path) -> None:
@@ -172,7 +175,8 @@ def test_environment_and_directory(agent: Agent, tmp_path: Path) -> None:
     work.mkdir()
     logs = tmp_path / "logs"
     agent.write("a.yaml", services(
-        f"env: {{command: 'sh -c \"echo $GREETING from $(pwd); sleep 3616\"', directory: {work}, environment: {{GREETING: 42}}}}\n", logs))
+        f"env: {{command: 'sh -c \"echo $GREETING from $(pwd); sleep 3616\"', directory: {work}, "
+        "environment: {GREETING: 42}}\n", logs))
     agent.start()
     out = logs / "env.stdout.log"
     eventually(lambda: out.exists() and f"42 from {work}" in out.read_text(), 5, "env output")
@@ -248,7 +252,8 @@ def test_bad_directory_is_reported_and_the_rest_runs(agent: Agent, tmp_path: Pat
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_user_and_group_apply_when_root(agent: Agent, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
-    agent.write("a.yaml", services("who: {command: [sh, -c, 'id -u; id -g; sleep 3643'], user: nobody, group: nogroup}\n", logs))
+    agent.write("a.yaml", services("who: {command: [sh, -c, 'id -u; id -g; sleep 3643'], user: nobody, "
+                                   "group: nogroup}\n", logs))
     agent.start()
     out = logs / "who.stdout.log"
     eventually(lambda: out.exists() and len(out.read_text().split()) == 2, 5, "id output")

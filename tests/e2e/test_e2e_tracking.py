@@ -56,7 +56,7 @@ def sleepers(agent: Agent, arg: str) -> list[psutil.Process]:
 
 def gone(proc: psutil.Process) -> bool:
     try:
-        return proc.status() == psutil.STATUS_ZOMBIE
+        return bool(proc.status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 

@@ -126,7 +126,8 @@ class Run:
         script = ". .venv/bin/activate\n" + code if (self.home / ".venv").exists() else code
         done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=self.home, env=self.env,
                               capture_output=True, text=True, timeout=timeout, check=False)
-        assert done.returncode == 0, f"{where} exited {done.returncode}:\n{code}\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        assert done.returncode == 0, \
+            f"{where} exited {done.returncode}:\n{code}\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
         return done.stdout
 
     def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -28,7 +28,8 @@ sys.exit(sup.run())
 
 
 def test_services_only_imports_no_optional_library(conf_dir: Path, tmp_path: Path) -> None:
-    (conf_dir / "a.yaml").write_text(f"agent: {{log_dir: {tmp_path}/logs}}\nservices:\n  a: {{command: [sleep, '3650']}}\n")
+    (conf_dir / "a.yaml").write_text(f"agent: {{log_dir: {tmp_path}/logs}}\n"
+                                     "services:\n  a: {command: [sleep, '3650']}\n")
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(conf_dir)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr

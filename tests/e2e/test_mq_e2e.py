@@ -183,10 +183,7 @@ def test_malformed_commands_are_rejected_answered_and_reported(broker: Broker, a
         ("suite.control.stop", {"body": {"services": ["web", "ghost"]}}, "unknown service: ghost"),
     ]
     for key, how, expected in cases:
-        if "raw" in how:
-            cid = cmd.publish(key, raw=how["raw"])
-        else:
-            cid = cmd.publish(key, how["body"])
+        cid = cmd.publish(key, raw=how["raw"]) if "raw" in how else cmd.publish(key, how["body"])
         reply = cmd.wait_reply(cid)
         assert reply["ok"] is False and expected in reply["error"], (key, how, reply)
 

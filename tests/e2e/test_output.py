@@ -292,7 +292,7 @@ def test_files_are_opened_lazily(pump: OutputPump, spawn: Spawn, tmp_path: Path)
     proc.wait()
     idle(pump)
     assert not (tmp_path / "logs").exists()
-    assert all(fd_closed(r, ino) for (r, _), ino in zip(fds, inodes))
+    assert all(fd_closed(r, ino) for (r, _), ino in zip(fds, inodes, strict=True))
     assert pump.recent("quiet") == []
 
 
@@ -541,7 +541,7 @@ def test_300_pipes_at_once(pump: OutputPump, tmp_path: Path) -> None:
     for _, w in pipes:
         os.close(w)
     idle(pump)
-    assert all(fd_closed(r, ino) for (r, _), ino in zip(pipes, inodes))
+    assert all(fd_closed(r, ino) for (r, _), ino in zip(pipes, inodes, strict=True))
     assert open_files_under(tmp_path / "logs") == []
 
 

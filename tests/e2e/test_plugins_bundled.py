@@ -66,7 +66,7 @@ class SMTPServer:
 
             def handle(self) -> None:
                 self.reply("220 stand-in ESMTP")
-                sender, recipients = "", []
+                sender, recipients = "", list[str]()
                 while line := self.rfile.readline():
                     command = line.decode().rstrip("\r\n")
                     verb = command.split(" ")[0].upper()

@@ -120,6 +120,7 @@ def test_every_hook_is_fired_by_real_services(agent: Agent, tmp_path: Path) -> N
     # Every hook call of this plugin ran on its own worker, in its own process (not the agent),
     # and on_event saw the config change.
     assert {c["thread"] for c in recorded(rec) if c["hook"] != "validate_options"} == {"plugin test_rec1 call"}
+    assert agent.proc is not None
     assert {c["pid"] for c in recorded(rec)} == set(agent.pids_of("hostproc test_rec1")) != {agent.proc.pid}
     assert [e["data"]["source"] for e in events(rec, "config_reloaded")][-1] in ("file", "watch")
 
@@ -158,8 +159,11 @@ def test_misbehaving_plugins_are_contained(agent: Agent, tmp_path: Path) -> None
     for _ in range(3):
         _, new, took = respawn(agent, "5102", 5)
         assert took < 0.5, f"respawn took {took:.3f}s"
-        eventually(lambda new=new: [c for c in recorded(rec[1], "on_service_start") if c["args"] == ["web", new]],
-                 5, "the good plugin to hear of the new process")
+
+        def heard(pid: int = new) -> list[dict[str, Any]]:
+            return [c for c in recorded(rec[1], "on_service_start") if c["args"] == ["web", pid]]
+
+        eventually(heard, 5, "the good plugin to hear of the new process")
     agent.wait_log(r"plugin test_rec3: (on_\w+): \1 did not return within 0\.3s "
                    r"\(stuck at .*recorder\.py:\d+ in _behave\); abandoned")
     # Each abandoned call keeps its thread: past 8 of them the plugin is no longer called.

@@ -99,7 +99,7 @@ def test_transform_config_chains_plugins_and_skips_the_ones_that_fail(
                       "config_patch": {"services": {"web": {"command": "ignored"}}}},
     })
     loaded(manager, "test_rec1", "test_rec2", "test_rec3", "test_rec4")
-    config = {"services": {"web": {"command": ["sleep", "1"], "environment": {"PORT": "80"}}},
+    config: dict[str, Any] = {"services": {"web": {"command": ["sleep", "1"], "environment": {"PORT": "80"}}},
               "api": {"listen": "127.0.0.1:8080"}}
     result = manager.transform_config(config, timeout=2.0)
     assert result == {"services": {"web": {"command": ["sleep", "1"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,11 @@ def job(hook: str, fn: Callable[[], Any], timeout: float = 5.0) -> Job:
 def test_jobs_run_in_order_on_one_worker_thread(make_runner: Callable[..., tuple[Runner, Done]]) -> None:
     runner, done = make_runner()
     seen: list[tuple[int, str]] = []
-    jobs = [job(f"h{i}", lambda i=i: seen.append((i, threading.current_thread().name)) or i) for i in range(50)]
+    def record(i: int) -> int:
+        seen.append((i, threading.current_thread().name))
+        return i
+
+    jobs = [job(f"h{i}", functools.partial(record, i)) for i in range(50)]
     for j in jobs:
         assert runner.submit(j)
     assert [j.future.result(5) for j in jobs] == list(range(50))
@@ -80,7 +85,11 @@ def test_a_hanging_call_is_abandoned_and_a_new_worker_takes_the_next(
         release.wait(30)
 
     hanging = job("hang", hang, timeout=0.2)
-    after = job("after", lambda: threads.append(threading.current_thread().name) or "after")
+    def after_call() -> str:
+        threads.append(threading.current_thread().name)
+        return "after"
+
+    after = job("after", after_call)
     started = time.monotonic()
     runner.submit(hanging)
     runner.submit(after)
@@ -104,7 +113,7 @@ def test_a_full_queue_drops_and_counts_but_forced_jobs_still_go_in(
     blocker = job("block", lambda: gate.wait(10))
     runner.submit(blocker)
     eventually(lambda: runner.queued == 0, 5, "the blocker to start")
-    queued = [job(f"q{i}", lambda i=i: i) for i in range(5)]
+    queued = [job(f"q{i}", functools.partial(int, i)) for i in range(5)]
     accepted = [runner.submit(j) for j in queued]
     assert accepted == [True, True, True, False, False]
     assert runner.dropped == 2
@@ -121,7 +130,7 @@ def test_close_drains_then_runs_the_final_job_and_the_thread_ends(
     runner, _ = make_runner()
     order: list[str] = []
     for name in ("a", "b"):
-        runner.submit(job(name, lambda name=name: order.append(name)))
+        runner.submit(job(name, functools.partial(order.append, name)))
     runner.close(final=job("final", lambda: order.append("final")))
     runner.join(5)
     assert order == ["a", "b", "final"]
@@ -156,7 +165,7 @@ def test_a_plugin_stuck_on_every_call_stops_being_called(
         calls.append(i)
         release.wait(30)
 
-    jobs = [job("hang", lambda i=i: hang(i), timeout=0.1) for i in range(5)]
+    jobs = [job("hang", functools.partial(hang, i), timeout=0.1) for i in range(5)]
     for j in jobs:
         runner.submit(j)
     eventually(lambda: all(j.future.done() for j in jobs), 5, "every job settled")

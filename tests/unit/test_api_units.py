@@ -99,6 +99,7 @@ def test_part_samples_become_prometheus_families() -> None:
     text = generate_latest(registry).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["queue_sent"].type == "counter"
-    assert {s.labels["broker"] for s in families["queue_sent"].samples if s.name == "queue_sent_total"} == {"redis", "amqp"}
+    sent = families["queue_sent"].samples
+    assert {s.labels["broker"] for s in sent if s.name == "queue_sent_total"} == {"redis", "amqp"}
     assert families["plugin_metric_1"].samples[0].value == 1.5
     assert "suite_agent_service_up" not in families

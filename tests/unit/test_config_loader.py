@@ -231,8 +231,10 @@ def test_bad_value_points_at_the_value(conf: Conf) -> None:
             "conf.d/a.yaml:5: services.web.depends_on.db.conditon: unknown key 'conditon' (did you mean 'condition'?)",
         ),
         (
-            "services:\n  web:\n    command: x\n    health:\n      readiness:\n        http: {url: 'http://x/', verb: GET}\n",
-            "conf.d/a.yaml:6: services.web.health.readiness.http.verb: unknown key 'verb' (allowed here: url, headers, status)",
+            "services:\n  web:\n    command: x\n    health:\n      readiness:\n"
+            "        http: {url: 'http://x/', verb: GET}\n",
+            "conf.d/a.yaml:6: services.web.health.readiness.http.verb: unknown key 'verb' "
+            "(allowed here: url, headers, status)",
         ),
     ],
     ids=["top-typo", "top", "service", "stop", "dependency", "probe"],
@@ -268,7 +270,8 @@ def test_every_problem_of_a_file_is_reported(conf: Conf) -> None:
         """,
     )
     assert conf.problems() == [
-        "conf.d/a.yaml:2: services.Web: invalid service name 'Web': use a-z, 0-9, '_', '.', '-', starting with a letter or digit",
+        "conf.d/a.yaml:2: services.Web: invalid service name 'Web': "
+        "use a-z, 0-9, '_', '.', '-', starting with a letter or digit",
         "conf.d/a.yaml:4: services.web.command: command cannot be empty",
         "conf.d/a.yaml:5: services.web.user: Input should be a valid string or a valid integer",
         "conf.d/a.yaml:6: services.web.replicas: Input should be greater than or equal to 0",
@@ -303,7 +306,8 @@ def test_depends_on_list_of_mappings_is_a_problem(conf: Conf) -> None:
         ("services: {}\n---\nservices: {}\n", "conf.d/a.yaml:2: YAML syntax error: but found another document"),
         (
             "- web\n- db\n",
-            "conf.d/a.yaml:1: a conf.d file is a mapping with the keys services, api, queue, plugins, agent, not a list",
+            "conf.d/a.yaml:1: a conf.d file is a mapping with the keys services, api, queue, plugins, agent, "
+            "not a list",
         ),
         (
             "\n\njust a string\n",
@@ -543,7 +547,8 @@ def test_singleton_sections_stand_in_one_file(conf: Conf, section: str) -> None:
     assert getattr(declared, section) is not None
     assert "b" not in declared.services
     assert conf.problems() == [
-        f"conf.d/20-b.yaml:3: {section}: section '{section}' may stand in one file only; it is already in conf.d/10-a.yaml:1"
+        f"conf.d/20-b.yaml:3: {section}: section '{section}' may stand in one file only; "
+        "it is already in conf.d/10-a.yaml:1"
     ]
 
 
@@ -581,7 +586,8 @@ def test_dependency_cycle_across_files(conf: Conf) -> None:
     # b.yaml sorts last: it is the one rejected for the cycle; then a.yaml lacks b.
     assert dict(declared.services) == {}
     assert conf.problems() == [
-        "conf.d/a.yaml:4: services.a.depends_on: unknown service 'b' (conf.d/b.yaml defines it, but that file is not applied)",
+        "conf.d/a.yaml:4: services.a.depends_on: unknown service 'b' "
+        "(conf.d/b.yaml defines it, but that file is not applied)",
         "conf.d/b.yaml:5: services.b.depends_on: dependency cycle b -> a -> b",
     ]
 
@@ -589,7 +595,8 @@ def test_dependency_cycle_across_files(conf: Conf) -> None:
 def test_dependency_cycle_in_one_file_and_on_itself(conf: Conf) -> None:
     conf.write(
         "a.yaml",
-        "services:\n  a: {command: x, depends_on: [b]}\n  b: {command: x, depends_on: [c]}\n  c: {command: x, depends_on: [a]}\n",
+        "services:\n  a: {command: x, depends_on: [b]}\n  b: {command: x, depends_on: [c]}\n"
+        "  c: {command: x, depends_on: [a]}\n",
     )
     conf.write("self.yaml", "services:\n  me:\n    command: x\n    depends_on: [me]\n")
     assert conf.problems() == [
@@ -613,8 +620,10 @@ def test_one_bad_file_does_not_take_down_the_others(conf: Conf) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("services:\n  a:\n    command: x\n    replicas: true\n", "4: services.a.replicas: Input should be a valid integer"),
-        ("services:\n  a:\n    command: x\n    replicas: '2'\n", "4: services.a.replicas: Input should be a valid integer"),
+        ("services:\n  a:\n    command: x\n    replicas: true\n",
+         "4: services.a.replicas: Input should be a valid integer"),
+        ("services:\n  a:\n    command: x\n    replicas: '2'\n",
+         "4: services.a.replicas: Input should be a valid integer"),
         ("services:\n  a:\n    command: x\n    success_codes: [0, false]\n",
          "4: services.a.success_codes[1]: Input should be a valid integer"),
         ("services:\n  a:\n    command: x\n    start_limit: {burst: true}\n",
@@ -627,7 +636,8 @@ def test_one_bad_file_does_not_take_down_the_others(conf: Conf) -> None:
          "5: services.a.health.liveness.tcp.port: Input should be a valid integer"),
         ("services:\n  a:\n    command: x\n    health:\n      liveness: {http: {url: 'http://x/', status: true}}\n",
          "5: services.a.health.liveness.http.status: Input should be a valid integer"),
-        ("services:\n  a:\n    command: x\n    health:\n      liveness: {exec: {command: [x]}, failure_threshold: true}\n",
+        ("services:\n  a:\n    command: x\n    health:\n"
+         "      liveness: {exec: {command: [x]}, failure_threshold: true}\n",
          "5: services.a.health.liveness.failure_threshold: Input should be a valid integer"),
         ("agent:\n  log_backups: true\n", "2: agent.log_backups: Input should be a valid integer"),
         ("agent:\n  log_max_bytes: false\n", "2: agent.log_max_bytes: Input should be a valid integer"),

@@ -96,7 +96,8 @@ GOOD = [
     "services: {web: {command: [python3, -m, http.server, '8000']}}",
     "services: {web: {command: 'sleep 10', depends_on: [db]}, db: {command: x}}",
     "services: {web: {command: x, depends_on: {db: {condition: healthy}}, stop: {timeout: 250ms, signal: INT}}}",
-    "services: {web: {command: x, environment: {A: 'b', PORT: 80, DEBUG: true}, replicas: 2, restart: never, ready_after: 2}}",
+    "services: {web: {command: x, environment: {A: 'b', PORT: 80, DEBUG: true}, replicas: 2, restart: never, "
+    "ready_after: 2}}",
     "api: {listen: '127.0.0.1:8080'}\nqueue: {url: 'redis://127.0.0.1:6379/0'}\nplugins: {x: {a: 1}}\nagent: {}",
 ]
 BAD = [
