@@ -34,9 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from installers import ensure_python_peer
 from measure import Settings, all_running_check, respawn_once, wait_for
@@ -50,6 +48,8 @@ from procfs import (
     tagged_strays,
 )
 
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 SERVE_WITH = "--serve-with"  # hidden: run the agent with another WSGI server (see waitress_main)
 
 
@@ -308,8 +308,9 @@ def report(rows: list[Row], respawn: dict[str, list[float]], args: argparse.Name
             if values:
                 rps = respawn_load_rps.get(label)
                 served = f", served {rps:.0f} req/s" if rps is not None else ""
-                print(f"  {label:18}: median {statistics.median(values):6.2f} ms, p90 {percentile(values, 0.9):6.2f} ms, "
-                      f"max {max(values):6.2f} ms ({len(values)} samples{served})")
+                print(f"  {label:18}: median {statistics.median(values):6.2f} ms, "
+                      f"p90 {percentile(values, 0.9):6.2f} ms, max {max(values):6.2f} ms "
+                      f"({len(values)} samples{served})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from suite_agent import keeper
 from suite_agent.keeper.client import Exit, KeeperClient, LogSpec, start_keeper
 

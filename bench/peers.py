@@ -7,6 +7,7 @@ Service i runs `sleep <1000000000 + i>` (see procfs) and is named s0000i.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from procfs import children_of, is_gone, remember_supervisor, service_arg, service_name
-import contextlib
 
 
 class SupervisorDied(RuntimeError):

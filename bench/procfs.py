@@ -9,13 +9,13 @@ Every service pid ever seen is remembered, so cleanup can kill it whatever happe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 from pathlib import Path
 
 import psutil
-import contextlib
 
 ARG_BASE = 1_000_000_000
 ARG_RE = re.compile(r"^100000\d{4}$")
@@ -205,7 +205,7 @@ def untagged_lookalikes(since: float) -> list[psutil.Process]:
     """`sleep 100000...` processes started during this run that we cannot prove are ours."""
     found: list[psutil.Process] = []
     for proc in psutil.process_iter(["pid", "name", "create_time"]):
-        if proc.info["name"] == "sleep" and proc.info["create_time"] >= since - 1:
-            if read_service_arg(proc.pid) is not None and not is_gone(proc.pid):
-                found.append(proc)
+        if (proc.info["name"] == "sleep" and proc.info["create_time"] >= since - 1
+                and read_service_arg(proc.pid) is not None and not is_gone(proc.pid)):
+            found.append(proc)
     return found

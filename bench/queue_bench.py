@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "suite-agent"))
-
 from kombu import Connection, Exchange, Producer, Queue, binding
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "suite-agent"))  # for the in-process part, imported later
 
 URLS = {"redis": os.environ.get("SUITE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         "amqp": os.environ.get("SUITE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")}

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,10 +63,8 @@ class SlowClients(threading.Thread):
         while not self.stop.is_set():
             if time.monotonic() >= next_line:
                 for key in list(selector.get_map().values()):
-                    try:
+                    with suppress(OSError):
                         key.fileobj.send(b"X-Slow: 1\r\n")  # type: ignore[union-attr]
-                    except OSError:
-                        pass
                 next_line += self.period
             for key, _ in selector.select(max(0.0, min(0.5, next_line - time.monotonic()))):
                 sock = key.fileobj

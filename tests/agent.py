@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
 
 import psutil
-import contextlib
 
-T = TypeVar("T")
+from eventually import eventually
+
 TOKEN_VAR = "SUITE_TEST_TOKEN"
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def agent_command() -> list[str]:
@@ -69,17 +56,16 @@ class Agent:
         self.log_path = tmp_path / "agent.log"
         self.token = uuid.uuid4().hex
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, *extra: str, ready: bool = True) -> Agent:
         env = {**os.environ, TOKEN_VAR: self.token}
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [*agent_command(), "run", "--conf-dir", str(self.conf_dir), *extra],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
-        )
+        with open(self.log_path, "ab") as log:  # the agent keeps its own copy
+            self.proc = subprocess.Popen(
+                [*agent_command(), "run", "--conf-dir", str(self.conf_dir), *extra],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )
         if ready:
             self.wait_log(r"configuration loaded \(start")
         return self
@@ -101,8 +87,6 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self._log is not None:
-            self._log.close()
         leftovers = [p for p in processes_with_token(self.token)]
         if leftovers:
             with contextlib.suppress(psutil.Error):
@@ -121,7 +105,7 @@ class Agent:
             return lines if len(lines) >= count else []
 
         try:
-            lines: list[str] = wait_for(found, timeout, f"log line /{pattern}/ x{count}")
+            lines: list[str] = eventually(found, timeout, f"log line /{pattern}/ x{count}")
             return lines
         except AssertionError:
             raise AssertionError(f"no /{pattern}/ x{count} in agent log:\n{self.log()[-4000:]}") from None
@@ -150,7 +134,7 @@ class Agent:
             pids = self.pids_of(marker)
             return pids if len(pids) == count else []
 
-        return wait_for(found, timeout, f"{count} process(es) of {marker!r}")
+        return eventually(found, timeout, f"{count} process(es) of {marker!r}")
 
     def write(self, name: str, text: str) -> Path:
         """Write a conf.d file the way Ansible and Terraform do: temp file, then rename."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from agent import Agent, wait_for
-import contextlib
+from agent import Agent
+from eventually import eventually
 
 
 def free_port() -> int:
@@ -167,7 +168,7 @@ class SseReader:
                     return e
             return None
 
-        event: SseEvent = wait_for(found, timeout, f"SSE {type_} {subject or ''}")
+        event: SseEvent = eventually(found, timeout, f"SSE {type_} {subject or ''}")
         return event
 
     def close(self) -> None:

@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -27,6 +26,8 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Exchange, Producer, Queue, binding
+
+from eventually import eventually
 
 REDIS_URL = os.environ.get("SUITE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("SUITE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -75,13 +76,6 @@ def queue_yaml(url: str, exchange: str, agent_id: str) -> str:
 # -- reading events ---------------------------------------------------------------------------
 
 
-def drain_for(conn: Connection, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        with suppress(TimeoutError):
-            conn.drain_events(timeout=min(left, 0.1))
-
-
 @dataclass(frozen=True)
 class Received:
     routing_key: str
@@ -127,22 +121,17 @@ class EventReader:
                                       dict(message.properties), body))
         message.ack()
 
-    def wait(self, until: Callable[[list[Received]], Any], timeout: float = 10.0, what: str = "events") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = until(self.received)
-            if found:
-                return found
-            left = deadline - time.monotonic()
-            if left <= 0:
-                seen = [(r.routing_key, r.body.get("subject"), r.body.get("data")) for r in self.received]
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; got: {seen}")
-            with suppress(TimeoutError):
-                self.conn.drain_events(timeout=min(left, 0.2))
+    def read(self, seconds: float) -> None:
+        """Deliver what arrives within `seconds` (at most 0.2) to the callbacks."""
+        with suppress(TimeoutError):
+            self.conn.drain_events(timeout=min(seconds, 0.2))
 
-    def drain(self, seconds: float) -> None:
-        """Keep reading for a while (to see that nothing more comes)."""
-        drain_for(self.conn, seconds)
+    def wait(self, until: Callable[[list[Received]], Any], timeout: float = 10.0, what: str = "events") -> Any:
+        try:
+            return eventually(lambda: until(self.received), timeout, what, self.read)
+        except AssertionError as exc:
+            seen = [(r.routing_key, r.body.get("subject"), r.body.get("data")) for r in self.received]
+            raise AssertionError(f"{exc}; got: {seen}") from None
 
     def of(self, type_: str, subject: str | None = None) -> list[dict[str, Any]]:
         return [r.body for r in self.received
@@ -198,28 +187,27 @@ class Commander:
                                   correlation_id=cid, serializer="json", **properties)
         return cid
 
+    def read(self, seconds: float) -> None:
+        """Take in the replies that arrive within `seconds` (at most 0.2)."""
+        with suppress(TimeoutError):
+            self.conn.drain_events(timeout=min(seconds, 0.2))
+
     def wait_reply(self, cid: str, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while cid not in self.replies:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no reply for {cid} within {timeout}s")
-            with suppress(TimeoutError):
-                self.conn.drain_events(timeout=min(left, 0.2))
+        eventually(lambda: cid in self.replies, timeout, f"the reply to {cid}", self.read)
         return self.replies[cid]
 
     def wait_replies(self, cid: str, count: int, timeout: float = 10.0) -> None:
         """Wait until `count` replies carried this correlation id (a broadcast, several agents)."""
-        self.wait_reply(cid, timeout)
-        deadline = time.monotonic() + timeout
-        while self.reply_meta[cid]["count"] < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.reply_meta[cid]['count']} of {count} replies for {cid}")
-            self.drain(0.05)
+        eventually(lambda: self.reply_meta.get(cid, {}).get("count", 0) >= count, timeout,
+                   f"{count} replies to {cid}", self.read)
 
-    def drain(self, seconds: float) -> None:
-        """Keep reading replies for a while (to see that nothing more comes)."""
-        drain_for(self.conn, seconds)
+    def echo(self, timeout: float = 10.0) -> None:
+        """A sentinel: a message of its own through its reply queue. Once it is back, every reply
+        sent before it has been read too."""
+        cid = f"echo-{uuid.uuid4().hex}"
+        Producer(self.producer.channel).publish({}, routing_key=self.reply_queue.name, correlation_id=cid,
+                                                serializer="json")  # the default exchange: to the queue by name
+        self.wait_reply(cid, timeout)
 
     def send(self, routing_key: str, body: Any = None, timeout: float = 10.0, **properties: Any) -> dict[str, Any]:
         return self.wait_reply(self.publish(routing_key, body, **properties), timeout)
@@ -268,6 +256,22 @@ class Broker:
         commander = Commander(url or self.url, self.exchange, name)
         self._closers.append(commander.close)
         return commander
+
+    def queued(self, agent_id: str, url: str | None = None) -> int:
+        """How many commands wait unread in the agent's control queue on this broker."""
+        url = url or self.url
+        name = f"suite_agent.{agent_id}.control"
+        if url.startswith("redis"):
+            import redis
+
+            client = redis.Redis.from_url(url)
+            try:
+                return int(client.llen(name))  # kombu keeps a Redis queue as a list of that name
+            finally:
+                client.close()
+        with Connection(url) as conn:
+            _, count, _ = conn.channel().queue_declare(name, passive=True)
+            return int(count)
 
     def cleanup(self, url: str | None = None) -> None:
         for close in reversed(self._closers):
@@ -333,11 +337,13 @@ class PrivateRedis:
                 [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                  "--dir", str(self.workdir), "--dbfilename", "dump.rdb"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not self.ping():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.02)
+        proc = self.proc
+
+        def answers() -> bool:
+            assert proc.poll() is None, f"redis-server on port {self.port} exited with {proc.returncode}"
+            return self.ping()
+
+        eventually(answers, 10, f"redis-server on port {self.port} to answer")
         return self
 
     def ping(self) -> bool:

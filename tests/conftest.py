@@ -1,14 +1,28 @@
+"""Shared fixtures. tests/ is on sys.path (`pythonpath` in setup.cfg): the helper modules beside
+this file (agent, api_helpers, brokers, eventually, fakes) import by their plain names."""
+
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 from agent import Agent
+
+# Their checks are asserts: rewritten like the tests' own, so a failure shows the values.
+pytest.register_assert_rewrite("api_helpers", "brokers", "fakes")
+
+HERE = Path(__file__).parent
+KINDS = {HERE / "unit": "unit", HERE / "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked by its folder, so `-m "not e2e"` selects the same tests as tests/unit."""
+    for item in items:
+        for folder, kind in KINDS.items():
+            if folder in item.path.parents:
+                item.add_marker(kind)
 
 
 @pytest.fixture
@@ -27,4 +41,3 @@ def agent(tmp_path: Path, conf_dir: Path) -> Iterator[Agent]:
     finally:
         leftovers = a.shutdown()
         assert leftovers == [], f"processes outlived the agent: {leftovers}"
-

@@ -54,7 +54,7 @@ class FakeFactory:
         self.signals.append((tracked, signum))
         if signum in self.ignore and signum != signal.SIGKILL:
             return
-        for pid in sorted(self.groups.get(tracked, ()) - self.unkillable):
+        for pid in sorted(self.groups.get(tracked, set()) - self.unkillable):
             self.die(pid, signal=signum)
 
     def group_alive(self, tracked: int) -> bool:

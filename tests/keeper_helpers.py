@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import wait_for
 from suite_agent.keeper import procfs
 from suite_agent.keeper.client import Event, Exit, KeeperClient, start_keeper
+
+from eventually import eventually
 
 COUNTER = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.01; done"
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
@@ -53,10 +55,8 @@ class Keeper:
         for client in self.clients:
             client.close()
         for pid in self.session_processes():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.popen is not None and self.popen.poll() is None:
             self.popen.kill()
         if self.popen is not None:
@@ -86,7 +86,7 @@ def wait_exit(client: KeeperClient, instance: str, timeout: float = 10.0,
                 return event
         return None
 
-    found = wait_for(take, timeout, f"the exit of {instance}")
+    found = eventually(take, timeout, f"the exit of {instance}")
     assert found is not None
     return found
 

@@ -141,7 +141,7 @@ def table(rows: Iterable[Mapping[str, Any]]) -> str:
         ))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
     return "".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] + "\n"
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] + "\n"
         for row in lines
     ).replace(" \n", "\n")
 

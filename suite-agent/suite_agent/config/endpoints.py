@@ -88,7 +88,8 @@ def check_exchange(name: str) -> str:
 def check_agent_id(agent_id: str) -> str:
     # It becomes part of routing keys, where `*`, `#` and dots at the ends mean something else.
     if not agent_id or any(c in agent_id for c in "*# \t\r\n") or agent_id.strip(".") != agent_id:
-        raise ValueError(f"{agent_id!r}: use letters, digits, '-', '_' and inner dots (it becomes part of routing keys)")
+        raise ValueError(f"{agent_id!r}: use letters, digits, '-', '_' and inner dots "
+                         "(it becomes part of routing keys)")
     return agent_id
 
 

@@ -1,7 +1,9 @@
-"""Watches conf.d/ (inotify, through watchfiles' notify binding) and asks the loader to reload.
+"""Watches conf.d/ (inotify, through watchfiles) and asks the loader to reload.
 
 The watch is armed before anything is read: right after arming, one catch-up reload picks up
 whatever changed between the agent's first read and that moment, so no edit is ever lost.
+watchfiles' `watch()` arms when it is first iterated and yields at once when it times out
+(`yield_on_timeout`), so its first yield is the moment to ask for the catch-up.
 
 A Kubernetes ConfigMap volume holds `x.yaml -> ..data/x.yaml` and `..data -> ..TIMESTAMP/`; an
 update writes a new `..TIMESTAMP2/` and renames a new `..data` link into place, so the only change
@@ -24,7 +26,7 @@ log = logging.getLogger("suite_agent.config.watcher")
 
 # Changes are handed over STEP ms after the last one, and at most DEBOUNCE ms after the first:
 # an editor's truncate-then-write or Ansible's write-then-rename arrives as one reload.
-# STEP is also how often the notify thread wakes while idle.
+# STEP is also how often the thread wakes while idle, and so how late the catch-up comes.
 DEBOUNCE_MS = 150
 STEP_MS = 50
 
@@ -59,13 +61,16 @@ class ConfigWatcher:
                 self._stop.wait(1.0)
 
     def _watch(self) -> None:
-        from watchfiles._rust_notify import RustNotify
+        from watchfiles import watch
 
-        with RustNotify([str(self.conf_dir)], False, False, 300, False, False) as notify:
-            self.request(Reload(source="watch"))
-            while not self._stop.is_set():
-                changes = notify.watch(DEBOUNCE_MS, STEP_MS, 0, self._stop)
-                if isinstance(changes, str):  # "stop", "signal" or "timeout"
-                    continue
-                if any(triggers_reload(path) for _change, path in changes):
-                    self.request(Reload(source="file"))
+        # It logs each batch of changes at INFO; the reload that follows says more, once.
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
+        armed = False
+        for changes in watch(self.conf_dir, watch_filter=lambda _change, path: triggers_reload(path),
+                             debounce=DEBOUNCE_MS, step=STEP_MS, rust_timeout=STEP_MS, yield_on_timeout=True,
+                             stop_event=self._stop, raise_interrupt=False, recursive=False):
+            if not armed:
+                armed = True
+                self.request(Reload(source="watch"))
+            if changes:
+                self.request(Reload(source="file"))

@@ -6,6 +6,7 @@ spawned through `ForeignChildren`, which hands their exit status back.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import select
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 
 from suite_agent.config.models import ExecProbe, HttpProbe, Probe, TcpProbe
 from suite_agent.processes.factory import ForeignChildren, decode_status
-import contextlib
 
 OUTPUT_LIMIT = 512
 

@@ -14,6 +14,7 @@ after seq N" and knows from the numbers whether any were pushed out before it as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -73,10 +74,8 @@ class LogFile:
     def close(self) -> None:
         """Close the file; the next write opens the path again (which is what `reopen` is)."""
         if self._fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = -1
 
     def _open(self) -> bool:

@@ -13,6 +13,7 @@ SIGHUP reopens every log file, for logrotate.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -104,10 +105,8 @@ class Keeper:
         except statedir.Locked as exc:
             say(f"not starting: another keeper runs on {self.state_dir} ({exc.strerror})")
             return EXIT_LOCKED
-        try:
+        with contextlib.suppress(PermissionError):  # already a group leader: stays in its session
             os.setsid()
-        except PermissionError:
-            pass  # already a group leader (a shell job): stays in its session
         self.subreaper = become_subreaper()
         if not self.subreaper:
             say("cannot become a child subreaper: orphaned grandchildren go to init")
@@ -146,12 +145,12 @@ class Keeper:
                     handler = self._handlers.get(fd)
                     if handler is not None:
                         handler(mask)
-                except Exception as exc:  # noqa: BLE001 - a bug must not orphan every service
+                except Exception as exc:
                     _bug(f"handling fd {fd}", exc)
             if self._signals:
                 try:
                     self._on_signals()
-                except Exception as exc:  # noqa: BLE001 - as above
+                except Exception as exc:
                     _bug("handling signals", exc)
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 if self._stop_phase == 1:
@@ -164,10 +163,8 @@ class Keeper:
 
     def _listen(self) -> socket.socket:
         path = socket_path(self.state_dir)
-        try:
-            os.unlink(path)  # left by a keeper that was killed: the lock says none runs now
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError):  # left by a killed keeper: the lock says none runs now
+            os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -199,10 +196,8 @@ class Keeper:
             except OSError:
                 pass
             self._drop(conn)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path(self.state_dir))
-        except FileNotFoundError:
-            pass
         listener.close()
         if self.journal is not None:
             try:
@@ -219,10 +214,8 @@ class Keeper:
 
     def _unwatch(self, fd: int) -> None:
         self._handlers.pop(fd, None)
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._poll.unregister(fd)
-        except (OSError, ValueError):
-            pass
 
     def _drain_signals(self, fd: int) -> None:
         try:
@@ -271,10 +264,8 @@ class Keeper:
             _killpg(pgid, signal.SIGKILL)
         # Orphans that came here and started groups or sessions of their own.
         for pid in procfs.children_of(self.pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._deadline = time.monotonic() + KILL_GRACE
 
     # -- pipes ----------------------------------------------------------------------------
@@ -419,7 +410,5 @@ def _bug(what: str, exc: Exception) -> None:
 
 
 def _killpg(pgid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -37,7 +37,8 @@ def render(doc: Mapping[str, Any]) -> str:
         parts.extend(_operation(method, path, op) for method, path, op in ops)
     parts.append("<h2>Schemas</h2>")
     for name, schema in doc.get("components", {}).get("schemas", {}).items():
-        parts.append(f'<h3 id="schema-{escape(name)}">{escape(name)}</h3><pre>{escape(json.dumps(schema, indent=2))}</pre>')
+        parts.append(f'<h3 id="schema-{escape(name)}">{escape(name)}</h3>'
+                     f'<pre>{escape(json.dumps(schema, indent=2))}</pre>')
     parts.append("</body></html>")
     return "".join(parts)
 

@@ -13,6 +13,7 @@ gather, reads only until the same deadline.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -24,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-import contextlib
 
 from suite_agent.jsontext import dumps
 
@@ -349,10 +349,8 @@ class Intake:
         return len(self._pending)
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # full (a wake-up is due anyway) or closed (stopped)
             self._wake_w.send(b"\0")
-        except OSError:
-            pass  # full (a wake-up is due anyway) or closed (stopped)
 
     def _run(self) -> None:
         try:

@@ -112,7 +112,8 @@ class Sampler:
                         continue
                     with proc.oneshot():
                         t = proc.cpu_times()
-                        cpu[service] += t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
+                        cpu[service] += (t.user + t.system + getattr(t, "children_user", 0.0)
+                                         + getattr(t, "children_system", 0.0))
                         rss[service] += proc.memory_info().rss
                 except (OSError, psutil.Error):
                     continue
@@ -129,13 +130,19 @@ class AgentCollector(Collector):
         snap = self._handle.snapshot()
         now = time.time()
         up = GaugeMetricFamily("suite_agent_service_up", "1 when the service is running", labels=["service"])
-        state = GaugeMetricFamily("suite_agent_service_state", "1 for the state the service is in", labels=["service", "state"])
+        state = GaugeMetricFamily("suite_agent_service_state", "1 for the state the service is in",
+                                  labels=["service", "state"])
         ready = GaugeMetricFamily("suite_agent_service_ready", "1 when the service is ready", labels=["service"])
-        restarts = CounterMetricFamily("suite_agent_service_restarts", "restarts since the service was declared", labels=["service"])
-        uptime = GaugeMetricFamily("suite_agent_service_uptime_seconds", "seconds since the oldest running replica started", labels=["service"])
-        exit_code = GaugeMetricFamily("suite_agent_service_last_exit_code", "exit code of the last replica that exited", labels=["service"])
-        cpu = CounterMetricFamily("suite_agent_service_cpu_seconds", "CPU seconds (user+system) of the service's process groups", labels=["service"])
-        rss = GaugeMetricFamily("suite_agent_service_memory_rss_bytes", "resident memory of the service's process groups", labels=["service"])
+        restarts = CounterMetricFamily("suite_agent_service_restarts", "restarts since the service was declared",
+                                       labels=["service"])
+        uptime = GaugeMetricFamily("suite_agent_service_uptime_seconds",
+                                   "seconds since the oldest running replica started", labels=["service"])
+        exit_code = GaugeMetricFamily("suite_agent_service_last_exit_code",
+                                      "exit code of the last replica that exited", labels=["service"])
+        cpu = CounterMetricFamily("suite_agent_service_cpu_seconds",
+                                  "CPU seconds (user+system) of the service's process groups", labels=["service"])
+        rss = GaugeMetricFamily("suite_agent_service_memory_rss_bytes",
+                                "resident memory of the service's process groups", labels=["service"])
         usage = self._sampler.usage
         pids: set[int] = set()
         for name in sorted(snap.services):
@@ -155,7 +162,8 @@ class AgentCollector(Collector):
         if pids != self._sampler.sampled_pids:
             self._sampler.request()  # new processes: sample them now for the next scrape
         info = InfoMetricFamily("suite_agent", "suite-agent build information", value={"version": __version__})
-        reloads = CounterMetricFamily("suite_agent_config_reloads", "configuration reloads by result", labels=["result"])
+        reloads = CounterMetricFamily("suite_agent_config_reloads", "configuration reloads by result",
+                                      labels=["result"])
         for result, count in sorted(self._sampler.reloads.items()):
             reloads.add_metric([result], float(count))
         rejected = len(snap.declared.rejected) if snap.declared is not None else 0
@@ -163,7 +171,8 @@ class AgentCollector(Collector):
         services = GaugeMetricFamily("suite_agent_services", "services declared", value=float(len(snap.services)))
         agent_uptime = GaugeMetricFamily("suite_agent_uptime_seconds", "seconds since the agent started",
                                          value=max(0.0, now - snap.started_at))
-        builtin = [up, state, ready, restarts, uptime, exit_code, cpu, rss, info, reloads, errors, services, agent_uptime]
+        builtin = [up, state, ready, restarts, uptime, exit_code, cpu, rss, info, reloads, errors, services,
+                   agent_uptime]
         yield from builtin
         yield from samples_to_families(self._part_samples(), {m.name for m in builtin})
 

@@ -41,7 +41,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "ServiceList": {
         "type": "object", "required": ["services"],
-        "properties": {"services": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/ServiceStatus"}},
+        "properties": {"services": {"type": "object",
+                                    "additionalProperties": {"$ref": "#/components/schemas/ServiceStatus"}},
                        "generation": {"type": "integer"}},
     },
     "ServiceNames": {

@@ -77,7 +77,8 @@ _CONTROL_RESPONSES: Mapping[int, tuple[str, str | None]] = {
     202: ("accepted; some services had not settled within `wait` (follow the Location)", "ControlResult"),
     400: ("malformed body or parameter", ERR),
     404: ("unknown service name(s); nothing was done", ERR),
-    409: ("the action completed but a service failed (per-service results), or the agent is shutting down", "ControlResult"),
+    409: ("the action completed but a service failed (per-service results), or the agent is shutting down",
+          "ControlResult"),
     413: ("body too large", ERR),
     415: ("the body was sent with a Content-Type other than JSON", ERR),
 }

@@ -143,8 +143,8 @@ class Sender:
         return [
             Sample("suite_agent_webhook_deliveries_total", float(self.delivered), {**labels, "result": "ok"}, "counter",
                    "webhook events delivered, by result"),
-            Sample("suite_agent_webhook_deliveries_total", float(self.failed), {**labels, "result": "failed"}, "counter",
-                   "webhook events delivered, by result"),
+            Sample("suite_agent_webhook_deliveries_total", float(self.failed), {**labels, "result": "failed"},
+                   "counter", "webhook events delivered, by result"),
             Sample("suite_agent_webhook_retries_total", float(self.retries), labels, "counter",
                    "webhook POSTs retried"),
             Sample("suite_agent_webhook_dropped_total", float(self._sub.dropped), labels, "counter",

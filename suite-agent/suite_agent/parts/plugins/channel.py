@@ -9,6 +9,7 @@ still in the outbox are handed to `on_closed` as lost.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -22,7 +23,6 @@ from concurrent.futures import Future
 from typing import Any
 
 from suite_agent.parts.plugins.pipe import FrameError, FrameReader, Message, encode
-import contextlib
 
 log = logging.getLogger("suite_agent.plugins")
 

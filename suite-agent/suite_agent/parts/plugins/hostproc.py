@@ -12,6 +12,7 @@ re-executed) the plugin gets on_shutdown and the process ends.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import importlib.metadata
 import logging
@@ -38,7 +39,6 @@ from suite_agent.parts.plugins.pipe import (
 from suite_agent.parts.plugins.runner import CallTimeout
 from suite_agent.parts.plugins.slot import EXPECTED, PluginLoadError, PluginSlot, describe
 from suite_agent.plugins import ENTRY_POINT_GROUP
-import contextlib
 
 log = logging.getLogger("suite_agent.plugins")
 

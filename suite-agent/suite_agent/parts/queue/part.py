@@ -35,7 +35,8 @@ class QueuePart:
         section = self.section
         # Subscribed before anything else, so no event from now on is missed.
         publisher = EventPublisher(Link(section.url, "events", self.stats),
-                                   self.handle.bus.subscribe(self.outbox_max, since=self.handle.since("queue")), topology.exchange(section),
+                                   self.handle.bus.subscribe(self.outbox_max, since=self.handle.since("queue")),
+                                   topology.exchange(section),
                                    section.agent_id, self.outbox_max, self._stop_events,
                                    content_type=topology.event_content_type(section))
         consumer = CommandConsumer(Link(section.url, "commands", self.stats), topology.control_queue(section),

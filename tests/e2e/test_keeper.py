@@ -1,0 +1,480 @@
+"""The keeper's parts on their own, its requests, and what `python -m suite_agent.keeper` loads."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from keeper_helpers import ENV, Keeper, wait_exit
+
+from suite_agent.keeper import ops, procfs, statedir
+from suite_agent.keeper.children import Child, Children
+from suite_agent.keeper.client import (
+    KeeperClient,
+    KeeperError,
+    LogSpec,
+    take_brain_lock,
+)
+from suite_agent.keeper.logs import MAX_LINE, Batch, LogFile, Ring, flush, split
+from suite_agent.keeper.pipes import Pipes
+from suite_agent.keeper.protocol import BadRequest, LineBuffer, encode
+from suite_agent.keeper.server import Keeper as KeeperServer
+from suite_agent.keeper.survivors import discard_dead_keepers, find_survivors
+
+from eventually import eventually
+
+pytest_plugins = ["keeper_fixtures"]  # the keeper and keeper_dir fixtures
+
+# ---------------------------------------------------------------------------- framing
+
+
+def test_messages_are_put_together_across_reads() -> None:
+    reader = LineBuffer()
+    data = encode({"id": 1, "op": "hello"}) + encode({"id": 2, "text": "é\n"})
+    got = []
+    for i in range(len(data)):
+        got += reader.feed(data[i:i + 1])
+    assert got == [{"id": 1, "op": "hello"}, {"id": 2, "text": "é\n"}]
+
+
+def test_a_line_that_is_not_json_is_refused() -> None:
+    with pytest.raises(BadRequest, match="not JSON"):
+        LineBuffer().feed(b"{nope\n")
+
+
+def test_a_line_without_end_is_refused_past_the_bound() -> None:
+    reader = LineBuffer()
+    chunk = b"x" * (1 << 20)
+    with pytest.raises(BadRequest, match="longer than"):
+        for _ in range(5):
+            reader.feed(chunk)
+
+
+# ---------------------------------------------------------------------------- lines and rings
+
+
+def lines_of(chunks: list[bytes], keep: int = 1000) -> list[str]:
+    partial = bytearray()
+    batch = Batch(keep)
+    for chunk in chunks:
+        split(partial, chunk, batch)
+    flush(partial, batch)
+    return [text for _seq, _t, text, _n in batch.numbered(0, 0.0)]
+
+
+def test_lines_are_put_together_across_reads_and_crlf_reads_as_lf() -> None:
+    assert lines_of([b"a", b"b\nc\r\nd", b"e\n\nf"]) == ["ab", "c", "de", "", "f"]
+
+
+def test_a_line_without_newline_is_cut_at_max_line_between_utf8_characters() -> None:
+    text = ("é" * MAX_LINE).encode()  # two bytes a character: MAX_LINE falls inside none
+    lines = lines_of([text[i:i + 4096] for i in range(0, len(text), 4096)])
+    assert "".join(lines) == "é" * MAX_LINE
+    assert all(len(line.encode()) <= MAX_LINE for line in lines)
+    assert "\ufffd" not in "".join(lines)
+
+
+def test_a_batch_keeps_the_newest_lines_but_numbers_them_all() -> None:
+    partial = bytearray()
+    batch = Batch(3)
+    split(partial, b"".join(b"%d\n" % i for i in range(10)), batch)
+    numbered = batch.numbered(100, 0.0)
+    assert [(seq, text) for seq, _t, text, _n in numbered] == [(108, "7"), (109, "8"), (110, "9")]
+    assert batch.total == 10
+
+
+def test_a_ring_is_bounded_in_lines_and_in_bytes() -> None:
+    ring = Ring(max_lines=5, max_bytes=1000)
+    ring.extend([(i, 0.0, str(i), 1) for i in range(1, 9)])
+    assert [line[0] for line in ring.lines] == [4, 5, 6, 7, 8]
+    assert ring.evicted == 3
+    ring.extend([(9, 0.0, "x" * 600, 600), (10, 0.0, "y" * 600, 600)])
+    assert [line[0] for line in ring.lines] == [10]
+    assert ring.size == 600
+    assert [line[0] for line in ring.since(9)] == [10]
+    assert ring.since(10) == []
+
+
+def test_recent_lines_merge_instances_by_seq_and_say_what_was_missed(tmp_path: Path) -> None:
+    pipes = Pipes()
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    a = pipes.attach(pipes.stream("a.1", "stdout", None, 0, 0, 2, 1000), r1)
+    b = pipes.attach(pipes.stream("b.1", "stderr", None, 0, 0, 100, 1000), r2)
+    os.write(w1, b"a1\n")
+    pipes.read(a)
+    os.write(w2, b"b1\n")
+    pipes.read(b)
+    os.write(w1, b"a2\na3\n")
+    pipes.read(a)
+    lines, missed = pipes.recent(["a.1", "b.1"], ("stdout", "stderr"), 100, 0)
+    assert [(seq, inst, text) for seq, _t, inst, _s, text in lines] == [
+        (2, "b.1", "b1"), (3, "a.1", "a2"), (4, "a.1", "a3")]
+    assert missed  # a1 (seq 1) fell out of a.1's ring of 2 lines
+    assert pipes.recent(["a.1", "b.1"], ("stdout", "stderr"), 100, 1)[1] is False
+    assert [t for *_x, t in pipes.recent(["a.1"], ("stdout",), 1, 0)[0]] == ["a3"]
+    for fd in (w1, w2):
+        os.close(fd)
+    pipes.close_files()
+
+
+# ---------------------------------------------------------------------------- log files
+
+
+def test_log_files_rotate_at_whole_lines_and_keep_their_backups(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    log = LogFile(str(path), max_bytes=100, backups=2)
+    for i in range(60):
+        log.write(b"line %02d\n" % i)  # 8 bytes a line
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["x.log", "x.log.1", "x.log.2"]
+    texts = [(tmp_path / name).read_text() for name in ("x.log.2", "x.log.1", "x.log")]
+    assert all(t.endswith("\n") and len(t) <= 100 for t in texts)
+    numbers = [int(line.split()[1]) for t in texts for line in t.splitlines()]
+    assert numbers == list(range(numbers[0], 60))
+
+
+def test_a_closed_log_file_is_opened_again_at_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    log = LogFile(str(path), max_bytes=0, backups=0)
+    log.write(b"before\n")
+    path.rename(tmp_path / "x.log.old")  # what logrotate does
+    log.write(b"still old\n")
+    log.close()  # the `reopen` request
+    log.write(b"after\n")
+    log.close()
+    assert (tmp_path / "x.log.old").read_text() == "before\nstill old\n"
+    assert path.read_text() == "after\n"
+
+
+# ---------------------------------------------------------------------------- /proc and groups
+
+
+def test_proc_stat_is_parsed_whatever_the_command_name() -> None:
+    fields = " ".join(str(n) for n in range(3, 53)).replace("3", "S", 1)
+    parsed = procfs.parse(42, f"42 (a) b (c) {fields}")
+    assert (parsed.state, parsed.ppid, parsed.pgid, parsed.sid, parsed.start_time) == (
+        "S", 4, 5, 6, 22)
+    me = procfs.stat(os.getpid())
+    assert me is not None and me.pgid == os.getpgid(0) and me.sid == os.getsid(0)
+
+
+def test_a_reused_group_number_is_not_signalled() -> None:
+    children = Children()
+    me = procfs.stat(os.getpid())
+    assert me is not None
+    # A reaped leader whose number now names another process (this one), started at another time.
+    stale = Child("x.1", os.getpid(), me.start_time - 1, me.sid, ["x"], None)
+    stale.alive = False
+    children.by_instance["x.1"] = stale
+    assert not children.group_is_ours(stale)
+    assert children.signal("x.1", signal.SIGTERM) is False  # and this test is still alive
+    same = Child("y.1", os.getpid(), me.start_time, me.sid, ["y"], None)
+    same.alive = False
+    assert children.group_is_ours(same)
+
+
+# ---------------------------------------------------------------------------- state directory
+
+
+def test_one_keeper_lock_per_state_directory(tmp_path: Path) -> None:
+    statedir.prepare(str(tmp_path / "s"))
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o700
+    fd = statedir.lock(str(tmp_path / "s"))
+    try:
+        with pytest.raises(statedir.Locked, match=f"held by pid {os.getpid()}"):
+            statedir.lock(str(tmp_path / "s"))
+    finally:
+        os.close(fd)
+    os.close(statedir.lock(str(tmp_path / "s")))  # free again once closed
+
+
+def test_one_brain_lock_per_state_directory(tmp_path: Path) -> None:
+    fd = take_brain_lock(str(tmp_path / "s"))
+    try:
+        with pytest.raises(statedir.Locked, match=r"brain\.lock is held"):
+            take_brain_lock(str(tmp_path / "s"))
+    finally:
+        os.close(fd)
+
+
+def test_a_journal_keeps_the_last_spawn_of_each_instance_not_forgotten(tmp_path: Path) -> None:
+    journal = statedir.Journal(str(tmp_path), 1, 2)
+    live: dict[str, dict[str, object]] = {}
+
+    def spawned(instance: str, pid: int) -> None:
+        live[instance] = {"instance": instance, "pid": pid}
+        journal.spawned(live[instance], lambda: list(live.values()))
+
+    spawned("a.1", 10)
+    spawned("b.1", 11)
+    spawned("a.1", 12)
+    live.pop("b.1")
+    journal.forgot("b.1", lambda: list(live.values()))
+    with open(journal.path, "ab") as f:
+        f.write(b'{"spawn": {"instance": "c.1", "pi')  # cut short by a crash
+    assert statedir.read_journal(journal.path) == {"a.1": {"instance": "a.1", "pid": 12}}
+
+
+def test_a_journal_is_compacted_to_its_live_records(tmp_path: Path) -> None:
+    journal = statedir.Journal(str(tmp_path), 1, 2)
+    live: dict[str, dict[str, object]] = {}
+    for pid in range(statedir.COMPACT_AFTER + 10):
+        live["a.1"] = {"instance": "a.1", "pid": pid}
+        journal.spawned(live["a.1"], lambda: list(live.values()))
+    assert len(Path(journal.path).read_bytes().splitlines()) < 20
+    assert statedir.read_journal(journal.path) == live
+    journal.close(remove=True)
+    assert not Path(journal.folder).exists()
+
+
+# ---------------------------------------------------------------------------- survivors
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process in a session of its own (as a keeper's child is: pgid and sid are known)."""
+    popen = subprocess.Popen(["sleep", "3650"], start_new_session=True)
+    yield popen
+    popen.kill()
+    popen.wait()
+
+
+def started(pid: int) -> int:
+    start = eventually(lambda: procfs.start_time(pid), 5, "the process in /proc")
+    assert start is not None
+    return start
+
+
+def write_dead_keeper(state: Path, records: list[dict[str, object]]) -> Path:
+    # No process has pid 4194304 (above the kernel's pid_max): this keeper is surely gone.
+    folder = state / statedir.KEEPERS / "4194304-1"
+    folder.mkdir(parents=True)
+    (folder / statedir.JOURNAL).write_text("".join(json.dumps({"spawn": r}) + "\n"
+                                                   for r in records))
+    return folder
+
+
+def record_of(pid: int, start_time: int, instance: str = "s.1") -> dict[str, object]:
+    return {"instance": instance, "pid": pid, "pgid": pid, "sid": pid, "start_time": start_time,
+            "spawned_at": 0.0, "argv": ["sleep", "3650"]}
+
+
+def test_a_survivor_is_found_by_pid_and_start_time(tmp_path: Path, sleeper: subprocess.Popen[bytes]
+                                                   ) -> None:
+    start = started(sleeper.pid)
+    folder = write_dead_keeper(tmp_path, [record_of(sleeper.pid, start)])
+    (found,) = find_survivors(str(tmp_path))
+    assert (found.instance, found.pid, found.leader_alive, found.members) == (
+        "s.1", sleeper.pid, True, (sleeper.pid,))
+    assert discard_dead_keepers(str(tmp_path)) == []  # it names a live process: kept
+    assert found.signal(signal.SIGKILL)
+    sleeper.wait(10)
+    assert found.current() is None
+    assert find_survivors(str(tmp_path)) == []
+    assert discard_dead_keepers(str(tmp_path)) == [str(folder)]
+    assert not folder.exists()
+
+
+def test_a_reused_pid_is_not_a_survivor(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    start = started(sleeper.pid)
+    # The journal's process had the sleeper's pid, group and session, but another start time:
+    # the sleeper only reuses its pid.
+    folder = write_dead_keeper(tmp_path, [record_of(sleeper.pid, start - 1, "earlier.1")])
+    assert find_survivors(str(tmp_path)) == []
+    (folder / statedir.JOURNAL).write_text(json.dumps({"spawn": record_of(sleeper.pid, start + 1)})
+                                           + "\n")
+    assert find_survivors(str(tmp_path)) == []
+    assert discard_dead_keepers(str(tmp_path)) == [str(folder)]
+    assert sleeper.poll() is None
+
+
+def test_the_folder_of_a_running_keeper_is_not_searched(tmp_path: Path,
+                                                        sleeper: subprocess.Popen[bytes]) -> None:
+    start = started(sleeper.pid)
+    me = procfs.start_time(os.getpid())
+    folder = tmp_path / statedir.KEEPERS / f"{os.getpid()}-{me}"
+    folder.mkdir(parents=True)
+    (folder / statedir.JOURNAL).write_text(json.dumps({"spawn": record_of(sleeper.pid, start)})
+                                           + "\n")
+    assert find_survivors(str(tmp_path)) == []
+    assert discard_dead_keepers(str(tmp_path)) == []
+    assert folder.exists()
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+def raw_exchange(state: Path, payload: bytes) -> list[dict[str, object]]:
+    """Send raw bytes to the keeper; the replies until it closes or goes quiet."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(state / "keeper.sock"))
+        sock.sendall(payload)
+        sock.settimeout(2.0)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+                if data.count(b"\n") >= payload.count(b"\n"):
+                    break
+        except TimeoutError:
+            pass
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_malformed_requests_get_a_clear_error_and_change_nothing(keeper: Keeper) -> None:
+    keeper.start()
+    client = keeper.connect()
+    client.spawn("ok.1", ["sleep", "3650"], env=ENV)
+    before = client.inventory()
+    bad: list[tuple[dict[str, object], str, str]] = [
+        ({"op": "nope"}, "EINVAL", "unknown op"),
+        ({"op": "spawn", "instance": "../x", "argv": ["true"], "env": ENV}, "EINVAL", "instance"),
+        ({"op": "spawn", "instance": "a.1", "argv": [], "env": ENV}, "EINVAL", "argv"),
+        ({"op": "spawn", "instance": "a.1", "argv": ["true"]}, "EINVAL", "env"),
+        ({"op": "spawn", "instance": "a.1", "argv": ["true"], "env": ENV, "cwd": "rel"},
+         "EINVAL", "absolute"),
+        ({"op": "spawn", "instance": "a.1", "argv": ["true"], "env": ENV,
+          "stdout": {"path": "x.log"}}, "EINVAL", "absolute"),
+        ({"op": "spawn", "instance": "a.1", "argv": ["no-such-program-here"], "env": ENV},
+         "ENOENT", "no-such-program-here"),
+        ({"op": "spawn", "instance": "a.1", "argv": ["true"], "env": ENV, "cwd": "/no/such/dir"},
+         "ENOENT", "/no/such/dir"),
+        ({"op": "spawn", "instance": "ok.1", "argv": ["true"], "env": ENV}, "EEXIST", "running"),
+        ({"op": "signal", "instance": "ok.1", "signal": "NOPE"}, "EINVAL", "signal"),
+        ({"op": "signal", "instance": "none.1", "signal": "TERM"}, "ESRCH", "none.1"),
+        ({"op": "signal", "instance": "ok.1", "signal": "TERM", "pid": 1}, "ESRCH", "not 1"),
+        ({"op": "forget", "instance": "ok.1"}, "EBUSY", "running"),
+        ({"op": "ack", "exits": "all"}, "EINVAL", "exit ids"),
+        ({"op": "logs", "stream": "stdin"}, "EINVAL", "stream"),
+    ]
+    for request, error, words in bad:
+        with pytest.raises(KeeperError) as caught:
+            client.call(str(request.pop("op")), **request)
+        assert caught.value.error == error, request
+        assert words in caught.value.message, (request, caught.value.message)
+    after = client.inventory()
+    assert after.processes == before.processes
+    assert not after.exits
+    # Bytes that are not the protocol: an error, the connection closed, the keeper unharmed.
+    replies = raw_exchange(keeper.state_dir, b"this is not json\n")
+    assert replies[0]["ok"] is False and replies[0]["error"] == "EINVAL"
+    assert client.inventory().processes == before.processes
+
+
+def test_a_failing_handler_is_answered_and_nothing_else_happens(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_args: object) -> dict[str, object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(ops.OPS, "boom", boom)
+    reply = ops.dispatch(None, None, {"id": 7, "op": "boom"})  # type: ignore[arg-type]
+    assert reply["id"] == 7 and reply["ok"] is False and reply["error"] == "EIO"
+    assert "a bug" in str(reply["message"])
+
+
+def test_a_child_whose_pipes_cannot_be_watched_is_killed(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # In this process (not a running keeper): the child is this test's to reap.
+    keeper = KeeperServer(str(tmp_path))
+
+    def no_room(_pipe: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keeper, "add_pipe", no_room)
+    request = {"instance": "s.1", "argv": ["sleep", "3650"], "env": ENV}
+    with pytest.raises(OSError, match="No space"):
+        ops.spawn(keeper, None, request)  # type: ignore[arg-type]
+    child = keeper.children.by_instance["s.1"]
+    _pid, status = os.waitpid(child.pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert keeper.pipes.by_fd == {}
+
+
+def test_the_state_directory_and_socket_are_private(keeper: Keeper) -> None:
+    keeper.state_dir.mkdir(mode=0o755)
+    keeper.state_dir.chmod(0o755)
+    keeper.start()
+    assert stat.S_IMODE(keeper.state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((keeper.state_dir / "keeper.sock").stat().st_mode) == 0o600
+
+
+def test_a_long_state_directory_path_still_works(keeper_dir: Path) -> None:
+    deep = keeper_dir / ("d" * 60) / ("e" * 60)
+    k = Keeper(deep)
+    try:
+        k.start()
+        client = k.connect()
+        assert client.hello().state_dir == str(deep)
+    finally:
+        k.cleanup()
+
+
+def test_cwd_and_user_are_honoured(keeper: Keeper, tmp_path: Path) -> None:
+    keeper.start()
+    client = keeper.connect()
+    out = tmp_path / "pwd.log"
+    client.spawn("pwd.1", ["sh", "-c", "pwd; id -u"], env=ENV, cwd="/tmp",
+                 stdout=LogSpec(str(out)), user=None if os.geteuid() else "nobody")
+    assert wait_exit(client, "pwd.1").code == 0
+    uid = "65534" if os.geteuid() == 0 else str(os.geteuid())
+    eventually(lambda: out.exists() and out.read_text() == f"/tmp\n{uid}\n", 5, "pwd and id")
+    if os.geteuid() != 0:
+        with pytest.raises(KeeperError, match="EPERM"):
+            client.spawn("root.1", ["true"], env=ENV, user="root")
+
+
+# ---------------------------------------------------------------------------- imports
+
+
+FORBIDDEN = ("pydantic", "ruamel", "bottle", "kombu", "psutil", "stevedore", "watchfiles",
+             "yaml", "redis", "cheroot", "prometheus_client")
+
+
+def test_the_keeper_imports_the_standard_library_and_itself_only(keeper_dir: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "suite-agent"), env.get("PYTHONPATH", "")])
+    popen = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "suite_agent.keeper", "--state-dir",
+         str(keeper_dir)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        client = eventually(lambda: _try_connect(keeper_dir), 20, "the keeper's socket")
+        assert client is not None
+        client.spawn("t.1", ["true"], env=ENV)  # spawning, reaping: the paths that import
+        client.shutdown()
+        client.close()
+        _out, err = popen.communicate(timeout=20)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+    imported = {m.group(1).strip() for m in re.finditer(rb"import time:.*\|\s*(\S+)\s*$".decode(),
+                                                          err.decode(), re.MULTILINE)}
+    assert "suite_agent.keeper.server" in imported, err.decode()[-2000:]
+    ours = {m for m in imported if m.startswith("suite_agent")}
+    assert ours <= {"suite_agent"} | {m for m in ours if m.startswith("suite_agent.keeper")}
+    assert not {m for m in ours if m.startswith("suite_agent.") and
+                not m.startswith("suite_agent.keeper")}
+    assert not [m for m in imported if m.split(".")[0] in FORBIDDEN]
+
+
+def _try_connect(state: Path) -> KeeperClient | None:
+    try:
+        return KeeperClient.connect(str(state))[0]
+    except OSError:
+        time.sleep(0.02)
+        return None

@@ -1,0 +1,171 @@
+"""The queue part through the integration seam, in this process, against the real brokers.
+
+What cannot be seen from outside a running agent (its outbox and its metrics samples) is
+checked here, with the real IntegrationManager, bus and inbox, and a stand-in owner thread
+that answers commands.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, cast
+
+import pytest
+
+from suite_agent.config.models import QueueSection
+from suite_agent.config.reloader import Reload
+from suite_agent.core.inbox import Control, Inbox
+from suite_agent.core.results import ControlResult, Outcome, Refused, ReloadSummary
+from suite_agent.core.snapshot import Snapshot
+from suite_agent.events.bus import Event, EventBus
+from suite_agent.output.pump import OutputPump
+from suite_agent.parts.lifecycle import AgentHandle, Integration, IntegrationManager
+from suite_agent.parts.queue import COMMAND_REJECTED, QueuePart
+
+from brokers import Broker, PrivateRedis
+from eventually import eventually
+
+pytest_plugins = ["brokers"]  # the broker fixtures
+
+
+def value(part: Integration, name: str, **labels: str) -> float:
+    for sample in part.samples():
+        if sample.name == name and dict(sample.labels) == labels:
+            return sample.value
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def queue_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("queue-")]
+
+
+class StandInOwner:
+    """Answers the inbox the way the owner does, for services named in `known`; and reloads, as
+    the loader thread does."""
+
+    def __init__(self, inbox: Inbox, known: tuple[str, ...]) -> None:
+        self.inbox = inbox
+        self.known = known
+        self.handled: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stand-in-owner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            select.select([self.inbox.fileno], [], [], 0.1)
+            for message in self.inbox.drain():
+                self.handled.append(message)
+                if isinstance(message, Control):
+                    unknown = [n for n in message.names if n not in self.known]
+                    if unknown:
+                        message.reply.set_result(Refused(tuple(unknown)))
+                    else:
+                        ok = message.verb != "stop"  # so that "error" is counted too
+                        message.reply.set_result(ControlResult({n: Outcome(ok, None) for n in message.names}))
+
+    def reload(self, request: Reload) -> None:
+        self.handled.append(request)
+        request.reply.set_result(ReloadSummary())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def snapshot_of(*names: str) -> Callable[[], Snapshot]:
+    """The part reads only the service names from the snapshot."""
+    snap = Snapshot(services=cast(Any, MappingProxyType(dict.fromkeys(names))))
+    return lambda: snap
+
+
+@pytest.fixture
+def seam(tmp_path: Path) -> Iterator[tuple[IntegrationManager, StandInOwner]]:
+    inbox, bus = Inbox(), EventBus()
+    pump = OutputPump(tmp_path / "logs")
+    owner = StandInOwner(inbox, ("web",))
+    manager = IntegrationManager(AgentHandle(inbox=inbox, bus=bus, pump=pump, snapshot=snapshot_of("web"),
+                                             conf_dir=tmp_path, reload=owner.reload))
+    try:
+        yield manager, owner
+    finally:
+        manager.stop()
+        owner.stop()
+        inbox.close()
+
+
+def test_samples_count_commands_by_result_and_the_part_stops_cleanly(
+    broker: Broker, seam: tuple[IntegrationManager, StandInOwner]
+) -> None:
+    manager, owner = seam
+    reader = broker.events("suite.command_rejected")
+    cmd = broker.commander()
+    agent_id = broker.agent_id()
+    manager.configure("queue", QueueSection(url=broker.url, exchange=broker.exchange, agent_id=agent_id))
+    part = eventually(lambda: manager.parts().get("queue"), 10, "the queue part")
+    eventually(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
+
+    assert cmd.send("suite.control.status", {"services": ["web"]})["ok"] is True
+    assert list(cmd.send("suite.control.status")["results"]) == ["web"]  # no names: every service
+    assert cmd.send("suite.control.stop", {"services": ["web"]})["ok"] is False
+    assert cmd.send("suite.control.start", {"services": ["nope"]})["error"] == "unknown service: nope"
+    assert cmd.send("suite.control.start", {"services": 3})["ok"] is False
+    first = cmd.send("suite.control.reload", message_id="r-1")
+    assert first == {"ok": True, "results": {"added": [], "changed": [], "removed": [], "errors": {}},
+                     "agent": agent_id}
+    assert cmd.send("suite.control.reload", message_id="r-1") == first
+    reader.wait_for("suite." + COMMAND_REJECTED, count=2)
+
+    assert {r: value(part, "suite_agent_queue_commands_total", result=r)
+            for r in ("ok", "error", "rejected", "duplicate")} == {"ok": 3, "error": 1, "rejected": 2, "duplicate": 1}
+    assert sum(isinstance(m, Reload) for m in owner.handled) == 1  # the duplicate was not applied
+    eventually(lambda: value(part, "suite_agent_queue_events_published_total") >= 2, 5, "the rejections published")
+    assert value(part, "suite_agent_queue_outbox_size") == 0
+    assert value(part, "suite_agent_queue_events_dropped_total") == 0
+    assert value(part, "suite_agent_queue_reconnects_total") == 0
+
+    manager.configure("queue", None)
+    eventually(lambda: "queue" not in manager.parts() and not queue_threads(), 10, "the part's threads gone")
+
+
+def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
+    tmp_path: Path, redis_broker: Broker
+) -> None:
+    server = PrivateRedis(tmp_path).start()
+    reader = redis_broker.events("suite.tick", url=server.url)
+    server.save()  # the reader's binding is back when the server is
+    server.kill()
+    reader.close()
+    bus, inbox = EventBus(), Inbox()
+    handle = AgentHandle(inbox=inbox, bus=bus, pump=OutputPump(tmp_path / "logs"), snapshot=snapshot_of(),
+                         conf_dir=tmp_path, parts=lambda: MappingProxyType({}))
+    part = QueuePart(handle, QueueSection(url=server.url, exchange=redis_broker.exchange,
+                                          agent_id=redis_broker.agent_id()), outbox_max=100)
+    part.start()
+    try:
+        for n in range(250):
+            bus.publish(Event.make("tick", None, n=n))
+        eventually(lambda: value(part, "suite_agent_queue_events_dropped_total") == 150, 5, "150 dropped")
+        # The outbox counts what the publisher took from the bus: it takes within a turn.
+        eventually(lambda: value(part, "suite_agent_queue_outbox_size") == 100, 5, "100 in the outbox")
+        assert value(part, "suite_agent_queue_connected") == 0
+
+        server.start()
+        reader.reopen()
+        reader.wait(lambda received: len(received) >= 100, 15, "the outbox sent")
+        bus.publish(Event.make("tick", None, n=999))  # a sentinel: sent after all the others
+        reader.wait(lambda received: received[-1].body["data"]["n"] == 999, 10, "the sentinel")
+        assert [r.body["data"]["n"] for r in reader.received] == [*range(150, 250), 999]
+        eventually(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
+        # The publisher counts a send after the broker took it, so the reader may be first.
+        eventually(lambda: value(part, "suite_agent_queue_events_published_total") == 101, 5, "101 counted")
+        assert value(part, "suite_agent_queue_outbox_size") == 0
+    finally:
+        part.stop()
+        server.kill()
+        inbox.close()
+    assert not queue_threads()

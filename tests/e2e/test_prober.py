@@ -1,0 +1,224 @@
+"""The prober on its own: real targets, thresholds, timeouts; no agent, no owner."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from suite_agent.config.models import HealthSpec
+from suite_agent.core.inbox import Inbox, ProbeChanged
+from suite_agent.events.bus import Event, EventBus
+from suite_agent.health.checks import check_http, run_check
+from suite_agent.health.scheduler import Prober
+from suite_agent.processes.factory import ForeignChildren, ReaperGone
+
+from eventually import eventually
+
+
+class Reaper:
+    """Stands in for the owner: reaps the exec probes' children and hands back their status."""
+
+    def __init__(self, foreign: ForeignChildren) -> None:
+        self.foreign = foreign
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            for pid in list(self.foreign._waiting):
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    continue
+                if done:
+                    self.foreign.deliver(pid, status)
+
+
+@pytest.fixture
+def foreign() -> Iterator[ForeignChildren]:
+    children = ForeignChildren()
+    reaper = Reaper(children)
+    yield children
+    reaper.stop.set()
+    reaper.thread.join()
+
+
+def changes(inbox: Inbox, want: int, timeout: float = 5.0) -> list[ProbeChanged]:
+    got: list[ProbeChanged] = []
+
+    def enough() -> bool:
+        got.extend(m for m in inbox.drain() if isinstance(m, ProbeChanged))
+        return len(got) >= want
+
+    eventually(enough, timeout, f"{want} probe change(s)")
+    return got
+
+
+def health(**probes: object) -> HealthSpec:
+    return HealthSpec.model_validate(probes)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock
+    sock.close()
+
+
+def test_tcp_readiness_flips_when_the_port_closes(foreign: ForeignChildren, listener: socket.socket) -> None:
+    inbox = Inbox()
+    prober = Prober(inbox, foreign)
+    port = listener.getsockname()[1]
+    prober.watch(("db", 0), 42, health(readiness={"tcp": {"port": port}, "period": 0.05, "failure_threshold": 2}),
+                 None, os.environ)
+    try:
+        (first,) = changes(inbox, 1)
+        assert (first.kind, first.ok, first.pid) == ("readiness", True, 42)
+        listener.close()
+        (second,) = changes(inbox, 1)
+        assert (second.kind, second.ok) == ("readiness", False)
+        assert "connect 127.0.0.1" in second.message
+    finally:
+        prober.stop()
+
+
+def test_only_transitions_are_reported(foreign: ForeignChildren, listener: socket.socket) -> None:
+    inbox, results = Inbox(), EventBus()
+    prober = Prober(inbox, foreign, results=results)
+    seen = results.subscribe()
+    port = listener.getsockname()[1]
+    prober.watch(("db", 0), 1, health(liveness={"tcp": {"port": port}, "period": 0.02}), None, os.environ)
+    try:
+        checks = [seen.get(5) for _ in range(5)]
+        assert all(e is not None and e.type == "probe_result" and e.data["ok"] for e in checks)
+        assert len([m for m in inbox.drain() if isinstance(m, ProbeChanged)]) == 1
+    finally:
+        prober.stop()
+
+
+def test_startup_gates_the_others_and_failure_stops_probing(foreign: ForeignChildren, tmp_path: object) -> None:
+    inbox = Inbox()
+    prober = Prober(inbox, foreign)
+    subscription = prober.results.subscribe()
+    results: list[Event] = []
+
+    def gather() -> list[Event]:
+        while (event := subscription.get(0)) is not None:
+            results.append(event)
+        return results
+
+    prober.watch(("svc", 0), 7, health(
+        startup={"exec": {"command": ["false"]}, "period": 0.02, "failure_threshold": 3},
+        liveness={"exec": {"command": ["true"]}, "period": 0.02}), None, os.environ)
+    try:
+        (change,) = changes(inbox, 1)
+        assert (change.kind, change.ok) == ("startup", False)
+        # A sentinel probe on the same period: by its fifth check, svc's liveness would have had some.
+        prober.watch(("sentinel", 0), 8, health(liveness={"exec": {"command": ["true"]}, "period": 0.02}),
+                     None, os.environ)
+        eventually(lambda: sum(r.service == "sentinel" for r in gather()) >= 5, 5, "5 checks of the sentinel")
+        assert [(r.data["probe"], r.data["ok"]) for r in results if r.service == "svc"] == [("startup", False)] * 3
+        assert [m for m in inbox.drain() if isinstance(m, ProbeChanged) and m.service == "svc"] == []
+    finally:
+        prober.stop()
+
+
+def test_a_hanging_target_does_not_hold_up_other_probes(foreign: ForeignChildren, listener: socket.socket) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections, never answers HTTP
+    inbox = Inbox()
+    prober = Prober(inbox, foreign, max_workers=4)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+    try:
+        for i in range(8):
+            prober.watch((f"hang{i}", 0), i, health(readiness={"http": {"url": url}, "timeout": 2, "period": 0.05}),
+                         None, os.environ)
+        prober.watch(("fine", 0), 99, health(readiness={"tcp": {"port": listener.getsockname()[1]}, "period": 0.05}),
+                     None, os.environ)
+        got = changes(inbox, 1, timeout=5)
+        assert [c.service for c in got] == ["fine"]
+    finally:
+        prober.stop()
+        silent.close()
+
+
+def test_exec_probe_past_its_timeout_is_killed(foreign: ForeignChildren) -> None:
+    probe = health(liveness={"exec": {"command": ["sleep", "30"]}, "timeout": 0.2}).liveness
+    assert probe is not None
+    started = time.monotonic()
+    result = run_check(probe, foreign, None, os.environ)
+    assert not result.ok and "timed out after 0.2s" in result.message
+    assert time.monotonic() - started < 5
+
+
+def test_exec_probe_reports_exit_code_and_output(foreign: ForeignChildren, tmp_path: object) -> None:
+    probe = health(liveness={"exec": {"command": ["sh", "-c", "echo nope; exit 3"]}}).liveness
+    assert probe is not None
+    result = run_check(probe, foreign, None, os.environ)
+    assert (result.ok, result.message) == (False, "sh: exit code 3: nope")
+
+
+def test_missing_exec_probe_command_is_a_failure_not_a_crash(foreign: ForeignChildren) -> None:
+    probe = health(liveness={"exec": {"command": ["/no/such/probe"]}}).liveness
+    assert probe is not None
+    result = run_check(probe, foreign, None, os.environ)
+    assert not result.ok and "No such file" in result.message
+
+
+def test_once_the_owner_stops_reaping_a_running_exec_check_ends_at_once_and_kills_its_command() -> None:
+    children = ForeignChildren()  # nobody reaps them: the owner's loop has ended
+    probe = health(liveness={"exec": {"command": ["sleep", "31"]}, "timeout": 20}).liveness
+    assert probe is not None
+    with ThreadPoolExecutor(1) as pool:
+        check = pool.submit(run_check, probe, children, None, os.environ)
+        (pid,) = eventually(lambda: [c.pid for c in psutil.Process().children() if c.cmdline() == ["sleep", "31"]],
+                          5, "the probe's command")
+        began = time.monotonic()
+        children.close()
+        result = check.result(5)
+    assert time.monotonic() - began < 2
+    assert not result.ok and "the agent is stopping" in result.message
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL  # killed, not left to outlive the agent
+    with pytest.raises(ReaperGone):
+        children.spawn(["true"], None, os.environ, 1)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        code = int(self.path.strip("/") or 200)
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("path", "expected", "ok"), [("200", None, True), ("302", None, True),
+                                                        ("500", None, False), ("404", None, False),
+                                                        ("404", 404, True)])
+def test_http_status_rules(path: str, expected: int | None, ok: bool) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        from suite_agent.config.models import HttpProbe
+
+        spec = HttpProbe(url=f"http://127.0.0.1:{server.server_address[1]}/{path}", status=expected)
+        assert check_http(spec, 2.0).ok is ok
+    finally:
+        server.shutdown()
+        server.server_close()
