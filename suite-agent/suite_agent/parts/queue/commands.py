@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard, assert_never, cast, get_args
 
@@ -162,6 +162,3 @@ def refused(answer: ControlAnswer | ReloadAnswer) -> TypeGuard[Refused]:
     """The owner did nothing because the command named services it does not know."""
     return isinstance(answer, Refused) and bool(answer.unknown)
 
-
-def dumps(body: Mapping[str, Any]) -> str:
-    return json.dumps(body, default=str, separators=(",", ":"))
