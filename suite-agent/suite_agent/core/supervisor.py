@@ -24,6 +24,7 @@ from suite_agent.config.models import AgentSection, ServiceSpec
 from suite_agent.config.reloader import ConfigLoader
 from suite_agent.config.store import ConfigStore, Declared
 from suite_agent.config.transform import apply_result, as_file
+from suite_agent.core.adopt import continuity_for
 from suite_agent.core.dependencies import Dependencies
 from suite_agent.core.inbox import (
     Call,
@@ -67,7 +68,7 @@ def release_memory() -> None:
 
 PLUGIN_START_TIMEOUT = 30.0
 PLUGIN_HOOK_TIMEOUT = 5.0
-HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 
 
 class Supervisor:
@@ -112,6 +113,8 @@ class Supervisor:
         self._shutting_down = False
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
         self._base_env = dict(os.environ)
+        self.reexec = False  # SIGUSR2: leave the services to the keeper and re-execute
+        self.continuity = continuity_for(self)
 
     # -- Context for services and instances -----------------------------------------------
     def emit(self, event: Event) -> None:
@@ -193,10 +196,13 @@ class Supervisor:
         selector.register(sig_r, selectors.EVENT_READ, lambda: self._on_signals(sig_r))
         selector.register(self.inbox.fileno, selectors.EVENT_READ, self._on_inbox)
         self.pump.start()
+        if self.continuity is not None:
+            self.continuity.watch(selector)
+            self._contained(self.continuity.adopt)
         self.loader.start()
         try:
             self.handle_reload(Reload(source="start"))
-            while not (self._shutting_down and self._all_down()):
+            while not (self._shutting_down and self._all_down()) and not self.reexec:
                 self.turn(selector)
         except BaseException:
             # The loop itself failed: leave no process behind, then exit non-zero.
@@ -213,7 +219,14 @@ class Supervisor:
             self.integrations.stop()
             self.prober.stop()
             self.pump.stop()
-            self.factory.close()
+            detach = getattr(self.factory, "detach", None)
+            if self.reexec and detach is not None:
+                detach()
+            else:
+                self.factory.close()
+        if self.reexec:
+            log.info("re-executing; the services run on")
+            return 0
         log.info("all services stopped; bye")
         return 0
 
@@ -272,6 +285,10 @@ class Supervisor:
             self.handle_sigchld()
         if signal.SIGHUP in received:
             self.handle_reload(Reload(source="signal"))
+        if signal.SIGUSR2 in received and not self._shutting_down:
+            self.reexec = self.continuity is not None
+            if not self.reexec:
+                log.warning("SIGUSR2: only an agent whose services the keeper holds re-executes")
         if signal.SIGTERM in received or signal.SIGINT in received:
             self.handle_shutdown(Shutdown(reason="signal"))
 
@@ -372,6 +389,8 @@ class Supervisor:
             self.emit(Event.make(events.CONFIG_ERROR, None, source="plugins", errors=[msg.problem]))
         first = self.declared is None
         summary = self.apply(msg.declared)
+        if first and self.continuity is not None:
+            self.continuity.after_first_apply()
         if msg.source == "watch" and not any(summary[k] for k in ("added", "changed", "removed")):
             for reply in msg.replies:  # the watcher's catch-up found nothing new: stay quiet
                 reply.set_result({"ok": not msg.declared.rejected, **summary})
@@ -465,6 +484,8 @@ class Supervisor:
 
     # -- snapshots ------------------------------------------------------------------------
     def _publish(self) -> None:
+        if self.continuity is not None and not self._shutting_down:
+            self.continuity.save(self.services)
         statuses = dict(self.snapshot.services)
         for name in self._dirty:
             svc = self.services.get(name)
