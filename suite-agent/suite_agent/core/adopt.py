@@ -53,6 +53,7 @@ class Continuity:
             with contextlib.suppress(KeyError, ValueError):
                 selector.unregister(fd)
         self._watched = self.factory.filenos()
+        self.owner.prober.parents = frozenset({os.getpid(), self.factory.keeper_pid})
         for fd in self._watched:
             selector.register(fd, selectors.EVENT_READ, lambda: self._on_keeper(selector))
 

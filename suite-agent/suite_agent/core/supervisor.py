@@ -342,6 +342,9 @@ class Supervisor:
         if msg.ok:
             # The check may have passed as the process died: its exit comes first, so a pass
             # never counts for a process that is gone.
+            settle = getattr(self.factory, "settle", None)
+            if settle is not None:
+                settle(msg.pid)  # a keeper reports an exit a moment after it happened
             self.handle_sigchld()
         svc = self.services.get(msg.service)
         if svc is None or msg.index >= len(svc.instances):

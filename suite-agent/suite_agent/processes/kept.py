@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from suite_agent.keeper.client import (
+    Event,
     Exit,
     Inventory,
     KeeperClient,
@@ -64,7 +65,8 @@ class KeptProcessFactory:
         self._leaders: dict[int, int] = {}  # pid: tracked id
         self._names: dict[str, int] = {}  # instance: its current pid
         self._to_ack: list[int] = []
-        self._lost: list[tuple[int, int]] = []  # exits made up for what a dead keeper left
+        self._lost: list[tuple[int, int]] = []
+        self._early: list[Event] = []  # taken by settle(), handled by the next reap()  # exits made up for what a dead keeper left
         self.terminate = False  # the keeper was sent SIGTERM/SIGINT and waits for the agent
         self.reconnected = False  # the client changed: its fileno must be watched anew
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -160,7 +162,8 @@ class KeptProcessFactory:
             if self._to_ack:
                 acks, self._to_ack = self._to_ack, []
                 self.client.ack(acks)
-            events = self.client.events()
+            events = self._early + self.client.events()
+            self._early = []
         except (KeeperGone, OSError, TimeoutError) as exc:
             self._keeper_lost(exc)
             reaped.extend(self._lost)
@@ -178,6 +181,21 @@ class KeptProcessFactory:
         if reaped:
             self._tracker.collect()
         return reaped
+
+    def settle(self, pid: int, timeout: float = 0.5) -> None:
+        """If `pid` has died, wait for the keeper to report it, so that the next reap() has its
+        exit: a verdict that came as it died must not count (it may be another process's)."""
+        if pid not in self._leaders or _running(pid):
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                events = self.client.events(max(0.0, deadline - time.monotonic()))
+                self._early.extend(events)
+                if any(isinstance(e, Exit) and e.pid == pid for e in events):
+                    return
+        except (KeeperGone, OSError):
+            return  # reap() finds the keeper gone
 
     def close(self, timeout: float = 5.0) -> None:
         """At the agent's exit, every service stopped: nothing may be left, the keeper goes too."""
@@ -318,6 +336,16 @@ def _reap_own() -> list[tuple[int, int]]:
             break
         reaped.append((pid, status))
     return reaped
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent (the keeper) to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 def _marker_of(pid: int) -> str | None:
