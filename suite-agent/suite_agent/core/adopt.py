@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("suite_agent")
 
 SAVED = "services.json"
+STRAY_KILL_AFTER = 10.0
 
 
 class Continuity:
@@ -80,7 +82,8 @@ class Continuity:
             self.owner.changed(name)
             for inst in svc.instances:
                 process = inventory.processes.get(inst.name)
-                if process is None or not (process.alive or process.group_alive):
+                if process is None or not (process.alive or process.group_alive
+                                           or process.pid in pending):
                     continue
                 claimed.add(inst.name)
                 tracked = self.factory.adopt(process)
@@ -95,6 +98,8 @@ class Continuity:
                 log.warning("%s: pid %d belongs to no saved service; stopping it", instance,
                             process.pid)
                 self.factory.stop_stray(process)
+                self.owner.timers.call_later(STRAY_KILL_AFTER, functools.partial(
+                    self.factory.stop_stray, process, signal.SIGKILL))
         by_pid = self.owner._by_pid
         for exit_ in inventory.exits:
             found = by_pid.get(exit_.pid)
@@ -124,13 +129,14 @@ class Continuity:
     # -- saving -----------------------------------------------------------------------------
     def save(self, services: Mapping[str, Service]) -> None:
         """Write the specs and intents if they changed (specs are replaced, never mutated)."""
-        key = tuple((n, id(s.spec), s.wanted, s.origin) for n, s in services.items()
-                    if not s.removing)
+        # One being removed is kept, not wanted, until it is gone: a next agent finishes its stop.
+        key = tuple((n, id(s.spec), s.wanted and not s.removing, s.origin)
+                    for n, s in services.items())
         if key == self._saved_key:
             return
-        data = {n: {"spec": s.spec.model_dump(mode="json"), "wanted": s.wanted,
+        data = {n: {"spec": s.spec.model_dump(mode="json"), "wanted": s.wanted and not s.removing,
                     "origin": s.origin}
-                for n, s in services.items() if not s.removing}
+                for n, s in services.items()}
         tmp = self.path.with_name(SAVED + ".tmp")
         try:
             tmp.write_text(json.dumps(data))

@@ -13,6 +13,7 @@ its output any more) and reported as exited, and a new keeper is started for the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -65,8 +66,8 @@ class KeptProcessFactory:
         self._leaders: dict[int, int] = {}  # pid: tracked id
         self._names: dict[str, int] = {}  # instance: its current pid
         self._to_ack: list[int] = []
-        self._lost: list[tuple[int, int]] = []
-        self._early: list[Event] = []  # taken by settle(), handled by the next reap()  # exits made up for what a dead keeper left
+        self._lost: list[tuple[int, int]] = []  # exits made up for what a dead keeper left
+        self._early: list[Event] = []  # taken by settle(), handled by the next reap()
         self.terminate = False  # the keeper was sent SIGTERM/SIGINT and waits for the agent
         self.reconnected = False  # the client changed: its fileno must be watched anew
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -79,10 +80,8 @@ class KeptProcessFactory:
 
     def _nudge(self) -> None:
         if self.client.pending or self._lost:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass
 
     # -- ProcessFactory ---------------------------------------------------------------------
     def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
@@ -140,11 +139,9 @@ class KeptProcessFactory:
     def reap(self) -> list[tuple[int, int]]:
         """Exits the keeper reported (acknowledged on the next call, once they were handled),
         orphans it reaped, and this process's own children (exec probes, the keeper)."""
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 4096):
                 pass
-        except BlockingIOError:
-            pass
         reaped: list[tuple[int, int]] = []
         while True:
             try:
@@ -220,10 +217,9 @@ class KeptProcessFactory:
     def detach(self) -> None:
         """Leave the keeper and every service running (before a re-exec)."""
         if self._to_ack:
-            try:
+            # What cannot be acknowledged now, the next agent takes from the inventory.
+            with contextlib.suppress(OSError, KeeperError, TimeoutError):
                 self.client.ack(self._to_ack)
-            except (OSError, KeeperError, TimeoutError):
-                pass  # the next agent takes them from the inventory
         self.client.close()
 
     # -- taking over ------------------------------------------------------------------------
@@ -246,12 +242,12 @@ class KeptProcessFactory:
     def acknowledge(self, exit_ids: list[int]) -> None:
         self._to_ack.extend(exit_ids)
 
-    def stop_stray(self, process: Process) -> None:
-        """A process no service claims (its service is gone from the saved state): SIGTERM its
-        group, SIGKILL once the caller's patience ends; its exit comes as an orphan's."""
+    def stop_stray(self, process: Process, signum: int = signal.SIGTERM) -> None:
+        """A process no service claims (no saved state names it): its group gets `signum` (and
+        SIGCONT); its exit comes as an orphan's."""
         try:
-            self.client.signal(process.instance, "TERM", process.pid)
-            self.client.signal(process.instance, "CONT", process.pid)
+            self.client.signal(process.instance, signum, process.pid)
+            self.client.signal(process.instance, signal.SIGCONT, process.pid)
         except (KeeperError, OSError) as exc:
             log.warning("cannot stop pid %d (%s): %s", process.pid, process.instance, exc)
 

@@ -74,7 +74,9 @@ class Tracker:
         """A tracked set for a spawn about to happen (its cgroup made, if any)."""
         ident = self._next
         self._next += 1
-        return Tracked(ident, f"{self.token}.{ident}", self._leaf(f"{label}@{ident}"))
+        # The tree may hold leaves of an earlier agent (services it left to the keeper).
+        leaf = f"{label}@{ident}.{self.token.rsplit('-', 1)[-1]}"
+        return Tracked(ident, f"{self.token}.{ident}", self._leaf(leaf))
 
     def started(self, tracked: Tracked, pid: int, tight: bool) -> None:
         tracked.pgid = tracked.leader = pid
