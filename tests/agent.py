@@ -35,6 +35,13 @@ def processes_with_token(token: str) -> list[psutil.Process]:
     return found
 
 
+def is_keeper(proc: psutil.Process) -> bool:
+    try:
+        return "suite_agent.keeper" in proc.cmdline()
+    except psutil.Error:
+        return False
+
+
 def kill_leftovers(token: str) -> list[str]:
     if not token:
         return []
@@ -111,12 +118,20 @@ class Agent:
             raise AssertionError(f"no /{pattern}/ x{count} in agent log:\n{self.log()[-4000:]}") from None
 
     def children(self) -> list[psutil.Process]:
+        """The agent's children, its services (the keeper's children) in place of the keeper."""
         assert self.proc is not None
         try:
-            children: list[psutil.Process] = psutil.Process(self.proc.pid).children()
-            return children
+            direct: list[psutil.Process] = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
+        children: list[psutil.Process] = []
+        for child in direct:
+            if is_keeper(child):
+                with contextlib.suppress(psutil.Error):
+                    children.extend(child.children())
+            else:
+                children.append(child)
+        return children
 
     def pids_of(self, marker: str) -> list[int]:
         """Pids of the agent's children whose command line contains `marker`."""

@@ -111,17 +111,29 @@ def cmd_run(settings: Settings) -> int:
         print(f"suite-agent: {settings.conf_dir}: no such folder", file=sys.stderr)
         return 2
     _raise_open_file_limit()
-    from suite_agent.processes.factory import PosixProcessFactory, become_subreaper
+    from suite_agent.keeper.statedir import Locked
+    from suite_agent.processes.factory import become_subreaper
+    from suite_agent.processes.keeping import keep
 
     become_subreaper()
-    factory = PosixProcessFactory(cgroups=settings.cgroups == "auto")
-    supervisor = Supervisor(settings.conf_dir, factory=factory)
+    try:
+        factory, output, lock = keep(settings.conf_dir, settings.cgroups == "auto")
+    except Locked as exc:
+        print(f"suite-agent run: another agent already runs on {settings.conf_dir} ({exc.strerror}, "
+              f"{exc.filename})", file=sys.stderr)
+        return 1
+    supervisor = Supervisor(settings.conf_dir, factory=factory, pump=output)  # type: ignore[arg-type]
     watcher = ConfigWatcher(settings.conf_dir, supervisor.request_reload)
     watcher.start()
     try:
-        return supervisor.run()
+        code = supervisor.run()
     finally:
         watcher.stop()
+    if supervisor.reexec:
+        os.close(lock)
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    return code
 
 
 def _raise_open_file_limit() -> None:

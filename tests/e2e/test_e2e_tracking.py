@@ -15,7 +15,7 @@ import pytest
 
 from suite_agent.processes import cgroups
 
-from agent import Agent, processes_with_token
+from agent import Agent, is_keeper, processes_with_token
 from api_helpers import start_with_api
 from eventually import eventually
 
@@ -150,10 +150,11 @@ def test_a_child_that_forks_at_once_keeps_its_grandchild_in_its_cgroup(agent: Ag
 
     grandchildren = eventually(five, 10, "five grandchildren")
     assert agent.proc is not None
-    tree = f"/suite-agent.{agent.proc.pid}/"
+    (keeper,) = [c for c in psutil.Process(agent.proc.pid).children() if is_keeper(c)]
+    tree = f"/suite-agent.{keeper.pid}/"  # the subtree of whoever holds the services
     for grandchild in grandchildren:
         leader = grandchild.parent()
-        assert leader is not None and leader.ppid() == agent.proc.pid
+        assert leader is not None and leader.ppid() == keeper.pid
         assert tree in cgroup_of(leader.pid)
         assert cgroup_of(grandchild.pid) == cgroup_of(leader.pid)
 

@@ -240,6 +240,11 @@ def test_a_plugin_process_ends_with_the_agent_even_when_the_agent_is_killed(agen
     eventually(lambda: recorded(rec, "on_shutdown"), 10, "on_shutdown")
     psutil.wait_procs([host], timeout=10)
     assert not host.is_running() or host.status() == psutil.STATUS_ZOMBIE
+    # The keeper outlives a killed agent on purpose (it would hold its services): the next
+    # agent on this conf.d takes it over, and its SIGTERM ends it.
+    (tmp_path / "second").mkdir()
+    second = Agent(agent.conf_dir, tmp_path / "second").start()
+    assert second.stop() == 0 and second.shutdown() == []
 
 
 def test_sigterm_to_a_plugin_process_gives_the_plugin_its_on_shutdown_then_a_new_process(

@@ -267,6 +267,9 @@ class QueueSection(Model):
 
 class AgentSection(Model):
     log_dir: str = Field("logs", description="service logs; relative paths are relative to the conf.d folder's parent")
+    state_dir: str = Field(".suite-agent", description="where the keeper (the parent of every service) and the "
+                           "agent keep their state: socket, locks, journal, saved intents; relative paths are "
+                           "relative to the conf.d folder's parent. Read when the agent starts")
     log_max_bytes: StrictInt = Field(10 * 1024 * 1024, ge=1024)
     log_backups: StrictInt = Field(3, ge=0)
     log_buffer_lines: StrictInt = Field(1000, ge=0, description="recent lines kept in memory per service and stream")

@@ -214,6 +214,10 @@ class ConfigStore:
 
     def load(self) -> Declared:
         """(Re)reads conf.d; only files whose (mtime_ns, size, inode) changed are parsed again."""
+        with _no_cyclic_gc():  # merging a big configuration builds a big heap too
+            return self._load()
+
+    def _load(self) -> Declared:
         try:
             with os.scandir(self.conf_dir) as entries:
                 names = sorted(entry.name for entry in entries if is_config_file(entry.name))

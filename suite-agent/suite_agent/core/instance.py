@@ -337,6 +337,23 @@ class Instance:
             self._set(State.RUNNING, f"pid {spawned.pid}")
             self._arm_ready()
 
+    def adopt(self, pid: int, tracked: int, started_wall: float, wanted: bool) -> None:
+        """Take over a process a previous agent started: running since `started_wall`; one no
+        longer wanted (its stop was under way) is stopped again."""
+        self.pid, self.tracked = pid, tracked
+        self.started_wall = started_wall
+        self.started_at = self.host.clock.monotonic() - max(0.0, self.host.clock.time() - started_wall)
+        self.host.track(pid, self)
+        log.info("%s: adopted (pid %d)", self.name, pid)
+        self._set(State.RUNNING, f"pid {pid}")
+        if wanted:
+            probes = self.spec.health
+            if probes.startup or probes.liveness or probes.readiness:
+                self.host.probe(self, True)
+            self._arm_ready()
+        else:
+            self.stop()
+
     def respec(self, spec: ServiceSpec) -> None:
         """The spec for the next process; the running one keeps its own stop settings."""
         self._next_spec = spec

@@ -23,6 +23,7 @@ from typing import Any, Protocol, assert_never
 from suite_agent.config.models import AgentSection, ServiceSpec
 from suite_agent.config.reloader import ConfigLoader, Reload
 from suite_agent.config.store import ConfigStore, Declared
+from suite_agent.core.adopt import continuity_for
 from suite_agent.core.dependencies import Dependencies
 from suite_agent.core.host import Host, Probes
 from suite_agent.core.inbox import Call, Control, Inbox, Loaded, Message, ProbeChanged, Shutdown
@@ -49,7 +50,7 @@ def release_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 
 
 class Loader(Protocol):
@@ -101,6 +102,8 @@ class Supervisor:
         self.waiters = Waiters(self.services, self.timers, self.clock)
         self._shutting_down = False
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
+        self.reexec = False  # SIGUSR2: leave the services to the keeper and re-execute
+        self.continuity = continuity_for(self)
 
     def request_reload(self, msg: Reload) -> None:
         """From any thread: straight to the loader thread, which answers on msg.reply."""
@@ -120,10 +123,13 @@ class Supervisor:
         selector.register(sig_r, selectors.EVENT_READ, lambda: self._on_signals(sig_r))
         selector.register(self.inbox.fileno, selectors.EVENT_READ, self._on_inbox)
         self.pump.start()
+        if self.continuity is not None:
+            self.continuity.watch(selector)
+            self._contained(self.continuity.adopt)
         self.loader.start()
         try:
             self.loader.request(Reload(source="start"))
-            while not (self._shutting_down and self._all_down()):
+            while not (self._shutting_down and self._all_down()) and not self.reexec:
                 self.turn(selector)
         except BaseException:
             # The loop itself failed: leave no process behind, then exit non-zero.
@@ -143,7 +149,14 @@ class Supervisor:
             self.loader.stop()
             self.integrations.stop()
             self.pump.stop()
-            self.factory.close()
+            detach = getattr(self.factory, "detach", None)
+            if self.reexec and detach is not None:
+                detach()
+            else:
+                self.factory.close()
+        if self.reexec:
+            log.info("re-executing; the services run on")
+            return 0
         log.info("all services stopped; bye")
         return 0
 
@@ -202,6 +215,10 @@ class Supervisor:
             self.handle_sigchld()
         if signal.SIGHUP in received:
             self.loader.request(Reload(source="signal"))
+        if signal.SIGUSR2 in received and not self._shutting_down:
+            self.reexec = self.continuity is not None
+            if not self.reexec:
+                log.warning("SIGUSR2: only an agent whose services the keeper holds re-executes")
         if signal.SIGTERM in received or signal.SIGINT in received:
             self.handle_shutdown(Shutdown(reason="signal"))
 
@@ -265,6 +282,9 @@ class Supervisor:
         if msg.ok:
             # The check may have passed as the process died: its exit comes first, so a pass
             # never counts for a process that is gone.
+            settle = getattr(self.factory, "settle", None)
+            if settle is not None:
+                settle(msg.pid)  # a keeper reports an exit a moment after it happened
             self.handle_sigchld()
         svc = self.services.get(msg.service)
         if svc is None or msg.index >= len(svc.instances):
@@ -308,6 +328,8 @@ class Supervisor:
             self.host.emit(Event.make(events.CONFIG_ERROR, None, source="plugins", errors=[msg.problem]))
         first = self.declared is None
         summary = self.apply(msg.declared)
+        if first and self.continuity is not None:
+            self.continuity.after_first_apply()
         if msg.source == "watch" and summary.changes_nothing:
             for reply in msg.replies:  # the watcher's catch-up found nothing new: stay quiet
                 reply.set_result(summary)
@@ -403,6 +425,8 @@ class Supervisor:
 
     # -- snapshots ------------------------------------------------------------------------
     def _publish(self) -> None:
+        if self.continuity is not None and not self._shutting_down:
+            self.continuity.save(self.services)
         statuses = dict(self.snapshot.services)
         for name in self.host.dirty:
             svc = self.services.get(name)

@@ -71,6 +71,8 @@ class Prober:
         self._inbox = inbox
         self._foreign = foreign
         self.results = results if results is not None else EventBus()  # every check's result (plugins see it)
+        # Whose children the services are: this agent's, or its keeper's (set by the owner).
+        self.parents: frozenset[int] = frozenset({os.getpid()})
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
         self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._watches: dict[Key, _Watch] = {}
@@ -148,7 +150,8 @@ class Prober:
             started = time.monotonic()
             # Until readiness first passes; after that the service holds the port itself.
             owner = pid if kind == "readiness" and watch.verdicts[kind].ok is not True else None
-            future = self._pool.submit(_check, probe, self._foreign, watch.cwd, watch.env, owner)
+            future = self._pool.submit(_check, probe, self._foreign, watch.cwd, watch.env, owner,
+                                       self.parents)
             future.add_done_callback(functools.partial(self._checked, watch, kind, started))
 
     def _checked(self, watch: _Watch, kind: str, started: float, future: Future[CheckResult]) -> None:
@@ -193,16 +196,16 @@ def _idle() -> None:
 
 
 def _check(probe: Probe, foreign: ForeignChildren, cwd: str | None, env: Mapping[str, str],
-           owner: int | None) -> CheckResult:
+           owner: int | None, parents: frozenset[int] = frozenset()) -> CheckResult:
     result = run_check(probe, foreign, cwd, env)
     if result.ok and owner is not None:
-        stranger = _stranger(probe, owner)
+        stranger = _stranger(probe, owner, parents or frozenset({os.getpid()}))
         if stranger is not None:
             return CheckResult(False, f"{result.message}, but {stranger}")
     return result
 
 
-def _stranger(probe: Probe, pid: int) -> str | None:
+def _stranger(probe: Probe, pid: int, parents: frozenset[int]) -> str | None:
     """Why the answer cannot be the service's: the probed local port is listened on, but by no
     process of the service (`pid` and its descendants); None when it may be, or cannot be told.
     Costs one read of /proc/net/tcp and of the service's own fds, never a scan of every process."""
@@ -214,8 +217,8 @@ def _stranger(probe: Probe, pid: int) -> str | None:
         if not listening:
             return None  # nobody here listens: the answer came through some other way
         proc = psutil.Process(pid)
-        if proc.ppid() != os.getpid():
-            return None  # not a child this agent started: nothing to compare with
+        if proc.ppid() not in parents:
+            return None  # not a child this agent (or its keeper) started: nothing to compare with
         if _holds_any(pid, listening):
             return None
         if any(_holds_any(child.pid, listening) for child in proc.children(recursive=True)):

@@ -105,13 +105,15 @@ class Children:
         self._cwd = os.getcwd()  # the keeper never changes directory
 
     def spawn(self, instance: str, argv: list[str], cwd: str | None, env: dict[str, str],
-              user: str | int | None, group: str | int | None, stdout: int, stderr: int) -> Child:
-        """Start `argv` in a process group of its own, stdin on /dev/null, stdout and stderr on
-        the given pipe write ends. Raises OSError (ENOENT, EACCES, EPERM...) or ValueError."""
+              user: str | int | None, group: str | int | None, stdout: int, stderr: int,
+              stdin: int | None = None) -> Child:
+        """Start `argv` in a process group of its own, stdin on /dev/null (or `stdin`), stdout
+        and stderr on the given pipe write ends. Raises OSError (ENOENT, EACCES, EPERM...) or
+        ValueError."""
         current = self.by_instance.get(instance)
         if current is not None and current.alive:
             raise OSError(errno.EEXIST, f"{instance} is running as pid {current.pid}")
-        pid, popen = self._spawn(argv, cwd, env, user, group, stdout, stderr)
+        pid, popen = self._spawn(argv, cwd, env, user, group, stdout, stderr, stdin)
         # The child cannot be reaped before this reads it: only this process reaps, and later.
         found = procfs.stat(pid)
         child = Child(instance, pid, found.start_time if found else 0, self._sid, argv, popen)
@@ -120,22 +122,22 @@ class Children:
         return child
 
     def _spawn(self, argv: list[str], cwd: str | None, env: dict[str, str],
-               user: str | int | None, group: str | int | None, stdout: int, stderr: int
-               ) -> tuple[int, subprocess.Popen[bytes] | None]:
+               user: str | int | None, group: str | int | None, stdout: int, stderr: int,
+               stdin: int | None = None) -> tuple[int, subprocess.Popen[bytes] | None]:
         if cwd is not None and os.path.normpath(cwd) == self._cwd:
             cwd = None  # where posix_spawn starts it anyway
         if cwd is not None or user is not None or group is not None:
-            return _popen(argv, cwd, env, user, group, stdout, stderr)
+            return _popen(argv, cwd, env, user, group, stdout, stderr, stdin)
         key = (argv[0], env.get("PATH"))
         now = time.monotonic()
         cached = self._paths.get(key)
         if cached is not None and now - cached[1] < PATH_CACHE_FOR:
             try:
-                return _posix_spawn(cached[0], argv, env, stdout, stderr), None
+                return _posix_spawn(cached[0], argv, env, stdout, stderr, stdin), None
             except (FileNotFoundError, PermissionError):
                 pass  # gone or changed since: look again
         path = _which(argv[0], env)
-        pid = _posix_spawn(path, argv, env, stdout, stderr)
+        pid = _posix_spawn(path, argv, env, stdout, stderr, stdin)
         if len(self._paths) > 4096:
             self._paths.clear()
         self._paths[key] = (path, now)
@@ -222,18 +224,19 @@ class Children:
         return [c.pgid for c in self.by_instance.values() if c.alive or self.group_alive(c)]
 
 
-def _posix_spawn(path: str, argv: list[str], env: dict[str, str], stdout: int, stderr: int
-                 ) -> int:
+def _posix_spawn(path: str, argv: list[str], env: dict[str, str], stdout: int, stderr: int,
+                 stdin: int | None = None) -> int:
     # vfork and exec, no Python in the child: the fast path a respawn takes.
     return os.posix_spawn(path, argv, env, file_actions=[
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0) if stdin is None
+        else (os.POSIX_SPAWN_DUP2, stdin, 0),
         (os.POSIX_SPAWN_DUP2, stdout, 1),
         (os.POSIX_SPAWN_DUP2, stderr, 2),
     ], setpgroup=0, setsigdef=_IGNORED_BY_PYTHON)
 
 
 def _popen(argv: list[str], cwd: str | None, env: dict[str, str], user: str | int | None,
-           group: str | int | None, stdout: int, stderr: int
+           group: str | int | None, stdout: int, stderr: int, stdin: int | None = None
            ) -> tuple[int, subprocess.Popen[bytes]]:
     # posix_spawn cannot change directory or user: subprocess can, and is imported only then.
     import subprocess
@@ -241,9 +244,11 @@ def _popen(argv: list[str], cwd: str | None, env: dict[str, str], user: str | in
     if (user is not None or group is not None) and os.geteuid() != 0:
         raise PermissionError(errno.EPERM, "user and group need the keeper to run as root")
     _check_account(user, group)
-    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                             cwd=cwd, env=env, close_fds=True, process_group=0, user=user,
-                             group=group, restore_signals=True)
+    uid, gid, extra = _login_groups(user, group)
+    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
+                             stdout=stdout, stderr=stderr,
+                             cwd=cwd, env=env, close_fds=True, process_group=0, user=uid,
+                             group=gid, extra_groups=extra, restore_signals=True)
     return popen.pid, popen
 
 
@@ -259,6 +264,26 @@ def _which(name: str, env: dict[str, str]) -> str:
                 return path
             denied = denied or PermissionError(errno.EACCES, "Permission denied", path)
     raise denied or FileNotFoundError(errno.ENOENT, "No such file or directory", name)
+
+
+def _login_groups(user: str | int | None, group: str | int | None
+                  ) -> tuple[str | int | None, str | int | None, list[int] | None]:
+    """A user brings its own primary and supplementary groups, as login does; a uid without a
+    passwd entry keeps the keeper's group (unless `group`) and no others."""
+    if user is None:
+        return None, group, None
+    import pwd
+
+    try:
+        account = pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
+    except KeyError:
+        return user, group, []
+    gid = account.pw_gid if group is None else group
+    if isinstance(gid, str):
+        import grp
+
+        gid = grp.getgrnam(gid).gr_gid
+    return account.pw_uid, gid, os.getgrouplist(account.pw_name, gid)
 
 
 def _check_account(user: str | int | None, group: str | int | None) -> None:

@@ -206,6 +206,12 @@ class KeeperClient:
     def fileno(self) -> int:
         return self._sock.fileno()
 
+    @property
+    def pending(self) -> bool:
+        """Events already read from the socket (during a request): a selector watching
+        :meth:`fileno` will not wake for them."""
+        return bool(self._events)
+
     def close(self) -> None:
         self._sock.close()
 
@@ -248,10 +254,13 @@ class KeeperClient:
               cwd: str | None = None, user: str | int | None = None,
               group: str | int | None = None, stdout: LogSpec | None = None,
               stderr: LogSpec | None = None, buffer_lines: int = 1000,
-              buffer_bytes: int = 1024 * 1024) -> Spawned:
+              buffer_bytes: int = 1024 * 1024, cgroup: str | None = None) -> Spawned:
+        """With `cgroup` (a cgroup v2 directory), the child's stdin is that cgroup's
+        cgroup.procs, open for writing: a shim that writes "0" to it moves the child in."""
+        fields = {"cgroup": cgroup} if cgroup is not None else {}
         r = self.call("spawn", instance=instance, argv=argv, env=env, cwd=cwd, user=user,
                       group=group, stdout=_log_spec(stdout), stderr=_log_spec(stderr),
-                      buffer={"lines": buffer_lines, "bytes": buffer_bytes})
+                      buffer={"lines": buffer_lines, "bytes": buffer_bytes}, **fields)
         return Spawned(r["pid"], r["pgid"], r["start_time"], r["spawned_at"])
 
     def signal(self, instance: str, signum: int | str, pid: int | None = None) -> bool:

@@ -76,12 +76,20 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     group = _account(request, "group")
     files = {name: _log(request, name) for name in STREAMS}
     max_lines, max_text = _buffer(request)
+    joins = _optional_str(request, "cgroup")
+    if joins is not None and not os.path.isabs(joins):
+        raise BadRequest(f"cgroup must be an absolute path, not {joins!r}")
     if keeper.shutting_down or keeper.stopping:
         raise OSError(errno.ESHUTDOWN, "the keeper is shutting down")
+    # The child's stdin is the cgroup's cgroup.procs, opened here: writing "0" to it moves the
+    # child in before it execs the service (Linux 5.16+ checks the opener's rights, not the
+    # child's, so a child already switched to another user can still do it).
+    procs = None if joins is None else os.open(os.path.join(joins, "cgroup.procs"),
+                                                 os.O_WRONLY | os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        child = keeper.children.spawn(instance, argv, cwd, env, user, group, out_w, err_w)
+        child = keeper.children.spawn(instance, argv, cwd, env, user, group, out_w, err_w, procs)
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -89,6 +97,8 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     finally:
         os.close(out_w)
         os.close(err_w)
+        if procs is not None:
+            os.close(procs)
     keeper.childless = False
     unwatched = {"stdout": out_r, "stderr": err_r}
     try:

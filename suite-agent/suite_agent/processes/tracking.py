@@ -17,6 +17,7 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from suite_agent.processes import cgroups
 from suite_agent.processes.cgroups import Cgroup, Tree
@@ -38,7 +39,7 @@ class Tracked:
 
 
 class Tracker:
-    def __init__(self, use_cgroups: bool = True) -> None:
+    def __init__(self, use_cgroups: bool = True, tree_pid: int | None = None) -> None:
         self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._groups: dict[int, Tracked] = {}
         self._killed: set[int] = set()  # SIGKILL was asked for: what turns up later gets it too
@@ -51,7 +52,9 @@ class Tracker:
         else:
             parent, why = None, "turned off"
         if parent is not None:
-            self._tree = Tree(parent)
+            # Named after whoever holds the children (the keeper), so a restarted agent finds
+            # its services' leaves in the same subtree.
+            self._tree = Tree(parent, tree_pid)
             log.info("process tracking: a cgroup per service process under %s, and the %s "
                      "environment marker", self._tree.path, MARKER)
         else:
@@ -62,18 +65,36 @@ class Tracker:
     def uses_cgroups(self) -> bool:
         return self._tree is not None
 
+    @property
+    def tree_path(self) -> Path | None:
+        return None if self._tree is None else self._tree.path
+
     # -- a spawn's life -------------------------------------------------------------------
     def new(self, label: str) -> Tracked:
         """A tracked set for a spawn about to happen (its cgroup made, if any)."""
         ident = self._next
         self._next += 1
-        return Tracked(ident, f"{self.token}.{ident}", self._leaf(f"{label}@{ident}"))
+        # The tree may hold leaves of an earlier agent (services it left to the keeper).
+        leaf = f"{label}@{ident}.{self.token.rsplit('-', 1)[-1]}"
+        return Tracked(ident, f"{self.token}.{ident}", self._leaf(leaf))
 
     def started(self, tracked: Tracked, pid: int, tight: bool) -> None:
         tracked.pgid = tracked.leader = pid
         tracked.tight = tight and tracked.cgroup is not None
         self._scan.spawned()
         self._groups[tracked.id] = tracked
+
+    def adopt(self, pid: int | None, pgid: int, marker: str | None, cgroup: str | None) -> int:
+        """A tracked set for a process another agent started (found in the keeper's inventory);
+        `pid` None when its leader has exited already."""
+        ident = self._next
+        self._next += 1
+        leaf = Cgroup(Path(cgroup)) if cgroup is not None else None
+        tracked = Tracked(ident, marker or f"{self.token}.{ident}", leaf, tight=False,
+                          pgid=pgid, leader=pid)
+        self._scan.spawned()
+        self._groups[ident] = tracked
+        return ident
 
     def abandon(self, tracked: Tracked) -> None:
         """The spawn failed: nothing runs in it."""

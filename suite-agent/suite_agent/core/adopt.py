@@ -1,0 +1,173 @@
+"""What lets services outlive the agent: on the owner thread, with a keeper-backed factory.
+
+* The operator's intent and the spec each service's processes run with are saved in the state
+  directory (`services.json`, rewritten atomically when either changes), so an agent started
+  again knows what it had and what was wanted.
+* At start, before anything is spawned, the keeper's inventory is read: every instance whose
+  process still runs is taken over (same pid, `running`, its start time kept), exits recorded
+  meanwhile go through the instance's usual exit handling (events, restart policy), and the
+  saved specs are the "actual" state the first configuration is planned against: edits made
+  while no agent ran apply as any reload's would.
+* The keeper's socket is watched in the owner's selector: exits wake the owner at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import selectors
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from suite_agent.config.models import ServiceSpec
+from suite_agent.core.inbox import Shutdown
+from suite_agent.core.service import Service
+from suite_agent.health.scheduler import Prober
+from suite_agent.processes.kept import KeptProcessFactory
+
+if TYPE_CHECKING:
+    from suite_agent.core.supervisor import Supervisor
+
+log = logging.getLogger("suite_agent")
+
+SAVED = "services.json"
+STRAY_KILL_AFTER = 10.0
+
+
+class Continuity:
+    def __init__(self, owner: Supervisor, factory: KeptProcessFactory) -> None:
+        self.owner = owner
+        self.factory = factory
+        self.path = Path(factory.state_dir) / SAVED
+        self._saved_key: tuple[Any, ...] | None = None
+        self._adopted: set[str] = set()
+        self._watched: tuple[int, ...] = ()
+
+    # -- the selector -----------------------------------------------------------------------
+    def watch(self, selector: selectors.BaseSelector) -> None:
+        for fd in self._watched:
+            with contextlib.suppress(KeyError, ValueError):
+                selector.unregister(fd)
+        self._watched = self.factory.filenos()
+        if isinstance(self.owner.prober, Prober):  # the port check knows whose children services are
+            self.owner.prober.parents = frozenset({os.getpid(), self.factory.keeper_pid})
+        for fd in self._watched:
+            selector.register(fd, selectors.EVENT_READ, lambda: self._on_keeper(selector))
+
+    def _on_keeper(self, selector: selectors.BaseSelector) -> None:
+        self.owner.handle_sigchld()
+        if self.factory.reconnected:
+            self.factory.reconnected = False
+            self.watch(selector)
+        if self.factory.terminate:
+            self.factory.terminate = False
+            self.owner.handle_shutdown(Shutdown(reason="keeper signal"))
+
+    # -- at start ---------------------------------------------------------------------------
+    def adopt(self) -> None:
+        """Take over what the keeper still runs, before the first configuration is applied."""
+        inventory = self.factory.inventory()
+        saved = self._load()
+        claimed: set[str] = set()
+        pending = {e.pid for e in inventory.exits}
+        for name, (spec, wanted, origin) in saved.items():
+            svc = Service(self.owner.host, name, spec, origin)
+            svc.wanted = wanted
+            self.owner.services[name] = svc
+            self.owner.host.changed(name)
+            for inst in svc.instances:
+                process = inventory.processes.get(inst.name)
+                if process is None or not (process.alive or process.group_alive
+                                           or process.pid in pending):
+                    continue
+                claimed.add(inst.name)
+                tracked = self.factory.adopt(process)
+                if not process.alive and process.pid not in pending:
+                    # Its exit was handled by the agent before; what its group left goes now.
+                    self.factory.signal_group(tracked, signal.SIGKILL)
+                    continue
+                inst.adopt(process.pid, tracked, process.spawned_at, wanted)
+                self._adopted.add(name)
+        for instance, process in inventory.processes.items():
+            if instance not in claimed and (process.alive or process.group_alive):
+                log.warning("%s: pid %d belongs to no saved service; stopping it", instance,
+                            process.pid)
+                self.factory.stop_stray(process)
+                self.owner.timers.call_later(STRAY_KILL_AFTER, functools.partial(
+                    self.factory.stop_stray, process, signal.SIGKILL))
+        by_pid = self.owner.host.by_pid
+        for exit_ in inventory.exits:
+            found = by_pid.get(exit_.pid)
+            if found is not None and found.name == exit_.instance:
+                inst = found
+                how = (f"exit code {exit_.code}" if exit_.signal is None
+                       else f"signal {exit_.signal}")
+                log.info("%s: pid %d ended while no agent ran (%s)", inst.name, exit_.pid, how)
+                self.factory._leader_gone(exit_.pid)
+                inst.on_exit(exit_.status)
+        self.factory.acknowledge([e.exit_id for e in inventory.exits])
+        if self._adopted:
+            log.info("adopted the running processes of %d service(s): %s", len(self._adopted),
+                     ", ".join(sorted(self._adopted)))
+
+    def after_first_apply(self) -> None:
+        """What the plan left alone still follows the saved intent: start what is missing of a
+        wanted service, stop what runs of one that is not."""
+        for svc in list(self.owner.services.values()):
+            if svc.removing:
+                continue
+            if svc.wanted:
+                svc.start()
+            elif not svc.down:
+                svc.stop()
+
+    # -- saving -----------------------------------------------------------------------------
+    def save(self, services: Mapping[str, Service]) -> None:
+        """Write the specs and intents if they changed (specs are replaced, never mutated)."""
+        # One being removed is kept, not wanted, until it is gone: a next agent finishes its stop.
+        key = tuple((n, id(s.spec), s.wanted and not s.removing, s.origin)
+                    for n, s in services.items())
+        if key == self._saved_key:
+            return
+        data = {n: {"spec": s.spec.model_dump(mode="json"), "wanted": s.wanted and not s.removing,
+                    "origin": s.origin}
+                for n, s in services.items()}
+        tmp = self.path.with_name(SAVED + ".tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot save the services' state in %s: %s", self.path, exc)
+            return
+        self._saved_key = key
+        self._keep = [s.spec for s in services.values()]  # ids in the key stay theirs
+
+    def _load(self) -> dict[str, tuple[ServiceSpec, bool, str | None]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s: %s", self.path, exc)
+            return {}
+        saved: dict[str, tuple[ServiceSpec, bool, str | None]] = {}
+        for name, entry in data.items() if isinstance(data, dict) else ():
+            try:
+                saved[name] = (ServiceSpec.model_validate(entry["spec"]), bool(entry["wanted"]),
+                               entry.get("origin"))
+            except (ValidationError, KeyError, TypeError) as exc:
+                log.warning("%s: saved state not usable (%s): started afresh", name, exc)
+        return saved
+
+
+def continuity_for(owner: Supervisor) -> Continuity | None:
+    factory = owner.factory
+    return Continuity(owner, factory) if isinstance(factory, KeptProcessFactory) else None
+

@@ -1,0 +1,371 @@
+"""The `ProcessFactory` whose children are the keeper's: they outlive the agent.
+
+The keeper (`suite_agent.keeper`) spawns, holds the pipes and reaps; this asks it over the owner's
+connection and turns its pushed exits into what `reap()` returns. Tracking (cgroup leaf, process
+group, environment marker) stays on the agent's side, as with `PosixProcessFactory`: the agent
+makes a spawn's cgroup leaf and the shim the keeper runs moves the child into it by path before
+the service's first instruction. Signals go straight from the agent to the tracked set.
+
+Two things only this factory does: `adopt` takes over a process a previous agent started (from
+the keeper's inventory), and when the keeper itself dies, what it held is killed (nobody reads
+its output any more) and reported as exited, and a new keeper is started for the respawns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from suite_agent.keeper.client import (
+    Event,
+    Exit,
+    Inventory,
+    KeeperClient,
+    KeeperError,
+    KeeperGone,
+    Orphan,
+    Process,
+    Terminate,
+    connect_or_start,
+)
+from suite_agent.output.kept import KeptOutput
+from suite_agent.processes import cgroups
+from suite_agent.processes.factory import (
+    SHIM,
+    SHIM_SHELL,
+    Spawned,
+    _account,
+    _check_executable,
+)
+from suite_agent.processes.tracking import MARKER, Tracker
+
+log = logging.getLogger("suite_agent.processes.kept")
+
+T = TypeVar("T")
+LOST_KILL_WAIT = 2.0  # seconds to wait for what a dead keeper left to go, before respawning
+
+
+class KeptProcessFactory:
+    def __init__(self, state_dir: str, client: KeeperClient, keeper_pid: int,
+                 output: KeptOutput, cgroups_on: bool = True) -> None:
+        self.state_dir = state_dir
+        self.client = client
+        self.keeper_pid = keeper_pid
+        self.output = output
+        self._root = os.geteuid() == 0
+        self._tracker = Tracker(cgroups_on, tree_pid=keeper_pid)
+        self._shim = self._tracker.uses_cgroups and os.access(SHIM_SHELL, os.X_OK)
+        self._shim_as_user = cgroups.kernel_checks_opener()
+        self._leaders: dict[int, int] = {}  # pid: tracked id
+        self._names: dict[str, int] = {}  # instance: its current pid
+        self._to_ack: list[int] = []
+        self._lost: list[tuple[int, int]] = []  # exits made up for what a dead keeper left
+        self._early: list[Event] = []  # taken by settle(), handled by the next reap()
+        self.terminate = False  # the keeper was sent SIGTERM/SIGINT and waits for the agent
+        self.reconnected = False  # the client changed: its fileno must be watched anew
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        output.forget_instance = self._forget
+
+    # -- the owner's selector ---------------------------------------------------------------
+    def filenos(self) -> tuple[int, int]:
+        """Readable when the keeper pushed something, or events wait that a request read."""
+        return self.client.fileno(), self._wake_r
+
+    def _nudge(self) -> None:
+        if self.client.pending or self._lost:
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"\0")
+
+    # -- ProcessFactory ---------------------------------------------------------------------
+    def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
+              user: str | int | None, group: str | int | None, name: str = "") -> Spawned:
+        if (user is not None or group is not None) and not self._root:
+            raise PermissionError(errno.EPERM, "user/group need the agent to run as root")
+        _account(user, group)  # an unknown user or group fails here, as it does in-process
+        instance = name or os.path.basename(argv[0])
+        tracked = self._tracker.new(instance)
+        workdir = os.path.abspath(cwd or os.getcwd())
+        child_env = {**env, "PWD": workdir, MARKER: tracked.marker}
+        command = list(argv)
+        shimmed = False
+        try:
+            _check_executable(argv[0], cwd, child_env)
+            if cwd is not None and not os.path.isdir(cwd):
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cwd)
+            if self._shim and tracked.cgroup is not None:
+                command = [SHIM_SHELL, "-c", SHIM, "suite-agent", *argv]
+                shimmed = True
+            stdout, stderr = self.output.settings.files(instance)
+            settings = self.output.settings
+            try:
+                got = self._call(lambda c: c.spawn(
+                    instance, command, env=child_env, cwd=workdir,
+                    user=user, group=group, stdout=stdout, stderr=stderr,
+                    buffer_lines=max(1, settings.buffer_lines),
+                    buffer_bytes=max(1, settings.buffer_bytes),
+                    cgroup=str(tracked.cgroup.path) if shimmed and tracked.cgroup else None))
+            except KeeperError as exc:
+                raise OSError(exc.errno, exc.message) from None
+        except BaseException:
+            self._tracker.abandon(tracked)
+            raise
+        tight = shimmed and (user is None or self._shim_as_user)
+        if tracked.cgroup is not None and not tight:
+            try:
+                tracked.cgroup.add(got.pid)
+            except OSError as exc:
+                log.warning("cannot move pid %d into %s: %s", got.pid, tracked.cgroup.path, exc)
+        self._tracker.started(tracked, got.pid, tight)
+        self._leaders[got.pid] = tracked.id
+        self._named(instance, got.pid)
+        return Spawned(got.pid, None, None, tracked.id)
+
+    def signal_group(self, tracked: int, signum: int) -> None:
+        self._tracker.signal(tracked, signum)
+
+    def group_alive(self, tracked: int) -> bool:
+        return self._tracker.alive(tracked)
+
+    def kill_all(self) -> None:
+        self._tracker.kill_all()
+
+    def reap(self) -> list[tuple[int, int]]:
+        """Exits the keeper reported (acknowledged on the next call, once they were handled),
+        orphans it reaped, and this process's own children (exec probes, the keeper)."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+        reaped: list[tuple[int, int]] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            # After the keeper died its children come to the agent, a subreaper above it.
+            self._leader_gone(pid)
+            reaped.append((pid, status))
+        reaped.extend(self._lost)
+        self._lost = []
+        try:
+            if self._to_ack:
+                acks, self._to_ack = self._to_ack, []
+                self.client.ack(acks)
+            events = self._early + self.client.events()
+            self._early = []
+        except (KeeperGone, OSError, TimeoutError) as exc:
+            self._keeper_lost(exc)
+            reaped.extend(self._lost)
+            self._lost = []
+            events = []
+        for event in events:
+            if isinstance(event, Exit):
+                self._leader_gone(event.pid)
+                self._to_ack.append(event.exit_id)
+                reaped.append((event.pid, event.status))
+            elif isinstance(event, Orphan):
+                reaped.append((event.pid, event.status))
+            elif isinstance(event, Terminate):
+                self.terminate = True
+        if reaped:
+            self._tracker.collect()
+        return reaped
+
+    def settle(self, pid: int, timeout: float = 0.5) -> None:
+        """If `pid` has died, wait for the keeper to report it, so that the next reap() has its
+        exit: a verdict that came as it died must not count (it may be another process's)."""
+        if pid not in self._leaders or _running(pid):
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                events = self.client.events(max(0.0, deadline - time.monotonic()))
+                self._early.extend(events)
+                if any(isinstance(e, Exit) and e.pid == pid for e in events):
+                    return
+        except (KeeperGone, OSError):
+            return  # reap() finds the keeper gone
+
+    def close(self, timeout: float = 5.0) -> None:
+        """At the agent's exit, every service stopped: nothing may be left, the keeper goes too."""
+        self._tracker.kill_all()
+        deadline = time.monotonic() + timeout
+        while self._tracker.busy and time.monotonic() < deadline:
+            self.reap()
+            self._tracker.collect()
+            time.sleep(0.01)
+        swept = self._tracker.sweep()
+        if swept:
+            log.warning("killed %d process(es) left behind by services: %s",
+                        len(swept), " ".join(map(str, swept)))
+        self._tracker.close()
+        try:
+            self.client.shutdown()
+        except (OSError, KeeperError, TimeoutError) as exc:
+            log.warning("cannot ask the keeper to exit: %s", exc)
+        self.client.close()
+        _wait_exit(self.keeper_pid, deadline + 5.0 - timeout)
+
+    def detach(self) -> None:
+        """Leave the keeper and every service running (before a re-exec)."""
+        if self._to_ack:
+            # What cannot be acknowledged now, the next agent takes from the inventory.
+            with contextlib.suppress(OSError, KeeperError, TimeoutError):
+                self.client.ack(self._to_ack)
+        self.client.close()
+
+    # -- taking over ------------------------------------------------------------------------
+    def inventory(self) -> Inventory:
+        return self._call(lambda c: c.inventory())
+
+    def adopt(self, process: Process) -> int:
+        """Track a process of the inventory as this agent's own; its tracked id."""
+        leader = process.pid if process.alive else None
+        marker = cgroup = None
+        if leader is not None:
+            marker = _marker_of(leader)
+            cgroup = self._leaf_of(leader)
+        tracked = self._tracker.adopt(leader, process.pgid, marker, cgroup)
+        if leader is not None:
+            self._leaders[leader] = tracked
+        self._named(process.instance, process.pid)
+        return tracked
+
+    def acknowledge(self, exit_ids: list[int]) -> None:
+        self._to_ack.extend(exit_ids)
+
+    def stop_stray(self, process: Process, signum: int = signal.SIGTERM) -> None:
+        """A process no service claims (no saved state names it): its group gets `signum` (and
+        SIGCONT); its exit comes as an orphan's."""
+        try:
+            self.client.signal(process.instance, signum, process.pid)
+            self.client.signal(process.instance, signal.SIGCONT, process.pid)
+        except (KeeperError, OSError) as exc:
+            log.warning("cannot stop pid %d (%s): %s", process.pid, process.instance, exc)
+
+    # -- internals --------------------------------------------------------------------------
+    def _call(self, request: Callable[[KeeperClient], T]) -> T:
+        try:
+            result = request(self.client)
+        except (KeeperGone, BrokenPipeError, ConnectionResetError) as exc:
+            self._keeper_lost(exc)
+            result = request(self.client)
+        self._nudge()
+        return result
+
+    def _named(self, instance: str, pid: int) -> None:
+        self._names[instance] = pid
+        self.output.instances = frozenset(self._names)
+
+    def _forget(self, instance: str) -> None:
+        try:
+            self.client.forget(instance)
+        except KeeperError as exc:
+            if exc.error != "ESRCH":
+                log.warning("keeper: cannot forget %s: %s", instance, exc)
+        except OSError:
+            return
+        self._names.pop(instance, None)
+        self.output.instances = frozenset(self._names)
+
+    def _leader_gone(self, pid: int) -> None:
+        tracked = self._leaders.pop(pid, None)
+        if tracked is not None:
+            self._tracker.leader_reaped(tracked)
+
+    def _leaf_of(self, pid: int) -> str | None:
+        """The cgroup leaf of pid if it is one of this keeper's tree (never a cgroup above)."""
+        tree = self._tracker.tree_path
+        if tree is None:
+            return None
+        try:
+            with open("/proc/mounts") as f:
+                mounts = f.read()
+            with open(f"/proc/{pid}/cgroup") as f:
+                own = f.read()
+        except OSError:
+            return None
+        path, _ = cgroups.locate(mounts, own)
+        return path if path is not None and Path(path).parent == tree else None
+
+    def _keeper_lost(self, why: BaseException) -> None:
+        """The keeper died: what it held runs unsupervised and its output goes nowhere. Kill it,
+        report each as killed, and start a new keeper for the respawns."""
+        log.error("the keeper (pid %d) is gone (%s): killing the services it held; they are "
+                  "restarted under a new keeper", self.keeper_pid, why)
+        self.client.close()
+        self._tracker.kill_all()
+        deadline = time.monotonic() + LOST_KILL_WAIT
+        while self._tracker.busy and time.monotonic() < deadline:
+            for pid, status in _reap_own():
+                self._leader_gone(pid)
+                self._lost.append((pid, status))
+            self._tracker.collect()
+            time.sleep(0.01)
+        for pid in list(self._leaders):
+            self._leader_gone(pid)
+            self._lost.append((pid, signal.SIGKILL))
+        self._names.clear()
+        self.client, hello = connect_or_start(self.state_dir)
+        self.keeper_pid = hello.pid
+        self.reconnected = True
+        log.info("keeper started again (pid %d)", hello.pid)
+        self._nudge()
+
+
+def _reap_own() -> list[tuple[int, int]]:
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        reaped.append((pid, status))
+    return reaped
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent (the keeper) to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+def _marker_of(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return None
+    prefix = MARKER.encode() + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix):].decode("ascii", "replace")
+    return None
+
+
+def _wait_exit(pid: int, deadline: float) -> None:
+    """Wait for the keeper to exit: reaped if it is this process's child, else gone from /proc."""
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+        except ChildProcessError:
+            if not os.path.exists(f"/proc/{pid}"):
+                return
+        time.sleep(0.01)
+    log.warning("the keeper (pid %d) did not exit in time", pid)

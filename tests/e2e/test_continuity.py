@@ -1,0 +1,254 @@
+"""The agent's own death and upgrade: services run on in the keeper and are adopted again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent import Agent, agent_command
+from api_helpers import Api, free_port, services_yaml
+from eventually import eventually
+
+COUNTER = "[sh, -c, 'i=0; while true; do i=$((i+1)); echo $i; sleep 0.02; done; : 4101']"
+
+
+@pytest.fixture
+def agents(tmp_path: Path, conf_dir: Path) -> Iterator[list[Agent]]:
+    """Agents started one after the other on the same conf.d; each gets its own log."""
+    started: list[Agent] = []
+    try:
+        yield started
+    finally:
+        leftovers = []
+        for a in reversed(started):
+            leftovers += a.shutdown()
+        assert leftovers == [], f"processes outlived the agents: {leftovers}"
+
+
+def new_agent(agents: list[Agent], conf_dir: Path, tmp_path: Path) -> Agent:
+    folder = tmp_path / f"agent{len(agents) + 1}"
+    folder.mkdir()
+    a = Agent(conf_dir, folder)
+    agents.append(a)
+    return a
+
+
+def with_marker(marker: str) -> list[psutil.Process]:
+    """Every process on the machine whose command line holds `marker` (duplicates show here)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "ppid", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(marker in part for part in cmdline) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    # A shell's child between its fork and its exec still shows the shell's command line.
+    pids = {p.pid for p in found}
+    return [p for p in found if p.info["ppid"] not in pids]
+
+
+def one(marker: str) -> int:
+    procs = eventually(lambda: with_marker(marker), 10, f"a process of {marker}")
+    assert len(procs) == 1, f"{len(procs)} processes of {marker}"
+    pid: int = procs[0].pid
+    return pid
+
+
+def counted(conf_dir: Path, name: str = "counter") -> list[int]:
+    text = (conf_dir.parent / "logs" / f"{name}.stdout.log").read_text()
+    return [int(line) for line in text.splitlines()]
+
+
+def assert_no_gap(numbers: list[int]) -> None:
+    assert numbers == list(range(1, len(numbers) + 1)), "a gap or a repeat in the counter's output"
+
+
+def kill9(agent: Agent) -> None:
+    assert agent.proc is not None
+    agent.proc.kill()
+    agent.proc.wait()
+
+
+def test_kill9_at_steady_state_adopts_same_pids_and_reports_exits_meanwhile(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml(f"""\
+        counter: {{command: {COUNTER}}}
+        sleeper: {{command: [sleep, '4102']}}
+        seven: {{command: [sh, -c, 'while [ ! -e {go} ]; do sleep 0.02; done; exit 7; : 4103'],
+                 restart: never}}
+        """))
+    a1.start()
+    counter, sleeper, seven = one("4101"), one("4102"), one("4103")
+    kill9(a1)
+    # Nobody supervises them now: they run on and the counter keeps writing.
+    before = len(counted(conf_dir))
+    eventually(lambda: len(counted(conf_dir)) > before + 5, 10, "the counter writing on")
+    os.kill(sleeper, signal.SIGTERM)
+    go.touch()
+    eventually(lambda: not with_marker("4102") and not with_marker("4103"), 10, "the exits")
+
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    a2.wait_log(rf"counter: adopted \(pid {counter}\)")
+    a2.wait_log(rf"sleeper: pid {sleeper} ended while no agent ran \(signal 15\)")
+    a2.wait_log(rf"seven: pid {seven} ended while no agent ran \(exit code 7\)")
+    a2.wait_log(r"seven: exited with code 7")
+    a2.wait_log(r"sleeper: started")  # the restart policy applied to it
+    assert one("4101") == counter and one("4102") != sleeper
+    assert "counter: started" not in a2.log()
+    assert a2.stop() == 0
+    assert with_marker("4101") == []
+    assert_no_gap(counted(conf_dir))
+
+
+def test_kill9_in_a_crash_loop_never_runs_two_copies(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml("""\
+        crash: {command: [sh, -c, 'sleep 0.1; exit 1; : 4111'], restart: always,
+                backoff: {initial: 10ms, max: 50ms}, start_limit: {burst: 1000}}
+        """))
+    a1.start()
+    a1.wait_log(r"crash: exited with code 1", count=3)
+    kill9(a1)
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    most = 0
+    while len(a2.wait_log(r"crash: started")) < 5:  # samples until five respawns later
+        most = max(most, len(with_marker("4111")))
+    assert most <= 1
+    assert a2.stop() == 0
+
+
+def test_kill9_during_a_reload_applies_the_edit_once(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml(f"""\
+        counter: {{command: {COUNTER}}}
+        web: {{command: [sleep, '4121']}}
+        """))
+    a1.start()
+    counter = one("4101")
+    one("4121")
+    a1.write("a.yaml", services_yaml(f"""\
+        counter: {{command: {COUNTER}}}
+        web: {{command: [sleep, '4122']}}
+        """))
+    kill9(a1)  # before, during or after the reload: the next agent ends in the same place
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    eventually(lambda: with_marker("4122") and not with_marker("4121"), 10, "the edit applied")
+    assert one("4122") and one("4101") == counter
+    assert a2.stop() == 0
+    assert_no_gap(counted(conf_dir))
+
+
+def test_kill9_while_a_stop_is_in_progress_finishes_the_stop(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    stubborn = "[sh, -c, 'trap \"\" TERM; while true; do sleep 0.05; done; : 4131']"
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml(f"""\
+        counter: {{command: {COUNTER}}}
+        stubborn: {{command: {stubborn}, stop: {{timeout: 3s}}}}
+        """))
+    a1.start()
+    counter, held = one("4101"), one("4131")
+    a1.write("a.yaml", services_yaml(f"counter: {{command: {COUNTER}}}\n"))
+    a1.wait_log(r"configuration loaded .*removed 1")  # stubborn is stopping: it ignores SIGTERM
+    kill9(a1)
+    assert psutil.pid_exists(held)
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    a2.wait_log(rf"stubborn: adopted \(pid {held}\)")
+    eventually(lambda: not with_marker("4131"), 10, "the stop finished")
+    a2.wait_log(r"stubborn: still running 3s after SIGTERM; sending SIGKILL")
+    assert "stubborn: started" not in a2.log() and one("4101") == counter
+    assert a2.stop() == 0
+
+
+def test_a_second_agent_on_the_same_conf_d_refuses(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml("web: {command: [sleep, '4141']}\n"))
+    a1.start()
+    done = subprocess.run([*agent_command(), "run", "--conf-dir", str(conf_dir)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "another agent already runs on" in done.stderr
+    assert len(with_marker("4141")) == 1
+
+
+def test_sigusr2_reexecutes_in_place(agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    api = Api(free_port())
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
+    a1.write("a.yaml", services_yaml(f"counter: {{command: {COUNTER}}}\n"))
+    a1.start()
+    a1.wait_log(r"api: listening")
+    counter = one("4101")
+    assert a1.proc is not None
+    a1.signal(signal.SIGUSR2)
+    a1.wait_log(r"re-executing")
+    began = time.monotonic()
+    a1.wait_log(r"counter: adopted", timeout=20)
+
+    def answers() -> bool:
+        try:
+            return api.get("/api/services/counter").status == 200
+        except OSError:
+            return False
+
+    eventually(answers, 10, "the API answering again")
+    elapsed = time.monotonic() - began
+    assert a1.proc.poll() is None and one("4101") == counter
+    status = api.get("/api/services/counter").json
+    assert status["state"] == "running" and status["pids"] == [counter]
+    assert elapsed < 5, f"the API was back {elapsed:.2f}s after the re-exec"
+    lines = api.get("/api/services/counter/logs?lines=5").json["lines"]
+    assert lines and lines[-1]["instance"] == "counter"
+    assert a1.stop() == 0
+    assert_no_gap(counted(conf_dir))
+
+
+def test_the_operators_intent_survives_a_restart(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    api = Api(free_port())
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
+    a1.write("a.yaml", services_yaml("""\
+        off: {command: [sleep, '4151']}
+        on: {command: [sleep, '4152'], autostart: false}
+        """))
+    a1.start()
+    a1.wait_log(r"api: listening")
+    one("4151")
+    assert api.post("/api/services/off/stop").status == 200
+    assert api.post("/api/services/on/start").status == 200
+    started = one("4152")
+    assert with_marker("4151") == []
+    kill9(a1)
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    a2.wait_log(rf"on: adopted \(pid {started}\)")
+    a2.wait_log(r"api: listening")
+    assert api.get("/api/services/off").json["state"] == "stopped"
+    assert with_marker("4151") == [] and one("4152") == started
+    assert a2.stop() == 0
+
+
+def test_a_killed_keeper_leaves_no_duplicates(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml("web: {command: [sleep, '4161'], replicas: 2}\n"))
+    a1.start()
+    eventually(lambda: len(with_marker("4161")) == 2, 10, "two replicas")
+    old = {p.pid for p in with_marker("4161")}
+    keeper = int((conf_dir.parent / ".suite-agent" / "keeper.lock").read_text())
+    os.kill(keeper, signal.SIGKILL)
+    a1.wait_log(r"keeper started again")
+    a1.wait_log(r"web(\.1)?: started", count=4)
+    eventually(lambda: len(with_marker("4161")) == 2, 10, "two replicas again")
+    assert not old & {p.pid for p in with_marker("4161")}
+    assert a1.stop() == 0
