@@ -26,7 +26,7 @@ from suite_agent.keeper.client import (
     LogSpec,
     take_brain_lock,
 )
-from suite_agent.keeper.logs import MAX_LINE, Batch, LogFile, Ring, flush, split
+from suite_agent.keeper.logs import CUT_MARK, MAX_LINE, Batch, LogFile, Pending, Ring, flush, split
 from suite_agent.keeper.pipes import Pipes
 from suite_agent.keeper.protocol import BadRequest, LineBuffer, encode
 from suite_agent.keeper.server import Keeper as KeeperServer
@@ -65,7 +65,7 @@ def test_a_line_without_end_is_refused_past_the_bound() -> None:
 
 
 def lines_of(chunks: list[bytes], keep: int = 1000) -> list[str]:
-    partial = bytearray()
+    partial = Pending()
     batch = Batch(keep)
     for chunk in chunks:
         split(partial, chunk, batch)
@@ -77,16 +77,16 @@ def test_lines_are_put_together_across_reads_and_crlf_reads_as_lf() -> None:
     assert lines_of([b"a", b"b\nc\r\nd", b"e\n\nf"]) == ["ab", "c", "de", "", "f"]
 
 
-def test_a_line_without_newline_is_cut_at_max_line_between_utf8_characters() -> None:
-    text = ("é" * MAX_LINE).encode()  # two bytes a character: MAX_LINE falls inside none
-    lines = lines_of([text[i:i + 4096] for i in range(0, len(text), 4096)])
-    assert "".join(lines) == "é" * MAX_LINE
-    assert all(len(line.encode()) <= MAX_LINE for line in lines)
-    assert "\ufffd" not in "".join(lines)
+def test_a_long_line_is_kept_cut_between_utf8_characters_and_the_rest_skipped() -> None:
+    text = ("a" + "é" * MAX_LINE).encode()  # two bytes a character: MAX_LINE falls inside one
+    lines = lines_of([text[i:i + 4096] for i in range(0, len(text), 4096)] + [b"\nnext\n"])
+    mark = CUT_MARK.decode()
+    assert lines == ["a" + "é" * (MAX_LINE // 2 - 1) + mark, "next"]
+    assert lines_of([b"x" * (3 * MAX_LINE)]) == ["x" * MAX_LINE + mark]
 
 
 def test_a_batch_keeps_the_newest_lines_but_numbers_them_all() -> None:
-    partial = bytearray()
+    partial = Pending()
     batch = Batch(3)
     split(partial, b"".join(b"%d\n" % i for i in range(10)), batch)
     numbered = batch.numbered(100, 0.0)

@@ -25,13 +25,25 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["MAX_LINE", "RETRY_AFTER", "Batch", "Line", "LogFile", "Ring", "flush", "split"]
+__all__ = ["CUT_MARK", "MAX_LINE", "RETRY_AFTER", "Batch", "Line", "LogFile", "Pending", "Ring", "flush", "split"]
 
 RETRY_AFTER = 5.0
 MAX_LINE = 64 * 1024
-"""A pending line that grows past this many bytes without a newline is cut into a line of its
-own (where the cut does not split a UTF-8 character): a child that never writes a newline must
-not make the keeper's memory grow."""
+"""A pending line that grows past this many bytes without a newline is handed on cut to this length
+(where the cut does not split a UTF-8 character) and marked with CUT_MARK; the rest of it, up to its
+newline, is skipped: a child that never writes a newline must not make the keeper's memory grow.
+The log file gets every byte."""
+CUT_MARK = b" [cut at 64 KiB: the log file has the whole line]"
+
+
+class Pending:
+    """The line of one pipe still waiting for its newline."""
+
+    __slots__ = ("cut", "data")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.cut = False  # handed on cut already: the rest, up to the newline, is skipped
 
 Line = tuple[int, float, str, int]
 """seq, wall time, text, size of the raw line in bytes."""
@@ -230,40 +242,44 @@ class Batch:
         return [(first + i, now, _text(raw), len(raw)) for i, raw in enumerate(kept)]
 
 
-def split(partial: bytearray, data: bytes, batch: Batch) -> None:
-    """Add the lines `data` completes to `batch`; what follows its last newline stays in `partial`
-    (the pipe's pending line) for the next read."""
+def split(pending: Pending, data: bytes, batch: Batch) -> None:
+    """Add the lines `data` completes to `batch`; what follows its last newline stays pending for
+    the next read."""
     first_nl = data.find(b"\n")
     if first_nl < 0:
-        partial += data
-        _cap(partial, batch)
+        _grow(pending, data, batch)
         return
-    partial += data[:first_nl]
-    _cap(partial, batch)
-    batch.add(bytes(partial))
-    partial.clear()
+    _grow(pending, data[:first_nl], batch)
+    if not pending.cut:
+        batch.add(bytes(pending.data))
+    pending.data.clear()
+    pending.cut = False
     last_nl = data.rfind(b"\n")
     if last_nl > first_nl:
         # The whole lines in between go in as one block: splitting a large read line by line in
         # Python would be the keeper's hot spot.
         block = data[first_nl + 1:last_nl]
         batch.add_block(block, data.count(b"\n", first_nl + 1, last_nl) + 1)
-    partial += data[last_nl + 1:]
-    _cap(partial, batch)
+    _grow(pending, data[last_nl + 1:], batch)
 
 
-def flush(partial: bytearray, batch: Batch) -> None:
+def flush(pending: Pending, batch: Batch) -> None:
     """At end of file the pending line is a line too, newline or not."""
-    if partial:
-        batch.add(bytes(partial))
-        partial.clear()
+    if pending.data and not pending.cut:
+        batch.add(bytes(pending.data))
+    pending.data.clear()
+    pending.cut = False
 
 
-def _cap(partial: bytearray, batch: Batch) -> None:
-    while len(partial) > MAX_LINE:
-        cut = _cut_point(partial, MAX_LINE)
-        batch.add(bytes(partial[:cut]))
-        del partial[:cut]
+def _grow(pending: Pending, data: bytes, batch: Batch) -> None:
+    if pending.cut:
+        return
+    pending.data += data
+    if len(pending.data) > MAX_LINE:
+        cut = _cut_point(pending.data, MAX_LINE)
+        batch.add(bytes(pending.data[:cut]) + CUT_MARK)
+        pending.data.clear()
+        pending.cut = True
 
 
 def _cut_point(data: bytearray, limit: int) -> int:

@@ -21,7 +21,7 @@ import os
 import time
 
 from .diag import say
-from .logs import Batch, Line, LogFile, Ring, flush, split
+from .logs import Batch, Line, LogFile, Pending, Ring, flush, split
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class Pipe:
     def __init__(self, fd: int, stream: Stream) -> None:
         self.fd = fd
         self.stream = stream
-        self.partial = bytearray()
+        self.partial = Pending()
 
 
 class Pipes:
