@@ -190,9 +190,9 @@ def test_sigusr2_reexecutes_in_place(agents: list[Agent], conf_dir: Path, tmp_pa
     a1.wait_log(r"api: listening")
     counter = one("4101")
     assert a1.proc is not None
+    began = time.monotonic()
     a1.signal(signal.SIGUSR2)
     a1.wait_log(r"re-executing")
-    began = time.monotonic()
     a1.wait_log(r"counter: adopted", timeout=20)
 
     def answers() -> bool:
