@@ -18,7 +18,6 @@ import pwd
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -167,17 +166,7 @@ class PosixProcessFactory:
 
     def close(self, timeout: float = 2.0) -> None:
         """At the agent's exit: nothing this agent started may be left running."""
-        self._tracker.kill_all()
-        deadline = time.monotonic() + timeout
-        while self._tracker.busy and time.monotonic() < deadline:
-            self.reap()
-            self._tracker.collect()
-            time.sleep(0.01)
-        swept = self._tracker.sweep()
-        if swept:
-            log.warning("killed %d process(es) left behind by services: %s",
-                        len(swept), " ".join(map(str, swept)))
-        self._tracker.close()
+        self._tracker.finish(self.reap, timeout)
 
 
 def _popen(argv: Sequence[str], cwd: str | None, env: dict[str, str], uid: str | int | None,

@@ -196,23 +196,14 @@ class KeptProcessFactory:
 
     def close(self, timeout: float = 5.0) -> None:
         """At the agent's exit, every service stopped: nothing may be left, the keeper goes too."""
-        self._tracker.kill_all()
-        deadline = time.monotonic() + timeout
-        while self._tracker.busy and time.monotonic() < deadline:
-            self.reap()
-            self._tracker.collect()
-            time.sleep(0.01)
-        swept = self._tracker.sweep()
-        if swept:
-            log.warning("killed %d process(es) left behind by services: %s",
-                        len(swept), " ".join(map(str, swept)))
-        self._tracker.close()
+        began = time.monotonic()
+        self._tracker.finish(self.reap, timeout)
         try:
             self.client.shutdown()
         except (OSError, KeeperError, TimeoutError) as exc:
             log.warning("cannot ask the keeper to exit: %s", exc)
         self.client.close()
-        _wait_exit(self.keeper_pid, deadline + 5.0 - timeout)
+        _wait_exit(self.keeper_pid, began + 5.0)
 
     def detach(self) -> None:
         """Leave the keeper and every service running (before a re-exec)."""

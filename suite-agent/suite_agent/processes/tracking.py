@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +159,21 @@ class Tracker:
     def sweep(self) -> list[int]:
         """SIGKILL every process that carries one of this agent's markers; their pids."""
         return self._scan.kill_prefix(self.token + ".")
+
+    def finish(self, reap: Callable[[], object], timeout: float) -> None:
+        """At the agent's exit: SIGKILL every set, reap until they are gone (at most `timeout`),
+        sweep what carries a marker, and remove the cgroup subtree."""
+        self.kill_all()
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            reap()
+            self.collect()
+            time.sleep(0.01)
+        swept = self.sweep()
+        if swept:
+            log.warning("killed %d process(es) left behind by services: %s",
+                        len(swept), " ".join(map(str, swept)))
+        self.close()
 
     def close(self) -> None:
         """Remove the agent's cgroup subtree (the leaves still there must be empty)."""
