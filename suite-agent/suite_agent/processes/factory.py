@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from suite_agent.processes.cgroups import kernel_checks_opener
-from suite_agent.processes.tracking import MARKER, Tracker
+from suite_agent.processes.tracking import MARKER, TrackedSpawns, Tracker
 
 log = logging.getLogger("suite_agent.processes.factory")
 
@@ -84,14 +84,13 @@ def decode_status(status: int) -> tuple[int | None, int | None]:
     return None, None
 
 
-class PosixProcessFactory:
+class PosixProcessFactory(TrackedSpawns):
     def __init__(self, cgroups: bool = True) -> None:
         self._root = os.geteuid() == 0
         # Popen objects stay referenced until reaped: a collected Popen with no returncode
         # would be polled by subprocess' own cleanup, which would steal our waitpid.
         self._popens: dict[int, subprocess.Popen[bytes]] = {}
-        self._tracker = Tracker(cgroups)
-        self._leaders: dict[int, int] = {}  # pid: tracked id
+        super().__init__(Tracker(cgroups))
         self._shim = self._tracker.uses_cgroups and os.access(SHIM_SHELL, os.X_OK)
         self._shim_as_user = kernel_checks_opener()
 
@@ -126,23 +125,8 @@ class PosixProcessFactory:
         # Without the shim (or where the kernel checks the unprivileged child's own rights),
         # the agent moves the child: a fork in between stays outside, found by the marker.
         tight = joins is not None and (uid is None or self._shim_as_user)
-        if tracked.cgroup is not None and not tight:
-            try:
-                tracked.cgroup.add(popen.pid)
-            except OSError as exc:
-                log.warning("cannot move pid %d into %s: %s", popen.pid, tracked.cgroup.path, exc)
-        self._tracker.started(tracked, popen.pid, tight)
-        self._leaders[popen.pid] = tracked.id
+        self._placed(tracked, popen.pid, tight)
         return Spawned(popen.pid, out_r, err_r, tracked.id)
-
-    def signal_group(self, tracked: int, signum: int) -> None:
-        self._tracker.signal(tracked, signum)
-
-    def group_alive(self, tracked: int) -> bool:
-        return self._tracker.alive(tracked)
-
-    def kill_all(self) -> None:
-        self._tracker.kill_all()
 
     def reap(self) -> list[tuple[int, int]]:
         reaped: list[tuple[int, int]] = []

@@ -44,7 +44,7 @@ from suite_agent.processes.factory import (
     _account,
     _check_executable,
 )
-from suite_agent.processes.tracking import MARKER, Tracker
+from suite_agent.processes.tracking import MARKER, TrackedSpawns, Tracker
 
 log = logging.getLogger("suite_agent.processes.kept")
 
@@ -52,7 +52,7 @@ T = TypeVar("T")
 LOST_KILL_WAIT = 2.0  # seconds to wait for what a dead keeper left to go, before respawning
 
 
-class KeptProcessFactory:
+class KeptProcessFactory(TrackedSpawns):
     def __init__(self, state_dir: str, client: KeeperClient, keeper_pid: int,
                  output: KeptOutput, cgroups_on: bool = True) -> None:
         self.state_dir = state_dir
@@ -60,10 +60,9 @@ class KeptProcessFactory:
         self.keeper_pid = keeper_pid
         self.output = output
         self._root = os.geteuid() == 0
-        self._tracker = Tracker(cgroups_on, tree_pid=keeper_pid)
+        super().__init__(Tracker(cgroups_on, tree_pid=keeper_pid))
         self._shim = self._tracker.uses_cgroups and os.access(SHIM_SHELL, os.X_OK)
         self._shim_as_user = cgroups.kernel_checks_opener()
-        self._leaders: dict[int, int] = {}  # pid: tracked id
         self._names: dict[str, int] = {}  # instance: its current pid
         self._to_ack: list[int] = []
         self._lost: list[tuple[int, int]] = []  # exits made up for what a dead keeper left
@@ -117,24 +116,9 @@ class KeptProcessFactory:
             self._tracker.abandon(tracked)
             raise
         tight = shimmed and (user is None or self._shim_as_user)
-        if tracked.cgroup is not None and not tight:
-            try:
-                tracked.cgroup.add(got.pid)
-            except OSError as exc:
-                log.warning("cannot move pid %d into %s: %s", got.pid, tracked.cgroup.path, exc)
-        self._tracker.started(tracked, got.pid, tight)
-        self._leaders[got.pid] = tracked.id
+        self._placed(tracked, got.pid, tight)
         self._named(instance, got.pid)
         return Spawned(got.pid, None, None, tracked.id)
-
-    def signal_group(self, tracked: int, signum: int) -> None:
-        self._tracker.signal(tracked, signum)
-
-    def group_alive(self, tracked: int) -> bool:
-        return self._tracker.alive(tracked)
-
-    def kill_all(self) -> None:
-        self._tracker.kill_all()
 
     def reap(self) -> list[tuple[int, int]]:
         """Exits the keeper reported (acknowledged on the next call, once they were handled),

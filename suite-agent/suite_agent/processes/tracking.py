@@ -353,3 +353,31 @@ def _pgid_of(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+class TrackedSpawns:
+    """What both process factories (in-process and through the keeper) do with a spawned child:
+    place it in its cgroup where it could not place itself, and signal, check and kill the set."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker
+        self._leaders: dict[int, int] = {}  # pid: tracked id
+
+    def _placed(self, tracked: Tracked, pid: int, tight: bool) -> None:
+        """`tight`: the child moved itself into its cgroup before it ran (the shim)."""
+        if tracked.cgroup is not None and not tight:
+            try:
+                tracked.cgroup.add(pid)
+            except OSError as exc:
+                log.warning("cannot move pid %d into %s: %s", pid, tracked.cgroup.path, exc)
+        self._tracker.started(tracked, pid, tight)
+        self._leaders[pid] = tracked.id
+
+    def signal_group(self, tracked: int, signum: int) -> None:
+        self._tracker.signal(tracked, signum)
+
+    def group_alive(self, tracked: int) -> bool:
+        return self._tracker.alive(tracked)
+
+    def kill_all(self) -> None:
+        self._tracker.kill_all()
