@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ from suite_agent.keeper.survivors import (
     find_survivors,
     stop_survivors,
 )
+from suite_agent.processes.cgroups import Tree, find_own
 
 from eventually import eventually
 
@@ -389,3 +391,46 @@ def test_events_of_a_lost_connection_are_not_lost(keeper: Keeper) -> None:
     assert [type(e) for e in events] == [Exit]
     with pytest.raises(KeeperGone):
         client.events(5)
+
+
+@pytest.fixture
+def cgroup_tree() -> Iterator[Tree]:
+    parent, why = find_own()
+    if parent is None:
+        pytest.skip(f"no writable cgroup v2 here: {why}")
+    tree = Tree(parent)
+    tree.create()
+    try:
+        yield tree
+    finally:
+        eventually(tree.remove, 10, "the test's cgroup tree to empty")
+
+
+def test_a_child_started_inside_a_cgroup_is_there_from_its_first_instruction(
+        cgroup_tree: Tree, keeper: Keeper, tmp_path: Path) -> None:
+    # cgroup_tree first: it is torn down after the keeper's cleanup killed what it started
+    keeper.start()
+    client = keeper.connect()
+    hello = client.hello()
+    if not hello.into_cgroup:
+        pytest.skip("this kernel (or a seccomp filter) refuses clone3 with CLONE_INTO_CGROUP")
+    leaf = cgroup_tree.leaf("into")
+    out = tmp_path / "into.log"
+    # What a shell sees of itself at once: its cgroup, directory, group, stdin and SIGPIPE.
+    script = ("grep '^0::' /proc/self/cgroup; pwd; ps -o pgid= -p $$; readlink /proc/self/fd/0; "
+              "grep SigIgn /proc/self/status; exec sleep 3650")
+    spawned = client.spawn("into.1", ["sh", "-c", script], env=ENV, cwd="/tmp",
+                           stdout=LogSpec(str(out)), into=str(leaf.path))
+    eventually(lambda: out.exists() and len(out.read_text().splitlines()) >= 5, 10,
+               "the shell's report")
+    lines = [line.strip() for line in out.read_text().splitlines()]
+    assert lines[0].endswith(f"/{cgroup_tree.path.name}/into")
+    assert lines[1:4] == ["/tmp", str(spawned.pid), "/dev/null"]
+    ignored = int(lines[4].split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), "SIGPIPE is at its default in the service"
+    assert leaf.pids() == [spawned.pid]
+    assert client.signal("into.1", "KILL")
+    assert wait_exit(client, "into.1").signal == signal.SIGKILL
+    with pytest.raises(KeeperError, match="ENOENT"):
+        client.spawn("into.2", ["/nonexistent/program"], env=ENV, into=str(leaf.path))
+    assert "into.2" not in client.inventory().processes

@@ -17,7 +17,7 @@ import os
 import signal
 import time
 
-from . import procfs
+from . import clone, procfs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -106,14 +106,17 @@ class Children:
 
     def spawn(self, instance: str, argv: list[str], cwd: str | None, env: dict[str, str],
               user: str | int | None, group: str | int | None, stdout: int, stderr: int,
-              stdin: int | None = None) -> Child:
+              stdin: int | None = None, into: str | None = None) -> Child:
         """Start `argv` in a process group of its own, stdin on /dev/null (or `stdin`), stdout
-        and stderr on the given pipe write ends. Raises OSError (ENOENT, EACCES, EPERM...) or
-        ValueError."""
+        and stderr on the given pipe write ends; with `into`, inside that cgroup v2 directory.
+        Raises OSError (ENOENT, EACCES, EPERM...) or ValueError."""
         current = self.by_instance.get(instance)
         if current is not None and current.alive:
             raise OSError(errno.EEXIST, f"{instance} is running as pid {current.pid}")
-        pid, popen = self._spawn(argv, cwd, env, user, group, stdout, stderr, stdin)
+        if into is not None:
+            pid, popen = self._spawn_into(into, argv, cwd, env, stdout, stderr, stdin), None
+        else:
+            pid, popen = self._spawn(argv, cwd, env, user, group, stdout, stderr, stdin)
         # The child cannot be reaped before this reads it: only this process reaps, and later.
         found = procfs.stat(pid)
         child = Child(instance, pid, found.start_time if found else 0, self._sid, argv, popen)
@@ -128,20 +131,44 @@ class Children:
             cwd = None  # where posix_spawn starts it anyway
         if cwd is not None or user is not None or group is not None:
             return _popen(argv, cwd, env, user, group, stdout, stderr, stdin)
-        key = (argv[0], env.get("PATH"))
+        path = self._lookup(argv[0], env, fresh=False)
+        try:
+            return _posix_spawn(path, argv, env, stdout, stderr, stdin), None
+        except (FileNotFoundError, PermissionError):
+            again = self._lookup(argv[0], env, fresh=True)  # gone or changed since: look again
+            if again == path:
+                raise
+            return _posix_spawn(again, argv, env, stdout, stderr, stdin), None
+
+    def _spawn_into(self, into: str, argv: list[str], cwd: str | None, env: dict[str, str],
+                    stdout: int, stderr: int, stdin: int | None) -> int:
+        if not clone.available():
+            raise OSError(errno.ENOSYS, "this kernel cannot start a process inside a cgroup")
+        if cwd is not None and os.path.normpath(cwd) == self._cwd:
+            cwd = None
+        path = self._lookup(argv[0], env, fresh=False)
+        try:
+            return clone.spawn_into(into, path, argv, env, stdin, stdout, stderr, cwd,
+                                    _IGNORED_BY_PYTHON)
+        except (FileNotFoundError, PermissionError):
+            again = self._lookup(argv[0], env, fresh=True)
+            if again == path:
+                raise
+            return clone.spawn_into(into, again, argv, env, stdin, stdout, stderr, cwd,
+                                    _IGNORED_BY_PYTHON)
+
+    def _lookup(self, name: str, env: dict[str, str], fresh: bool) -> str:
+        """`name` in the child's PATH, remembered for PATH_CACHE_FOR seconds."""
+        key = (name, env.get("PATH"))
         now = time.monotonic()
         cached = self._paths.get(key)
-        if cached is not None and now - cached[1] < PATH_CACHE_FOR:
-            try:
-                return _posix_spawn(cached[0], argv, env, stdout, stderr, stdin), None
-            except (FileNotFoundError, PermissionError):
-                pass  # gone or changed since: look again
-        path = _which(argv[0], env)
-        pid = _posix_spawn(path, argv, env, stdout, stderr, stdin)
+        if not fresh and cached is not None and now - cached[1] < PATH_CACHE_FOR:
+            return cached[0]
+        path = _which(name, env)
         if len(self._paths) > 4096:
             self._paths.clear()
         self._paths[key] = (path, now)
-        return pid, None
+        return path
 
     def reap(self) -> tuple[list[Exit], list[tuple[int, int]], bool]:
         """Reap every child that has exited: the exits of instances, the (pid, status) of

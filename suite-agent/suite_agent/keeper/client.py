@@ -85,6 +85,7 @@ class Hello:
     last_seq: int
     terminate_pending: int
     shutting_down: bool
+    into_cgroup: bool = False  # spawns can start inside a cgroup (clone3); older keepers: no
 
 
 @dataclass(frozen=True)
@@ -248,16 +249,21 @@ class KeeperClient:
         r = self.call("hello", brain=brain)
         return Hello(r["version"], r["pid"], r["start_time"], r["started_at"], r["state_dir"],
                      r["subreaper"], r["dropped_clients"], r["last_seq"],
-                     r["terminate_pending"], r["shutting_down"])
+                     r["terminate_pending"], r["shutting_down"],
+                     bool(r.get("into_cgroup", False)))
 
     def spawn(self, instance: str, argv: list[str], *, env: dict[str, str],
               cwd: str | None = None, user: str | int | None = None,
               group: str | int | None = None, stdout: LogSpec | None = None,
               stderr: LogSpec | None = None, buffer_lines: int = 1000,
-              buffer_bytes: int = 1024 * 1024, cgroup: str | None = None) -> Spawned:
+              buffer_bytes: int = 1024 * 1024, cgroup: str | None = None,
+              into: str | None = None) -> Spawned:
         """With `cgroup` (a cgroup v2 directory), the child's stdin is that cgroup's
-        cgroup.procs, open for writing: a shim that writes "0" to it moves the child in."""
+        cgroup.procs, open for writing: a shim that writes "0" to it moves the child in. With
+        `into` (a keeper whose hello says `into_cgroup`), the child starts inside that cgroup."""
         fields = {"cgroup": cgroup} if cgroup is not None else {}
+        if into is not None:
+            fields["into"] = into
         r = self.call("spawn", instance=instance, argv=argv, env=env, cwd=cwd, user=user,
                       group=group, stdout=_log_spec(stdout), stderr=_log_spec(stderr),
                       buffer={"lines": buffer_lines, "bytes": buffer_bytes}, **fields)

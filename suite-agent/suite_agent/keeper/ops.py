@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 
+from . import clone
 from .children import check_instance
 from .diag import say
 from .pipes import STREAMS
@@ -62,7 +63,7 @@ def hello(keeper: Keeper, conn: Connection, request: Request) -> Reply:
             "started_at": keeper.started_at, "state_dir": keeper.state_dir,
             "subreaper": keeper.subreaper, "dropped_clients": keeper.dropped_clients,
             "last_seq": keeper.pipes.seq, "terminate_pending": keeper.terminate_pending,
-            "shutting_down": keeper.shutting_down}
+            "shutting_down": keeper.shutting_down, "into_cgroup": clone.available()}
 
 
 def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
@@ -79,6 +80,11 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     joins = _optional_str(request, "cgroup")
     if joins is not None and not os.path.isabs(joins):
         raise BadRequest(f"cgroup must be an absolute path, not {joins!r}")
+    into = _optional_str(request, "into")
+    if into is not None and (not os.path.isabs(into) or joins is not None or user is not None
+                             or group is not None):
+        raise BadRequest(f"into must be an absolute path, without cgroup, user or group, "
+                         f"not {into!r}")
     if keeper.shutting_down or keeper.stopping:
         raise OSError(errno.ESHUTDOWN, "the keeper is shutting down")
     # The child's stdin is the cgroup's cgroup.procs, opened here: writing "0" to it moves the
@@ -89,7 +95,8 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        child = keeper.children.spawn(instance, argv, cwd, env, user, group, out_w, err_w, procs)
+        child = keeper.children.spawn(instance, argv, cwd, env, user, group, out_w, err_w, procs,
+                                      into)
     except BaseException:
         os.close(out_r)
         os.close(err_r)

@@ -54,7 +54,7 @@ LOST_KILL_WAIT = 2.0  # seconds to wait for what a dead keeper left to go, befor
 
 class KeptProcessFactory(TrackedSpawns):
     def __init__(self, state_dir: str, client: KeeperClient, keeper_pid: int,
-                 output: KeptOutput, cgroups_on: bool = True) -> None:
+                 output: KeptOutput, cgroups_on: bool = True, into_cgroup: bool = False) -> None:
         self.state_dir = state_dir
         self.client = client
         self.keeper_pid = keeper_pid
@@ -63,6 +63,8 @@ class KeptProcessFactory(TrackedSpawns):
         super().__init__(Tracker(cgroups_on, tree_pid=keeper_pid))
         self._shim = self._tracker.uses_cgroups and os.access(SHIM_SHELL, os.X_OK)
         self._shim_as_user = cgroups.kernel_checks_opener()
+        # The keeper starts a child inside its cgroup (no move, no shim) when its kernel can.
+        self._into = into_cgroup and self._tracker.uses_cgroups
         self._names: dict[str, int] = {}  # instance: its current pid
         self._to_ack: list[int] = []
         self._lost: list[tuple[int, int]] = []  # exits made up for what a dead keeper left
@@ -98,7 +100,11 @@ class KeptProcessFactory(TrackedSpawns):
             _check_executable(argv[0], cwd, child_env)
             if cwd is not None and not os.path.isdir(cwd):
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cwd)
-            if self._shim and tracked.cgroup is not None:
+            into = None
+            if (self._into and tracked.cgroup is not None and user is None
+                    and group is None):
+                into = str(tracked.cgroup.path)
+            elif self._shim and tracked.cgroup is not None:
                 command = [SHIM_SHELL, "-c", SHIM, "suite-agent", *argv]
                 shimmed = True
             stdout, stderr = self.output.settings.files(instance)
@@ -109,13 +115,14 @@ class KeptProcessFactory(TrackedSpawns):
                     user=user, group=group, stdout=stdout, stderr=stderr,
                     buffer_lines=max(1, settings.buffer_lines),
                     buffer_bytes=max(1, settings.buffer_bytes),
-                    cgroup=str(tracked.cgroup.path) if shimmed and tracked.cgroup else None))
+                    cgroup=str(tracked.cgroup.path) if shimmed and tracked.cgroup else None,
+                    into=into))
             except KeeperError as exc:
                 raise OSError(exc.errno, exc.message) from None
         except BaseException:
             self._tracker.abandon(tracked)
             raise
-        tight = shimmed and (user is None or self._shim_as_user)
+        tight = into is not None or (shimmed and (user is None or self._shim_as_user))
         self._placed(tracked, got.pid, tight)
         self._named(instance, got.pid)
         return Spawned(got.pid, None, None, tracked.id)
@@ -291,6 +298,7 @@ class KeptProcessFactory(TrackedSpawns):
         self._names.clear()
         self.client, hello = connect_or_start(self.state_dir)
         self.keeper_pid = hello.pid
+        self._into = hello.into_cgroup and self._tracker.uses_cgroups
         self.reconnected = True
         log.info("keeper started again (pid %d)", hello.pid)
         self._nudge()
