@@ -98,6 +98,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(settings: Settings) -> int:
+    from suite_agent.config.store import ConfigStore
     from suite_agent.config.watcher import ConfigWatcher
     from suite_agent.core.supervisor import Supervisor
 
@@ -116,13 +117,15 @@ def cmd_run(settings: Settings) -> int:
     from suite_agent.processes.keeping import keep
 
     become_subreaper()
+    store = ConfigStore(settings.conf_dir)
     try:
-        factory, output, lock = keep(settings.conf_dir, settings.cgroups == "auto")
+        factory, output, lock = keep(settings.conf_dir, settings.cgroups == "auto", store)
     except Locked as exc:
         print(f"suite-agent run: another agent already runs on {settings.conf_dir} ({exc.strerror}, "
               f"{exc.filename})", file=sys.stderr)
         return 1
-    supervisor = Supervisor(settings.conf_dir, factory=factory, pump=output)  # type: ignore[arg-type]
+    supervisor = Supervisor(settings.conf_dir, factory=factory, pump=output,  # type: ignore[arg-type]
+                            store=store)
     watcher = ConfigWatcher(settings.conf_dir, supervisor.request_reload)
     watcher.start()
     try:

@@ -73,6 +73,7 @@ class Supervisor:
         pump: OutputPump | None = None,
         prober: Probes | None = None,
         loader: Loader | None = None,
+        store: ConfigStore | None = None,
     ) -> None:
         self.conf_dir = Path(conf_dir)
         self.base_dir = self.conf_dir.absolute().parent
@@ -82,7 +83,7 @@ class Supervisor:
         self.inbox = Inbox()
         self.bus = EventBus()
         self.probe_bus = EventBus()
-        self.store = ConfigStore(self.conf_dir)
+        self.store = store or ConfigStore(self.conf_dir)
         self.agent = AgentSection()
         self.pump = pump or OutputPump(self._log_dir(self.agent), self.agent.log_max_bytes,
                                        self.agent.log_backups, self.agent.log_buffer_lines,

@@ -22,11 +22,12 @@ def state_dir_of(conf_dir: str | os.PathLike[str], agent: AgentSection) -> Path:
     return Path(conf_dir).absolute().parent / agent.state_dir
 
 
-def keep(conf_dir: str | os.PathLike[str],
-         cgroups_on: bool) -> tuple[KeptProcessFactory, KeptOutput, int]:
+def keep(conf_dir: str | os.PathLike[str], cgroups_on: bool,
+         store: ConfigStore | None = None) -> tuple[KeptProcessFactory, KeptOutput, int]:
     """The factory and output of an agent whose services the keeper holds, and the brain lock's
     fd (held while it is open). Raises keeper.statedir.Locked if another agent runs here."""
-    agent = ConfigStore(conf_dir).load().agent
+    # The supervisor's own store, when given: its first load then parses nothing again.
+    agent = (store or ConfigStore(conf_dir)).load().agent
     state_dir = str(state_dir_of(conf_dir, agent))
     lock = take_brain_lock(state_dir)
     try:
