@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, assert_never
 
+from suite_agent import handover
 from suite_agent.config.models import AgentSection, ServiceSpec
 from suite_agent.config.reloader import ConfigLoader, Reload
 from suite_agent.config.store import ConfigStore, Declared
@@ -147,6 +148,8 @@ class Supervisor:
             self.prober.stop()
             self.foreign.close()
             # Parts stop last, so the API answers and the queue sends events to the end.
+            if self.reexec:
+                handover.pass_on()  # the API's socket stays open: clients wait, none is refused
             self.loader.stop()
             self.integrations.stop()
             self.pump.stop()

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from suite_agent import handover
 from suite_agent.config.reloader import Reload
 from suite_agent.config.store import Declared
 from suite_agent.config.transform import apply_result, as_file
@@ -116,6 +117,8 @@ class IntegrationManager:
     def configure(self, name: str, section: Any) -> threading.Event:
         """The section in force now (None: turned off); the event is set once it is applied."""
         done = threading.Event()
+        if section is None:
+            handover.release(name)  # a socket the previous image passed on, unused now
         with self._lock:
             if self._sections.get(name, None) == section and name not in self._failed:
                 done.set()

@@ -19,6 +19,7 @@ from typing import Any
 from cheroot import errors, server, wsgi
 from cheroot.makefile import MakeFile
 
+from suite_agent import handover
 from suite_agent.parts.api.intake import (
     HEAD_LIMIT,
     REQUEST_TIMEOUT,
@@ -34,6 +35,7 @@ log = logging.getLogger("suite_agent.parts.api")
 
 WsgiApp = Callable[..., Any]
 THREAD_NICENESS = 10
+PART = "api"  # the name its listening socket is handed over by, across a re-exec
 
 
 class _HeaderReader(server.HeaderReader):
@@ -102,6 +104,14 @@ class _Cheroot(wsgi.Server):
         # cheroot writes these to stderr itself; route them through the agent's log instead.
         log.log(level if level >= logging.WARNING else logging.DEBUG, "api server: %s", msg, exc_info=traceback)
 
+    def bind(self, family: int, type: int, proto: int = 0) -> Any:
+        inherited = handover.claim(PART, *self.bind_addr[:2])
+        if inherited is None:
+            return super().bind(family, type, proto)
+        self.socket = inherited
+        self.bind_addr = inherited.getsockname()[:2]
+        return inherited
+
     def prepare(self) -> None:
         super().prepare()
         self.intake = Intake(self._hand_over)  # once bound: a port in use leaves nothing open
@@ -160,6 +170,7 @@ class HttpServer:
                                 timeout=10, shutdown_timeout=2, server_name="suite-agent")
         self._server.keep_alive_conn_limit = 256
         self._thread = threading.Thread(target=self._serve, name="api-server", daemon=True)
+        self._socket: socket.socket | None = None
 
     def start(self) -> None:
         try:
@@ -167,6 +178,8 @@ class HttpServer:
         except OSError as exc:
             raise IntegrationError(_bind_error(self.host, self.port, exc)) from None
         self.port = self._server.bind_addr[1]
+        self._socket = self._server.socket
+        handover.register(PART, self._socket)
         self._thread.start()
 
     def _serve(self) -> None:
@@ -176,6 +189,8 @@ class HttpServer:
             log.exception("api server: stopped on an error")
 
     def stop(self, timeout: float) -> None:
+        if self._socket is not None:
+            handover.unregister(PART, self._socket)
         self._server.shutdown_timeout = max(0.1, min(timeout, 2.0))
         try:
             self._server.stop()
