@@ -68,7 +68,9 @@ def test_a_stuck_client_is_dropped_and_slows_nothing(agent: Agent) -> None:
             assert api.get("/api/health").status == 200
             slowest = max(slowest, time.monotonic() - began)
             rounds += 1
-        assert slowest < 3.0
+        # Blocked behind the stuck socket, a round would last until the server's 10 s send
+        # timeout; on a loaded machine a free round still takes a few seconds.
+        assert slowest < 8.0
         eventually(lambda: len(healthy.events) >= rounds * 50, 20, "every service_started")
         stuck.settimeout(10)
         data = bytearray()
