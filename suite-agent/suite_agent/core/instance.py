@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from suite_agent.config.limits import Limits
 from suite_agent.config.models import ServiceSpec
 from suite_agent.core import backoff
 from suite_agent.core.timers import Clock, Timer, Timers
@@ -27,6 +28,7 @@ GROUP_RECHECK = 0.05  # a stopped leader may leave members whose exit we are not
 KILL_GRACE = 5.0
 
 
+NO_LIMITS = Limits()
 DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL})
 
 
@@ -309,7 +311,8 @@ class Instance:
         spec = self.spec
         try:
             spawned = self.host.factory.spawn(spec.command, self.host.process_cwd(spec),
-                                              self.host.process_env(spec), spec.user, spec.group, self.name)
+                                              self.host.process_env(spec), spec.user, spec.group, self.name,
+                                              limits=spec.limits if spec.limits != NO_LIMITS else None)
         except Exception as exc:  # whatever the OS or a bad spec throws, this service alone fails
             self.started_wall = None
             self._last_run = 0.0

@@ -15,6 +15,7 @@ from .children import check_instance
 from .diag import say
 from .pipes import STREAMS
 from .protocol import VERSION, BadRequest, error_reply
+from .rlimits import check as check_rlimits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     group = _account(request, "group")
     files = {name: _log(request, name) for name in STREAMS}
     max_lines, max_text = _buffer(request)
+    rlimits = check_rlimits(request.get("rlimits"))
     joins = _optional_str(request, "cgroup")
     if joins is not None and not os.path.isabs(joins):
         raise BadRequest(f"cgroup must be an absolute path, not {joins!r}")
@@ -89,7 +91,8 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        child = keeper.children.spawn(instance, argv, cwd, env, user, group, out_w, err_w, procs)
+        child = keeper.children.spawn(instance, argv, cwd, env, user, group, out_w, err_w, procs,
+                                      rlimits)
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -191,7 +194,8 @@ def forget(keeper: Keeper, conn: Connection, request: Request) -> Reply:
 
 
 def reopen(keeper: Keeper, conn: Connection, request: Request) -> Reply:
-    return {"files": keeper.pipes.reopen()}
+    paths = keeper.pipes.reopen()
+    return {"files": len(paths), "paths": paths}
 
 
 def shutdown(keeper: Keeper, conn: Connection, request: Request) -> Reply:
