@@ -24,8 +24,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 
 from .durations import Duration
-from .limits import Limits, RestartOn
 from .endpoints import check_agent_id, check_exchange, check_listen, check_queue_url, check_token, needs_token
+from .limits import Limits, RestartOn
 
 SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 SERVICE_NAME_MAX = 63

@@ -162,13 +162,17 @@ class Instance:
             self._arm_ready()
         self._report_health(kind, message, health_before, ready_before)
         if not ok and kind in ("startup", "liveness"):
-            why = f"{kind} probe failed: {message}"
-            log.warning("%s: %s; restarting", self.name, why)
-            self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
-                                      pid=self.pid, error=why))
-            if self.state is not State.STOPPING:  # else a stop was asked for: it stays stopped
-                self._failed = why
-            self._halt()
+            self.restart_because(f"{kind} probe failed: {message}")
+
+    def restart_because(self, why: str, **data: object) -> None:
+        """Stop the process and restart it as after a failure (counted, with backoff); the
+        service_error event says why (`data` goes with it)."""
+        log.warning("%s: %s; restarting", self.name, why)
+        self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                  pid=self.pid, error=why, **data))
+        if self.state is not State.STOPPING:  # else a stop was asked for: it stays stopped
+            self._failed = why
+        self._halt()
 
     def _report_health(self, probe: str | None, message: str, health_before: str,
                        ready_before: bool) -> None:
