@@ -3,11 +3,23 @@ memory threshold past which it is restarted."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
 
 from .durations import Duration
+from .sizes import PATTERN as SIZE_PATTERN
 from .sizes import Size, parse_size
 
 UNLIMITED = "unlimited"
@@ -37,8 +49,21 @@ def _bytes(value: object) -> object:
     return value if value == UNLIMITED else parse_size(value)
 
 
+class _OrOne:
+    """JSON Schema of an rlimit: the {soft, hard} mapping pydantic describes, or one value for both."""
+
+    def __init__(self, *one: dict[str, Any]) -> None:
+        self.one = one
+
+    def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"anyOf": [*self.one, handler(core)]}
+
+
+_COUNT = ({"type": "integer", "minimum": 0}, {"const": UNLIMITED})
+_BYTES = ({"type": "integer", "minimum": 0}, {"type": "string", "pattern": SIZE_PATTERN}, {"const": UNLIMITED})
+
 RlimitCount = Annotated[Annotated[StrictInt, Field(ge=0)] | Literal["unlimited"], BeforeValidator(_count)]
-RlimitBytes = Annotated[int | Literal["unlimited"], BeforeValidator(_bytes)]
+RlimitBytes = Annotated[int | Literal["unlimited"], BeforeValidator(_bytes), WithJsonSchema({"anyOf": list(_BYTES)})]
 
 
 def _value(limit: int | str) -> float:
@@ -68,11 +93,11 @@ class SizeLimit(_Model):
 
 
 class Limits(_Model):
-    nofile: Annotated[CountLimit | None, BeforeValidator(_pair)] = Field(
+    nofile: Annotated[CountLimit | None, BeforeValidator(_pair), _OrOne(*_COUNT)] = Field(
         None, description="open files (RLIMIT_NOFILE): a number, `unlimited`, or {soft, hard}")
-    nproc: Annotated[CountLimit | None, BeforeValidator(_pair)] = Field(
+    nproc: Annotated[CountLimit | None, BeforeValidator(_pair), _OrOne(*_COUNT)] = Field(
         None, description="processes of the service's user (RLIMIT_NPROC): a number, `unlimited`, or {soft, hard}")
-    core: Annotated[SizeLimit | None, BeforeValidator(_pair)] = Field(
+    core: Annotated[SizeLimit | None, BeforeValidator(_pair), _OrOne(*_BYTES)] = Field(
         None, description="core dump size (RLIMIT_CORE): 0, a size like 1GiB, `unlimited`, or {soft, hard}")
     memory: Size | None = Field(
         None, description="memory.max of the process group's cgroup (v2), when the agent can make one")
