@@ -74,6 +74,15 @@ def test_restart_on_reads_for_and_dumps_it_back() -> None:
     assert RestartOn.model_validate(rule.model_dump()) == rule  # saved state and plugins round-trip
 
 
+def test_a_spec_with_every_new_field_survives_its_saved_form() -> None:
+    # The agent saves specs as JSON (adopt.py) and plugins get them as plain data: both read back.
+    spec = ServiceSpec.model_validate({
+        "command": "x", "env_file": ["a.env"], "restart_on": {"memory_above": "1G", "for": "5s"},
+        "limits": {"nofile": 10, "nproc": {"soft": 1, "hard": "unlimited"}, "core": "unlimited",
+                   "memory": "1G", "cpu": 2}})
+    assert ServiceSpec.model_validate(spec.model_dump(mode="json")) == spec
+
+
 # -- env files through the store ----------------------------------------------------------------
 @pytest.fixture
 def base(tmp_path: Path) -> Path:

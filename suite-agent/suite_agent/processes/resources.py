@@ -68,7 +68,7 @@ class CgroupLimits:
         if not new:
             return
         self._warned |= new
-        log.warning("%s limits are not applied: %s; the rlimits (nofile, nproc, core) are",
+        log.warning("%s limits are not applied: %s; the rlimits (nofile, nproc, core) still apply",
                     " and ".join(sorted(new)), why)
 
 
