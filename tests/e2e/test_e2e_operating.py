@@ -11,6 +11,8 @@ from pathlib import Path
 
 import psutil
 
+from suite_agent.config.endpoints import MASK
+
 from agent import Agent, agent_command
 from api_helpers import SseReader, start_with_api
 from eventually import eventually
@@ -168,3 +170,18 @@ def test_log_files_moved_away_are_reopened_and_no_line_is_lost(agent: Agent, tmp
     lines = numbers(log.with_suffix(".log.1"), log.with_suffix(".log.2"), log)
     assert lines == list(range(len(lines)))  # every line once, in order, across the three files
     assert numbers(log) and numbers(log.with_suffix(".log.2"))
+
+
+def test_api_config_shows_env_file_values_but_masks_secret_names(agent: Agent, tmp_path: Path) -> None:
+    (tmp_path / "app.env").write_text("API_TOKEN=s3cret-3941\nDB_PASSWORD=hunter2\nLOG_LEVEL=info\n")
+    api = start_with_api(agent, """
+        web:
+          command: [sleep, '3941']
+          env_file: app.env
+        """)
+    agent.wait_pids("3941")
+    config = api.get("/api/config")
+    assert config.status == 200 and "s3cret-3941" not in config.text and "hunter2" not in config.text
+    web = config.json["services"]["web"]
+    assert web["env_file"] == ["app.env"]
+    assert web["environment"] == {"API_TOKEN": MASK, "DB_PASSWORD": MASK, "LOG_LEVEL": "info"}
