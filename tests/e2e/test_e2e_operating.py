@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import resource
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from suite_agent.config.endpoints import MASK
 
@@ -107,6 +110,22 @@ def test_rlimits_are_set_before_the_service_runs(agent: Agent, tmp_path: Path) -
     agent.write("more.yaml", "services:\n  again:\n    command: [sleep, '3913']\n    limits: {memory: 1G}\n")
     agent.wait_pids("3913")
     assert len(re.findall(r"limits are not applied", agent.log())) == (1 if warned else 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="user: needs the agent to run as root")
+def test_rlimits_are_set_before_the_switch_to_the_service_user(agent: Agent, tmp_path: Path) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    agent.write("nobody.yaml", "services:\n  as-nobody:\n    command: [sleep, '3914']\n    user: nobody\n"
+                "    limits: {nofile: {soft: 70, hard: 80}, core: unlimited}\n")
+    agent.start()
+    (pid,) = agent.wait_pids("3914")
+    proc = psutil.Process(pid)
+    assert proc.uids().real == pwd.getpwnam("nobody").pw_uid
+    assert proc.gids().real == pwd.getpwnam("nobody").pw_gid
+    limits = limits_of(pid)
+    assert limits["Max open files"] == ("70", "80")
+    # root raised it for the service, which could not have raised it itself
+    assert limits["Max core file size"] == ("unlimited", "unlimited") or hard == resource.RLIM_INFINITY
 
 
 HOG = ("import os, sys, time\n"
