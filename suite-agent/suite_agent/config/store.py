@@ -263,7 +263,6 @@ class ConfigStore:
         rejected.update(conflicts)
         return _declared(self._in_force, rejected, tuple(files), missing_accounts(on_disk))
 
-
     def _with_env(self, read: _Read) -> _Read:
         """`read` with its env files read into its services, again only if one changed."""
         prints = self._env_files.prints(self._env_files.named(read.parsed))
