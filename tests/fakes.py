@@ -8,6 +8,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from suite_agent.config.limits import Limits
 from suite_agent.config.models import HealthSpec
 from suite_agent.config.reloader import Reload
 from suite_agent.processes.factory import Spawned
@@ -39,15 +40,20 @@ class FakeFactory:
     missing: set[str] = field(default_factory=set)  # executables that do not exist
     exits: list[tuple[int, int]] = field(default_factory=list)
     unkillable: set[int] = field(default_factory=set)  # pids stuck in the kernel: even SIGKILL waits
+    limits: dict[int, Limits | None] = field(default_factory=dict)  # pid: the limits it was spawned with
+    envs: dict[int, Mapping[str, str]] = field(default_factory=dict)  # pid: its environment
 
     def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
-              user: str | int | None, group: str | int | None, name: str = "") -> Spawned:
+              user: str | int | None, group: str | int | None, name: str = "",
+              limits: Limits | None = None) -> Spawned:
         if argv[0] in self.missing:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv[0])
         pid = self.next_pid
         self.next_pid += 1
         self.groups[pid] = {pid}
         self.spawned.append((pid, tuple(argv)))
+        self.limits[pid] = limits
+        self.envs[pid] = env
         return Spawned(pid, None, None, pid)  # the tracked set is named by its leader here
 
     def signal_group(self, tracked: int, signum: int) -> None:

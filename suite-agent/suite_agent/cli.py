@@ -126,7 +126,8 @@ def cmd_run(settings: Settings) -> int:
         return 1
     supervisor = Supervisor(settings.conf_dir, factory=factory, pump=output,  # type: ignore[arg-type]
                             store=store)
-    watcher = ConfigWatcher(settings.conf_dir, supervisor.request_reload)
+    watcher = ConfigWatcher(settings.conf_dir, supervisor.request_reload,
+                            env_paths=lambda: supervisor.store.env_paths)
     watcher.start()
     try:
         code = supervisor.run()

@@ -25,6 +25,7 @@ from pydantic.json_schema import JsonSchemaValue
 
 from .durations import Duration
 from .endpoints import check_agent_id, check_exchange, check_listen, check_queue_url, check_token, needs_token
+from .limits import Limits, RestartOn
 
 SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 SERVICE_NAME_MAX = 63
@@ -103,6 +104,26 @@ class _OrListOfNames:
     def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         names = {"type": "string", "pattern": SERVICE_NAME_PATTERN, "maxLength": SERVICE_NAME_MAX}
         return {"anyOf": [handler(core), {"type": "array", "items": names}]}
+
+
+def _one_or_list(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+EnvFiles = Annotated[
+    tuple[Annotated[str, StringConstraints(min_length=1), AfterValidator(_no_nul)], ...],
+    BeforeValidator(_one_or_list),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}},
+            ],
+            "description": "dotenv files (a path or a list), relative to the conf.d folder's parent; "
+                           "later files override earlier ones and `environment` overrides both",
+        }
+    ),
+]
 
 
 Command = Annotated[
@@ -202,6 +223,7 @@ class ServiceSpec(Model):
     command: Command
     directory: Text | None = None
     environment: Environment = Field(default_factory=dict)
+    env_file: EnvFiles = ()
     user: Text | StrictInt | None = Field(None, description="run as this user (the agent must run as root)")
     group: Text | StrictInt | None = Field(None, description="run with this group (the agent must run as root)")
     autostart: bool = True
@@ -216,6 +238,9 @@ class ServiceSpec(Model):
     start_limit: StartLimitSpec = StartLimitSpec()
     health: HealthSpec = HealthSpec()
     ready_after: Duration = Field(0.0, description="with no readiness probe: ready after running this long")
+    limits: Limits = Limits()
+    restart_on: RestartOn | None = Field(None, description="restart a replica whose process group stays above "
+                                         "memory_above (RSS) for `for`")
 
     @field_validator("command")
     @classmethod

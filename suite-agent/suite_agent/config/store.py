@@ -22,6 +22,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 
 from .accounts import missing_accounts
+from .envfiles import EnvFiles, Prints
 from .files import Unreadable, read_bytes
 from .merge import Lines, Problem, Version, merge
 from .models import (
@@ -193,7 +194,9 @@ def _lines(root: CommentedMap) -> Lines:
 @dataclass(frozen=True)
 class _Read:
     fingerprint: Fingerprint | None
-    result: Version | list[Problem]
+    parsed: Version | list[Problem]  # the YAML file alone
+    env: Prints = ()  # the env files it names, as they were when `result` was made
+    result: Version | list[Problem] | None = None  # with its env files read
 
 
 def _fingerprint(path: Path) -> Fingerprint | None:
@@ -211,6 +214,10 @@ class ConfigStore:
         self.conf_dir = conf_dir
         self._read: dict[str, _Read] = {}
         self._in_force: dict[str, Version] = {}
+        self._env_files = EnvFiles(Path(conf_dir).absolute().parent)
+        # The env files the conf.d files name (absolute paths): replaced, never changed, after
+        # each load, so the watcher's thread may read it at any time.
+        self.env_paths: frozenset[str] = frozenset()
 
     def load(self) -> Declared:
         """(Re)reads conf.d; only files whose (mtime_ns, size, inode) changed are parsed again."""
@@ -236,8 +243,11 @@ class ConfigStore:
             fingerprint = _fingerprint(path)  # before reading: a write in between is seen next time
             known = self._read.get(file)
             if known is None or fingerprint is None or known.fingerprint != fingerprint:
-                self._read[file] = _Read(fingerprint, read_file(path, file))
+                known = _Read(fingerprint, read_file(path, file))
+            self._read[file] = self._with_env(known)
         self._read = {file: self._read[file] for file in files}
+        self.env_paths = frozenset(path for read in self._read.values() for path, _ in read.env)
+        self._env_files.forget_others(self.env_paths)
 
         on_disk = {file: read.result for file, read in self._read.items() if isinstance(read.result, Version)}
         in_force: dict[str, Version] = {}
@@ -252,6 +262,16 @@ class ConfigStore:
         rejected = {file: read.result for file, read in self._read.items() if isinstance(read.result, list)}
         rejected.update(conflicts)
         return _declared(self._in_force, rejected, tuple(files), missing_accounts(on_disk))
+
+    def _with_env(self, read: _Read) -> _Read:
+        """`read` with its env files read into its services, again only if one changed."""
+        prints = self._env_files.prints(self._env_files.named(read.parsed))
+        if read.result is not None and prints == read.env:
+            return read
+        result = read.parsed
+        if isinstance(result, Version) and prints:
+            result = self._env_files.apply(result)
+        return _Read(read.fingerprint, read.parsed, prints, result)
 
 
 def _declared(

@@ -9,6 +9,12 @@ A Kubernetes ConfigMap volume holds `x.yaml -> ..data/x.yaml` and `..data -> ..T
 update writes a new `..TIMESTAMP2/` and renames a new `..data` link into place, so the only change
 seen in the folder is to `..data`. It is hidden, so never read as configuration, but it triggers
 a reload like a changed file.
+
+Env files (`env_file`) may live anywhere: the folders holding them are watched too (not the
+files, whose inode an editor's or Ansible's rename replaces), for changes to those names only.
+When the loader finds another set of env files, the watch is armed again over the new folders,
+with a catch-up reload as at the start. A folder that does not exist yet is looked for once a
+second.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +38,7 @@ DEBOUNCE_MS = 150
 STEP_MS = 50
 
 ATOMIC_LINK = "..data"  # the link Kubernetes' AtomicWriter swaps (ConfigMap, Secret, downward API)
+MISSING_RECHECK = 1.0  # seconds between looks for an env file's folder that does not exist
 
 
 def triggers_reload(path: str) -> bool:
@@ -38,10 +46,35 @@ def triggers_reload(path: str) -> bool:
     return is_config_file(path) or os.path.basename(path) == ATOMIC_LINK
 
 
+class _Scope:
+    """What one armed watch covers: conf.d, and the folders of a set of env files."""
+
+    def __init__(self, conf_dir: Path, env_paths: frozenset[str]) -> None:
+        self.conf_dir = os.path.abspath(conf_dir)
+        self.env_paths = env_paths
+        folders = {os.path.dirname(p) for p in env_paths} - {self.conf_dir}
+        self.folders = sorted(f for f in folders if os.path.isdir(f))
+        self.missing = sorted(folders - set(self.folders))
+
+    def triggers(self, path: str) -> bool:
+        path = os.path.abspath(path)
+        if path in self.env_paths:
+            return True
+        folder = os.path.dirname(path)
+        if folder == self.conf_dir:
+            return triggers_reload(path)
+        return folder in self.folders and os.path.basename(path) == ATOMIC_LINK
+
+    def appeared(self) -> bool:
+        return any(os.path.isdir(f) for f in self.missing)
+
+
 class ConfigWatcher:
-    def __init__(self, conf_dir: str | os.PathLike[str], request: Callable[[Reload], None]) -> None:
+    def __init__(self, conf_dir: str | os.PathLike[str], request: Callable[[Reload], None],
+                 env_paths: Callable[[], frozenset[str]] = frozenset) -> None:
         self.conf_dir = Path(conf_dir)
         self.request = request  # the loader's: reloads never go through the owner
+        self.env_paths = env_paths  # the env files the last load found named (any thread)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
 
@@ -66,7 +99,10 @@ class ConfigWatcher:
         # It logs each batch of changes at INFO; the reload that follows says more, once.
         logging.getLogger("watchfiles").setLevel(logging.WARNING)
         armed = False
-        for changes in watch(self.conf_dir, watch_filter=lambda _change, path: triggers_reload(path),
+        scope = _Scope(self.conf_dir, self.env_paths())
+        looked = time.monotonic()
+        for changes in watch(self.conf_dir, *scope.folders,
+                             watch_filter=lambda _change, path: scope.triggers(path),
                              debounce=DEBOUNCE_MS, step=STEP_MS, rust_timeout=STEP_MS, yield_on_timeout=True,
                              stop_event=self._stop, raise_interrupt=False, recursive=False):
             if not armed:
@@ -74,3 +110,9 @@ class ConfigWatcher:
                 self.request(Reload(source="watch"))
             if changes:
                 self.request(Reload(source="file"))
+            if self.env_paths() != scope.env_paths:
+                return  # armed again over the new folders
+            if scope.missing and time.monotonic() - looked >= MISSING_RECHECK:
+                looked = time.monotonic()
+                if scope.appeared():
+                    return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -66,7 +66,15 @@ class Loaded:
     problem: str | None = None  # plugins could not transform it; the files' version is used
 
 
-Message = Control | Shutdown | Call | ProbeChanged | Loaded
+@dataclass(frozen=True)
+class Measured:
+    """Resident memory (bytes) of the process groups of the services with restart_on, by
+    group (its leader's pid); a group that is gone is absent."""
+
+    rss: Mapping[int, int]
+
+
+Message = Control | Shutdown | Call | ProbeChanged | Loaded | Measured
 
 
 class Inbox:

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from suite_agent.config.limits import Limits
 from suite_agent.config.models import ServiceSpec
 from suite_agent.core import backoff
 from suite_agent.core.timers import Clock, Timer, Timers
@@ -27,6 +28,7 @@ GROUP_RECHECK = 0.05  # a stopped leader may leave members whose exit we are not
 KILL_GRACE = 5.0
 
 
+NO_LIMITS = Limits()
 DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL})
 
 
@@ -160,13 +162,17 @@ class Instance:
             self._arm_ready()
         self._report_health(kind, message, health_before, ready_before)
         if not ok and kind in ("startup", "liveness"):
-            why = f"{kind} probe failed: {message}"
-            log.warning("%s: %s; restarting", self.name, why)
-            self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
-                                      pid=self.pid, error=why))
-            if self.state is not State.STOPPING:  # else a stop was asked for: it stays stopped
-                self._failed = why
-            self._halt()
+            self.restart_because(f"{kind} probe failed: {message}")
+
+    def restart_because(self, why: str, **data: object) -> None:
+        """Stop the process and restart it as after a failure (counted, with backoff); the
+        service_error event says why (`data` goes with it)."""
+        log.warning("%s: %s; restarting", self.name, why)
+        self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                  pid=self.pid, error=why, **data))
+        if self.state is not State.STOPPING:  # else a stop was asked for: it stays stopped
+            self._failed = why
+        self._halt()
 
     def _report_health(self, probe: str | None, message: str, health_before: str,
                        ready_before: bool) -> None:
@@ -309,7 +315,8 @@ class Instance:
         spec = self.spec
         try:
             spawned = self.host.factory.spawn(spec.command, self.host.process_cwd(spec),
-                                              self.host.process_env(spec), spec.user, spec.group, self.name)
+                                              self.host.process_env(spec), spec.user, spec.group, self.name,
+                                              limits=spec.limits if spec.limits != NO_LIMITS else None)
         except Exception as exc:  # whatever the OS or a bad spec throws, this service alone fails
             self.started_wall = None
             self._last_run = 0.0

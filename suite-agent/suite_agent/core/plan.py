@@ -1,7 +1,7 @@
 """Reconcile as a pure diff: plan(declared, actual) -> actions. No I/O, no processes.
 
-A change to a field that shapes the process (command, directory, environment, user, group)
-restarts it; a change of `replicas` alone scales; any other change (restart policy, stop
+A change to a field that shapes the process (command, directory, environment and env files,
+user, group, limits) restarts it; a change of `replicas` alone scales; any other change (restart policy, stop
 timeout, probes, ...) is applied in place without touching the running process.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from suite_agent.config.models import ServiceSpec
 
-PROCESS_FIELDS = ("command", "directory", "environment", "user", "group")
+PROCESS_FIELDS = ("command", "directory", "environment", "env_file", "user", "group", "limits")
 
 
 @dataclass(frozen=True)

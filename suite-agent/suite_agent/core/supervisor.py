@@ -27,7 +27,8 @@ from suite_agent.config.store import ConfigStore, Declared
 from suite_agent.core.adopt import continuity_for
 from suite_agent.core.dependencies import Dependencies
 from suite_agent.core.host import Host, Probes
-from suite_agent.core.inbox import Call, Control, Inbox, Loaded, Message, ProbeChanged, Shutdown
+from suite_agent.core.inbox import Call, Control, Inbox, Loaded, Measured, Message, ProbeChanged, Shutdown
+from suite_agent.core.memory import MemoryWatch
 from suite_agent.core.plan import Add, Remove, Replace, Scale, Update, plan
 from suite_agent.core.results import Refused, ReloadSummary, ShuttingDown
 from suite_agent.core.service import Service
@@ -40,8 +41,14 @@ from suite_agent.health.scheduler import Prober
 from suite_agent.output.pump import OutputPump
 from suite_agent.parts.lifecycle import AgentHandle, IntegrationManager
 from suite_agent.processes.factory import ForeignChildren, PosixProcessFactory, ProcessFactory
+from suite_agent.processes.usage import RssSampler
+from suite_agent.states import State
 
 log = logging.getLogger("suite_agent")
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def release_memory() -> None:
@@ -51,7 +58,15 @@ def release_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Sampler(Protocol):
+    """The thread that measures memory for restart_on (processes/usage.py, or a fake in tests)."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 2.0) -> None: ...
 
 
 class Loader(Protocol):
@@ -75,6 +90,7 @@ class Supervisor:
         prober: Probes | None = None,
         loader: Loader | None = None,
         store: ConfigStore | None = None,
+        sampler: Sampler | None = None,
     ) -> None:
         self.conf_dir = Path(conf_dir)
         self.base_dir = self.conf_dir.absolute().parent
@@ -102,6 +118,8 @@ class Supervisor:
         self.host = Host(self.clock, self.timers, self.factory, self.bus, self.pump, self.prober,
                          self.dependencies, self.base_dir)
         self.waiters = Waiters(self.services, self.timers, self.clock)
+        self.sampler: Sampler = sampler or RssSampler(self.inbox, lambda: self.snapshot)
+        self.memory = MemoryWatch()
         self._shutting_down = False
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
         self.reexec = False  # SIGUSR2: leave the services to the keeper and re-execute
@@ -146,6 +164,7 @@ class Supervisor:
             # Nothing is reaped from here on: probes stop first, and their children are given up
             # on, so no probe waits for an exit that would never be reported.
             self.prober.stop()
+            self.sampler.stop()
             self.foreign.close()
             # Parts stop last, so the API answers and the queue sends events to the end.
             if self.reexec:
@@ -219,12 +238,23 @@ class Supervisor:
             self.handle_sigchld()
         if signal.SIGHUP in received:
             self.loader.request(Reload(source="signal"))
+        if signal.SIGUSR1 in received:
+            self._contained(self.reopen_logs)
         if signal.SIGUSR2 in received and not self._shutting_down:
             self.reexec = self.continuity is not None
             if not self.reexec:
                 log.warning("SIGUSR2: only an agent whose services the keeper holds re-executes")
         if signal.SIGTERM in received or signal.SIGINT in received:
             self.handle_shutdown(Shutdown(reason="signal"))
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen every log file, for a logrotate that moved them away."""
+        try:
+            paths = self.pump.reopen()
+        except OSError as exc:
+            log.error("SIGUSR1: %s", exc)
+            return
+        log.info("SIGUSR1: reopened %d log file(s)", len(paths))
 
     def _on_inbox(self) -> None:
         for message in self.inbox.drain():
@@ -243,6 +273,8 @@ class Supervisor:
                     self.handle_shutdown(message)
                 case Call():
                     self.handle_call(message)
+                case Measured():
+                    self.handle_measured(message)
                 case _:
                     assert_never(message)
         except Exception as exc:  # one bad message must not take the owner down
@@ -296,6 +328,22 @@ class Supervisor:
         inst = svc.instances[msg.index]
         if inst.pid == msg.pid:  # else: a verdict on a process that is already gone
             inst.on_probe(msg.kind, msg.ok, msg.message)
+
+    def handle_measured(self, msg: Measured) -> None:
+        """Restart each replica whose process group stayed above restart_on.memory_above."""
+        watched = {inst.pid: inst.spec.restart_on for svc in self.services.values() if not svc.removing
+                   for inst in svc.instances
+                   if inst.pid is not None and inst.spec.restart_on is not None
+                   and inst.state in (State.RUNNING, State.STARTING)}
+        for pid in self.memory.due(self.clock.monotonic(), watched, msg.rss):
+            inst = self.host.by_pid.get(pid)
+            rule = watched[pid]
+            if inst is None or rule is None:
+                continue
+            inst.restart_because(
+                f"memory (RSS) {_mib(msg.rss[pid])} above restart_on.memory_above {_mib(rule.memory_above)} "
+                f"for {rule.for_:g}s", reason="memory_above", rss_bytes=msg.rss[pid],
+                memory_above=rule.memory_above)
 
     def handle_call(self, msg: Call) -> None:
         msg.reply.set_result(msg.fn(self))
@@ -358,6 +406,8 @@ class Supervisor:
                                   self.agent.log_buffer_bytes)
         for section in ("api", "queue", "plugins"):
             self.integrations.configure(section, getattr(declared, section))
+        if any(spec.restart_on is not None for spec in declared.services.values()):
+            self.sampler.start()
         actual = {n: s.spec for n, s in self.services.items() if not s.removing}
         added: list[str] = []
         changed: list[str] = []

@@ -18,11 +18,15 @@ import signal
 import time
 
 from . import clone, procfs
+from .rlimits import setter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Callable
     from typing import Any
+
+    from .rlimits import Limits
 
 __all__ = ["Child", "Children", "Exit", "check_instance", "decode_status"]
 
@@ -106,17 +110,19 @@ class Children:
 
     def spawn(self, instance: str, argv: list[str], cwd: str | None, env: dict[str, str],
               user: str | int | None, group: str | int | None, stdout: int, stderr: int,
-              stdin: int | None = None, into: str | None = None) -> Child:
+              stdin: int | None = None, rlimits: Limits | None = None,
+              into: str | None = None) -> Child:
         """Start `argv` in a process group of its own, stdin on /dev/null (or `stdin`), stdout
-        and stderr on the given pipe write ends; with `into`, inside that cgroup v2 directory.
-        Raises OSError (ENOENT, EACCES, EPERM...) or ValueError."""
+        and stderr on the given pipe write ends, with `rlimits` set; with `into`, inside that
+        cgroup v2 directory. Raises OSError (ENOENT, EACCES, EPERM...) or ValueError."""
         current = self.by_instance.get(instance)
         if current is not None and current.alive:
             raise OSError(errno.EEXIST, f"{instance} is running as pid {current.pid}")
         if into is not None:
-            pid, popen = self._spawn_into(into, argv, cwd, env, stdout, stderr, stdin), None
+            pid, popen = self._spawn_into(into, argv, cwd, env, stdout, stderr, stdin,
+                                          rlimits), None
         else:
-            pid, popen = self._spawn(argv, cwd, env, user, group, stdout, stderr, stdin)
+            pid, popen = self._spawn(argv, cwd, env, user, group, stdout, stderr, stdin, rlimits)
         # The child cannot be reaped before this reads it: only this process reaps, and later.
         found = procfs.stat(pid)
         child = Child(instance, pid, found.start_time if found else 0, self._sid, argv, popen)
@@ -126,11 +132,12 @@ class Children:
 
     def _spawn(self, argv: list[str], cwd: str | None, env: dict[str, str],
                user: str | int | None, group: str | int | None, stdout: int, stderr: int,
-               stdin: int | None = None) -> tuple[int, subprocess.Popen[bytes] | None]:
+               stdin: int | None = None, rlimits: Limits | None = None
+               ) -> tuple[int, subprocess.Popen[bytes] | None]:
         if cwd is not None and os.path.normpath(cwd) == self._cwd:
             cwd = None  # where posix_spawn starts it anyway
-        if cwd is not None or user is not None or group is not None:
-            return _popen(argv, cwd, env, user, group, stdout, stderr, stdin)
+        if cwd is not None or user is not None or group is not None or rlimits:
+            return _popen(argv, cwd, env, user, group, stdout, stderr, stdin, rlimits)
         path = self._lookup(argv[0], env, fresh=False)
         try:
             return _posix_spawn(path, argv, env, stdout, stderr, stdin), None
@@ -141,21 +148,23 @@ class Children:
             return _posix_spawn(again, argv, env, stdout, stderr, stdin), None
 
     def _spawn_into(self, into: str, argv: list[str], cwd: str | None, env: dict[str, str],
-                    stdout: int, stderr: int, stdin: int | None) -> int:
+                    stdout: int, stderr: int, stdin: int | None,
+                    rlimits: Limits | None = None) -> int:
         if not clone.available():
             raise OSError(errno.ENOSYS, "this kernel cannot start a process inside a cgroup")
         if cwd is not None and os.path.normpath(cwd) == self._cwd:
             cwd = None
+        prepare = setter(rlimits) if rlimits else None
         path = self._lookup(argv[0], env, fresh=False)
         try:
             return clone.spawn_into(into, path, argv, env, stdin, stdout, stderr, cwd,
-                                    _IGNORED_BY_PYTHON)
+                                    _IGNORED_BY_PYTHON, prepare)
         except (FileNotFoundError, PermissionError):
             again = self._lookup(argv[0], env, fresh=True)
             if again == path:
                 raise
             return clone.spawn_into(into, again, argv, env, stdin, stdout, stderr, cwd,
-                                    _IGNORED_BY_PYTHON)
+                                    _IGNORED_BY_PYTHON, prepare)
 
     def _lookup(self, name: str, env: dict[str, str], fresh: bool) -> str:
         """`name` in the child's PATH, remembered for PATH_CACHE_FOR seconds."""
@@ -263,20 +272,59 @@ def _posix_spawn(path: str, argv: list[str], env: dict[str, str], stdout: int, s
 
 
 def _popen(argv: list[str], cwd: str | None, env: dict[str, str], user: str | int | None,
-           group: str | int | None, stdout: int, stderr: int, stdin: int | None = None
-           ) -> tuple[int, subprocess.Popen[bytes]]:
-    # posix_spawn cannot change directory or user: subprocess can, and is imported only then.
+           group: str | int | None, stdout: int, stderr: int, stdin: int | None = None,
+           rlimits: Limits | None = None) -> tuple[int, subprocess.Popen[bytes]]:
+    # posix_spawn cannot change directory, user or limits: subprocess can, and is imported only
+    # then. The keeper has a single thread, so code may run between its fork and exec.
     import subprocess
 
     if (user is not None or group is not None) and os.geteuid() != 0:
         raise PermissionError(errno.EPERM, "user and group need the keeper to run as root")
     _check_account(user, group)
     uid, gid, extra = _login_groups(user, group)
+    preexec = None
+    if rlimits:
+        # The limits first, as root: subprocess would switch user before its preexec_fn runs.
+        preexec = setter(rlimits, _switcher(uid, gid, extra))
+        uid = gid = extra = None
     popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
                              stdout=stdout, stderr=stderr,
                              cwd=cwd, env=env, close_fds=True, process_group=0, user=uid,
-                             group=gid, extra_groups=extra, restore_signals=True)
+                             group=gid, extra_groups=extra, restore_signals=True,
+                             preexec_fn=preexec)
     return popen.pid, popen
+
+
+def _switcher(uid: str | int | None, gid: str | int | None, extra: list[int] | None
+              ) -> Callable[[], None] | None:
+    """The user switch subprocess does (groups, then gid, then uid), to run after the limits."""
+    if uid is None and gid is None and extra is None:
+        return None
+    # Names are looked up here, before the fork.
+    user_id = uid if uid is None or isinstance(uid, int) else _uid(uid)
+    group_id = gid if gid is None or isinstance(gid, int) else _gid(gid)
+
+    def switch() -> None:
+        if extra is not None:
+            os.setgroups(extra)
+        if group_id is not None:
+            os.setregid(group_id, group_id)
+        if user_id is not None:
+            os.setreuid(user_id, user_id)
+
+    return switch
+
+
+def _uid(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid(name: str) -> int:
+    import grp
+
+    return grp.getgrnam(name).gr_gid
 
 
 def _which(name: str, env: dict[str, str]) -> str:

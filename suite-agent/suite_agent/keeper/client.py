@@ -257,13 +257,17 @@ class KeeperClient:
               group: str | int | None = None, stdout: LogSpec | None = None,
               stderr: LogSpec | None = None, buffer_lines: int = 1000,
               buffer_bytes: int = 1024 * 1024, cgroup: str | None = None,
-              into: str | None = None) -> Spawned:
+              into: str | None = None,
+              rlimits: dict[str, list[int | str]] | None = None) -> Spawned:
         """With `cgroup` (a cgroup v2 directory), the child's stdin is that cgroup's
         cgroup.procs, open for writing: a shim that writes "0" to it moves the child in. With
-        `into` (a keeper whose hello says `into_cgroup`), the child starts inside that cgroup."""
-        fields = {"cgroup": cgroup} if cgroup is not None else {}
+        `into` (a keeper whose hello says `into_cgroup`), the child starts inside that cgroup.
+        `rlimits`: {"nofile": [soft, hard], ...}, each a number or "unlimited"."""
+        fields: dict[str, Any] = {"cgroup": cgroup} if cgroup is not None else {}
         if into is not None:
             fields["into"] = into
+        if rlimits:
+            fields["rlimits"] = rlimits
         r = self.call("spawn", instance=instance, argv=argv, env=env, cwd=cwd, user=user,
                       group=group, stdout=_log_spec(stdout), stderr=_log_spec(stderr),
                       buffer={"lines": buffer_lines, "bytes": buffer_bytes}, **fields)
@@ -309,6 +313,11 @@ class KeeperClient:
     def reopen(self) -> int:
         """Reopen every log file (after logrotate moved them); returns how many were open."""
         return int(self.call("reopen")["files"])
+
+    def reopen_paths(self) -> list[str]:
+        """Reopen every log file; the paths of those that were open (a keeper older than
+        `paths` in the reply gives none)."""
+        return [str(p) for p in self.call("reopen").get("paths", [])]
 
     def shutdown(self) -> int:
         """Ask the keeper to exit once no child is left; returns how many still run."""

@@ -18,6 +18,10 @@ import errno
 import os
 import signal
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = ["available", "spawn_into"]
 
 _SYS_CLONE3 = {"x86_64": 435, "aarch64": 435, "riscv64": 435, "ppc64le": 435, "s390x": 435}
@@ -82,10 +86,12 @@ def available() -> bool:
 
 
 def spawn_into(cgroup: str, path: str, argv: list[str], env: dict[str, str], stdin: int | None,
-               stdout: int, stderr: int, cwd: str | None, reset: tuple[int, ...]) -> int:
+               stdout: int, stderr: int, cwd: str | None, reset: tuple[int, ...],
+               prepare: Callable[[], None] | None = None) -> int:
     """Start `path` with `argv` and `env` inside the cgroup directory `cgroup`, in a process
     group of its own, stdin on /dev/null (or `stdin`), stdout and stderr on the given fds, the
-    signals `reset` at their default. Returns its pid; raises OSError as exec would."""
+    signals `reset` at their default, after `prepare` ran in the child (resource limits).
+    Returns its pid; raises OSError as exec would."""
     group = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if stdin is None else None
     source = stdin if null is None else null
@@ -95,7 +101,8 @@ def spawn_into(cgroup: str, path: str, argv: list[str], env: dict[str, str], std
     try:
         pid = _clone3(group)
         if pid == 0:
-            _child(path, argv, env, source, stdout, stderr, cwd, reset, blocked, report_w)
+            _child(path, argv, env, source, stdout, stderr, cwd, reset, blocked, report_w,
+                   prepare)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(group)
@@ -116,7 +123,7 @@ def spawn_into(cgroup: str, path: str, argv: list[str], env: dict[str, str], std
 
 def _child(path: str, argv: list[str], env: dict[str, str], stdin: int, stdout: int,
            stderr: int, cwd: str | None, reset: tuple[int, ...], mask: set[int | signal.Signals],
-           report: int) -> None:
+           report: int, prepare: Callable[[], None] | None) -> None:
     # In the copy: never return into the keeper's code, whatever happens.
     name = path
     try:
@@ -130,6 +137,8 @@ def _child(path: str, argv: list[str], env: dict[str, str], stdin: int, stdout: 
             name = path
         for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
             os.dup2(fd, target)  # dup2 leaves 0, 1 and 2 open across the exec
+        if prepare is not None:
+            prepare()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.execve(path, argv, env)
     except OSError as exc:

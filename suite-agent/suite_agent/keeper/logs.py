@@ -83,6 +83,10 @@ class LogFile:
         except OSError as exc:
             self._failed("cannot write", exc)
 
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
+
     def close(self) -> None:
         """Close the file; the next write opens the path again (which is what `reopen` is)."""
         if self._fd >= 0:

@@ -16,6 +16,7 @@ from .children import check_instance
 from .diag import say
 from .pipes import STREAMS
 from .protocol import VERSION, BadRequest, error_reply
+from .rlimits import check as check_rlimits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     group = _account(request, "group")
     files = {name: _log(request, name) for name in STREAMS}
     max_lines, max_text = _buffer(request)
+    rlimits = check_rlimits(request.get("rlimits"))
     joins = _optional_str(request, "cgroup")
     if joins is not None and not os.path.isabs(joins):
         raise BadRequest(f"cgroup must be an absolute path, not {joins!r}")
@@ -96,7 +98,7 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         child = keeper.children.spawn(instance, argv, cwd, env, user, group, out_w, err_w, procs,
-                                      into)
+                                      rlimits, into)
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -198,7 +200,8 @@ def forget(keeper: Keeper, conn: Connection, request: Request) -> Reply:
 
 
 def reopen(keeper: Keeper, conn: Connection, request: Request) -> Reply:
-    return {"files": keeper.pipes.reopen()}
+    paths = keeper.pipes.reopen()
+    return {"files": len(paths), "paths": paths}
 
 
 def shutdown(keeper: Keeper, conn: Connection, request: Request) -> Reply:

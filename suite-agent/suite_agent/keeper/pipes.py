@@ -137,15 +137,16 @@ class Pipes:
             if stream is not None and stream.pipes == 0 and stream.file is not None:
                 stream.file.close()
 
-    def reopen(self) -> int:
+    def reopen(self) -> list[str]:
         """Close every log file, so the next byte opens its path again (after logrotate moved
-        it); returns how many files were open."""
-        count = 0
+        it); returns the paths of those that were open."""
+        paths = []
         for stream in self.streams.values():
             if stream.file is not None:
+                if stream.file.is_open:
+                    paths.append(stream.file.path)
                 stream.file.close()
-                count += 1
-        return count
+        return sorted(paths)
 
     def close_files(self) -> None:
         for pipe in list(self.by_fd.values()):

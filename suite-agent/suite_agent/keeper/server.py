@@ -227,7 +227,7 @@ class Keeper:
     def _on_signals(self) -> None:
         received, self._signals = self._signals, set()
         if signal.SIGHUP in received:
-            say(f"SIGHUP: reopened {self.pipes.reopen()} log files")
+            say(f"SIGHUP: reopened {len(self.pipes.reopen())} log files")
         for signum in (signal.SIGTERM, signal.SIGINT):
             if signum in received:
                 self._on_terminate(signum)

@@ -124,6 +124,24 @@ class KeptOutput:
             return 0
         return found.lines[-1].seq
 
+    def reopen(self) -> list[str]:
+        """Have the keeper reopen every log file (after logrotate moved them away): the paths
+        of those that were open. Raises OSError when the keeper cannot be asked."""
+        for attempt in (1, 2):  # a connection of a keeper since restarted is opened again
+            client: KeeperClient | None = getattr(self._local, "client", None)
+            try:
+                if client is None:
+                    client, _ = KeeperClient.connect(self.state_dir, brain=False)
+                    self._local.client = client
+                return client.reopen_paths()
+            except (OSError, KeeperError) as exc:
+                if client is not None:
+                    client.close()
+                self._local.client = None
+                if attempt == 2:
+                    raise OSError(f"cannot ask the keeper to reopen the log files: {exc}") from None
+        return []
+
     # -- internals --------------------------------------------------------------------------
     def _of(self, service: str) -> list[str]:
         return sorted(i for i in self.instances if belongs(i, service))

@@ -97,6 +97,11 @@ class LogFile:
         except OSError as exc:
             self._failed("cannot write", exc)
 
+    @property
+    def open_path(self) -> Path | None:
+        """The path of the file while it is open."""
+        return self._path if self._fd >= 0 else None
+
     def close(self) -> None:
         if self._fd >= 0:
             with suppress(OSError):

@@ -101,6 +101,7 @@ class OutputPump:
         self._stopping = False
         self._drain_for = 1.0  # seconds stop() lets the thread read what is left
         self._refusing = False  # the attach queue is closed: attach() closes what it gets
+        self._reopen = threading.Event()  # close every file; the next byte opens its path again
         self._closed = False  # every fd is closed: the thread has finished, or never started
         # Owned by the pump thread only.
         self._selector = selectors.DefaultSelector()
@@ -202,6 +203,14 @@ class OutputPump:
     def log_dir(self) -> Path:
         return self._settings.files.log_dir
 
+    def reopen(self) -> list[str]:
+        """Reopen every log file (after logrotate moved them away), on the pump's thread: the
+        paths of those open now."""
+        paths = sorted(str(p) for f in list(self._files.values()) if (p := f.open_path) is not None)
+        self._reopen.set()
+        self._wake()
+        return paths
+
     # ------------------------------------------------------------------ any thread
 
     def _wake(self) -> None:
@@ -231,6 +240,10 @@ class OutputPump:
     def _turn(self, timeout: float | None = None) -> int:
         """One select and the reads it allows; returns how many pipes were readable."""
         self._take_attachments()
+        if self._reopen.is_set():
+            self._reopen.clear()
+            for file in self._files.values():
+                file.close()
         events = self._selector.select(timeout)
         batches: list[tuple[_Source, Batch]] = []
         readable = 0

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
+from suite_agent.config.limits import Limits
 from suite_agent.processes.cgroups import kernel_checks_opener
 from suite_agent.processes.tracking import MARKER, TrackedSpawns, Tracker
 
@@ -54,6 +55,7 @@ class ProcessFactory(Protocol):
         user: str | int | None,
         group: str | int | None,
         name: str,
+        limits: Limits | None = None,
     ) -> Spawned: ...
 
     def signal_group(self, tracked: int, signum: int) -> None: ...
@@ -73,6 +75,24 @@ def become_subreaper() -> bool:
         return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
+
+
+def rlimits_request(limits: Limits) -> dict[str, list[int | str]]:
+    """The setrlimit ones of `limits` as a keeper spawn request carries them."""
+    return {name: [soft, hard] for name, (soft, hard) in limits.rlimits.items()}
+
+
+def set_rlimits(pid: int, limits: Limits) -> None:
+    import resource
+
+    for name, (soft, hard) in limits.rlimits.items():
+        def number(v: int | str) -> int:
+            return resource.RLIM_INFINITY if v == "unlimited" else int(v)
+
+        try:
+            resource.prlimit(pid, getattr(resource, f"RLIMIT_{name.upper()}"), (number(soft), number(hard)))
+        except (OSError, ValueError) as exc:
+            log.warning("pid %d: cannot set the %s limit: %s", pid, name, exc)
 
 
 def decode_status(status: int) -> tuple[int | None, int | None]:
@@ -102,11 +122,14 @@ class PosixProcessFactory(TrackedSpawns):
         user: str | int | None,
         group: str | int | None,
         name: str = "",
+        limits: Limits | None = None,
     ) -> Spawned:
         if (user is not None or group is not None) and not self._root:
             raise PermissionError(errno.EPERM, "user/group need the agent to run as root")
         uid, gid, extra_groups = _account(user, group)
         tracked = self._tracker.new(name or os.path.basename(argv[0]))
+        if limits is not None:
+            self._limit(tracked, limits.memory, limits.cpu)
         # PWD as a shell would set it (the shim's shell does), so both ways give the same.
         child_env = {**env, "PWD": os.path.abspath(cwd or os.getcwd()), MARKER: tracked.marker}
         joins = None
@@ -122,6 +145,10 @@ class PosixProcessFactory(TrackedSpawns):
             if joins is not None:
                 os.close(joins)
         self._popens[popen.pid] = popen
+        if limits is not None and limits.rlimits:
+            # This agent has threads, so no code may run between fork and exec here: the limits
+            # are set from outside, at once (the keeper sets them in the child, before exec).
+            set_rlimits(popen.pid, limits)
         # Without the shim (or where the kernel checks the unprivileged child's own rights),
         # the agent moves the child: a fork in between stays outside, found by the marker.
         tight = joins is not None and (uid is None or self._shim_as_user)

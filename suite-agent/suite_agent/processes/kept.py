@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from suite_agent.config.limits import Limits
 from suite_agent.keeper.client import (
     Event,
     Exit,
@@ -43,6 +44,7 @@ from suite_agent.processes.factory import (
     Spawned,
     _account,
     _check_executable,
+    rlimits_request,
 )
 from suite_agent.processes.tracking import MARKER, TrackedSpawns, Tracker
 
@@ -86,7 +88,8 @@ class KeptProcessFactory(TrackedSpawns):
 
     # -- ProcessFactory ---------------------------------------------------------------------
     def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
-              user: str | int | None, group: str | int | None, name: str = "") -> Spawned:
+              user: str | int | None, group: str | int | None, name: str = "",
+              limits: Limits | None = None) -> Spawned:
         if (user is not None or group is not None) and not self._root:
             raise PermissionError(errno.EPERM, "user/group need the agent to run as root")
         _account(user, group)  # an unknown user or group fails here, as it does in-process
@@ -107,6 +110,8 @@ class KeptProcessFactory(TrackedSpawns):
             elif self._shim and tracked.cgroup is not None:
                 command = [SHIM_SHELL, "-c", SHIM, "suite-agent", *argv]
                 shimmed = True
+            if limits is not None:
+                self._limit(tracked, limits.memory, limits.cpu)
             stdout, stderr = self.output.settings.files(instance)
             settings = self.output.settings
             try:
@@ -115,6 +120,7 @@ class KeptProcessFactory(TrackedSpawns):
                     user=user, group=group, stdout=stdout, stderr=stderr,
                     buffer_lines=max(1, settings.buffer_lines),
                     buffer_bytes=max(1, settings.buffer_bytes),
+                    rlimits=rlimits_request(limits) if limits is not None and limits.rlimits else None,
                     cgroup=str(tracked.cgroup.path) if shimmed and tracked.cgroup else None,
                     into=into))
             except KeeperError as exc:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from suite_agent.processes import cgroups
 from suite_agent.processes.cgroups import Cgroup, Tree
+from suite_agent.processes.resources import CgroupLimits
 
 log = logging.getLogger("suite_agent.processes.factory")
 
@@ -52,6 +53,7 @@ class Tracker:
             parent, why = cgroups.find_own()
         else:
             parent, why = None, "turned off"
+        self.why_no_cgroups = why
         if parent is not None:
             # Named after whoever holds the children (the keeper), so a restarted agent finds
             # its services' leaves in the same subtree.
@@ -210,6 +212,7 @@ class Tracker:
             if not self._tree_ready:
                 log.warning("cannot create cgroup %s (%s): tracking by process groups and the "
                             "environment marker only", self._tree.path, exc)
+                self.why_no_cgroups = f"cannot create {self._tree.path}: {exc}"
                 self._tree = None
             else:
                 log.warning("cannot create cgroup %s/%s: %s", self._tree.path, name, exc)
@@ -362,6 +365,12 @@ class TrackedSpawns:
     def __init__(self, tracker: Tracker) -> None:
         self._tracker = tracker
         self._leaders: dict[int, int] = {}  # pid: tracked id
+        self._cgroup_limits = CgroupLimits()
+
+    def _limit(self, tracked: Tracked, memory: int | None, cpu: float | None) -> None:
+        """memory.max and cpu.max of the spawn's cgroup, before the child is in it."""
+        leaf = tracked.cgroup.path if tracked.cgroup is not None else None
+        self._cgroup_limits.apply(leaf, memory, cpu, self._tracker.why_no_cgroups)
 
     def _placed(self, tracked: Tracked, pid: int, tight: bool) -> None:
         """`tight`: the child moved itself into its cgroup before it ran (the shim)."""

@@ -20,7 +20,7 @@ def config(ctx: ApiContext, req: Req) -> Reply:
         return Reply(200, {"services": {}, "api": None, "queue": None, "plugins": None,
                            "agent": None, "rejected": {}, "files": []})
     services = {
-        name: {**spec.model_dump(mode="json"), "file": declared.origins.get(name)}
+        name: {**_service(spec.model_dump(mode="json")), "file": declared.origins.get(name)}
         for name, spec in sorted(declared.services.items())
     }
     return Reply(200, {
@@ -32,6 +32,13 @@ def config(ctx: ApiContext, req: Req) -> Reply:
         "rejected": {file: [str(p) for p in problems] for file, problems in declared.rejected.items()},
         "files": list(declared.files),
     })
+
+
+def _service(data: dict[str, Any]) -> dict[str, Any]:
+    """A service's spec, with environment values under secret-looking names masked (env files
+    are where such values usually come from)."""
+    data["environment"] = {k: MASK if _SECRET_KEY.search(k) else v for k, v in data["environment"].items()}
+    return data
 
 
 def _api(section: ApiSection | None) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""`GET /api/services/NAME/logs`: a service's recent output from the pump, or a long poll for it."""
+"""`GET /api/services/NAME/logs`: a service's recent output from the pump, or a long poll for it;
+`POST /api/logs/reopen`: reopen every log file, for logrotate."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from suite_agent.output.lines import STREAMS
 from suite_agent.parts.api.context import ApiContext, Reply
-from suite_agent.parts.api.errors import not_found
+from suite_agent.parts.api.errors import ApiError, not_found
 from suite_agent.parts.api.params import Req
 
 MAX_LINES = 10_000
@@ -42,3 +43,11 @@ def logs(ctx: ApiContext, req: Req, name: str) -> Reply:
         "last_seq": pump.last_seq(name),
     }
     return Reply(200, body)
+
+
+def reopen(ctx: ApiContext, req: Req) -> Reply:
+    try:
+        paths = ctx.handle.pump.reopen()
+    except OSError as exc:
+        raise ApiError(503, str(exc)) from None
+    return Reply(200, {"reopened": paths})

@@ -8,14 +8,11 @@ config reloads from the bus.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
-import psutil
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -33,6 +30,7 @@ from prometheus_client.registry import Collector
 from suite_agent import __version__
 from suite_agent.events import bus as events
 from suite_agent.parts.lifecycle import AgentHandle, Sample
+from suite_agent.processes.usage import Usage, by_service, measure
 from suite_agent.states import State
 
 log = logging.getLogger("suite_agent.parts.api")
@@ -40,12 +38,6 @@ log = logging.getLogger("suite_agent.parts.api")
 SAMPLE_PERIOD = 5.0
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
-
-
-@dataclass(frozen=True)
-class Usage:
-    cpu_seconds: float
-    rss_bytes: int
 
 
 class Sampler:
@@ -102,22 +94,7 @@ class Sampler:
 
     def _sample(self) -> None:
         groups = {pid: name for name, status in self._handle.snapshot().services.items() for pid in status.pids}
-        cpu: dict[str, float] = dict.fromkeys(set(groups.values()), 0.0)
-        rss: dict[str, int] = dict.fromkeys(set(groups.values()), 0)
-        if groups:
-            for proc in psutil.process_iter():
-                try:
-                    service = groups.get(os.getpgid(proc.pid))
-                    if service is None:
-                        continue
-                    with proc.oneshot():
-                        t = proc.cpu_times()
-                        cpu[service] += (t.user + t.system + getattr(t, "children_user", 0.0)
-                                         + getattr(t, "children_system", 0.0))
-                        rss[service] += proc.memory_info().rss
-                except (OSError, psutil.Error):
-                    continue
-        self.usage = {name: Usage(cpu[name], rss[name]) for name in cpu}
+        self.usage = by_service(groups, measure(groups.keys()))
         self.sampled_pids = frozenset(groups)
 
 

@@ -90,6 +90,11 @@ SCHEMAS: dict[str, Any] = {
                        "lines": {"type": "array", "items": {"$ref": "#/components/schemas/LogLine"}},
                        "last_seq": {"type": "integer", "description": "seq of the newest line buffered"}},
     },
+    "Reopened": {
+        "type": "object", "required": ["reopened"],
+        "properties": {"reopened": {"type": "array", "items": {"type": "string"},
+                                    "description": "paths of the log files that were open"}},
+    },
     "ReloadResult": {
         "type": "object", "required": ["ok", "added", "changed", "removed", "errors"],
         "properties": {"ok": {"type": "boolean", "description": "false when some file is rejected"},
