@@ -194,11 +194,13 @@ class HealthSpec(Model):
     startup: Probe | None = None
     liveness: Probe | None = None
     readiness: Probe | None = None
-    watchdog: Duration | None = Field(None, gt=0, description="restart the service when this long passes without a "
+    watchdog: Duration | None = Field(None, description="restart the service when this long passes without a "
                                       "WATCHDOG=1 on its NOTIFY_SOCKET (sd_notify), as a failed liveness probe does")
 
     @model_validator(mode="after")
     def _notify_for_readiness(self) -> HealthSpec:
+        if self.watchdog is not None and self.watchdog <= 0:
+            raise ValueError("watchdog must be longer than 0s")
         for kind in ("startup", "liveness"):
             probe: Probe | None = getattr(self, kind)
             if probe is not None and probe.notify:
@@ -221,7 +223,7 @@ class RolloutSpec(Model):
                                                 "replicas: all at once, or rolling (a few at a time, each once its "
                                                 "successor is ready)")
     max_unavailable: StrictInt = Field(1, ge=1, description="rolling: replicas replaced at once")
-    timeout: Duration = Field(60.0, gt=0, description="rolling: a new replica not ready this long after it was "
+    timeout: Duration = Field(60.0, description="rolling: a new replica not ready this long after it was "
                               "started stops the rollout; the replicas not yet replaced keep running")
 
 
@@ -256,7 +258,7 @@ class ServiceSpec(Model):
     rollout: RolloutSpec = RolloutSpec()
     schedule: Annotated[str, AfterValidator(_cron)] | None = Field(
         None, description="run at these times (cron, five fields, local time), e.g. '*/5 * * * *'")
-    every: Duration | None = Field(None, gt=0, description="run this long after the previous run began, e.g. 10m")
+    every: Duration | None = Field(None, description="run this long after the previous run began, e.g. 10m")
     concurrency: Literal["forbid", "replace", "allow"] = Field(
         "forbid", description="a scheduled run due while the previous one still runs: skip it (forbid), stop the "
                               "previous one first (replace), or run both (allow)")
@@ -272,6 +274,10 @@ class ServiceSpec(Model):
     def _scheduled_one_shot(self) -> ServiceSpec:
         if self.schedule is not None and self.every is not None:
             raise ValueError("set schedule or every, not both")
+        if self.every is not None and self.every <= 0:
+            raise ValueError("every must be longer than 0s")
+        if self.rollout.timeout <= 0:
+            raise ValueError("rollout.timeout must be longer than 0s")
         if (self.schedule is not None or self.every is not None) and self.restart == "always":
             raise ValueError("a scheduled service runs to completion: restart must be never or on-failure")
         return self
