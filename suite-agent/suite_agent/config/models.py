@@ -230,9 +230,9 @@ class RolloutSpec(Model):
 def _cron(value: str | None) -> str | None:
     if value is None:
         return None
-    from croniter import croniter
+    from .cron import valid
 
-    if not croniter.is_valid(value):
+    if not valid(value):
         raise ValueError(f"{value!r} is not a cron expression (five fields: minute hour day month weekday)")
     return value
 

@@ -33,10 +33,9 @@ def next_due(spec: ServiceSpec, after: float, now: float) -> float:
             due += ((now - due) // spec.every + 1) * spec.every
         return due
     assert spec.schedule is not None
-    from croniter import croniter
+    from suite_agent.config.cron import next_after
 
-    start = datetime.fromtimestamp(max(after, now)).astimezone()
-    return float(croniter(spec.schedule, start).get_next(float))
+    return next_after(spec.schedule, max(after, now))
 
 
 def on_due(concurrency: str, running: bool) -> Run:
