@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 from collections.abc import Iterator
 from datetime import datetime
@@ -175,7 +176,7 @@ def test_a_rolling_restart_replaces_one_replica_at_a_time(h: Harness) -> None:
     # one new process at a time (never two replaced at once), each after a second of being ready
     counts = [len(s) for s in seen_new]
     assert counts == sorted(counts) and counts[-1] == 3
-    assert all(b - a <= 1 for a, b in zip(counts, counts[1:], strict=False))
+    assert all(b - a <= 1 for a, b in itertools.pairwise(counts))
 
 
 def test_a_replica_that_never_gets_ready_stops_the_rollout(h: Harness) -> None:
@@ -217,11 +218,11 @@ def test_a_config_change_rolls_a_service_with_rollout_rolling(h: Harness) -> Non
     h.load("services:\n  web: {command: [web, v1], replicas: 3, rollout: {strategy: rolling}}\n")
     old = h.pids("web")
     h.load("services:\n  web: {command: [web, v2], replicas: 3, rollout: {strategy: rolling}}\n")
-    argv = {pid: cmd for pid, cmd in h.factory.spawned}
     assert sum(1 for p in h.pids("web") if p in old) == 2  # one at a time
     for _ in range(20):
         h.settle()
-    assert [argv.get(p) or dict(h.factory.spawned)[p] for p in h.pids("web")] == [("web", "v2")] * 3  # type: ignore[index]
+    argv = dict(h.factory.spawned)
+    assert [argv[p or 0] for p in h.pids("web")] == [("web", "v2")] * 3
     assert h.sup.services["web"].rollout is None
 
 

@@ -17,11 +17,11 @@ def _croniter() -> Any:
     # the same without a child.
     with _lock:
         real = platform.architecture
-        platform.architecture = lambda *args, **kwargs: (f"{struct.calcsize('P') * 8}bit", "")  # type: ignore[assignment]
+        platform.architecture = lambda *args, **kwargs: (f"{struct.calcsize('P') * 8}bit", "")
         try:
             from croniter import croniter
         finally:
-            platform.architecture = real  # type: ignore[assignment]
+            platform.architecture = real
     return croniter
 
 
