@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -174,7 +175,10 @@ address = os.environ["NOTIFY_SOCKET"]
 address = "\\0" + address[1:] if address.startswith("@") else address
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 def send(text):
-    sock.sendto(text.encode(), address)
+    try:  # as sd_notify() does: no agent listening (one re-executing) is not the service's failure
+        sock.sendto(text.encode(), address)
+    except OSError:
+        pass
 mode = sys.argv[1]
 if mode == "ready":
     time.sleep(1.0)
@@ -215,3 +219,22 @@ def test_ready_by_sd_notify_and_a_missed_watchdog_restarts(agent: Agent, tmp_pat
     agent.wait_log(r"beating: liveness probe failed: watchdog: no WATCHDOG=1 within 1s; restarting")
     # It beat for 1.5 s: the watchdog waited for the beats to stop.
     assert "silent now" in log_text(api, "beating")
+
+
+def test_services_keep_notifying_a_re_executed_agent(agent: Agent, tmp_path: Path) -> None:
+    script = tmp_path / "notifier.py"
+    script.write_text(NOTIFIER)
+    api = start_with_api(agent, f"beating: {{command: [{PY}, '{script}', beat, '100000'], health: {{watchdog: 2s}}}}\n"
+                                f"mute: {{command: [{PY}, '{script}', beat, '0'], health: {{watchdog: 2s}}}}\n")
+    beating = agent.wait_pids("beat 100000")
+    agent.signal(signal.SIGUSR2)
+    agent.wait_log(r"re-executing")
+    agent.wait_log(r"beating: adopted", timeout=20)
+    assert (tmp_path / ".suite-agent" / "notify.sock").exists()
+    # The sentinel: the silent one's watchdog, armed at adoption as the other's was, fires.
+    failed = r"mute: liveness probe failed: watchdog"
+    before = agent.log().split("re-executing")[0].count("mute: liveness probe failed: watchdog")
+    agent.wait_log(failed, timeout=20, count=before + 2)
+    s = status(api, "beating")
+    assert s["pids"] == beating and s["restarts"] == 0
+    assert "beating: liveness probe failed" not in agent.log()
