@@ -58,7 +58,7 @@ def parse(routing_key: str, body: bytes | str, agent_id: str) -> Command:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise CommandError(f"unknown field(s) {', '.join(map(repr, unknown))}; a command body may have "
-                           f"{' and '.join(map(repr, FIELDS))}")
+                           f"{', '.join(map(repr, FIELDS[:-1]))} and {FIELDS[-1]!r}")
     rolling = data.get("rolling", False)
     if not isinstance(rolling, bool) or (rolling and verb != "restart"):
         raise CommandError('"rolling" is true or false, for restart only')
