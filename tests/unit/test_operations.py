@@ -378,3 +378,40 @@ def test_services_without_notify_get_no_socket(h: Harness) -> None:
     h.load("services:\n  web: {command: [web]}\n")
     inst = h.sup.services["web"].instances[0]
     assert "NOTIFY_SOCKET" not in h.sup.host.process_env(inst.spec) and h.receiver.started == 0
+
+
+# -- the queue's and the API's share ------------------------------------------------------------
+
+def test_queue_signal_and_rolling_restart_commands() -> None:
+    from suite_agent.parts.queue import commands
+    from suite_agent.parts.queue.commands import CommandError, parse
+
+    command = parse("suite.control.signal", '{"services": ["web"], "signal": "hup"}', "a")
+    assert command.signum == signal.SIGHUP
+    owner = commands.to_owner(command, ())
+    assert isinstance(owner, SignalServices) and owner.names == ("web",) and owner.source == "queue"
+    answer = Signalled("SIGHUP", {"web": (7,)})
+    assert commands.reply(command, answer) == {"ok": True, "signal": "SIGHUP",
+                                               "results": {"web": {"ok": True, "pids": [7]}}}
+    restart = commands.to_owner(parse("suite.control.restart", '{"services": ["web"], "rolling": true}', "a"), ())
+    assert isinstance(restart, Control) and restart.rolling
+    for body, error in [('{"services": ["web"], "signal": "NOPE"}', "unknown signal 'NOPE'"),
+                        ('{"services": ["web"]}', '"signal" is required for signal'),
+                        ('{"signal": "HUP"}', '"services" is required for signal')]:
+        with pytest.raises(CommandError, match=error):
+            parse("suite.control.signal", body, "a")
+    with pytest.raises(CommandError, match="for signal, and for it only"):
+        parse("suite.control.start", '{"services": ["web"], "signal": "HUP"}', "a")
+    with pytest.raises(CommandError, match="for restart only"):
+        parse("suite.control.stop", '{"services": ["web"], "rolling": true}', "a")
+
+
+def test_the_api_answers_a_signal() -> None:
+    from suite_agent.parts.api.control import signal_reply
+    from suite_agent.parts.api.errors import ApiError
+
+    assert signal_reply(Signalled("SIGHUP", {"web": (7,)})).status == 200
+    assert signal_reply(Signalled("SIGHUP", {"web": ()})).status == 409
+    with pytest.raises(ApiError) as refused:
+        signal_reply(Refused(("nope",)))
+    assert refused.value.status == 404
