@@ -120,7 +120,11 @@ def test_a_rolling_restart_keeps_two_of_three_replicas_running(agent: Agent) -> 
 def test_a_config_change_rolls_and_a_new_replica_that_fails_stops_the_rollout(agent: Agent) -> None:
     body = "web: {{command: {cmd}, replicas: 3, ready_after: 500ms, rollout: {{strategy: rolling, timeout: 10s}}}}\n"
     api = start_with_api(agent, body.format(cmd="[sleep, '3831']"))
-    agent.wait_pids("3831", 3)
+    first = agent.wait_pids("3831", 3)
+    resp = api.post("/api/services/web/restart?wait=60s", {"rolling": True})
+    assert resp.status == 200 and resp.json["ok"] is True, resp.text
+    assert not set(resp.json["results"]["web"]["pids"]) & set(first) and len(agent.pids_of("3831")) == 3
+    assert api.post("/api/services/web/restart", {"rolling": "yes"}).status == 400
     agent.write("services.yaml", "services:\n  " + body.format(cmd="[sleep, '3832']"))
     samples: list[int] = []
 
