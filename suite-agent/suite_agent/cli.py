@@ -63,12 +63,13 @@ def _client_parsers(command: Any) -> None:
     status = remote("status", "show the state of the services of a running agent")
     status.add_argument("names", nargs="*", metavar="NAME", help="only these services (default: every one)")
     status.add_argument("--json", action="store_true", help='print {"services": {NAME: status}} as JSON')
-    for verb in ("start", "stop", "restart"):
-        verb_parser = remote(verb, f"{verb} services of a running agent; exit 1 if a name is unknown or one failed")
+    verbs = {verb: remote(verb, f"{verb} services of a running agent; exit 1 if a name is unknown or one failed")
+             for verb in ("start", "stop", "restart")}
+    for verb, verb_parser in verbs.items():
         verb_parser.add_argument("names", nargs="+", metavar="NAME", help=f"the services to {verb}")
-    verb_parser.add_argument("--rolling", action="store_true",
-                             help="one replica at a time, each once its successor is ready; stops at a successor "
-                                  "that does not get ready, leaving the others running")
+    verbs["restart"].add_argument("--rolling", action="store_true",
+                                  help="one replica at a time, each once its successor is ready; stops at a "
+                                       "successor that does not get ready, leaving the others running")
     signal_parser = remote("signal", "send a signal to every running replica's process group of a service")
     signal_parser.add_argument("name", metavar="NAME", help="the service")
     signal_parser.add_argument("signal", metavar="SIGNAL", help="HUP, SIGUSR1, hup or a number")
