@@ -367,11 +367,19 @@ def test_a_missed_watchdog_restarts_like_a_failed_liveness_probe(h: Harness) -> 
     for _ in range(3):
         h.advance(1.5)
         h.sup.dispatch(notified(first, ("WATCHDOG", "1")))
-    assert inst.pid == first and inst.restarts == 0
+    assert inst.pid == first and inst.restarts == 0 and inst.health == "healthy"
     h.advance(2.5)
     assert inst.pid not in (None, first) and inst.restarts == 1
     errors = [e.data["error"] for e in h.events.drain() if e.type == "service_error"]
     assert any("watchdog: no WATCHDOG=1 within 2s" in e for e in errors)
+
+
+def test_a_replica_adopted_from_the_previous_agent_counts_as_ready(h: Harness) -> None:
+    h.load("services:\n  web: {command: [web], autostart: false, health: {readiness: {notify: true}}}\n")
+    inst = h.sup.services["web"].instances[0]
+    h.factory.groups[555] = {555}
+    inst.adopt(555, 555, h.clock.time() - 60, wanted=True)
+    assert inst.ready and inst.state is State.RUNNING and h.receiver.started == 1
 
 
 def test_services_without_notify_get_no_socket(h: Harness) -> None:

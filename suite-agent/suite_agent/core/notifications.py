@@ -130,3 +130,5 @@ class Notifications:
             inst.on_probe("liveness", False, "WATCHDOG=trigger")
         elif watchdog == "1":
             self._arm(inst)
+            if health.liveness is None and health.watchdog is not None and inst.verdicts.get("liveness") is not True:
+                inst.on_probe("liveness", True, "WATCHDOG=1")  # the watchdog is its liveness: healthy
