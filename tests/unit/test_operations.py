@@ -218,11 +218,14 @@ def test_a_config_change_rolls_a_service_with_rollout_rolling(h: Harness) -> Non
     h.load("services:\n  web: {command: [web, v1], replicas: 3, rollout: {strategy: rolling}}\n")
     old = h.pids("web")
     h.load("services:\n  web: {command: [web, v2], replicas: 3, rollout: {strategy: rolling}}\n")
+    # Until every replica runs v2, v1 is what a next agent would find running (and roll again).
+    assert h.sup.services["web"].running_spec.command == ("web", "v1")
     assert sum(1 for p in h.pids("web") if p in old) == 2  # one at a time
     for _ in range(20):
         h.settle()
     argv = dict(h.factory.spawned)
     assert [argv[p or 0] for p in h.pids("web")] == [("web", "v2")] * 3
+    assert h.sup.services["web"].running_spec.command == ("web", "v2")
     assert h.sup.services["web"].rollout is None
 
 

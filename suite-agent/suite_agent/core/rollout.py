@@ -111,6 +111,7 @@ def step(phases: Sequence[tuple[int, Phase, str]], todo: Sequence[int], max_unav
 class Rollout:
     service: Service
     spec: ServiceSpec | None  # the spec to roll to; None: the same (a rolling restart)
+    previous: ServiceSpec | None  # what the replicas not yet replaced run (with `spec`)
     todo: list[int]
     max_unavailable: int
     timeout: float

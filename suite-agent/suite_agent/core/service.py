@@ -152,10 +152,18 @@ class Service:
             if not self.spec.scheduled:
                 self.schedule = None
 
-    def _roll(self, spec: ServiceSpec | None, indices: list[int]) -> None:
+    def _roll(self, spec: ServiceSpec | None, indices: list[int], previous: ServiceSpec | None = None) -> None:
         rollout = self.spec.rollout
-        self.rollout = Rollout(self, spec, indices, rollout.max_unavailable, rollout.timeout)
+        self.rollout = Rollout(self, spec, previous, indices, rollout.max_unavailable, rollout.timeout)
         self.rollout.start()
+
+    @property
+    def running_spec(self) -> ServiceSpec:
+        """The spec saved as what runs (core/adopt.py): until a rollout has replaced every replica,
+        the previous one, so an agent started meanwhile rolls the change out again."""
+        if self.rollout is not None and self.rollout.previous is not None:
+            return self.rollout.previous
+        return self.spec
 
     def _end_rollout(self) -> None:
         if self.rollout is not None:
@@ -185,6 +193,7 @@ class Service:
         live = self.live
         turned_on = spec.autostart and not self.spec.autostart and not self.wanted
         rolled = self.spec.schedule != spec.schedule or self.spec.every != spec.every
+        previous = self.running_spec
         self._end_rollout()
         self.spec, self.origin = spec, origin
         before = len(self.instances)
@@ -192,7 +201,7 @@ class Service:
         if live and spec.rollout.strategy == "rolling" and min(before, len(self.instances)) > 1:
             for inst in self.instances[before:]:
                 inst.start()
-            self._roll(spec, list(range(min(before, len(self.instances)))))
+            self._roll(spec, list(range(min(before, len(self.instances)))), previous)
         else:
             for inst in self.instances:
                 inst.respec(spec)
