@@ -229,6 +229,21 @@ def test_a_config_change_rolls_a_service_with_rollout_rolling(h: Harness) -> Non
     assert h.sup.services["web"].rollout is None
 
 
+def test_after_a_failed_rollout_a_restart_runs_every_replica_on_the_new_spec(h: Harness) -> None:
+    rolling = "replicas: 3, ready_after: 1s, rollout: {strategy: rolling}"
+    h.load(f"services:\n  web: {{command: [web, v1], {rolling}}}\n")
+    h.advance(1.5)
+    h.load(f"services:\n  web: {{command: [web, v2], {rolling}}}\n")
+    svc = h.sup.services["web"]
+    h.factory.die(svc.instances[0].pid or 0, code=1)  # the first v2 replica crashes at once
+    h.settle()
+    assert svc.rollout_error is not None and [i.spec.command for i in svc.instances[1:]] == [("web", "v1")] * 2
+    h.sup.dispatch(Control("restart", ("web",), wait=0))
+    h.advance(1.0)
+    argv = dict(h.factory.spawned)
+    assert [argv[p or 0] for p in h.pids("web")[1:]] == [("web", "v2")] * 2
+
+
 def test_without_rollout_a_config_change_restarts_all_at_once(h: Harness) -> None:
     h.load("services:\n  web: {command: [web, v1], replicas: 3}\n")
     h.load("services:\n  web: {command: [web, v2], replicas: 3}\n")

@@ -132,6 +132,11 @@ class Rollout:
         self.check()
 
     def cancel(self) -> None:
+        """Stopped by a stop, a restart or another change: whatever starts next starts on `spec`."""
+        if self.spec is not None:
+            for index in self.todo:
+                if index < len(self.service.instances):
+                    self.service.instances[index].respec(self.spec)
         self._end()
 
     def describe(self) -> str:
