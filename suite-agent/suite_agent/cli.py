@@ -63,9 +63,16 @@ def _client_parsers(command: Any) -> None:
     status = remote("status", "show the state of the services of a running agent")
     status.add_argument("names", nargs="*", metavar="NAME", help="only these services (default: every one)")
     status.add_argument("--json", action="store_true", help='print {"services": {NAME: status}} as JSON')
-    for verb in ("start", "stop", "restart"):
-        remote(verb, f"{verb} services of a running agent; exit 1 if a name is unknown or one failed").add_argument(
-            "names", nargs="+", metavar="NAME", help=f"the services to {verb}")
+    verbs = {verb: remote(verb, f"{verb} services of a running agent; exit 1 if a name is unknown or one failed")
+             for verb in ("start", "stop", "restart")}
+    for verb, verb_parser in verbs.items():
+        verb_parser.add_argument("names", nargs="+", metavar="NAME", help=f"the services to {verb}")
+    verbs["restart"].add_argument("--rolling", action="store_true",
+                                  help="one replica at a time, each once its successor is ready; stops at a "
+                                       "successor that does not get ready, leaving the others running")
+    signal_parser = remote("signal", "send a signal to every running replica's process group of a service")
+    signal_parser.add_argument("name", metavar="NAME", help="the service")
+    signal_parser.add_argument("signal", metavar="SIGNAL", help="HUP, SIGUSR1, hup or a number")
     remote("reload", "make a running agent re-read conf.d now; exit 1 if a file was rejected")
     logs = remote("logs", "print the recent output of a service")
     logs.add_argument("name", metavar="NAME", help="the service")
@@ -81,7 +88,9 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "status":
             return client.status(settings, args.names, args.json)
         if args.command in ("start", "stop", "restart"):
-            return client.control(settings, args.command, args.names)
+            return client.control(settings, args.command, args.names, rolling=getattr(args, "rolling", False))
+        if args.command == "signal":
+            return client.send_signal(settings, args.name, args.signal)
         if args.command == "reload":
             return client.reload(settings)
         return client.logs(settings, args.name, args.lines, args.follow, args.stream)
@@ -190,6 +199,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_validate(settings)
     if args.command == "schema":
         return cmd_schema(args.out)
-    if args.command in ("status", "start", "stop", "restart", "reload", "logs"):
+    if args.command in ("status", "start", "stop", "restart", "reload", "logs", "signal"):
         return cmd_client(args, settings)
     return 2

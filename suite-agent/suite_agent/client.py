@@ -137,13 +137,23 @@ def table(rows: Iterable[Mapping[str, Any]]) -> str:
             str(s.get("name", "")), str(s.get("state", "")), "yes" if s.get("ready") else "no",
             str(s.get("health", "")), ",".join(map(str, pids)) or "-",
             duration(float(s.get("uptime") or 0)) if pids else "-", str(s.get("restarts", 0)),
-            "-" if exit_code is None else str(exit_code), str(s.get("detail", "")),
+            "-" if exit_code is None else str(exit_code), _detail(s),
         ))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
     return "".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] + "\n"
         for row in lines
     ).replace(" \n", "\n")
+
+
+def _detail(status: Mapping[str, Any]) -> str:
+    parts = [str(status.get("detail", ""))]
+    if status.get("rollout"):
+        parts.append(f"rollout {status['rollout']}")
+    next_run = status.get("next_run")
+    if isinstance(next_run, int | float):
+        parts.append("next run " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(next_run)))
+    return "; ".join(p for p in parts if p)
 
 
 def duration(seconds: float) -> str:
@@ -157,9 +167,11 @@ def duration(seconds: float) -> str:
 
 # -- start / stop / restart ----------------------------------------------------------------
 
-def control(settings: Settings, verb: str, names: Sequence[str], out: TextIO = sys.stdout) -> int:
+def control(settings: Settings, verb: str, names: Sequence[str], out: TextIO = sys.stdout,
+            rolling: bool = False) -> int:
     api = _api(settings)
-    code, payload = api.request("POST", f"/api/services/{verb}", body={"services": list(names)})
+    body: dict[str, Any] = {"services": list(names), **({"rolling": True} if rolling else {})}
+    code, payload = api.request("POST", f"/api/services/{verb}", body=body)
     if code in (400, 404, 413, 503) or not isinstance(payload, dict) or "results" not in payload:
         raise ClientError(_error(payload, code))
     results: dict[str, Any] = payload["results"]
@@ -174,6 +186,20 @@ def control(settings: Settings, verb: str, names: Sequence[str], out: TextIO = s
     if not payload.get("ok"):
         failed = [n for n, r in results.items() if not r.get("ok")]
         raise ClientError(f"{verb} failed: {', '.join(failed)}")
+    return 0
+
+
+# -- signal --------------------------------------------------------------------------------
+
+def send_signal(settings: Settings, name: str, signal: str, out: TextIO = sys.stdout) -> int:
+    code, payload = _api(settings).request("POST", f"/api/services/{quote(name, safe='')}/signal",
+                                           body={"signal": signal})
+    if not isinstance(payload, dict) or "results" not in payload:
+        raise ClientError(_error(payload, code))
+    pids = (payload["results"].get(name) or {}).get("pids") or []
+    if not pids:
+        raise ClientError(f"{name}: no process running; {payload.get('signal', signal)} not sent")
+    out.write(f"{name}: {payload.get('signal')} sent to {', '.join(f'pid {p}' for p in pids)}\n")
     return 0
 
 

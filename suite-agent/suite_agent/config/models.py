@@ -194,6 +194,8 @@ class Probe(Model):
     http: HttpProbe | None = None
     tcp: TcpProbe | None = None
     exec: ExecProbe | None = None
+    notify: bool = Field(False, description="readiness only: ready once the service sends READY=1 to the "
+                         "NOTIFY_SOCKET it is given (sd_notify); STATUS= becomes its detail")
     initial_delay: Duration = 0.0
     period: Duration = 10.0
     timeout: Duration = 1.0
@@ -202,9 +204,10 @@ class Probe(Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Probe:
-        kinds = [k for k in ("http", "tcp", "exec") if getattr(self, k) is not None]
+        kinds = [k for k in ("http", "tcp", "exec") if getattr(self, k) is not None] + (["notify"] if self.notify
+                                                                                        else [])
         if len(kinds) != 1:
-            raise ValueError("a probe needs exactly one of http, tcp, exec")
+            raise ValueError("a probe needs exactly one of http, tcp, exec, notify")
         return self
 
 
@@ -212,11 +215,47 @@ class HealthSpec(Model):
     startup: Probe | None = None
     liveness: Probe | None = None
     readiness: Probe | None = None
+    watchdog: Duration | None = Field(None, description="restart the service when this long passes without a "
+                                      "WATCHDOG=1 on its NOTIFY_SOCKET (sd_notify), as a failed liveness probe does")
+
+    @model_validator(mode="after")
+    def _notify_for_readiness(self) -> HealthSpec:
+        if self.watchdog is not None and self.watchdog <= 0:
+            raise ValueError("watchdog must be longer than 0s")
+        for kind in ("startup", "liveness"):
+            probe: Probe | None = getattr(self, kind)
+            if probe is not None and probe.notify:
+                raise ValueError(f"notify is a readiness probe: for {kind}, use watchdog for liveness")
+        return self
+
+    @property
+    def notifies(self) -> bool:
+        """The service is given a NOTIFY_SOCKET."""
+        return self.watchdog is not None or (self.readiness is not None and self.readiness.notify)
 
 
 class Dependency(Model):
     condition: Literal["started", "healthy", "completed_successfully"] = "started"
     restart: bool = Field(False, description="restart this service when the dependency restarts")
+
+
+class RolloutSpec(Model):
+    strategy: Literal["all", "rolling"] = Field("all", description="how a configuration change restarts the "
+                                                "replicas: all at once, or rolling (a few at a time, each once its "
+                                                "successor is ready)")
+    max_unavailable: StrictInt = Field(1, ge=1, description="rolling: replicas replaced at once")
+    timeout: Duration = Field(60.0, description="rolling: a new replica not ready this long after it was "
+                              "started stops the rollout; the replicas not yet replaced keep running")
+
+
+def _cron(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .cron import valid
+
+    if not valid(value):
+        raise ValueError(f"{value!r} is not a cron expression (five fields: minute hour day month weekday)")
+    return value
 
 
 class ServiceSpec(Model):
@@ -241,6 +280,13 @@ class ServiceSpec(Model):
     limits: Limits = Limits()
     restart_on: RestartOn | None = Field(None, description="restart a replica whose process group stays above "
                                          "memory_above (RSS) for `for`")
+    rollout: RolloutSpec = RolloutSpec()
+    schedule: Annotated[str, AfterValidator(_cron)] | None = Field(
+        None, description="run at these times (cron, five fields, local time), e.g. '*/5 * * * *'")
+    every: Duration | None = Field(None, description="run this long after the previous run began, e.g. 10m")
+    concurrency: Literal["forbid", "replace", "allow"] = Field(
+        "forbid", description="a scheduled run due while the previous one still runs: skip it (forbid), stop the "
+                              "previous one first (replace), or run both (allow)")
 
     @field_validator("command")
     @classmethod
@@ -248,6 +294,22 @@ class ServiceSpec(Model):
         if not value:
             raise ValueError("command cannot be empty")
         return value
+
+    @model_validator(mode="after")
+    def _scheduled_one_shot(self) -> ServiceSpec:
+        if self.schedule is not None and self.every is not None:
+            raise ValueError("set schedule or every, not both")
+        if self.every is not None and self.every <= 0:
+            raise ValueError("every must be longer than 0s")
+        if self.rollout.timeout <= 0:
+            raise ValueError("rollout.timeout must be longer than 0s")
+        if (self.schedule is not None or self.every is not None) and self.restart == "always":
+            raise ValueError("a scheduled service runs to completion: restart must be never or on-failure")
+        return self
+
+    @property
+    def scheduled(self) -> bool:
+        return self.schedule is not None or self.every is not None
 
 
 class Webhook(Model):

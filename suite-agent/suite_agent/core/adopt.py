@@ -132,11 +132,11 @@ class Continuity:
     def save(self, services: Mapping[str, Service]) -> None:
         """Write the specs and intents if they changed (specs are replaced, never mutated)."""
         # One being removed is kept, not wanted, until it is gone: a next agent finishes its stop.
-        key = tuple((n, id(s.spec), s.wanted and not s.removing, s.origin)
+        key = tuple((n, id(s.running_spec), s.wanted and not s.removing, s.origin)
                     for n, s in services.items())
         if key == self._saved_key:
             return
-        data = {n: {"spec": s.spec.model_dump(mode="json"), "wanted": s.wanted and not s.removing,
+        data = {n: {"spec": s.running_spec.model_dump(mode="json"), "wanted": s.wanted and not s.removing,
                     "origin": s.origin}
                 for n, s in services.items()}
         tmp = self.path.with_name(SAVED + ".tmp")
@@ -147,7 +147,7 @@ class Continuity:
             log.warning("cannot save the services' state in %s: %s", self.path, exc)
             return
         self._saved_key = key
-        self._keep = [s.spec for s in services.values()]  # ids in the key stay theirs
+        self._keep = [s.running_spec for s in services.values()]  # ids in the key stay theirs
 
     def _load(self) -> dict[str, tuple[ServiceSpec, bool, str | None]]:
         try:

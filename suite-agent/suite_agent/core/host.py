@@ -8,13 +8,14 @@ reads back which pid is whose and which statuses are out of date. Owner thread o
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from suite_agent.config.models import HealthSpec, ServiceSpec
 from suite_agent.core.dependencies import Dependencies
 from suite_agent.core.instance import Instance
+from suite_agent.core.notifications import Notifications
 from suite_agent.core.timers import Clock, Timers
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.output.pump import OutputPump
@@ -49,6 +50,9 @@ class Host:
         # Something changed since dependents and waiters last looked; kept apart from `dirty`,
         # which publishing clears before they have looked.
         self.moved = False
+        self.notifications: Notifications | None = None  # set by the owner
+        # Run after a turn in which something moved (rollouts, scheduled runs), by key.
+        self.followers: dict[str, Callable[[], None]] = {}
 
     def emit(self, event: Event) -> None:
         self._bus.publish(event)
@@ -70,6 +74,11 @@ class Host:
         self.moved = True
 
     def process_env(self, spec: ServiceSpec) -> Mapping[str, str]:
+        if spec.health.notifies and self.notifications is not None:
+            return {**self._process_env(spec), **self.notifications.environment(spec)}
+        return self._process_env(spec)
+
+    def _process_env(self, spec: ServiceSpec) -> Mapping[str, str]:
         if spec.user is not None:
             return {**self._base_env, **account_environment(spec.user), **spec.environment}
         return {**self._base_env, **spec.environment} if spec.environment else self._base_env
@@ -89,10 +98,18 @@ class Host:
     def restart_dependents(self, service: str) -> None:
         self._dependencies.restart_dependents(service)
 
-    def probe(self, instance: Instance, on: bool) -> None:
+    def probe(self, instance: Instance, on: bool, adopted: bool = False) -> None:
         key = (instance.service, instance.index)
+        health = instance.spec.health
+        if health.readiness is not None and health.readiness.notify:
+            health = health.model_copy(update={"readiness": None})  # the socket tells, not a check
         if on and instance.pid is not None:
             spec = instance.spec
-            self._prober.watch(key, instance.pid, spec.health, self.process_cwd(spec), self.process_env(spec))
+            if health.startup or health.liveness or health.readiness:
+                self._prober.watch(key, instance.pid, health, self.process_cwd(spec), self.process_env(spec))
+            if self.notifications is not None:
+                self.notifications.watch(instance, adopted)
         else:
             self._prober.unwatch(key)
+            if self.notifications is not None:
+                self.notifications.unwatch(instance)

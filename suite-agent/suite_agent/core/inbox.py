@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from suite_agent.core.results import DEFAULT_WAIT, ControlAnswer, ReloadAnswer
+from suite_agent.core.results import DEFAULT_WAIT, ControlAnswer, ReloadAnswer, SignalAnswer
 
 if TYPE_CHECKING:
     from suite_agent.config.store import Declared
@@ -28,6 +28,27 @@ class Control:
     source: str = "api"
     wait: float = DEFAULT_WAIT  # 0: answer at once
     reply: Future[ControlAnswer] = field(default_factory=Future, compare=False)
+    rolling: bool = False  # restart: one replica at a time, each once its successor is ready
+
+
+@dataclass(frozen=True)
+class SignalServices:
+    """Send a signal to every replica's process group of the named services."""
+
+    names: tuple[str, ...]
+    signum: int
+    source: str = "api"
+    reply: Future[SignalAnswer] = field(default_factory=Future, compare=False)
+
+
+@dataclass(frozen=True)
+class Notified:
+    """An sd_notify datagram, from the notify socket's thread: who sent it (pid and its ancestors,
+    read when it arrived) and its fields, e.g. {"READY": "1", "STATUS": "warming up"}."""
+
+    pid: int
+    lineage: tuple[int, ...]  # pid, its parent, ... up to 1: a service's helper counts as the service
+    fields: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -74,7 +95,7 @@ class Measured:
     rss: Mapping[int, int]
 
 
-Message = Control | Shutdown | Call | ProbeChanged | Loaded | Measured
+Message = Control | Shutdown | Call | ProbeChanged | Loaded | Measured | SignalServices | Notified
 
 
 class Inbox:

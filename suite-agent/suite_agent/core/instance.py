@@ -67,7 +67,7 @@ class InstanceHost(Protocol):
 
     def restart_dependents(self, service: str) -> None: ...
 
-    def probe(self, instance: Instance, on: bool) -> None: ...
+    def probe(self, instance: Instance, on: bool, adopted: bool = False) -> None: ...
 
 
 class Instance:
@@ -114,6 +114,10 @@ class Instance:
     def stop(self, then: Callable[[], None] | None = None) -> None:
         self._failed = None
         self._halt(then)
+
+    def when_down(self, then: Callable[[], None]) -> None:
+        """Call `then` the next time it is down: stopped, finished or given up."""
+        self._when_down.append(then)
 
     def _halt(self, then: Callable[[], None] | None = None) -> None:
         if then is not None:
@@ -173,6 +177,12 @@ class Instance:
         if self.state is not State.STOPPING:  # else a stop was asked for: it stays stopped
             self._failed = why
         self._halt()
+
+    def set_status_text(self, text: str) -> None:
+        """What the process says of itself (sd_notify STATUS=) is its detail while it runs."""
+        if self.pid is not None and self.state in (State.RUNNING, State.STARTING) and text != self.detail:
+            self.detail = text
+            self.host.changed(self.service)
 
     def _report_health(self, probe: str | None, message: str, health_before: str,
                        ready_before: bool) -> None:
@@ -336,7 +346,7 @@ class Instance:
         self.host.emit(Event.make(events.SERVICE_STARTED, self.service, instance=self.name, pid=spawned.pid))
         self.host.restart_dependents(self.service)
         probes = spec.health
-        if probes.startup or probes.liveness or probes.readiness:
+        if probes.startup or probes.liveness or probes.readiness or probes.watchdog:
             self.host.probe(self, True)
         if probes.startup is not None:
             self._set(State.STARTING, f"pid {spawned.pid}; waiting for the startup probe")
@@ -355,8 +365,8 @@ class Instance:
         self._set(State.RUNNING, f"pid {pid}")
         if wanted:
             probes = self.spec.health
-            if probes.startup or probes.liveness or probes.readiness:
-                self.host.probe(self, True)
+            if probes.startup or probes.liveness or probes.readiness or probes.watchdog:
+                self.host.probe(self, True, adopted=True)
             self._arm_ready()
         else:
             self.stop()

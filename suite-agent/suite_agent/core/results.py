@@ -92,7 +92,25 @@ class ReloadSummary:
                 "errors": {file: list(problems) for file, problems in self.errors.items()}}
 
 
+@dataclass(frozen=True)
+class Signalled:
+    """The signal went to these pids' groups (the replicas' leaders), by service; a service with
+    no process running got nothing, and is not ok."""
+
+    signal: str
+    sent: Mapping[str, tuple[int, ...]]
+
+    @property
+    def ok(self) -> bool:
+        return all(self.sent.values())
+
+    def json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "signal": self.signal,
+                "results": {name: {"ok": bool(pids), "pids": list(pids)} for name, pids in self.sent.items()}}
+
+
 ControlAnswer = ControlResult | Refused | ShuttingDown
+SignalAnswer = Signalled | Refused | ShuttingDown
 ReloadAnswer = ReloadSummary | ShuttingDown
 
 

@@ -23,6 +23,11 @@ class Snapshot:
 
 
 def status_dict(status: ServiceStatus, now: float) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if status.next_run is not None:  # a scheduled service, while its schedule is on
+        extra["next_run"] = round(status.next_run, 3)
+    if status.rollout is not None:  # while one runs, or why the last one stopped
+        extra["rollout"] = status.rollout
     return {
         "name": status.name,
         "state": status.state,
@@ -37,4 +42,5 @@ def status_dict(status: ServiceStatus, now: float) -> dict[str, Any]:
         "replicas": status.replicas,
         "autostart": status.autostart,
         "file": status.origin,
+        **extra,
     }

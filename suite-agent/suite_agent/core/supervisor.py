@@ -27,11 +27,24 @@ from suite_agent.config.store import ConfigStore, Declared
 from suite_agent.core.adopt import continuity_for
 from suite_agent.core.dependencies import Dependencies
 from suite_agent.core.host import Host, Probes
-from suite_agent.core.inbox import Call, Control, Inbox, Loaded, Measured, Message, ProbeChanged, Shutdown
+from suite_agent.core.inbox import (
+    Call,
+    Control,
+    Inbox,
+    Loaded,
+    Measured,
+    Message,
+    Notified,
+    ProbeChanged,
+    Shutdown,
+    SignalServices,
+)
 from suite_agent.core.memory import MemoryWatch
+from suite_agent.core.notifications import Notifications, Receiver
 from suite_agent.core.plan import Add, Remove, Replace, Scale, Update, plan
-from suite_agent.core.results import Refused, ReloadSummary, ShuttingDown
+from suite_agent.core.results import Refused, ReloadSummary, ShuttingDown, Signalled
 from suite_agent.core.service import Service
+from suite_agent.core.signalling import signal_label
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.core.timers import Clock, SystemClock, Timers
 from suite_agent.core.waiters import Waiters
@@ -91,6 +104,7 @@ class Supervisor:
         loader: Loader | None = None,
         store: ConfigStore | None = None,
         sampler: Sampler | None = None,
+        notify_receiver: Callable[[], Receiver] | None = None,
     ) -> None:
         self.conf_dir = Path(conf_dir)
         self.base_dir = self.conf_dir.absolute().parent
@@ -120,10 +134,18 @@ class Supervisor:
         self.waiters = Waiters(self.services, self.timers, self.clock)
         self.sampler: Sampler = sampler or RssSampler(self.inbox, lambda: self.snapshot)
         self.memory = MemoryWatch()
+        self.notify = Notifications(self.timers, self.host.by_pid, notify_receiver or self._notify_socket)
+        self.host.notifications = self.notify
         self._shutting_down = False
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
         self.reexec = False  # SIGUSR2: leave the services to the keeper and re-execute
         self.continuity = continuity_for(self)
+
+    def _notify_socket(self) -> Receiver:
+        from suite_agent.health.notify_socket import NotifySocket, socket_address
+
+        state_dir = getattr(self.factory, "state_dir", None) or self.base_dir / self.agent.state_dir
+        return NotifySocket(socket_address(state_dir), self.inbox)
 
     def request_reload(self, msg: Reload) -> None:
         """From any thread: straight to the loader thread, which answers on msg.reply."""
@@ -165,6 +187,7 @@ class Supervisor:
             # on, so no probe waits for an exit that would never be reported.
             self.prober.stop()
             self.sampler.stop()
+            self.notify.close()
             self.foreign.close()
             # Parts stop last, so the API answers and the queue sends events to the end.
             if self.reexec:
@@ -204,6 +227,8 @@ class Supervisor:
     def after_turn(self) -> None:
         if self.host.moved:
             self.host.moved = False
+            for follow in list(self.host.followers.values()):
+                follow()
             if self.dependencies.busy:
                 self.dependencies.advance()
             if self.waiters:
@@ -275,11 +300,15 @@ class Supervisor:
                     self.handle_call(message)
                 case Measured():
                     self.handle_measured(message)
+                case SignalServices():
+                    self.handle_signal(message)
+                case Notified():
+                    self.notify.receive(message)
                 case _:
                     assert_never(message)
         except Exception as exc:  # one bad message must not take the owner down
             log.exception("error handling %s", type(message).__name__)
-            if isinstance(message, Control | Call) and not message.reply.done():
+            if isinstance(message, Control | Call | SignalServices) and not message.reply.done():
                 message.reply.set_exception(exc)
 
     # -- handlers -------------------------------------------------------------------------
@@ -310,7 +339,9 @@ class Supervisor:
             return
         log.info("shutting down (%s): stopping every service", msg.reason)
         self._shutting_down = True
-        for name in self.services:
+        for name, svc in self.services.items():
+            if svc.schedule is not None:
+                svc.schedule.disarm()  # no run starts while every service stops
             self.host.changed(name)
         self.dependencies.stop_in_order(dict.fromkeys(self.services))
 
@@ -363,12 +394,30 @@ class Supervisor:
             elif msg.verb == "stop":
                 svc.stop()
             elif msg.verb == "restart":
-                svc.restart()
+                svc.restart(rolling=msg.rolling)
             log.info("%s: %s requested (%s)", name, msg.verb, msg.source)
         if msg.verb != "status":
             self.host.emit(Event.make(events.COMMAND, None, verb=msg.verb, services=list(msg.names),
                                       source=msg.source))
         self.waiters.add(msg)
+
+    def handle_signal(self, msg: SignalServices) -> None:
+        unknown = [n for n in msg.names if n not in self.services or self.services[n].removing]
+        if unknown or not msg.names:
+            msg.reply.set_result(Refused(tuple(unknown)))
+            return
+        if self._shutting_down:
+            msg.reply.set_result(ShuttingDown())
+            return
+        label = signal_label(msg.signum)
+        sent: dict[str, tuple[int, ...]] = {}
+        for name in dict.fromkeys(msg.names):
+            sent[name] = self.services[name].signal(msg.signum)
+            log.info("%s: %s sent to %s (%s)", name, label, ", ".join(map(str, sent[name])) or "no process",
+                     msg.source)
+        self.host.emit(Event.make(events.COMMAND, None, verb="signal", signal=label, services=list(sent),
+                                  source=msg.source))
+        msg.reply.set_result(Signalled(label, MappingProxyType(sent)))
 
     def handle_loaded(self, msg: Loaded) -> None:
         if self._shutting_down:
@@ -445,12 +494,12 @@ class Supervisor:
             existing.removing = False
             existing.replace(spec, origin)
             if spec.autostart and not existing.wanted and not self._shutting_down:
-                existing.start()  # declared anew, so started as anything added is
+                existing.activate()  # declared anew, so started as anything added is
             return
         svc = self.services[name] = Service(self.host, name, spec, origin)
         self.host.changed(name)
         if spec.autostart and not self._shutting_down:
-            svc.start()
+            svc.activate()
 
     def _remove(self, name: str) -> None:
         svc = self.services[name]

@@ -18,6 +18,10 @@ def settled(verb: str, svc: Service) -> bool:
     that starts a job (`restart: never`) learns how the job ended."""
     if verb == "stop":
         return svc.down
+    if svc.rollout_error is not None:
+        return True
+    if svc.rolling:
+        return False
     return all((_serving(i) and i.ready) or i.state in (State.EXITED, State.FATAL)
                for i in svc.instances)
 
@@ -25,6 +29,8 @@ def settled(verb: str, svc: Service) -> bool:
 def succeeded(verb: str, svc: Service) -> bool:
     if verb == "stop":
         return svc.down
+    if svc.rollout_error is not None:
+        return False
     return all((_serving(i) and i.ready) or i.succeeded for i in svc.instances)
 
 

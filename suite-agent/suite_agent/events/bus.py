@@ -22,6 +22,7 @@ HEALTH_CHECK = "health_check"
 CONFIG_RELOADED = "config_reloaded"
 CONFIG_ERROR = "config_error"
 COMMAND = "command"  # a start/stop/restart asked for, with its source (api, queue, ...)
+SCHEDULED_RUN = "scheduled_run"  # a scheduled run came due: started, skipped, replaced or concurrent
 PROBE_RESULT = "probe_result"  # every check's result: on the probe bus only, never the main one
 
 

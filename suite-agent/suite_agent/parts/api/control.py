@@ -8,7 +8,7 @@ from typing import Any, TypeVar, assert_never
 from urllib.parse import quote
 
 from suite_agent.config.reloader import Reload
-from suite_agent.core.inbox import Control, Verb
+from suite_agent.core.inbox import Control, SignalServices, Verb
 from suite_agent.core.results import (
     ANSWER_SLACK,
     DEFAULT_WAIT,
@@ -20,27 +20,42 @@ from suite_agent.core.results import (
     ReloadAnswer,
     ReloadSummary,
     ShuttingDown,
+    SignalAnswer,
+    Signalled,
 )
+from suite_agent.core.signalling import UnknownSignal, parse_signal
 from suite_agent.parts.api.context import ApiContext, Reply
-from suite_agent.parts.api.errors import ApiError
-from suite_agent.parts.api.params import Req, service_names
+from suite_agent.parts.api.errors import ApiError, bad_request
+from suite_agent.parts.api.params import Req, rolling_flag, service_names
 
 T = TypeVar("T")
 
 
 def control_many(verb: Verb, ctx: ApiContext, req: Req) -> Reply:
     wait = req.duration("wait", DEFAULT_WAIT, MAX_WAIT)
-    names = service_names(req.json_body())
-    return _control(ctx, verb, names, wait)
+    body = req.json_body()
+    names = service_names(body, ("rolling",) if verb == "restart" else ())
+    return _control(ctx, verb, names, wait, rolling_flag(body))
 
 
 def control_one(verb: Verb, ctx: ApiContext, req: Req, name: str) -> Reply:
     wait = req.duration("wait", DEFAULT_WAIT, MAX_WAIT)
-    return _control(ctx, verb, (name,), wait)
+    rolling = False
+    if verb == "restart" and _has_body(req):  # optional: {"rolling": true}
+        body = req.json_body()
+        if not isinstance(body, dict) or set(body) - {"rolling"}:
+            raise bad_request('the body of a restart may only be {"rolling": true}')
+        rolling = rolling_flag(body)
+    return _control(ctx, verb, (name,), wait, rolling)
 
 
-def _control(ctx: ApiContext, verb: Verb, names: tuple[str, ...], wait: float) -> Reply:
-    message = Control(verb, names, source="api", wait=wait)
+def _has_body(req: Req) -> bool:
+    length = (req.header("content-length") or "").strip()
+    return bool(req.header("transfer-encoding")) or (length != "" and length != "0")
+
+
+def _control(ctx: ApiContext, verb: Verb, names: tuple[str, ...], wait: float, rolling: bool = False) -> Reply:
+    message = Control(verb, names, source="api", wait=wait, rolling=rolling)
     ctx.handle.inbox.put(message)
     return control_reply(_answer(message.reply, wait + ANSWER_SLACK), wait)
 
@@ -67,6 +82,35 @@ def control_reply(answer: ControlAnswer, wait: float) -> Reply:
         headers = {"Location": body["follow"][0]} if pending else {}
         return Reply(202, body, headers=headers)
     return Reply(200 if answer.ok else 409, body)
+
+
+def signal_one(ctx: ApiContext, req: Req, name: str) -> Reply:
+    body = req.json_body()
+    if not isinstance(body, dict) or "signal" not in body:
+        raise bad_request('the body must be a JSON object like {"signal": "HUP"}')
+    unknown_keys = sorted(set(body) - {"signal"})
+    if unknown_keys:
+        raise bad_request(f"unknown field(s): {', '.join(unknown_keys)}")
+    try:
+        signum = parse_signal(body["signal"])
+    except UnknownSignal as exc:
+        raise bad_request(str(exc)) from None
+    message = SignalServices((name,), signum, source="api")
+    ctx.handle.inbox.put(message)
+    return signal_reply(_answer(message.reply, ANSWER_SLACK))
+
+
+def signal_reply(answer: SignalAnswer) -> Reply:
+    """200 when a process of every service got it; 409 when one had none running. Unknown: 404."""
+    match answer:
+        case Refused(unknown=unknown) if unknown:
+            raise ApiError(404, answer.error, unknown=list(unknown))
+        case Refused() | ShuttingDown():
+            raise ApiError(409, answer.error)
+        case Signalled():
+            return Reply(200 if answer.ok else 409, answer.json())
+        case _:
+            assert_never(answer)
 
 
 def reload(ctx: ApiContext, req: Req) -> Reply:

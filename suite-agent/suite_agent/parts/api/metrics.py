@@ -120,6 +120,8 @@ class AgentCollector(Collector):
                                   "CPU seconds (user+system) of the service's process groups", labels=["service"])
         rss = GaugeMetricFamily("suite_agent_service_memory_rss_bytes",
                                 "resident memory of the service's process groups", labels=["service"])
+        next_run = GaugeMetricFamily("suite_agent_service_next_run_timestamp",
+                                     "Unix time of a scheduled service's next run", labels=["service"])
         usage = self._sampler.usage
         pids: set[int] = set()
         for name in sorted(snap.services):
@@ -133,6 +135,8 @@ class AgentCollector(Collector):
             uptime.add_metric([name], s.uptime(now))
             if s.last_exit_code is not None:
                 exit_code.add_metric([name], float(s.last_exit_code))
+            if s.next_run is not None:
+                next_run.add_metric([name], s.next_run)
             if name in usage and s.pids:
                 cpu.add_metric([name], usage[name].cpu_seconds)
                 rss.add_metric([name], float(usage[name].rss_bytes))
@@ -148,7 +152,7 @@ class AgentCollector(Collector):
         services = GaugeMetricFamily("suite_agent_services", "services declared", value=float(len(snap.services)))
         agent_uptime = GaugeMetricFamily("suite_agent_uptime_seconds", "seconds since the agent started",
                                          value=max(0.0, now - snap.started_at))
-        builtin = [up, state, ready, restarts, uptime, exit_code, cpu, rss, info, reloads, errors, services,
+        builtin = [up, state, ready, restarts, uptime, exit_code, next_run, cpu, rss, info, reloads, errors, services,
                    agent_uptime]
         yield from builtin
         yield from samples_to_families(self._part_samples(), {m.name for m in builtin})

@@ -37,6 +37,10 @@ SCHEMAS: dict[str, Any] = {
             "replicas": {"type": "integer"},
             "autostart": {"type": "boolean"},
             "file": {"type": ["string", "null"], "description": "the conf.d file that declares it"},
+            "next_run": {"type": "number", "description": "a scheduled service, while its schedule is on: Unix "
+                                                          "time of its next run"},
+            "rollout": {"type": "string", "description": "a rolling restart or update under way "
+                                                         "(`rolling: 1 of 3 replaced`), or why the last one stopped"},
         },
     },
     "ServiceList": {
@@ -49,6 +53,35 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["services"], "additionalProperties": False,
         "properties": {"services": {"type": "array", "minItems": 1, "items": {"type": "string"}}},
         "example": {"services": ["backend", "frontend"]},
+    },
+    "RestartRequest": {
+        "type": "object", "required": ["services"], "additionalProperties": False,
+        "properties": {"services": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                       "rolling": {"type": "boolean", "default": False,
+                                   "description": "replace the replicas one at a time, each once its successor "
+                                                  "is ready; a successor that does not get ready stops it"}},
+        "example": {"services": ["web"], "rolling": True},
+    },
+    "RollingFlag": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"rolling": {"type": "boolean", "default": False}},
+        "example": {"rolling": True},
+    },
+    "SignalRequest": {
+        "type": "object", "required": ["signal"], "additionalProperties": False,
+        "properties": {"signal": {"anyOf": [{"type": "string", "pattern": "^[A-Za-z0-9+-]+$"},
+                                            {"type": "integer", "minimum": 1}],
+                                  "description": "HUP, SIGHUP, hup or 1"}},
+        "example": {"signal": "HUP"},
+    },
+    "SignalResult": {
+        "type": "object", "required": ["ok", "signal", "results"],
+        "properties": {"ok": {"type": "boolean"}, "signal": {"type": "string", "examples": ["SIGHUP"]},
+                       "results": {"type": "object", "additionalProperties": {
+                           "type": "object", "required": ["ok", "pids"],
+                           "properties": {"ok": {"type": "boolean"},
+                                          "pids": {"type": "array", "items": {"type": "integer"},
+                                                   "description": "the replicas' leaders whose group got it"}}}}},
     },
     "ServiceResult": {
         "type": "object", "required": ["ok", "state"],
@@ -149,7 +182,8 @@ def _operation(route: Route, token: bool) -> dict[str, Any]:
             for p in route.params
         ]
     if route.body is not None:
-        op["requestBody"] = {"required": True, "content": _content("application/json", route.body)}
+        op["requestBody"] = {"required": route.body_required,
+                             "content": _content("application/json", route.body)}
     return op
 
 

@@ -116,8 +116,8 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def service_names(body: Any) -> tuple[str, ...]:
-    """`{"services": ["a", "b"]}` -> ("a", "b"), or 400."""
+def service_names(body: Any, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """`{"services": ["a", "b"]}` -> ("a", "b"), or 400; `extra`: the other fields it may have."""
     if not isinstance(body, dict):
         raise bad_request('the body must be a JSON object like {"services": ["backend"]}')
     names = body.get("services")
@@ -125,7 +125,15 @@ def service_names(body: Any) -> tuple[str, ...]:
         raise bad_request('"services" must be a non-empty list of service names')
     if not all(isinstance(n, str) for n in names):
         raise bad_request('"services" must hold strings only')
-    unknown_keys = sorted(set(body) - {"services"})
+    unknown_keys = sorted(set(body) - {"services", *extra})
     if unknown_keys:
         raise bad_request(f"unknown field(s): {', '.join(unknown_keys)}")
     return tuple(dict.fromkeys(names))
+
+
+def rolling_flag(body: Any) -> bool:
+    """`"rolling": true` of a restart's body (absent: false), or 400."""
+    value = body.get("rolling", False) if isinstance(body, dict) else False
+    if not isinstance(value, bool):
+        raise bad_request('"rolling" must be true or false')
+    return value

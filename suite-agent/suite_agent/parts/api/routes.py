@@ -44,7 +44,8 @@ class Route:
     responses: Mapping[int, tuple[str, str | None]]  # status -> (description, schema name)
     auth: bool = True
     params: tuple[Param, ...] = ()
-    body: str | None = None  # schema name of a required JSON body
+    body: str | None = None  # schema name of a JSON body
+    body_required: bool = True
     media: str = "application/json"  # of the success responses
     description: str = ""
     operation_id: str = ""
@@ -91,13 +92,23 @@ def _control_routes() -> list[Route]:
         routes.append(Route(
             "POST", f"/api/services/{verb}", functools.partial(control.control_many, verb),
             f"{verb.capitalize()} services", "control", _CONTROL_RESPONSES, params=(WAIT_PARAM,),
-            body="ServiceNames", operation_id=f"{verb}Services"))
+            body="RestartRequest" if verb == "restart" else "ServiceNames", operation_id=f"{verb}Services"))
     for verb in verbs:
         routes.append(Route(
             "POST", f"/api/services/<name>/{verb}", functools.partial(control.control_one, verb),
             f"{verb.capitalize()} one service", "control",
             {k: v for k, v in _CONTROL_RESPONSES.items() if k not in (413, 415)},
-            params=(NAME_PARAM, WAIT_PARAM), operation_id=f"{verb}Service"))
+            params=(NAME_PARAM, WAIT_PARAM), operation_id=f"{verb}Service",
+            body="RollingFlag" if verb == "restart" else None, body_required=False))
+    routes.append(Route(
+        "POST", "/api/services/<name>/signal", control.signal_one, "Send a signal to one service", "control",
+        {200: ("sent to the process group of every running replica", "SignalResult"),
+         400: ("malformed body or unknown signal", ERR), 404: ("unknown service", ERR),
+         409: ("no replica of the service is running (nothing was sent), or the agent is shutting down",
+               "SignalResult"),
+         413: ("body too large", ERR), 415: ("the body was sent with a Content-Type other than JSON", ERR)},
+        params=(NAME_PARAM,), body="SignalRequest", operation_id="signalService",
+        description="The signal is a name with or without SIG, in any case (`HUP`, `SIGUSR1`), or its number."))
     return routes
 
 

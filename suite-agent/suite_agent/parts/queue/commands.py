@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard, assert_never, cast, get_args
 
 from suite_agent.config.reloader import Reload
-from suite_agent.core.inbox import Control
+from suite_agent.core.inbox import Control, SignalServices
 from suite_agent.core.results import (
     ANSWER_SLACK,
     DEFAULT_WAIT,
@@ -25,15 +25,18 @@ from suite_agent.core.results import (
     ReloadAnswer,
     ReloadSummary,
     ShuttingDown,
+    SignalAnswer,
+    Signalled,
 )
+from suite_agent.core.signalling import UnknownSignal, parse_signal
 from suite_agent.parts.queue.topology import COMMAND_PREFIX
 
 # The event published (and answered) when a command is refused: suite.command_rejected.
 COMMAND_REJECTED = "command_rejected"
 
-QueueVerb = Literal["start", "stop", "restart", "reload", "status"]
+QueueVerb = Literal["start", "stop", "restart", "reload", "status", "signal"]
 VERBS: tuple[str, ...] = get_args(QueueVerb)
-FIELDS = ("services", "wait")
+FIELDS = ("services", "wait", "rolling", "signal")
 
 
 class CommandError(ValueError):
@@ -45,6 +48,8 @@ class Command:
     verb: QueueVerb
     names: tuple[str, ...]  # empty: every service (status) or not applicable (reload)
     wait: float
+    rolling: bool = False  # restart only
+    signum: int = 0  # signal only
 
 
 def parse(routing_key: str, body: bytes | str, agent_id: str) -> Command:
@@ -53,8 +58,19 @@ def parse(routing_key: str, body: bytes | str, agent_id: str) -> Command:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise CommandError(f"unknown field(s) {', '.join(map(repr, unknown))}; a command body may have "
-                           f"{' and '.join(map(repr, FIELDS))}")
-    return Command(verb=verb, names=_names(verb, data.get("services")), wait=_wait(data.get("wait")))
+                           f"{', '.join(map(repr, FIELDS[:-1]))} and {FIELDS[-1]!r}")
+    rolling = data.get("rolling", False)
+    if not isinstance(rolling, bool) or (rolling and verb != "restart"):
+        raise CommandError('"rolling" is true or false, for restart only')
+    if (verb == "signal") != ("signal" in data):
+        raise CommandError('"signal" is required for signal, and for it only: e.g. {"services": ["web"], '
+                           '"signal": "HUP"}')
+    try:
+        signum = parse_signal(data["signal"]) if verb == "signal" else 0
+    except UnknownSignal as exc:
+        raise CommandError(str(exc)) from None
+    return Command(verb=verb, names=_names(verb, data.get("services")), wait=_wait(data.get("wait")),
+                   rolling=rolling, signum=signum)
 
 
 def _verb(routing_key: str, agent_id: str) -> QueueVerb:
@@ -117,7 +133,7 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def to_owner(command: Command, every_service: Collection[str]) -> Control | Reload:
+def to_owner(command: Command, every_service: Collection[str]) -> Control | Reload | SignalServices:
     """The owner's message for this command (a reload: the loader's request); its answer comes in
     the message's `reply`.
 
@@ -126,15 +142,19 @@ def to_owner(command: Command, every_service: Collection[str]) -> Control | Relo
     if command.verb == "reload":
         return Reload(source="queue")
     names = command.names or tuple(sorted(every_service))
-    return Control(verb=command.verb, names=names, source="queue", wait=command.wait)
+    if command.verb == "signal":
+        return SignalServices(names, command.signum, source="queue")
+    return Control(verb=command.verb, names=names, source="queue", wait=command.wait, rolling=command.rolling)
 
 
 def answer_within(command: Command) -> float:
     """How long to wait for the owner's answer before answering without it."""
+    if command.verb == "signal":
+        return ANSWER_SLACK
     return RELOAD_WAIT if command.verb == "reload" else command.wait + ANSWER_SLACK
 
 
-def reply(command: Command, answer: ControlAnswer | ReloadAnswer) -> dict[str, Any]:
+def reply(command: Command, answer: ControlAnswer | ReloadAnswer | SignalAnswer) -> dict[str, Any]:
     """`{"ok", "results", ...}` for every verb; a reload's summary becomes its results."""
     match answer:
         case ControlResult():
@@ -144,6 +164,8 @@ def reply(command: Command, answer: ControlAnswer | ReloadAnswer) -> dict[str, A
             return body
         case ReloadSummary():
             return {"ok": answer.ok, "results": answer.json()}
+        case Signalled():
+            return answer.json()
         case Refused():
             return {**error(answer.error), "unknown": list(answer.unknown)}
         case ShuttingDown() if command.verb == "reload":
@@ -158,7 +180,7 @@ def error(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
 
 
-def refused(answer: ControlAnswer | ReloadAnswer) -> TypeGuard[Refused]:
+def refused(answer: ControlAnswer | ReloadAnswer | SignalAnswer) -> TypeGuard[Refused]:
     """The owner did nothing because the command named services it does not know."""
     return isinstance(answer, Refused) and bool(answer.unknown)
 

@@ -31,7 +31,7 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 
 from suite_agent.config.reloader import Reload
-from suite_agent.core.results import ControlAnswer, ReloadAnswer
+from suite_agent.core.results import ControlAnswer, ReloadAnswer, SignalAnswer
 from suite_agent.events.bus import Event
 from suite_agent.jsontext import dumps
 from suite_agent.parts.lifecycle import AgentHandle
@@ -54,7 +54,7 @@ class _Pending:
 
     command: Command
     key: str | None  # message_id, else correlation_id
-    future: Future[ControlAnswer] | Future[ReloadAnswer]
+    future: Future[ControlAnswer] | Future[ReloadAnswer] | Future[SignalAnswer]
     deadline: float
     deliveries: list[tuple[Message, bool]] = field(default_factory=list)  # (message, is a duplicate)
     answer: dict[str, Any] | None = None
