@@ -257,8 +257,11 @@ def test_the_logs_panel_follows_a_service_and_pauses(page: WebDriver, live: tupl
     paused_at = api.get("/api/services/chatty/logs?lines=1").json["last_seq"]
     count = len(shown_lines())
     # The service wrote several lines since: none of them reached the paused panel.
-    seq = eventually(lambda: (s := api.get("/api/services/chatty/logs?lines=1").json["last_seq"]) >= paused_at + 5 and s,
-                     10, "more output")
+    def last_seq() -> int:
+        seq: int = api.get("/api/services/chatty/logs?lines=1").json["last_seq"]
+        return seq
+
+    seq = eventually(lambda: (s := last_seq()) >= paused_at + 5 and s, 10, "more output")
     assert len(shown_lines()) <= count + 1  # at most the answer of the poll that was open
     page.find_element(By.ID, "logs-pause").click()
     later = api.get(f"/api/services/chatty/logs?lines=1&after={seq - 1}").json["lines"][-1]["text"]

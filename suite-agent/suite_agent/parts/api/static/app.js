@@ -30,6 +30,7 @@
   let session = 0; // bumped when the token is dropped: late answers of the old one are ignored
   let config = null;
   let layoutQueued = false;
+  let agentInfo = null; // {version, startedAt (performance.now() time base)}
 
   class AuthError extends Error {}
 
@@ -181,7 +182,7 @@
     const readyText = s.ready ? "ready" : "not ready";
     if (c.ready.dataset.v !== `${readyText} ${s.health}`) {
       c.ready.dataset.v = `${readyText} ${s.health}`;
-      c.ready.replaceChildren(el("span", s.ready ? "" : "notready", readyText), document.createTextNode(" · "),
+      c.ready.replaceChildren(el("span", s.ready ? "" : (s.pids.length ? "notready" : "muted"), readyText), document.createTextNode(" · "),
         el("span", `health-${s.health}`, s.health));
     }
     setText(c.replicas, String(s.replicas));
@@ -360,6 +361,7 @@
 
   // Uptime and backoff countdowns move on their own between events.
   function tick() {
+    if (agentInfo) setText($("agent"), `v${agentInfo.version} · up ${duration((performance.now() - agentInfo.startedAt) / 1000)}`);
     for (const row of rows.values()) {
       if (row.tr.hidden || !row.status) continue;
       if (row.status.pids.length) setText(row.cells.uptime, duration(uptimeOf(row)));
@@ -655,7 +657,12 @@
       return;
     }
     if (mine !== session) return;
-    if (!r.ok) { setConn("off", `HTTP ${r.status}`); return; }
+    if (!r.ok) {
+      setConn("off", `HTTP ${r.status}`);
+      $("main").hidden = false;
+      answer(`The API refused the page: ${(r.data && r.data.error) || "HTTP " + r.status}`, "error");
+      return;
+    }
     $("login").hidden = true;
     $("main").hidden = false;
     $("show-config").hidden = false;
@@ -666,7 +673,9 @@
     loadConfig();
     api("GET", "/api/usage").then((u) => { if (mine === session && u.ok) loadUsage(u.data); }).catch(() => {});
     api("GET", "/api/health").then((h) => {
-      if (h.ok) setText($("agent"), `v${h.data.version} · up ${duration(h.data.uptime)}`);
+      if (!h.ok) return;
+      agentInfo = {version: h.data.version, startedAt: performance.now() - h.data.uptime * 1000};
+      tick();
     }).catch(() => {});
   }
 
