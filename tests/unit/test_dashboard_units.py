@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
@@ -52,7 +53,7 @@ def test_issuing_many_tickets_keeps_only_the_newest() -> None:
 
 # -- the guard -----------------------------------------------------------------------------
 
-def req(query: dict[str, str] | None = None, **headers: str) -> Req:
+def req(query: Mapping[str, str] | None = None, **headers: str) -> Req:
     environ: dict[str, Any] = {"wsgi.url_scheme": "http"}
     for name, value in headers.items():
         environ["HTTP_" + name.upper()] = value
