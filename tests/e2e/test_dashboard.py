@@ -75,8 +75,8 @@ def browser() -> Iterator[WebDriver]:
 @pytest.fixture
 def page(browser: WebDriver) -> Iterator[WebDriver]:
     """The browser on a fresh tab state: logs read and dropped, storage cleared after the test."""
-    browser.get_log("browser")
-    browser.get_log("performance")
+    logs(browser, "browser")
+    logs(browser, "performance")
     yield browser
     with contextlib.suppress(WebDriverException):
         browser.get("about:blank")
@@ -115,13 +115,19 @@ def wait_text(driver: WebDriver, css: str, needle: str, timeout: float = 10) -> 
     return text
 
 
+def logs(driver: WebDriver, kind: str) -> list[dict[str, Any]]:
+    """The browser's log entries of this kind since the last call (it hands each out once)."""
+    entries: list[dict[str, Any]] = driver.get_log(kind)  # type: ignore[no-untyped-call]
+    return entries
+
+
 def console_errors(driver: WebDriver) -> list[dict[str, Any]]:
-    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    return [e for e in logs(driver, "browser") if e["level"] == "SEVERE"]
 
 
 def requested_urls(driver: WebDriver) -> list[str]:
     urls = []
-    for entry in driver.get_log("performance"):
+    for entry in logs(driver, "performance"):
         message = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])

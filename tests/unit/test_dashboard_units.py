@@ -53,9 +53,9 @@ def test_issuing_many_tickets_keeps_only_the_newest() -> None:
 
 # -- the guard -----------------------------------------------------------------------------
 
-def req(query: Mapping[str, str] | None = None, **headers: str) -> Req:
+def req(headers: Mapping[str, str] | None = None, query: Mapping[str, str] | None = None) -> Req:
     environ: dict[str, Any] = {"wsgi.url_scheme": "http"}
-    for name, value in headers.items():
+    for name, value in (headers or {}).items():
         environ["HTTP_" + name.upper()] = value
     return Req(environ, query or {})
 
@@ -71,12 +71,12 @@ def req(query: Mapping[str, str] | None = None, **headers: str) -> Req:
     ({"host": "127.0.0.1:8080", "sec_fetch_site": "same-site"}, True),
 ])
 def test_a_request_from_another_sites_page_is_refused(headers: dict[str, str], refused: bool) -> None:
-    assert (cross_site(req(**headers)) is not None) is refused
+    assert (cross_site(req(headers)) is not None) is refused
     if refused:
         with pytest.raises(ApiError) as caught:
-            check(req(**headers), "POST", "tok", True)
+            check(req(headers), "POST", "tok", True)
         assert caught.value.status == 403
-        check(req(**headers), "GET", None, True)  # reading is left to the token and the Host check
+        check(req(headers), "GET", None, True)  # reading is left to the token and the Host check
 
 
 @pytest.mark.parametrize(("host", "loopback"), [
@@ -89,15 +89,16 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
 
 
 def test_without_a_token_a_browser_must_address_the_agent_by_a_loopback_name() -> None:
-    rebound = req(host="evil.example:8080", sec_fetch_site="same-origin")
+    rebound = req({"host": "evil.example:8080", "sec_fetch_site": "same-origin"})
     assert foreign_host(rebound) is not None
     with pytest.raises(ApiError) as caught:
         check(rebound, "GET", None, True)
     assert caught.value.status == 403 and "loopback" in caught.value.message
-    check(req(host="agent-box:8080"), "GET", None, True)  # not a browser: as before
+    check(req({"host": "agent-box:8080"}), "GET", None, True)  # not a browser: as before
     check(rebound, "GET", None, False)  # /api/health and the page itself
     # With a token, the name does not matter: a rebound page has no token to send.
-    check(req(host="agent.example:8080", sec_fetch_site="same-origin", authorization="Bearer tok"), "GET", "tok", True)
+    signed = {"host": "agent.example:8080", "sec_fetch_site": "same-origin", "authorization": "Bearer tok"}
+    check(req(signed), "GET", "tok", True)
 
 
 def test_the_token_or_a_ticket_where_a_ticket_may_stand_in() -> None:
@@ -107,10 +108,10 @@ def test_the_token_or_a_ticket_where_a_ticket_may_stand_in() -> None:
         spent.append(ticket)
         return ticket == "good"
 
-    check(req(authorization="Bearer tok"), "GET", "tok", True)
-    check(req({"ticket": "good"}), "GET", "tok", True, redeem)
-    for case, redeemer in ((req({"ticket": "bad"}), redeem), (req({"ticket": "good"}), None),
-                           (req(authorization="Bearer nope"), None)):
+    check(req({"authorization": "Bearer tok"}), "GET", "tok", True)
+    check(req(query={"ticket": "good"}), "GET", "tok", True, redeem)
+    for case, redeemer in ((req(query={"ticket": "bad"}), redeem), (req(query={"ticket": "good"}), None),
+                           (req({"authorization": "Bearer nope"}), None)):
         with pytest.raises(ApiError) as caught:
             check(case, "GET", "tok", True, redeemer)
         assert caught.value.status == 401 and caught.value.headers["WWW-Authenticate"].startswith("Bearer")
