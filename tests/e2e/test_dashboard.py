@@ -185,6 +185,30 @@ def test_the_page_loads_with_no_console_error_and_nothing_from_another_host(
     assert served.headers["x-frame-options"] == "DENY"
 
 
+def test_sort_and_filter_by_name_and_state(page: WebDriver, live: tuple[Agent, Api]) -> None:
+    _, api = live
+    open_dashboard(page, api, "web", "chatty", "idle")
+
+    def shown() -> list[str]:
+        names: list[str] = page.execute_script(
+            "return [...document.querySelectorAll('[data-service]')].filter(r => !r.hidden)"
+            ".map(r => r.dataset.service)")
+        return names
+
+    assert shown() == ["chatty", "idle", "web"]
+    page.find_element(By.CSS_SELECTOR, 'th[data-sort="name"]').click()
+    eventually(lambda: shown() == ["web", "idle", "chatty"], 5, "descending names")
+    page.find_element(By.CSS_SELECTOR, 'th[data-sort="state"]').click()
+    eventually(lambda: shown()[-1] == "idle", 5, "running before stopped")
+    page.find_element(By.ID, "filter").send_keys("at")
+    eventually(lambda: shown() == ["chatty"], 5, "filtered by name")
+    page.find_element(By.ID, "filter").clear()
+    page.execute_script("const s = document.getElementById('state-filter'); s.value = 'stopped';"
+                        "s.dispatchEvent(new Event('change'))")
+    eventually(lambda: shown() == ["idle"], 5, "filtered by state")
+    assert "1 of 3 shown" in page.find_element(By.ID, "counts").text
+
+
 def test_a_kill_9_shows_up_live_without_a_reload(page: WebDriver, live: tuple[Agent, Api]) -> None:
     agent, api = live
     open_dashboard(page, api, "web")
