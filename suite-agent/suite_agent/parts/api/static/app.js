@@ -180,8 +180,9 @@
     setText(c.badge, s.state);
     setText(c.detail, detailText(row));
     const readyText = s.ready ? "ready" : "not ready";
-    if (c.ready.dataset.v !== `${readyText} ${s.health}`) {
-      c.ready.dataset.v = `${readyText} ${s.health}`;
+    const readyKey = `${readyText} ${s.health} ${s.pids.length > 0}`;
+    if (c.ready.dataset.v !== readyKey) {
+      c.ready.dataset.v = readyKey;
       c.ready.replaceChildren(el("span", s.ready ? "" : (s.pids.length ? "notready" : "muted"), readyText), document.createTextNode(" · "),
         el("span", `health-${s.health}`, s.health));
     }
