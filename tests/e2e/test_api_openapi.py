@@ -30,7 +30,7 @@ from api_helpers import Api, start_with_api
 
 TOKEN = "fuzz-token"
 EXAMPLES = 30
-FUZZ_BUDGET = 75.0  # 60 s for the first 19 operations, scaled to the 24 there are now
+FUZZ_BUDGET = 75.0  # about 3 s for each of the 24 operations
 
 
 @pytest.fixture(scope="module")
