@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import pytest
 
 from suite_agent.core.service import ServiceStatus
 from suite_agent.core.snapshot import Snapshot
+from suite_agent.events.bus import Event, EventBus
+from suite_agent.parts.api.context import StreamSlots
 from suite_agent.parts.api.errors import ApiError
 from suite_agent.parts.api.guard import check, cross_site, foreign_host, is_loopback_host
 from suite_agent.parts.api.live import LiveStatus, changes
 from suite_agent.parts.api.params import Req
+from suite_agent.parts.api.sse import EventStream
 from suite_agent.parts.api.tickets import Tickets
 from suite_agent.parts.api.usage import UsageHistory
 
@@ -173,3 +177,31 @@ def test_a_stream_sends_each_change_once_and_each_usage_sample_once() -> None:
     assert [e.type for e in found] == ["service_status", "service_usage"]
     assert found[0].data["state"] == "backoff" and found[1].data["services"]["web"]["rss_bytes"] == 10
     assert live.pending() == []
+
+
+class StreamCtx:
+    """What EventStream reads of the API context."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.handle = SimpleNamespace(bus=bus)
+        self.slots = StreamSlots(1)
+        self.sse_buffer = 100
+        self.agent_id = "test"
+        self.stopping = threading.Event()
+
+
+def test_a_status_stream_interleaves_changes_with_the_agents_events() -> None:
+    bus = EventBus()
+    snap = Snapshot(services=MappingProxyType({"web": status("web")}))
+    ctx: Any = StreamCtx(bus)
+    stream = EventStream(ctx, None, 60, LiveStatus(lambda: snap, UsageHistory(), clock=lambda: 100.0))
+    assert next(stream).startswith(b"retry:")
+    first = next(stream).decode()
+    assert first.startswith("id: ") and "\nevent: services\n" in first and '"type":"suite.services"' in first
+    bus.publish(Event.make("service_stopped", "web", pid=7))
+    snap = Snapshot(services=MappingProxyType({"web": status("web", "backoff", ())}))
+    changed = next(stream).decode()
+    assert "event: service_status" in changed and '"state":"backoff"' in changed and '"subject":"web"' in changed
+    assert "event: service_stopped" in next(stream).decode()
+    stream.close()
+    assert ctx.slots.active == 0
