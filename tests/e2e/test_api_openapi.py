@@ -30,7 +30,7 @@ from api_helpers import Api, start_with_api
 
 TOKEN = "fuzz-token"
 EXAMPLES = 30
-FUZZ_BUDGET = 60.0
+FUZZ_BUDGET = 75.0  # about 3 s for each of the 24 operations
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_fuzz_finds_no_server_error(live: tuple[Agent, Api]) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     began = time.monotonic()
     ops = _operations(api)
-    assert len(ops) == 20, ' '.join(op.label for op in ops)  # schemathesis leaves out /openapi.json itself
+    assert len(ops) == 26, ' '.join(op.label for op in ops)  # schemathesis leaves out /openapi.json itself
     for op in ops:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             try:

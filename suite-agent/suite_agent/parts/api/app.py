@@ -9,7 +9,7 @@ from typing import Any
 import bottle  # type: ignore[import-untyped]
 
 from suite_agent.jsontext import dumps
-from suite_agent.parts.api.auth import authorized
+from suite_agent.parts.api import guard
 from suite_agent.parts.api.context import JSON, ApiContext, Reply
 from suite_agent.parts.api.errors import ApiError
 from suite_agent.parts.api.params import Req
@@ -32,10 +32,7 @@ def _callback(ctx: ApiContext, route: Route) -> Callable[..., Any]:
     def callback(**args: str) -> Any:
         try:
             req = Req.from_environ(bottle.request.environ)
-            if route.auth and ctx.token is not None and not authorized(req.header("Authorization"), ctx.token):
-                error = ApiError(401, "missing or wrong bearer token (send Authorization: Bearer TOKEN)")
-                error.headers["WWW-Authenticate"] = 'Bearer realm="suite-agent"'
-                raise error
+            guard.check(req, route.method, ctx.token, route.auth, ctx.tickets.redeem if route.ticket else None)
             reply = route.handler(ctx, req, **args)
         except ApiError as exc:
             reply = Reply(exc.status, exc.body(), headers=exc.headers)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from suite_agent.parts.api.errors import ApiError
+from suite_agent.parts.api.tickets import Tickets
+from suite_agent.parts.api.usage import UsageHistory
 from suite_agent.parts.lifecycle import AgentHandle
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class ApiContext:
     stopping: threading.Event = field(default_factory=threading.Event)
     openapi: Mapping[str, Any] = field(default_factory=dict)
     sse_buffer: int = 1000
+    tickets: Tickets = field(default_factory=Tickets)
+    usage: UsageHistory = field(default_factory=UsageHistory)
 
     @property
     def agent_id(self) -> str:

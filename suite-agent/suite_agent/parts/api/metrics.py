@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from suite_agent import __version__
 from suite_agent.events import bus as events
+from suite_agent.parts.api.usage import UsageHistory
 from suite_agent.parts.lifecycle import AgentHandle, Sample
 from suite_agent.processes.usage import Usage, by_service, measure
 from suite_agent.states import State
@@ -44,9 +45,13 @@ class Sampler:
     """A thread: CPU seconds and RSS summed over each service's process groups (a service's
     pids are its group leaders), every SAMPLE_PERIOD seconds or sooner when asked."""
 
-    def __init__(self, handle: AgentHandle, period: float = SAMPLE_PERIOD) -> None:
+    def __init__(self, handle: AgentHandle, period: float = SAMPLE_PERIOD,
+                 history: UsageHistory | None = None) -> None:
         self._handle = handle
         self._period = period
+        self._history = history
+        if history is not None:
+            history.period = period
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="api-metrics", daemon=True)
@@ -96,6 +101,8 @@ class Sampler:
         groups = {pid: name for name, status in self._handle.snapshot().services.items() for pid in status.pids}
         self.usage = by_service(groups, measure(groups.keys()))
         self.sampled_pids = frozenset(groups)
+        if self._history is not None:
+            self._history.record(time.time(), self.usage)
 
 
 class AgentCollector(Collector):
@@ -209,8 +216,8 @@ def _label_name(name: str) -> str:
 
 
 class Metrics:
-    def __init__(self, handle: AgentHandle) -> None:
-        self.sampler = Sampler(handle)
+    def __init__(self, handle: AgentHandle, history: UsageHistory | None = None) -> None:
+        self.sampler = Sampler(handle, history=history)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(handle, self.sampler))
         self.registry.register(ProcessCollector(registry=None))

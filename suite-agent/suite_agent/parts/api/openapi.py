@@ -144,10 +144,29 @@ SCHEMAS: dict[str, Any] = {
             "files": _STR_LIST,
         },
     },
+    "Ticket": {
+        "type": "object", "required": ["ticket", "expires_in"],
+        "properties": {"ticket": {"type": "string"}, "expires_in": {"type": "number", "description": "seconds"}},
+    },
+    "Usage": {
+        "type": "object", "required": ["services"],
+        "properties": {
+            "period": {"type": "number", "description": "seconds between samples"},
+            "services": {"type": "object", "additionalProperties": {
+                "type": "object", "required": ["cpu_percent", "rss_bytes", "history"],
+                "properties": {
+                    "cpu_percent": {"type": ["number", "null"], "description": "100: one core busy"},
+                    "rss_bytes": {"type": "integer"},
+                    "history": {"type": "array", "description": "[time, cpu %, rss bytes], oldest first",
+                                "items": {"type": "array", "minItems": 3, "maxItems": 3}},
+                }}},
+        },
+    },
 }
 
 _MEDIA_SCHEMA = {"text/event-stream": {"type": "string"}, "text/plain": {"type": "string"},
-                 "text/html": {"type": "string"}}
+                 "text/html": {"type": "string"}, "text/javascript": {"type": "string"},
+                 "text/css": {"type": "string"}}
 
 
 def _content(media: str, schema_name: str | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from suite_agent.parts.api.auth import load_token
 from suite_agent.parts.api.context import ApiContext, StreamSlots
 from suite_agent.parts.api.metrics import Metrics
 from suite_agent.parts.api.openapi import document
+from suite_agent.parts.api.usage import UsageHistory
 from suite_agent.parts.api.webhooks import Webhooks
 from suite_agent.parts.lifecycle import AgentHandle, IntegrationError, Sample
 
@@ -41,10 +42,12 @@ class ApiPart:
             return cloudevents.agent_id(handle.snapshot().declared)
 
         self.webhooks = Webhooks(section.webhooks, handle.bus, agent_id, since=handle.since("api"))
-        self.metrics = Metrics(handle)
+        usage = UsageHistory()
+        self.metrics = Metrics(handle, usage)
         self.ctx = ApiContext(handle=handle, token=token, base_dir=base_dir, agent_ids=agent_id,
                               probe=OwnerProbe(handle.inbox), metrics=self.metrics,
-                              slots=StreamSlots(MAX_STREAMS), openapi=document(token=token is not None))
+                              slots=StreamSlots(MAX_STREAMS), openapi=document(token=token is not None),
+                              usage=usage)
         self.server = server.HttpServer(build_app(self.ctx), self.listen.host, self.listen.port,
                                         BASE_THREADS + MAX_STREAMS)
         self._started = False

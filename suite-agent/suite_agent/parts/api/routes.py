@@ -12,7 +12,7 @@ from suite_agent.config.durations import PATTERN_UP_TO_300S
 from suite_agent.config.models import SERVICE_NAME_MAX, SERVICE_NAME_PATTERN
 from suite_agent.core.inbox import Verb
 from suite_agent.output.lines import STREAMS
-from suite_agent.parts.api import agent_health, control, declared, logs, sse, status
+from suite_agent.parts.api import agent_health, control, dashboard, declared, logs, sse, status
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.docs import render as render_docs
 from suite_agent.parts.api.params import Req
@@ -50,6 +50,7 @@ class Route:
     description: str = ""
     operation_id: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    ticket: bool = False  # a ticket from POST /api/tickets stands in for the token (EventSource)
 
     @property
     def openapi_path(self) -> str:
@@ -155,12 +156,31 @@ ROUTES: tuple[Route, ...] = (
            400: ("bad parameter", ERR), 429: ("too many event streams open", ERR)},
           params=(Param("types", "query", {"type": "string"},
                         "comma-separated event types to receive, e.g. service_started,service_error"),
-                  Param("heartbeat", "query", DURATION, "seconds between heartbeat comments (default 15s)")),
-          media="text/event-stream", operation_id="events"),
+                  Param("heartbeat", "query", DURATION, "seconds between heartbeat comments (default 15s)"),
+                  Param("status", "query", {"type": "string", "enum": ["0", "1", "false", "true"]},
+                        "1: also `services` (every status, first), `service_status` (one service's status, "
+                        "each time it changes), `service_removed` and `service_usage` (CPU %, RSS) events"),
+                  Param("ticket", "query", {"type": "string"},
+                        "a single-use ticket from POST /api/tickets, in place of the Authorization header "
+                        "(a browser's EventSource cannot send one)")),
+          media="text/event-stream", operation_id="events", ticket=True),
+    Route("POST", "/api/tickets", dashboard.ticket, "A single-use ticket that opens one event stream",
+          "events", {200: ("the ticket; it opens /api/events?ticket=... once, within expires_in seconds",
+                           "Ticket")}, operation_id="ticket"),
+    Route("GET", "/api/usage", dashboard.usage, "CPU % and memory of each running service, last minutes",
+          "metrics", {200: ("the newest figures and the kept samples [time, cpu %, rss bytes], oldest first",
+                            "Usage")}, operation_id="usage"),
     Route("GET", "/metrics", _metrics, "Prometheus metrics", "metrics",
           {200: ("Prometheus text exposition format 0.0.4", None)}, media="text/plain", operation_id="metrics"),
     Route("GET", "/openapi.json", _openapi, "This document", "docs",
           {200: ("OpenAPI 3.1 document", None)}, operation_id="openapi"),
+    Route("GET", "/", dashboard.page, "The web dashboard", "dashboard",
+          {200: ("HTML page; it asks for the token when one is set", None)}, auth=False,
+          media="text/html", operation_id="dashboard"),
+    Route("GET", "/dashboard/app.js", dashboard.script, "The dashboard's script", "dashboard",
+          {200: ("JavaScript", None)}, auth=False, media="text/javascript", operation_id="dashboardScript"),
+    Route("GET", "/dashboard/app.css", dashboard.style, "The dashboard's style sheet", "dashboard",
+          {200: ("CSS", None)}, auth=False, media="text/css", operation_id="dashboardStyle"),
     Route("GET", "/docs", _docs, "Readable API documentation (no network needed)", "docs",
           {200: ("HTML page", None)}, media="text/html", operation_id="docs"),
 )

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from suite_agent.events import cloudevents
 from suite_agent.events.bus import Event
 from suite_agent.parts.api.context import ApiContext, Reply
+from suite_agent.parts.api.live import LiveStatus
 from suite_agent.parts.api.params import Req
 
 DEFAULT_HEARTBEAT = 15.0
 STOP_CHECK = 0.5  # how often a quiet stream checks whether the server is stopping
 RETRY_MS = 3000
+LIVE_CHECK = 0.1  # how often a stream with `status` looks for changed statuses
 
 
 def events(ctx: ApiContext, req: Req) -> Reply:
@@ -25,7 +27,10 @@ def events(ctx: ApiContext, req: Req) -> Reply:
     heartbeat = max(heartbeat, 0.1)
     raw = req.query.get("types", "")
     types = frozenset(t.strip().removeprefix("suite.") for t in raw.split(",") if t.strip()) or None
-    stream = EventStream(ctx, types, heartbeat)
+    live = None
+    if req.choice("status", ("0", "1", "false", "true")) in ("1", "true"):
+        live = LiveStatus(ctx.handle.snapshot, ctx.usage)
+    stream = EventStream(ctx, types, heartbeat, live)
     return Reply(200, stream, content_type="text/event-stream",
                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -36,11 +41,14 @@ def format_event(event: Event, agent_id: str) -> bytes:
 
 
 class EventStream(Iterator[bytes]):
-    def __init__(self, ctx: ApiContext, types: frozenset[str] | None, heartbeat: float) -> None:
+    def __init__(self, ctx: ApiContext, types: frozenset[str] | None, heartbeat: float,
+                 live: LiveStatus | None = None) -> None:
         ctx.slots.take()
         self._ctx = ctx
         self._types = types
         self._heartbeat = heartbeat
+        self._live = live
+        self._check = STOP_CHECK if live is None else LIVE_CHECK
         self._sub = ctx.handle.bus.subscribe(ctx.sse_buffer)
         self._opened = False
         self._closed = False
@@ -58,10 +66,15 @@ class EventStream(Iterator[bytes]):
             if self._sub.dropped:
                 self._cut = True
                 return f": dropped: this client fell behind by {self._sub.dropped} events\n\n".encode()
+            if self._live is not None:
+                changed = self._live.pending()
+                if changed:
+                    agent_id = self._ctx.agent_id
+                    return b"".join(format_event(e, agent_id) for e in changed)
             left = beat_at - time.monotonic()
             if left <= 0:
                 return b": heartbeat\n\n"
-            event = self._sub.get(min(left, STOP_CHECK))
+            event = self._sub.get(min(left, self._check))
             if event is not None and (self._types is None or event.type in self._types):
                 return format_event(event, self._ctx.agent_id)
         self.close()
