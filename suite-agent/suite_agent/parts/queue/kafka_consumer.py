@@ -153,12 +153,17 @@ class KafkaCommandConsumer(CommandConsumer):
         self._channel = _Channel(self._offsets)
         self._consumer: Any = None
         self._subscribed = False
+        self._joined = False  # partitions were assigned once: the group's starting point is set
         self._next_probe = 0.0
         self._transport_errors = (KafkaException, ReplyNotSent)
 
     def run(self) -> None:
         spec = self.kafka.spec
-        replies = confluent_kafka.Producer({**spec.producer(idempotent=False), "error_cb": self.kafka.on_error})
+        # The consumer's reports make the link's state; the reply producer's own connection, idle
+        # between replies, would report an outage late, after the consumer is back. A reply that
+        # cannot go out raises instead.
+        replies = confluent_kafka.Producer({**spec.producer(idempotent=False),
+                                            "error_cb": lambda error: log.debug("queue: replies: %s", error)})
         self._producer = _Replies(replies)
         consumer = confluent_kafka.Consumer({**spec.consumer(), "error_cb": self.kafka.on_error})
         self._consumer = consumer
@@ -249,13 +254,22 @@ class KafkaCommandConsumer(CommandConsumer):
         committed = consumer.committed(partitions, timeout=PUBLISH_TIMEOUT)
         fresh = []
         for tp in committed:
-            if tp.offset < 0:  # never committed: this agent starts here, and waits here from now on
-                _, high = consumer.get_watermark_offsets(tp, timeout=PUBLISH_TIMEOUT)
-                tp.offset = high
-                fresh.append(tp)
+            if tp.offset >= 0:
+                continue
+            if self._joined:
+                # The group lost its offsets while this agent ran (a broker that lost its state):
+                # whatever the topic holds now came while it was away, so from the start
+                # (auto.offset.reset: earliest).
+                continue
+            # A new group: the agent starts at the end, and commits it, so that from now on
+            # commands sent while it is down wait for it.
+            _, high = consumer.get_watermark_offsets(tp, timeout=PUBLISH_TIMEOUT)
+            tp.offset = high
+            fresh.append(tp)
         if fresh:
             consumer.commit(offsets=fresh, asynchronous=False)
         consumer.assign(committed)
+        self._joined = True
         if self.kafka.state != "up":
             self.kafka.ready()
 

@@ -82,10 +82,11 @@ class KafkaEventPublisher(EventPublisher):
             self.kafka.lost(exc, unexpected=isinstance(exc, TopicRefused))
             self._next_probe = time.monotonic() + max(PROBE_EVERY, self.kafka.delay)
             return
-        if self._inflight and self.kafka.state == "down":
-            # Back after an outage: a new session sends what is still in flight at once. The old
-            # one might wait for its message timeout (a broker that lost its state no longer knows
-            # the old producer id); an event it did deliver may arrive twice.
+        if self.kafka.state == "down":
+            # Back after an outage: a new session, which sends what is still in flight at once. A
+            # broker that lost its state no longer knows the old producer id, and librdkafka would
+            # retry with it until the message timeout. An event the old one did deliver may
+            # arrive twice.
             self._new_session()
         self.kafka.ready()
 
