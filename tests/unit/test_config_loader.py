@@ -704,7 +704,8 @@ def test_what_the_kernel_cannot_take_is_refused(conf: Conf, text: str, expected:
         ("api:\n  token: ''\n", "2: api.token: the token is empty"),
         ("api:\n  token: x\n  token_file: y\n", "2: api: set token or token_file, not both"),
     ],
-    ids=["kafka", "http", "kafka-options", "kafka-reserved", "kafka-sasl", "no-scheme", "exchange", "agent-id", "any-v4", "any", "any-v6", "name", "number",
+    ids=["kafka", "http", "kafka-options", "kafka-reserved", "kafka-sasl",
+         "no-scheme", "exchange", "agent-id", "any-v4", "any", "any-v6", "name", "number",
          "no-port", "bad-port", "empty-token", "two-tokens"],
 )
 def test_integrations_the_agent_would_refuse(conf: Conf, text: str, expected: str) -> None:

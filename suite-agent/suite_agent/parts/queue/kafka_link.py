@@ -84,7 +84,8 @@ class KafkaSpec:
         return config
 
     def producer(self, *, idempotent: bool) -> dict[str, Any]:
-        config = {**self.common(), "acks": "all", "linger.ms": 5, **self.options.producer}
+        # Events are batched a little (5 ms); a reply is one message, sent at once.
+        config = {**self.common(), "acks": "all", "linger.ms": 5 if idempotent else 0, **self.options.producer}
         if idempotent:
             # In order and once per producer session, whatever librdkafka retries underneath.
             config["enable.idempotence"] = True
@@ -97,6 +98,9 @@ class KafkaSpec:
                 "heartbeat.interval.ms": round(o.heartbeat_interval * 1000),
                 "auto.offset.reset": "earliest",  # only past a committed offset the broker no longer has
                 "enable.partition.eof": False,
+                # Kafka answers a fetch as soon as a record is there; some Kafka-protocol brokers
+                # (Tansu) only when this is over, so it bounds a command's wait there.
+                "fetch.wait.max.ms": 100,
                 **o.consumer,
                 "group.id": self.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False}
 

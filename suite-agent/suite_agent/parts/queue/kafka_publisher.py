@@ -45,6 +45,7 @@ class KafkaEventPublisher(EventPublisher):
         self._headers = [("content_type", content_type.encode())]
         self._producer: Any = None
         self._generation = 0
+        self._used = False  # the producer sent something: after an outage, a new one is made
         self._inflight: dict[str, bool] = {}  # event id -> delivered, for the outbox's head handed over
         self._failed: BaseException | None = None
         self._next_probe = 0.0
@@ -72,6 +73,7 @@ class KafkaEventPublisher(EventPublisher):
     def _new_producer(self) -> Any:
         self._generation += 1  # reports from the one before are ignored
         self._inflight.clear()
+        self._used = False
         return confluent_kafka.Producer({**self.kafka.spec.producer(idempotent=True), "error_cb": self._on_error})
 
     def _probe(self) -> None:
@@ -82,7 +84,7 @@ class KafkaEventPublisher(EventPublisher):
             self.kafka.lost(exc, unexpected=isinstance(exc, TopicRefused))
             self._next_probe = time.monotonic() + max(PROBE_EVERY, self.kafka.delay)
             return
-        if self.kafka.state == "down":
+        if self.kafka.state == "down" and self._used:
             # Back after an outage: a new session, which sends what is still in flight at once. A
             # broker that lost its state no longer knows the old producer id, and librdkafka would
             # retry with it until the message timeout. An event the old one did deliver may
@@ -122,6 +124,7 @@ class KafkaEventPublisher(EventPublisher):
             except BufferError:  # librdkafka's own queue is full: wait for reports first
                 return
             self._inflight[event.id] = False
+            self._used = True
 
     def _report(self, generation: int, event_id: str, error: KafkaError | None) -> None:
         if generation != self._generation or event_id not in self._inflight:
