@@ -171,7 +171,12 @@ class KafkaCommandConsumer(CommandConsumer):
             while not self._stop.is_set():
                 if self.kafka.state != "up" and time.monotonic() >= self._next_probe:
                     self._probe()
-                self._turn()
+                try:
+                    self._turn()
+                except Exception as exc:  # librdkafka or a bug: logged once per outage, then retried
+                    self.kafka.lost(exc, unexpected=not isinstance(exc, KafkaException))
+                    self._next_probe = time.monotonic() + self.kafka.delay
+                    self._stop.wait(self.kafka.delay)
         finally:
             self._commit(asynchronous=False)
             try:
