@@ -11,7 +11,7 @@ import pytest
 from agent import Agent
 
 # Their checks are asserts: rewritten like the tests' own, so a failure shows the values.
-pytest.register_assert_rewrite("api_helpers", "brokers", "fakes")
+pytest.register_assert_rewrite("api_helpers", "brokers", "fakes", "kafka_broker")
 
 HERE = Path(__file__).parent
 KINDS = {HERE / "unit": "unit", HERE / "e2e": "e2e"}

@@ -18,7 +18,8 @@ def report():
         if time.monotonic() > deadline:
             break
         time.sleep(0.01)
-    print(",".join(m for m in ("bottle", "kombu", "stevedore", "prometheus_client", "redis") if m in sys.modules))
+    optional = ("bottle", "kombu", "stevedore", "prometheus_client", "redis", "confluent_kafka")
+    print(",".join(m for m in optional if m in sys.modules))
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGTERM)
 

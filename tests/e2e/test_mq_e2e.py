@@ -263,10 +263,10 @@ def test_commands_sent_while_the_agent_is_down_wait_for_it(broker: Broker, agent
 
 
 def test_an_unsupported_queue_url_is_refused_and_services_run_on(agent: Agent) -> None:
-    agent.write("queue.yaml", "queue: {url: 'kafka://127.0.0.1:9092', agent_id: k1}\n")
+    agent.write("queue.yaml", "queue: {url: 'mqtt://127.0.0.1:1883', agent_id: k1}\n")
     agent.write("services.yaml", services("web: {command: [sleep, '3761']}\n"))
     agent.start()
-    agent.wait_log(r"queue\.yaml:1: queue\.url: kafka:// needs Kafka support")
+    agent.wait_log(r"queue\.yaml:1: queue\.url: unsupported scheme 'mqtt://'")
     agent.wait_pids("3761")
     assert agent.proc is not None and agent.proc.poll() is None
 

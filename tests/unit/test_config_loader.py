@@ -682,9 +682,14 @@ def test_what_the_kernel_cannot_take_is_refused(conf: Conf, text: str, expected:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("queue:\n  url: kafka://127.0.0.1:9092\n",
-         "2: queue.url: kafka:// needs Kafka support, which this agent does not have yet; use redis:// or amqp://"),
+        ("queue:\n  url: kafka://a:9092,b\n",
+         "2: queue.url: 'b': each Kafka broker is HOST:PORT, e.g. kafka://127.0.0.1:9092"),
         ("queue:\n  url: http://127.0.0.1\n", "2: queue.url: unsupported scheme 'http://'; use redis://HOST:6379/0"),
+        ("queue:\n  url: redis://h/0\n  kafka: {partitions: 3}\n", "2: queue: kafka: options are for a kafka:// url"),
+        ("queue:\n  url: kafka://h:9092\n  kafka:\n    producer: {enable.idempotence: false}\n",
+         "4: queue.kafka.producer: enable.idempotence: set by the agent, not settable here"),
+        ("queue:\n  url: kafka://h:9092\n  kafka: {security_protocol: sasl_ssl}\n",
+         "3: queue.kafka: security_protocol sasl_ssl needs sasl_mechanism"),
         ("queue:\n  url: 127.0.0.1:6379\n", "2: queue.url: unsupported scheme"),
         ("queue:\n  url: redis://h/0\n  exchange: ' '\n", "3: queue.exchange: cannot be empty"),
         ("queue:\n  url: redis://h/0\n  agent_id: 'a*'\n", "3: queue.agent_id: 'a*': use letters, digits"),
@@ -699,7 +704,8 @@ def test_what_the_kernel_cannot_take_is_refused(conf: Conf, text: str, expected:
         ("api:\n  token: ''\n", "2: api.token: the token is empty"),
         ("api:\n  token: x\n  token_file: y\n", "2: api: set token or token_file, not both"),
     ],
-    ids=["kafka", "http", "no-scheme", "exchange", "agent-id", "any-v4", "any", "any-v6", "name", "number",
+    ids=["kafka", "http", "kafka-options", "kafka-reserved", "kafka-sasl",
+         "no-scheme", "exchange", "agent-id", "any-v4", "any", "any-v6", "name", "number",
          "no-port", "bad-port", "empty-token", "two-tokens"],
 )
 def test_integrations_the_agent_would_refuse(conf: Conf, text: str, expected: str) -> None:

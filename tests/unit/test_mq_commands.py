@@ -127,7 +127,8 @@ def test_every_answer_is_rendered_as_it_is_sent() -> None:
 
 
 @pytest.mark.parametrize(("url", "agent_id", "error"), [
-    ("kafka://127.0.0.1:9092", "a", "needs Kafka support"),
+    ("kafka://127.0.0.1", "a", "each Kafka broker is HOST:PORT"),
+    ("mqtt://127.0.0.1:1883", "a", "unsupported scheme 'mqtt://'"),
     ("http://127.0.0.1", "a", "unsupported scheme 'http://'"),
     ("127.0.0.1:6379", "a", "unsupported scheme"),
     ("redis://127.0.0.1:6379/0", "a*", "queue.agent_id"),

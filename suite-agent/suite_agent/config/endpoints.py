@@ -15,7 +15,8 @@ MASK = "***"
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
-QUEUE_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES
+KAFKA_SCHEME = "kafka"
+QUEUE_SCHEMES = REDIS_SCHEMES | AMQP_SCHEMES | {KAFKA_SCHEME}
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,42 @@ def needs_token(listen: str) -> bool:
 
 def check_queue_url(url: str) -> str:
     scheme = urlsplit(url).scheme.lower()
-    if scheme == "kafka":
-        raise ValueError("kafka:// needs Kafka support, which this agent does not have yet; use redis:// or amqp://")
     if scheme not in QUEUE_SCHEMES:
         shown = f"{scheme}://" if scheme else url
         raise ValueError(
-            f"unsupported scheme {shown!r}; use redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST:5672//"
+            f"unsupported scheme {shown!r}; use redis://HOST:6379/0, amqp://USER:PASSWORD@HOST:5672// "
+            "or kafka://HOST:9092"
         )
+    if scheme == KAFKA_SCHEME:
+        kafka_servers(url)
     return url
+
+
+def is_kafka(url: str) -> bool:
+    return urlsplit(url).scheme.lower() == KAFKA_SCHEME
+
+
+def kafka_servers(url: str) -> str:
+    """`kafka://HOST:PORT[,HOST:PORT...]` -> librdkafka's `bootstrap.servers` (`HOST:PORT,...`).
+
+    Credentials are not taken from the URL: they go in `queue.kafka` (SASL), where they can be
+    masked and kept out of logs.
+    """
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    servers, _, tail = rest.partition("/")
+    if tail or "?" in servers or "#" in servers:
+        raise ValueError(f"{redact_url(url)!r}: a Kafka URL is kafka://HOST:PORT[,HOST:PORT...], with no path or query")
+    if "@" in servers:
+        raise ValueError("a Kafka URL carries no user or password: set queue.kafka.sasl_username and "
+                         "sasl_password")
+    hosts = [part.strip() for part in servers.split(",")]
+    if not servers or not all(hosts):
+        raise ValueError(f"{url!r}: name at least one broker, as kafka://HOST:PORT[,HOST:PORT...]")
+    for host in hosts:
+        name, sep, port = host.rpartition(":")
+        if not sep or not name or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{host!r}: each Kafka broker is HOST:PORT, e.g. kafka://127.0.0.1:9092")
+    return ",".join(hosts)
 
 
 def check_exchange(name: str) -> str:

@@ -14,8 +14,10 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    StrictBool,
     StrictFloat,
     StrictInt,
+    StrictStr,
     StringConstraints,
     WithJsonSchema,
     field_validator,
@@ -24,7 +26,15 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 
 from .durations import Duration
-from .endpoints import check_agent_id, check_exchange, check_listen, check_queue_url, check_token, needs_token
+from .endpoints import (
+    check_agent_id,
+    check_exchange,
+    check_listen,
+    check_queue_url,
+    check_token,
+    is_kafka,
+    needs_token,
+)
 from .limits import Limits, RestartOn
 
 SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -339,6 +349,63 @@ class ApiSection(Model):
         return self
 
 
+# A librdkafka setting as YAML gives it (`linger.ms: 10`, `compression.type: zstd`).
+KafkaSetting = StrictStr | StrictInt | StrictFloat | StrictBool
+# Set by the agent itself: what its guarantees (one group per agent, commits after the answer,
+# an idempotent producer) rest on.
+KAFKA_RESERVED = frozenset({"bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store",
+                            "enable.idempotence", "transactional.id"})
+
+
+def _kafka_settings(settings: dict[str, KafkaSetting]) -> dict[str, KafkaSetting]:
+    reserved = sorted(KAFKA_RESERVED & set(settings))
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: set by the agent, not settable here")
+    return settings
+
+
+KafkaSettings = Annotated[dict[str, KafkaSetting], AfterValidator(_kafka_settings)]
+
+
+class KafkaOptions(Model):
+    """Options of a kafka:// queue; what is not here goes in `consumer` / `producer` as librdkafka names it."""
+
+    security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_ca_location: str | None = Field(None, description="CA certificate file (PEM) to verify the brokers")
+    ssl_certificate_location: str | None = Field(None, description="client certificate file (PEM), for mutual TLS")
+    ssl_key_location: str | None = Field(None, description="client private key file (PEM)")
+    ssl_key_password: str | None = None
+    session_timeout: Duration = Field(10.0, description="consumer group session timeout (session.timeout.ms): "
+                                      "how long a vanished agent holds its group; also how long a restarted "
+                                      "agent may wait to rejoin")
+    heartbeat_interval: Duration = Field(3.0, description="consumer group heartbeat (heartbeat.interval.ms), "
+                                         "under a third of session_timeout")
+    partitions: StrictInt | None = Field(None, ge=1, description="partitions of the topics the agent creates; "
+                                         "default: the broker's num.partitions")
+    replication_factor: StrictInt | None = Field(None, ge=1, description="replication factor of the topics the "
+                                                 "agent creates; default: the broker's default.replication.factor")
+    consumer: KafkaSettings = Field(default_factory=dict, description="librdkafka consumer settings, e.g. "
+                                    "{fetch.wait.max.ms: 100}")
+    producer: KafkaSettings = Field(default_factory=dict, description="librdkafka producer settings, e.g. "
+                                    "{linger.ms: 10, compression.type: zstd}")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaOptions:
+        sasl = self.security_protocol.startswith("sasl_")
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ValueError("sasl_* settings need security_protocol sasl_plaintext or sasl_ssl")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
+        if self.heartbeat_interval >= self.session_timeout:
+            raise ValueError("heartbeat_interval must be shorter than session_timeout")
+        if self.session_timeout < 1 or self.heartbeat_interval < 0.1:
+            raise ValueError("session_timeout is at least 1s and heartbeat_interval at least 100ms")
+        return self
+
+
 class QueueSection(Model):
     url: str
     exchange: str = "suite_events"
@@ -346,10 +413,18 @@ class QueueSection(Model):
     content_type: Literal["json", "cloudevents"] = Field(
         "json", description="events' content type: application/json (any kombu consumer decodes it) "
                             "or application/cloudevents+json; the body is the same CloudEvents JSON")
+    kafka: KafkaOptions | None = Field(None, description="with a kafka:// url: security, topics, and the "
+                                       "consumer's and producer's librdkafka settings")
 
     _url = field_validator("url")(check_queue_url)
     _exchange = field_validator("exchange")(check_exchange)
     _agent_id = field_validator("agent_id")(check_agent_id)
+
+    @model_validator(mode="after")
+    def _kafka_only_with_kafka(self) -> QueueSection:
+        if self.kafka is not None and not is_kafka(self.url):
+            raise ValueError("kafka: options are for a kafka:// url")
+        return self
 
 
 class AgentSection(Model):

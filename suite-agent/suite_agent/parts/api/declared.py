@@ -59,6 +59,8 @@ def _queue(section: QueueSection | None) -> dict[str, Any] | None:
         return None
     data = section.model_dump(mode="json")
     data["url"] = redact_url(section.url)
+    if data.get("kafka") is not None:
+        data["kafka"] = _options(data["kafka"])  # sasl_password, ssl_key_password, passwords in the settings
     return data
 
 

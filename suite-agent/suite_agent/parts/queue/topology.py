@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue, binding
 
-from suite_agent.config.endpoints import AMQP_SCHEMES, check_agent_id, check_exchange, check_queue_url
+from suite_agent.config.endpoints import AMQP_SCHEMES, check_agent_id, check_exchange, check_queue_url, is_kafka
 from suite_agent.config.models import QueueSection
 from suite_agent.events import cloudevents
 from suite_agent.parts.lifecycle import IntegrationError
@@ -34,7 +34,8 @@ def check(section: QueueSection) -> None:
     except ValueError as exc:
         raise IntegrationError(f"queue.url: {exc}") from None
     try:
-        Connection(section.url).as_uri()
+        if not is_kafka(section.url):  # Kafka is not kombu's: the model checked its URL
+            Connection(section.url).as_uri()
     except Exception as exc:
         raise IntegrationError(f"queue.url: cannot parse: {exc}") from None
     try:
