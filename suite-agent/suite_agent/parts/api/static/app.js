@@ -6,7 +6,7 @@
   const TOKEN_KEY = "suite-agent.token";
   const THEME_KEY = "suite-agent.theme";
   const AGENT_EVENTS = ["service_started", "service_stopped", "service_error", "health_check",
-    "config_reloaded", "config_error", "command", "plugin_error"];
+    "config_reloaded", "config_error", "command", "plugin_error", "scheduled_run"];
   const STATE_ORDER = ["fatal", "backoff", "starting", "stopping", "running", "exited", "stopped"];
   const MAX_EVENTS = 300;
   const MAX_LOG_LINES = 2000;
