@@ -30,7 +30,7 @@ def ids_of(reader: EventReader, type_: str, pid: int) -> list[str]:
 
 
 def test_events_wait_for_a_restarted_broker_and_commands_resume(private_tansu: Tansu, agent: Agent) -> None:
-    b = KafkaBroker(private_tansu)
+    b = KafkaBroker(private_tansu)  # its topics go with the broker, after the agent stopped
     reader = b.events()
     agent_id = b.agent_id()
     agent.write("queue.yaml", b.section(agent_id))
@@ -74,7 +74,6 @@ def test_events_wait_for_a_restarted_broker_and_commands_resume(private_tansu: T
         assert log.count(f"queue: {role}: connection lost") == 1, log
         assert log.count(f"queue: {role}: reconnected") == 1, log
     assert agent.pids_of("3951") == [gone_2]
-    b.cleanup()
 
 
 def test_a_broker_down_at_start_is_retried_quietly_and_gets_the_events(tmp_path: object, agent: Agent,
@@ -99,4 +98,3 @@ def test_a_broker_down_at_start_is_retried_quietly_and_gets_the_events(tmp_path:
     log = agent.log()
     assert log.count("queue: events: cannot connect") == 1 and log.count("queue: commands: cannot connect") == 1
     assert "reconnected" not in log
-    b.cleanup()

@@ -195,3 +195,16 @@ def test_an_event_leaves_the_outbox_on_its_delivery_report_and_in_order(monkeypa
     assert not publisher.outbox and stats.published == 3
     first.deliver(2)  # a late report of the old session: ignored
     assert stats.published == 3
+
+
+def test_api_config_masks_the_kafka_secrets() -> None:
+    from suite_agent.parts.api import declared
+
+    section = QueueSection(url="kafka://k:1", agent_id="a", kafka={
+        "security_protocol": "sasl_ssl", "sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "s3cret",
+        "ssl_key_password": "k3y", "producer": {"ssl.keystore.password": "x", "linger.ms": 10}})
+    shown = declared._queue(section)
+    assert shown is not None and "s3cret" not in str(shown) and "k3y" not in str(shown)
+    kafka = shown["kafka"]
+    assert kafka["sasl_password"] == kafka["ssl_key_password"] == kafka["producer"]["ssl.keystore.password"] == "***"
+    assert kafka["sasl_username"] == "u" and kafka["producer"]["linger.ms"] == 10

@@ -17,16 +17,13 @@ commits that position at once, so commands sent while the agent is down wait for
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import OrderedDict
 from typing import Any
 
-from kombu.entity import Queue
 from kombu.message import Message
 from kombu.messaging import Producer
 
-from suite_agent.parts.lifecycle import AgentHandle
 from suite_agent.parts.queue.consumer import IDLE_TURN, PARKED_TURN, CommandConsumer
 from suite_agent.parts.queue.kafka_link import (
     KafkaError,
@@ -126,6 +123,8 @@ class _Replies(Producer):
         headers = [("content_type", b"application/json")]
         if correlation_id is not None:
             headers.append(("correlation_id", str(correlation_id).encode()))
+        for name, value in (properties.get("headers") or {}).items():  # a kombu application header
+            headers.append((str(name), str(value).encode()))
         value = body if isinstance(body, bytes) else str(body).encode()
         self._kafka.produce(str(routing_key), value=value, headers=headers,
                             on_delivery=lambda error, _msg: outcome.append(error))
@@ -144,9 +143,10 @@ class _Replies(Producer):
 
 
 class KafkaCommandConsumer(CommandConsumer):
-    def __init__(self, link: KafkaLink, queue: Queue, handle: AgentHandle, agent_id: str,
-                 stop: threading.Event) -> None:
-        super().__init__(link, queue, handle, agent_id, stop)
+    def __init__(self, link: KafkaLink, *args: Any, **kwargs: Any) -> None:
+        # The rest as CommandConsumer takes it (queue, handle, agent_id, stop, ...): the queue is
+        # kombu's and unused here.
+        super().__init__(link, *args, **kwargs)
         self.kafka = link
         self.topic = link.spec.control_topic
         self._offsets = _Offsets()

@@ -16,14 +16,11 @@ at all while it is in the outbox.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
-from kombu.entity import Exchange
-
 from suite_agent.events import cloudevents
-from suite_agent.events.bus import Event, Subscription
+from suite_agent.events.bus import Event
 from suite_agent.parts.queue.kafka_link import KafkaError, KafkaException, KafkaLink, TopicRefused, confluent_kafka
 from suite_agent.parts.queue.publisher import IDLE_WAIT, EventPublisher
 
@@ -36,13 +33,12 @@ PROBE_EVERY = 1.0  # while the link is down: how often to ask the brokers whethe
 
 
 class KafkaEventPublisher(EventPublisher):
-    def __init__(self, link: KafkaLink, subscription: Subscription, exchange: Exchange, agent_id: str,
-                 outbox_max: int, stop: threading.Event, flush_for: float = 3.0,
-                 content_type: str = cloudevents.JSON_CONTENT_TYPE) -> None:
-        super().__init__(link, subscription, exchange, agent_id, outbox_max, stop, flush_for, content_type)
+    def __init__(self, link: KafkaLink, *args: Any, **kwargs: Any) -> None:
+        # The rest as EventPublisher takes it (subscription, exchange, agent_id, outbox_max, stop, ...).
+        super().__init__(link, *args, **kwargs)
         self.kafka = link
         self.topic = link.spec.events_topic
-        self._headers = [("content_type", content_type.encode())]
+        self._headers = [("content_type", self.content_type.encode())]
         self._producer: Any = None
         self._generation = 0
         self._used = False  # the producer sent something: after an outage, a new one is made
