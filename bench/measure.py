@@ -26,6 +26,7 @@ class BenchTimeout(RuntimeError):
 @dataclass(frozen=True)
 class Settings:
     respawn_samples: int = 30
+    new_service_samples: int = 5
     idle_window: float = 5.0
     settle_after_start: float = 2.0
     respawn_settle: float = 0.25
@@ -53,7 +54,8 @@ class Result:
     rss_mib: float | None = None
     rss_main_mib: float | None = None  # the supervisor process itself (suite-agent: the brain)
     rss_helpers_mib: float | None = None  # its other processes (suite-agent: the keeper)
-    new_service_ms: float | None = None
+    new_service_ms: float | None = None  # median of the samples
+    new_service_samples_ms: list[float] = field(default_factory=list)
     new_service_call_ms: float | None = None
     new_service_how: str = ""
     stop_all_s: float | None = None
@@ -258,8 +260,16 @@ def run_one(sup: Supervisor, res: Result, s: Settings, log: Callable[[str], None
             log(f"respawn median {res.respawn_median_ms:.2f} ms, p90 {res.respawn_p90_ms:.2f} ms "
                 f"({len(res.respawn_ms)} samples, {res.respawn_failures} failed)")
         if sup.can_add:
-            res.new_service_ms, res.new_service_call_ms = measure_new_service(sup, view, n, s)
-            log(f"new service running after {res.new_service_ms:.1f} ms {sup.add_label}")
+            calls = []
+            for k in range(s.new_service_samples):
+                took, call = measure_new_service(sup, view, n + k, s)
+                res.new_service_samples_ms.append(took)
+                calls.append(call)
+                time.sleep(0.3)  # apart, so each is a change of its own
+            res.new_service_ms = statistics.median(res.new_service_samples_ms)
+            res.new_service_call_ms = statistics.median(calls)
+            log(f"new service running after {res.new_service_ms:.1f} ms (median of "
+                f"{len(calls)}: {', '.join(f'{x:.0f}' for x in res.new_service_samples_ms)}) {sup.add_label}")
         res.stop_all_s = measure_stop(sup, view, s)
         log(f"stop all took {res.stop_all_s:.3f} s")
     except KeyboardInterrupt:

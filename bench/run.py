@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     samples = args.respawn_samples or (5 if args.quick else 30)
     window = args.idle_window or (2.0 if args.quick else 5.0)
-    return Settings(respawn_samples=samples, idle_window=window, settle_after_start=1.0 if args.quick else 2.0)
+    return Settings(respawn_samples=samples, idle_window=window, settle_after_start=1.0 if args.quick else 2.0,
+                    new_service_samples=3 if args.quick else 7)
 
 
 def raise_nofile_limit() -> tuple[int, int]:

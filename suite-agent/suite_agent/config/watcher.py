@@ -24,11 +24,13 @@ from suite_agent.config.store import is_config_file
 
 log = logging.getLogger("suite_agent.config.watcher")
 
-# Changes are handed over STEP ms after the last one, and at most DEBOUNCE ms after the first:
-# an editor's truncate-then-write or Ansible's write-then-rename arrives as one reload.
-# STEP is also how often the thread wakes while idle, and so how late the catch-up comes.
+# Changes are handed over once STEP ms pass without a new one, and at most DEBOUNCE ms after the
+# first: an editor's truncate-then-write or Ansible's write-then-rename (microseconds apart)
+# arrives as one reload. watchfiles looks for changes every STEP ms, so a new file is seen one
+# to two STEPs after it is written. STEP is also how often the thread wakes while idle (a few
+# microseconds of CPU each time), and so how late the catch-up comes.
 DEBOUNCE_MS = 150
-STEP_MS = 50
+STEP_MS = 15
 
 ATOMIC_LINK = "..data"  # the link Kubernetes' AtomicWriter swaps (ConfigMap, Secret, downward API)
 
