@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-suite-agent", action="store_true", help="run the peers only")
     p.add_argument("--respawn-samples", type=int, help="kill -9 samples per run (default 30, quick 5)")
     p.add_argument("--idle-window", type=float, help="seconds of idle CPU measurement (default 5, quick 2)")
+    p.add_argument("--source", type=Path, default=REPO,
+                   help="the checkout whose suite-agent/ is measured (default this one): before/after comparisons")
     p.add_argument("--peers-max-n", type=int, default=1000, help="above this N only suite-agent runs (default 1000)")
     p.add_argument("--plots", type=Path, help="folder for the PNGs (default bench/results/<time>/)")
     p.add_argument(
@@ -95,7 +97,7 @@ def suite_agent_factory(args: argparse.Namespace, sleep_bin: str) -> Factory:
     if args.agent_cmd:
         command, pythonpath = args.agent_cmd.split(), None
     else:
-        command, pythonpath = [sys.executable, "-m", "suite_agent"], str(REPO / "suite-agent")
+        command, pythonpath = [sys.executable, "-m", "suite_agent"], str(args.source / "suite-agent")
     if not (REPO / "suite-agent" / "suite_agent" / "cli.py").exists():
         print("note: suite-agent/suite_agent/cli.py does not exist yet; the suite-agent runs will likely fail")
     version = suite_agent_version()
