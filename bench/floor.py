@@ -10,6 +10,7 @@ logging of its own: what is left is the cost of the fork/exec loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -34,10 +35,8 @@ def main() -> int:
         nonlocal stopping
         stopping = True
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, stop)
     while children:
