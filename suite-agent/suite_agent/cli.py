@@ -121,6 +121,10 @@ def cmd_run(settings: Settings) -> int:
         print(f"suite-agent: {settings.conf_dir}: no such folder", file=sys.stderr)
         return 2
     _raise_open_file_limit()
+    # The owner thread waits on I/O most of the time; when a child exits it must get the GIL back
+    # from a busy thread (the REST server, the queue publisher) within a millisecond, not after
+    # CPython's default 5 ms switch interval.
+    sys.setswitchinterval(0.001)
     from suite_agent.keeper.statedir import Locked
     from suite_agent.processes.factory import become_subreaper
     from suite_agent.processes.keeping import keep

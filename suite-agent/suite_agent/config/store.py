@@ -183,7 +183,7 @@ class ConfigStore:
         in_force: dict[str, Version] = {}
         for file, old in self._in_force.items():
             new = on_disk.get(file)
-            if new is not None and new.config == old.config:
+            if new is not None and (new is old or new.config == old.config):  # `is`: a file not read again
                 in_force[file] = new  # same content, maybe other comments or lines
             elif file in files:
                 in_force[file] = old
