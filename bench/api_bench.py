@@ -50,6 +50,7 @@ from procfs import (
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+SOURCE = [REPO]  # the checkout measured (--source)
 SERVE_WITH = "--serve-with"  # hidden: run the agent with another WSGI server (see waitress_main)
 
 
@@ -71,7 +72,7 @@ class ApiAgent(SuiteAgent):
             command = [sys.executable, "-m", "suite_agent"]
         else:
             command = [sys.executable, str(Path(__file__).resolve()), SERVE_WITH, server]
-        super().__init__(workdir, sleep_bin, command, str(REPO / "suite-agent"), "source tree")
+        super().__init__(workdir, sleep_bin, command, str(SOURCE[0] / "suite-agent"), "source tree")
         self.name = f"suite-agent ({server})"
         self.port = free_port()
 
@@ -180,6 +181,7 @@ class Row:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float = float("nan")  # the server's CPU per answered request (all its threads)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -187,12 +189,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def measure(target: Target, clients: int, duration: float) -> Row:
+def measure(target: Target, clients: int, duration: float, server_pid: int | None = None) -> Row:
     load = Load(target, clients)
+    cpu0 = _cpu(server_pid)
     time.sleep(0.3 + duration)
+    cpu1 = _cpu(server_pid)
     latencies, errors, elapsed = load.finish()
+    # The window of the CPU reading is the whole run less the clients' start-up (0.3 s): counted
+    # against the requests of the same share of the run.
+    share = duration / (0.3 + duration)
+    per = (cpu1 - cpu0) / max(1.0, len(latencies) * share) * 1e6 if server_pid else float("nan")
     return Row(target.label, clients, len(latencies) / elapsed, percentile(latencies, 0.5) * 1000,
-               percentile(latencies, 0.99) * 1000, errors)
+               percentile(latencies, 0.99) * 1000, errors, per)
+
+
+def _cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return float(t.user + t.system)
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 # -- respawn under load ----------------------------------------------------------------------
@@ -247,7 +267,8 @@ def run_agent(server: str, args: argparse.Namespace, workdir: Path, rows: list[R
         view = started(sup, args.n, sup.port, lambda: answers(sup.port, "GET", "/api/health"))
         for clients in args.clients:
             for label, path in (("/api/health", "/api/health"), ("/api/services", "/api/services")):
-                rows.append(measure(Target(f"{sup.name} GET {label}", sup.port, "GET", path), clients, args.duration))
+                rows.append(measure(Target(f"{sup.name} GET {label}", sup.port, "GET", path), clients, args.duration,
+                                    sup.root_pid()))
                 print(f"  {rows[-1]}", flush=True)
         if server == args.servers[0] and args.respawn_samples:
             k = min(args.respawn_samples, args.n // 3)
@@ -278,7 +299,7 @@ def run_supervisord(args: argparse.Namespace, workdir: Path, rows: list[Row]) ->
             for method in ("supervisor.getState", "supervisor.getAllProcessInfo"):
                 target = Target(f"supervisord XML-RPC {method.split('.')[1]}", sup.port, "POST", "/RPC2",
                                 rpc(method), "text/xml")
-                rows.append(measure(target, clients, args.duration))
+                rows.append(measure(target, clients, args.duration, sup.root_pid()))
                 print(f"  {rows[-1]}", flush=True)
     finally:
         sup.shutdown()
@@ -288,9 +309,10 @@ def run_supervisord(args: argparse.Namespace, workdir: Path, rows: list[Row]) ->
 def report(rows: list[Row], respawn: dict[str, list[float]], args: argparse.Namespace) -> None:
     print(f"\nN = {args.n} sleep services, {args.duration:g} s per row, clients = keep-alive connections "
           f"from separate processes, {os.cpu_count()} CPUs\n")
-    print(f"{'target':52} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'target':52} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU us/req':>10}")
     for r in rows:
-        print(f"{r.label:52} {r.clients:>7} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7}")
+        print(f"{r.label:52} {r.clients:>7} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7} "
+              f"{r.cpu_us:>10.0f}")
     by = {(r.label, r.clients): r for r in rows}
     print()
     for server in args.servers:
@@ -321,11 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", nargs="+", default=["cheroot"], choices=["cheroot", "waitress"])
     parser.add_argument("--respawn-samples", type=int, default=20, help="kill -9 samples, idle and under load")
     parser.add_argument("--no-supervisord", action="store_true")
+    parser.add_argument("--source", type=Path, default=REPO, help="the checkout whose suite-agent/ is measured")
     parser.add_argument("--client-nice", type=int, default=0,
                         help="nice value of the load clients during the respawn runs")
     parser.add_argument("--paced-rate", type=float, default=200.0,
                         help="requests/s of the paced load during the second respawn run (default 200)")
     args = parser.parse_args(argv)
+    SOURCE[0] = args.source
     args.sleep_bin = "/usr/bin/sleep" if os.path.exists("/usr/bin/sleep") else "/bin/sleep"
     os.environ[RUN_TAG_VAR] = run_tag = uuid.uuid4().hex
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

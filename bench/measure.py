@@ -26,6 +26,7 @@ class BenchTimeout(RuntimeError):
 @dataclass(frozen=True)
 class Settings:
     respawn_samples: int = 30
+    new_service_samples: int = 5
     idle_window: float = 5.0
     settle_after_start: float = 2.0
     respawn_settle: float = 0.25
@@ -51,12 +52,16 @@ class Result:
     idle_cpu_pct_schedstat: float | None = None
     own_processes: int | None = None
     rss_mib: float | None = None
-    new_service_ms: float | None = None
+    rss_main_mib: float | None = None  # the supervisor process itself (suite-agent: the brain)
+    rss_helpers_mib: float | None = None  # its other processes (suite-agent: the keeper)
+    new_service_ms: float | None = None  # median of the samples
+    new_service_samples_ms: list[float] = field(default_factory=list)
     new_service_call_ms: float | None = None
     new_service_how: str = ""
     stop_all_s: float | None = None
     stop_how: str = ""
     error: str | None = None
+    load_before: float | None = None  # 1-minute load average when this run began
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +111,7 @@ class Idle:
     cpu_pct_schedstat: float | None  # same from /proc/PID/task/*/schedstat (ns resolution)
     rss_mib: float
     processes: int
+    rss_main_mib: float
 
 
 def measure_idle(sup: Supervisor, view: ServiceView, window: float) -> Idle:
@@ -123,8 +129,9 @@ def measure_idle(sup: Supervisor, view: ServiceView, window: float) -> Idle:
     used = sum(after[pid] - before[pid] for pid in after if after[pid] >= 0 and before[pid] >= 0)
     used_ns = _delta_ns(before_ns, after_ns)
     rss = sum(_rss(p) for p in procs) / MIB
+    main = _rss(procs[0]) / MIB if procs else 0.0
     precise = None if used_ns is None else 100.0 * used_ns / 1e9 / wall
-    return Idle(100.0 * used / wall, precise, rss, len(procs))
+    return Idle(100.0 * used / wall, precise, rss, len(procs), main)
 
 
 def _delta_ns(before: dict[int, int | None], after: dict[int, int | None]) -> int | None:
@@ -233,6 +240,7 @@ def new_result(sup: Supervisor, n: int) -> Result:
 def run_one(sup: Supervisor, res: Result, s: Settings, log: Callable[[str], None]) -> None:
     """Fills `res` in as it goes, so an interrupted run still leaves what it measured."""
     n = res.n
+    res.load_before = os.getloadavg()[0]
     view = ServiceView()
     try:
         sup.write_config(n)
@@ -242,16 +250,26 @@ def run_one(sup: Supervisor, res: Result, s: Settings, log: Callable[[str], None
         idle = measure_idle(sup, view, s.idle_window)
         res.idle_cpu_pct, res.idle_cpu_pct_schedstat = idle.cpu_pct, idle.cpu_pct_schedstat
         res.rss_mib, res.own_processes = idle.rss_mib, idle.processes
+        res.rss_main_mib, res.rss_helpers_mib = idle.rss_main_mib, idle.rss_mib - idle.rss_main_mib
         log(f"idle CPU {idle.cpu_pct:.2f} % (schedstat: {_opt(idle.cpu_pct_schedstat, '.3f')} %), "
-            f"RSS {idle.rss_mib:.1f} MiB ({idle.processes} process(es))")
+            f"RSS {idle.rss_mib:.1f} MiB ({idle.processes} process(es); main {idle.rss_main_mib:.1f} MiB)")
         res.respawn_ms, res.respawn_failures = measure_respawn(sup, view, n, s)
         if res.respawn_ms:
             res.respawn_median_ms = statistics.median(res.respawn_ms)
             res.respawn_p90_ms = percentile(res.respawn_ms, 0.9)
             log(f"respawn median {res.respawn_median_ms:.2f} ms, p90 {res.respawn_p90_ms:.2f} ms "
                 f"({len(res.respawn_ms)} samples, {res.respawn_failures} failed)")
-        res.new_service_ms, res.new_service_call_ms = measure_new_service(sup, view, n, s)
-        log(f"new service running after {res.new_service_ms:.1f} ms {sup.add_label}")
+        if sup.can_add:
+            calls = []
+            for k in range(s.new_service_samples):
+                took, call = measure_new_service(sup, view, n + k, s)
+                res.new_service_samples_ms.append(took)
+                calls.append(call)
+                time.sleep(0.3)  # apart, so each is a change of its own
+            res.new_service_ms = statistics.median(res.new_service_samples_ms)
+            res.new_service_call_ms = statistics.median(calls)
+            log(f"new service running after {res.new_service_ms:.1f} ms (median of "
+                f"{len(calls)}: {', '.join(f'{x:.0f}' for x in res.new_service_samples_ms)}) {sup.add_label}")
         res.stop_all_s = measure_stop(sup, view, s)
         log(f"stop all took {res.stop_all_s:.3f} s")
     except KeyboardInterrupt:

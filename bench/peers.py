@@ -12,11 +12,20 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from procfs import children_of, is_gone, remember_supervisor, service_arg, service_name
+from procfs import (
+    children_of,
+    helper_pids,
+    is_gone,
+    kill_pid_and_group,
+    remember_supervisor,
+    service_arg,
+    service_name,
+)
 
 
 class SupervisorDied(RuntimeError):
@@ -34,6 +43,7 @@ class Supervisor(ABC):
     name: str = "?"
     add_label: str = ""
     stop_label: str = "(SIGTERM)"
+    can_add: bool = True  # False: it has no way to declare a service while it runs
 
     def __init__(self, workdir: Path, sleep_bin: str) -> None:
         self.workdir = workdir
@@ -167,6 +177,38 @@ class SuiteAgent(Supervisor):
     def add_service(self, index: int) -> None:
         text = "services:\n" + self._service_line(index) + "\n"
         write_atomically(self.conf_dir / f"new-{service_name(index)}.yaml", text)
+
+    def force_kill(self) -> None:
+        # The keeper (the services' parent) runs in a session of its own: the group kill
+        # below does not reach it.
+        for pid in helper_pids(self.root_pid()):
+            kill_pid_and_group(pid)
+        super().force_kill()
+
+
+class Floor(Supervisor):
+    """bench/floor.py: a posix_spawn + wait() loop, the cost of supervision without a supervisor."""
+
+    name = "floor"
+    add_label = "(none: it reads no configuration)"
+    can_add = False
+
+    def __init__(self, workdir: Path, sleep_bin: str) -> None:
+        super().__init__(workdir, sleep_bin)
+        self.n = 0
+
+    def version(self) -> str:
+        return "bench/floor.py"
+
+    def write_config(self, n: int) -> None:
+        self.n = n
+
+    def start(self) -> None:
+        script = Path(__file__).resolve().parent / "floor.py"
+        self.proc = self._launch([sys.executable, str(script), str(self.n), self.sleep_bin, str(self.workdir / "logs")])
+
+    def add_service(self, index: int) -> None:
+        raise NotImplementedError
 
 
 class Supervisord(Supervisor):

@@ -41,8 +41,9 @@ class _Ok(http.server.BaseHTTPRequestHandler):
 class ProbedAgent(SuiteAgent):
     """suite-agent whose every service carries one probe, rotating http / tcp / exec."""
 
-    def __init__(self, workdir: Path, sleep_bin: str, http_port: int, tcp_port: int, probed: bool) -> None:
-        super().__init__(workdir, sleep_bin, [sys.executable, "-m", "suite_agent"], str(REPO / "suite-agent"), "src")
+    def __init__(self, workdir: Path, sleep_bin: str, http_port: int, tcp_port: int, probed: bool,
+                 source: Path = REPO) -> None:
+        super().__init__(workdir, sleep_bin, [sys.executable, "-m", "suite_agent"], str(source / "suite-agent"), "src")
         self.http_port, self.tcp_port, self.probed = http_port, tcp_port, probed
 
     def _service_line(self, index: int) -> str:
@@ -56,9 +57,9 @@ class ProbedAgent(SuiteAgent):
         return base + f", health: {{liveness: {{{check}, period: 1s}}}}}}"
 
 
-def run(n: int, probed: bool, s: Settings, http_port: int, tcp_port: int) -> dict[str, float]:
+def run(n: int, probed: bool, s: Settings, http_port: int, tcp_port: int, source: Path) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="suite-probes-") as tmp:
-        agent = ProbedAgent(Path(tmp), shutil.which("sleep") or "/bin/sleep", http_port, tcp_port, probed)
+        agent = ProbedAgent(Path(tmp), shutil.which("sleep") or "/bin/sleep", http_port, tcp_port, probed, source)
         agent.write_config(n)
         view = ServiceView()
         try:  # measure_startup starts the agent
@@ -78,6 +79,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--respawn-samples", type=int, default=30)
     parser.add_argument("--idle-window", type=float, default=5.0)
+    parser.add_argument("--source", type=Path, default=REPO, help="the checkout whose suite-agent/ is measured")
     args = parser.parse_args()
     s = Settings(respawn_samples=args.respawn_samples, idle_window=args.idle_window)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
@@ -87,7 +89,7 @@ def main() -> int:
     listener.listen(1024)
     threading.Thread(target=lambda: [listener.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
     try:
-        rows = {label: run(args.n, probed, s, server.server_address[1], listener.getsockname()[1])
+        rows = {label: run(args.n, probed, s, server.server_address[1], listener.getsockname()[1], args.source)
                 for label, probed in (("no probes", False), ("probes every 1s", True))}
     finally:
         kill_launched_supervisors()

@@ -111,9 +111,19 @@ class ServiceView:
 
     def __init__(self) -> None:
         self._known: dict[int, str] = {}
+        self._helpers: set[int] = set()
 
     def snapshot(self, root: int) -> dict[str, int]:
+        """Services among the children of `root` and of its children that are not services: a
+        supervisor may leave the services to a helper of its own (suite-agent's keeper)."""
         pids = children_of(root)
+        for pid in [p for p in pids if p not in self._known]:
+            below = children_of(pid)
+            if below:
+                pids.extend(below)
+                if pid not in self._helpers and any(read_service_arg(b) for b in below[:3]):
+                    self._helpers.add(pid)
+                    remember_supervisor(pid)  # killed at the end like the supervisor itself
         current = set(pids)
         for stale in [p for p in self._known if p not in current]:
             del self._known[stale]
@@ -131,6 +141,13 @@ class ServiceView:
 
     def is_service(self, pid: int) -> bool:
         return pid in self._known or read_service_arg(pid) is not None
+
+
+def helper_pids(root: int | None) -> list[int]:
+    """The children of `root` that are not services (suite-agent's keeper)."""
+    if root is None:
+        return []
+    return [pid for pid in children_of(root) if read_service_arg(pid) is None]
 
 
 def own_processes(root: int, view: ServiceView) -> list[psutil.Process]:

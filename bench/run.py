@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from installers import BENCH_DIR, ensure_pm2, ensure_python_peer
 from measure import Result, Settings, new_result, run_one
-from peers import Circus, Pm2, SuiteAgent, Supervisor, Supervisord
+from peers import Circus, Floor, Pm2, SuiteAgent, Supervisor, Supervisord
+from plots import draw
 from procfs import (
     HAS_CHILDREN_FILE,
     RUN_TAG_VAR,
@@ -43,20 +44,24 @@ from procfs import (
 from report import SUITE, table, write_json
 
 REPO = BENCH_DIR.parent
-ALL_PEERS = ("supervisord", "circus", "pm2")
-PEER_MAX_N = 500  # above this only suite-agent runs
+ALL_PEERS = ("floor", "supervisord", "circus", "pm2")
 
 Factory = Callable[[Path], Supervisor]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, nargs="+", default=[100, 500], help="service counts (default: 100 500)")
+    p.add_argument("--n", type=int, nargs="+", default=[100, 500, 1000],
+                   help="service counts (default: 100 500 1000)")
     p.add_argument("--peers", nargs="*", choices=ALL_PEERS, default=list(ALL_PEERS), help="peers to compare with")
     p.add_argument("--quick", action="store_true", help="5 respawn samples, 2 s idle window")
     p.add_argument("--no-suite-agent", action="store_true", help="run the peers only")
     p.add_argument("--respawn-samples", type=int, help="kill -9 samples per run (default 30, quick 5)")
     p.add_argument("--idle-window", type=float, help="seconds of idle CPU measurement (default 5, quick 2)")
+    p.add_argument("--source", type=Path, default=REPO,
+                   help="the checkout whose suite-agent/ is measured (default this one): before/after comparisons")
+    p.add_argument("--peers-max-n", type=int, default=1000, help="above this N only suite-agent runs (default 1000)")
+    p.add_argument("--plots", type=Path, help="folder for the PNGs (default bench/results/<time>/)")
     p.add_argument(
         "--agent-cmd",
         help="how to start suite-agent, before 'run --conf-dir DIR' "
@@ -68,7 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     samples = args.respawn_samples or (5 if args.quick else 30)
     window = args.idle_window or (2.0 if args.quick else 5.0)
-    return Settings(respawn_samples=samples, idle_window=window, settle_after_start=1.0 if args.quick else 2.0)
+    return Settings(respawn_samples=samples, idle_window=window, settle_after_start=1.0 if args.quick else 2.0,
+                    new_service_samples=3 if args.quick else 7)
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -91,7 +97,7 @@ def suite_agent_factory(args: argparse.Namespace, sleep_bin: str) -> Factory:
     if args.agent_cmd:
         command, pythonpath = args.agent_cmd.split(), None
     else:
-        command, pythonpath = [sys.executable, "-m", "suite_agent"], str(REPO / "suite-agent")
+        command, pythonpath = [sys.executable, "-m", "suite_agent"], str(args.source / "suite-agent")
     if not (REPO / "suite-agent" / "suite_agent" / "cli.py").exists():
         print("note: suite-agent/suite_agent/cli.py does not exist yet; the suite-agent runs will likely fail")
     version = suite_agent_version()
@@ -102,6 +108,9 @@ def suite_agent_factory(args: argparse.Namespace, sleep_bin: str) -> Factory:
 def peer_factories(peers: list[str], sleep_bin: str) -> dict[str, Factory]:
     factories: dict[str, Factory] = {}
     for peer in peers:
+        if peer == "floor":
+            factories[peer] = functools.partial(Floor, sleep_bin=sleep_bin)
+            continue
         if peer == "pm2":
             node = ensure_pm2()
             if node is not None:
@@ -133,7 +142,7 @@ def run_all(args: argparse.Namespace, factories: dict[str, Factory], s: Settings
     run_tag = os.environ[RUN_TAG_VAR]
     for n in args.n:
         for name, factory in factories.items():
-            if name != SUITE and n > PEER_MAX_N:
+            if name != SUITE and n > args.peers_max_n:
                 continue
             print(f"\n== {name}, N = {n}", flush=True)
             with tempfile.TemporaryDirectory(prefix=f"bench-{name}-{n}-", ignore_cleanup_errors=True) as tmp:
@@ -157,6 +166,7 @@ def on_sigterm(signum: int, frame: FrameType | None) -> None:
 def meta(args: argparse.Namespace, s: Settings, nofile: tuple[int, int], started: float) -> dict[str, Any]:
     return {
         "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "load_average": os.getloadavg(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -177,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     run_tag = os.environ[RUN_TAG_VAR] = uuid.uuid4().hex
     signal.signal(signal.SIGTERM, on_sigterm)
+    # An installed package runs from compiled bytecode; with this set every start compiles anew.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     sleep_bin = shutil.which("sleep") or "/bin/sleep"
 
     factories: dict[str, Factory] = {}
@@ -199,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncleanup: {len(left)} of our sleeps left" + (f" {left}" if left else ""))
         if lookalikes:
             print(f"note: other 'sleep 100000...' processes started during the run, not ours: {lookalikes}")
-        out = BENCH_DIR / f"results-{datetime.fromtimestamp(started):%Y%m%d-%H%M%S}.json"
+        stamp = f"{datetime.fromtimestamp(started):%Y%m%d-%H%M%S}"
+        (BENCH_DIR / "results").mkdir(exist_ok=True)
+        out = BENCH_DIR / "results" / f"{stamp}.json"
         info = meta(args, s, nofile, started) | {"interrupted": interrupted, "strays_left": left}
         write_json(out, info, results)
 
@@ -209,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         if any(r.n == n for r in results):
             print(table(n, results, order))
     print(f"raw results: {out}")
+    note = f"{socket.gethostname()}, {os.cpu_count()} CPUs, {datetime.fromtimestamp(started):%Y-%m-%d}"
+    for path in draw(results, order, args.plots or BENCH_DIR / "results" / stamp, note):
+        print(f"plot: {path}")
     return 130 if interrupted else 0
 
 

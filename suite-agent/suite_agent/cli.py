@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import resource
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from suite_agent import __version__
-from suite_agent.output.lines import STREAMS
-from suite_agent.settings import Settings
+from suite_agent.client_settings import ClientSettings
+
+if TYPE_CHECKING:
+    from suite_agent.settings import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The client commands read their settings without pydantic-settings (see client_settings).
+CLIENT_COMMANDS = ("status", "start", "stop", "restart", "reload", "logs", "signal")
+STREAMS = ("stdout", "stderr")  # suite_agent.output.lines.STREAMS, not imported: it costs a client 2 ms
 # Options every client command takes; the help says where their defaults come from.
 URL_HELP = "the agent's REST API (default $SUITE_AGENT_URL, else http://127.0.0.1:8080)"
 TOKEN_HELP = "bearer token of the API, if it has one (default $SUITE_AGENT_TOKEN)"
@@ -81,7 +85,7 @@ def _client_parsers(command: Any) -> None:
     logs.add_argument("--stream", choices=STREAMS, help="one stream only (default both)")
 
 
-def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_client(args: argparse.Namespace, settings: ClientSettings) -> int:
     from suite_agent import client
 
     try:
@@ -101,7 +105,11 @@ def cmd_client(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if args.command == "logs" else 130
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace) -> Settings | ClientSettings:
+    if args.command in CLIENT_COMMANDS:
+        return ClientSettings.from_flags(args.url, args.token)
+    from suite_agent.settings import Settings
+
     flags = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     return Settings(**flags)
 
@@ -115,12 +123,18 @@ def cmd_run(settings: Settings) -> int:
         print(f"suite-agent run: error: {settings.log_level!r} is not a log level (--log-level or "
               f"SUITE_AGENT_LOG_LEVEL): use one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
         return 2
+    import logging
+
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(message)s")
     if not settings.conf_dir.is_dir():
         print(f"suite-agent: {settings.conf_dir}: no such folder", file=sys.stderr)
         return 2
     _raise_open_file_limit()
+    # The owner thread waits on I/O most of the time; when a child exits it must get the GIL back
+    # from a busy thread (the REST server, the queue publisher) within a millisecond, not after
+    # CPython's default 5 ms switch interval.
+    sys.setswitchinterval(0.001)
     from suite_agent.keeper.statedir import Locked
     from suite_agent.processes.factory import become_subreaper
     from suite_agent.processes.keeping import keep
@@ -192,13 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
 
 
-def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+def _dispatch(args: argparse.Namespace, settings: Settings | ClientSettings) -> int:
+    if isinstance(settings, ClientSettings):
+        return cmd_client(args, settings)
     if args.command == "run":
         return cmd_run(settings)
     if args.command == "validate":
         return cmd_validate(settings)
     if args.command == "schema":
         return cmd_schema(args.out)
-    if args.command in ("status", "start", "stop", "restart", "reload", "logs", "signal"):
-        return cmd_client(args, settings)
     return 2

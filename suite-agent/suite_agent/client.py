@@ -6,17 +6,17 @@ or token refused (one line on stderr says which).
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
+from suite_agent import wire
+from suite_agent.client_settings import ClientSettings as Settings
 from suite_agent.jsontext import dumps
-from suite_agent.settings import Settings
 
 FOLLOW_WAIT = 25.0  # seconds each long poll of `logs -f` may wait on the agent
 
@@ -35,7 +35,7 @@ class Api:
         self._prefix = parts.path.rstrip("/")
         self.token = token
         self.timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: _Connection | None = None
 
     def request(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
                 timeout: float | None = None) -> tuple[int, Any]:
@@ -50,39 +50,76 @@ class Api:
         for attempt in (1, 2):
             conn = self._connection(timeout)
             try:
-                conn.request(method, target, body=data, headers=headers)
-                response = conn.getresponse()
-                raw = response.read()
+                status, raw = conn.request(method, target, data, headers)
                 break
-            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as exc:
+            except (ConnectionResetError, BrokenPipeError) as exc:
                 self.close()
                 if attempt == 2:  # a kept-alive connection the server closed: retry once
                     raise ClientError(f"the agent at {self.url} closed the connection: {exc}") from None
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ValueError) as exc:
                 self.close()
                 raise ClientError(_unreachable(self.url, exc)) from None
-        if response.status == 401:
+        if status == 401:
             raise ClientError(f"the agent at {self.url} refused the token "
                               "(set SUITE_AGENT_TOKEN or --token to the api token)")
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:
-            raise ClientError(f"{self.url}{path}: not a suite-agent answer (HTTP {response.status})") from None
-        return response.status, payload
+            raise ClientError(f"{self.url}{path}: not a suite-agent answer (HTTP {status})") from None
+        return status, payload
 
-    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+    def _connection(self, timeout: float | None) -> _Connection:
         if self._conn is None:
-            cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(self._parts.hostname or "", self._parts.port, timeout=self.timeout)
-        self._conn.timeout = timeout or self.timeout
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(self._conn.timeout)
+            host, port = self._parts.hostname or "", self._parts.port
+            if self._parts.scheme == "https":
+                self._conn = _Https(host, port, self.timeout)
+            else:
+                self._conn = wire.Connection(host, port, self.timeout)
+        self._conn.settimeout(timeout or self.timeout)
         return self._conn
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class _Connection(Protocol):
+    def request(self, method: str, target: str, body: bytes | None,
+                headers: dict[str, str]) -> tuple[int, bytes]: ...
+
+    def settimeout(self, timeout: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Https:
+    """https through http.client (and ssl), imported only for an https URL."""
+
+    def __init__(self, host: str, port: int | None, timeout: float) -> None:
+        import http.client
+
+        self._http = http.client
+        self._conn = http.client.HTTPSConnection(host, port, timeout=timeout)
+
+    def settimeout(self, timeout: float) -> None:
+        self._conn.timeout = timeout
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(timeout)
+
+    def request(self, method: str, target: str, body: bytes | None,
+                headers: dict[str, str]) -> tuple[int, bytes]:
+        try:
+            self._conn.request(method, target, body=body, headers=headers)
+            response = self._conn.getresponse()
+            return response.status, response.read()
+        except (BrokenPipeError, self._http.RemoteDisconnected) as exc:
+            raise ConnectionResetError(str(exc)) from None
+        except self._http.HTTPException as exc:
+            raise wire.WireError(str(exc) or type(exc).__name__) from None
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def _unreachable(url: str, exc: BaseException) -> str:

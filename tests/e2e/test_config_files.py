@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from suite_agent.config import store as loader
-from suite_agent.config import yamlpos
+from suite_agent.config import yamlfast, yamlpos
 from suite_agent.config.files import MAX_FILE_BYTES
 from suite_agent.config.reloader import ConfigLoader, Reload
 from suite_agent.config.store import ConfigStore, Declared, validate_dir
@@ -98,13 +98,13 @@ def test_a_symlink_to_a_regular_file_is_read(conf: Path, tmp_path: Path) -> None
 
 def test_a_file_over_the_limit_is_refused_before_parsing(conf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[int] = []
-    real = yamlpos.load
+    real = yamlfast.load
 
     def counting(text: str) -> Any:
         parsed.append(len(text))
         return real(text)
 
-    monkeypatch.setattr(loader, "load", counting)
+    monkeypatch.setattr(yamlfast, "load", counting)
     with open(conf / "big.yaml", "wb") as f:
         f.write(b"# " + b"x" * (MAX_FILE_BYTES - 3) + b"\n")
     assert problems() == []  # exactly at the limit: read

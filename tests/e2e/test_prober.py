@@ -222,3 +222,45 @@ def test_http_status_rules(path: str, expected: int | None, ok: bool) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(("path", "expected", "ok"), [("200", None, True), ("500", None, False), ("404", 404, True)])
+def test_http_checks_in_the_probers_selector_follow_the_status_rules(
+        foreign: ForeignChildren, path: str, expected: int | None, ok: bool) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    inbox = Inbox()
+    prober = Prober(inbox, foreign)
+    url = f"http://localhost:{server.server_address[1]}/{path}"
+    try:
+        prober.watch(("web", 0), 5, health(liveness={"http": {"url": url, "status": expected}, "period": 0.05,
+                                                      "failure_threshold": 1}), None, os.environ)
+        (change,) = changes(inbox, 1)
+        assert (change.ok, change.message) == (ok, f"GET {url}: HTTP {path}")
+    finally:
+        prober.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_check_of_a_closed_port_and_of_a_silent_one(foreign: ForeignChildren) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    inbox = Inbox()
+    prober = Prober(inbox, foreign)
+    refused, hangs = f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{silent.getsockname()[1]}/"
+    try:
+        for name, url in (("refused", refused), ("hangs", hangs)):
+            prober.watch((name, 0), 5, health(liveness={"http": {"url": url}, "timeout": 0.3, "period": 0.05,
+                                                        "failure_threshold": 1}), None, os.environ)
+        got = {c.service: c for c in changes(inbox, 2)}
+        assert not got["refused"].ok and got["refused"].message == f"GET {refused}: [Errno 111] Connection refused"
+        assert not got["hangs"].ok and got["hangs"].message == f"GET {hangs}: timed out"
+    finally:
+        prober.stop()
+        silent.close()

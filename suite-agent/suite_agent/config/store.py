@@ -16,11 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.reader import ReaderError
-
+from . import yamlfast
 from .accounts import missing_accounts
 from .envfiles import EnvFiles, Prints
 from .files import Unreadable, read_bytes
@@ -33,21 +29,11 @@ from .models import (
     QueueSection,
     ServiceSpec,
 )
-from .problems import problems_from
-from .yamlpos import (
-    Unsupported,
-    item_line,
-    key_line,
-    load,
-    node_line,
-    to_plain,
-    value_line,
-)
 
 __all__ = ["ConfigStore", "Declared", "Problem", "is_config_file", "read_file", "validate_dir"]
 
 _EDITOR_LEFTOVERS = ("~", ".swp", ".tmp")
-_TOP_KEYS = ", ".join(ConfigFile.model_fields)
+
 
 Fingerprint = tuple[int, int, int]  # (mtime_ns, size, inode)
 
@@ -130,65 +116,19 @@ def _read_file(path: Path, file: str) -> Version | list[Problem]:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         return [Problem(file, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be decoded)")]
-    try:
-        root = load(text)
-        plain = to_plain(root)
-    except Exception as exc:
-        return [_yaml_problem(exc, text, file)]
-    if plain is None:  # empty, or only comments
-        return Version(file, ConfigFile(), Lines())
-    if not isinstance(plain, dict):
-        kind = "list" if isinstance(plain, list) else type(plain).__name__
-        return [Problem(file, node_line(root), f"a conf.d file is a mapping with the keys {_TOP_KEYS}, not a {kind}")]
-    try:
-        config = ConfigFile.model_validate(plain)
-    except Exception as exc:
-        return problems_from(exc, root, file)
-    return Version(file, config, _lines(root))
+    fast = yamlfast.load(text)
+    if fast is not None:
+        plain, lines = fast
+        if plain is None:  # empty, or only comments
+            return Version(file, ConfigFile(), Lines())
+        if isinstance(plain, dict):
+            try:
+                return Version(file, ConfigFile.model_validate(plain), lines)
+            except ValueError:
+                pass  # the round trip places each problem at its line
+    from .roundtrip import read_text
 
-
-def _yaml_problem(exc: Exception, text: str, file: str) -> Problem:
-    if isinstance(exc, MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        if isinstance(exc, DuplicateKeyError):
-            return Problem(file, line, f"YAML: {exc.problem}; a key may appear only once in a mapping")
-        context = ""
-        if exc.context and exc.context_mark is not None:
-            context = f" ({exc.context}, line {exc.context_mark.line + 1})"
-        return Problem(file, line, f"YAML syntax error: {exc.problem or exc}{context}")
-    if isinstance(exc, ReaderError):
-        line = text.count("\n", 0, max(exc.position, 0)) + 1
-        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
-        return Problem(file, line, f"YAML: unacceptable character {char} ({exc.reason})")
-    if isinstance(exc, Unsupported):
-        return Problem(file, exc.line, f"YAML: {exc}")
-    if isinstance(exc, RecursionError):
-        return Problem(file, 1, "YAML: nested too deeply")
-    return Problem(file, 1, f"YAML: cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-
-
-def _lines(root: CommentedMap) -> Lines:
-    """Lines of the top-level keys, service names and dependencies of a valid file."""
-    services = root.get("services")
-    if not isinstance(services, CommentedMap):
-        services = CommentedMap()
-    depends: dict[tuple[str, str], int] = {}
-    values: dict[tuple[str, str], int] = {}
-    for name, spec in services.items():
-        if isinstance(spec, CommentedMap):
-            values.update({(name, key): value_line(spec, key) for key in spec})
-        deps = spec.get("depends_on") if isinstance(spec, CommentedMap) else None
-        if isinstance(deps, CommentedMap):
-            depends.update({(name, dep): key_line(deps, dep) for dep in deps})
-        elif isinstance(deps, CommentedSeq):
-            depends.update({(name, dep): item_line(deps, i) for i, dep in enumerate(deps)})
-    return Lines(
-        sections={key: key_line(root, key) for key in root},
-        services={name: key_line(services, name) for name in services},
-        depends=depends,
-        values=values,
-    )
+    return read_text(text, file)
 
 
 @dataclass(frozen=True)
@@ -253,7 +193,7 @@ class ConfigStore:
         in_force: dict[str, Version] = {}
         for file, old in self._in_force.items():
             new = on_disk.get(file)
-            if new is not None and new.config == old.config:
+            if new is not None and (new is old or new.config == old.config):  # `is`: a file not read again
                 in_force[file] = new  # same content, maybe other comments or lines
             elif file in files:
                 in_force[file] = old

@@ -31,11 +31,14 @@ from suite_agent.config.store import is_config_file
 
 log = logging.getLogger("suite_agent.config.watcher")
 
-# Changes are handed over STEP ms after the last one, and at most DEBOUNCE ms after the first:
-# an editor's truncate-then-write or Ansible's write-then-rename arrives as one reload.
-# STEP is also how often the thread wakes while idle, and so how late the catch-up comes.
+# Changes are handed over once STEP ms pass without a new one, and at most DEBOUNCE ms after the
+# first: an editor's truncate-then-write or Ansible's write-then-rename (microseconds apart)
+# arrives as one reload. watchfiles looks for changes every STEP ms, so a new file is seen one
+# to two STEPs after it is written. STEP is also how often the thread wakes while idle, and so
+# how late the catch-up comes: each wake-up costs tens of microseconds of CPU (measured at N = 500:
+# STEP 15 ms, 0.7 % of a core idle; 25 ms, 0.3-0.4 %; 50 ms, 0.2 %).
 DEBOUNCE_MS = 150
-STEP_MS = 50
+STEP_MS = 25
 
 ATOMIC_LINK = "..data"  # the link Kubernetes' AtomicWriter swaps (ConfigMap, Secret, downward API)
 MISSING_RECHECK = 1.0  # seconds between looks for an env file's folder that does not exist

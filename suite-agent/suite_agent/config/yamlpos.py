@@ -15,10 +15,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.composer import Composer
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-MAX_DEPTH = 64  # no conf.d file needs more; protects the recursion below
-# Keys and values in one file, before and after aliases are expanded: a thousand services take
-# a few tens of thousands. Bounds the time and memory a file costs, alias bombs included.
-MAX_NODES = 100_000
+from .yamllimits import MAX_DEPTH as MAX_DEPTH
+from .yamllimits import MAX_NODES as MAX_NODES
 
 Loc = tuple[str | int, ...]
 

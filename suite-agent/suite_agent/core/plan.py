@@ -77,7 +77,7 @@ def plan(declared: Mapping[str, ServiceSpec], actual: Mapping[str, ServiceSpec])
     changes: list[Action] = []
     for name in _dependency_order(sorted(set(declared) & set(actual)), declared):
         old, new = actual[name], declared[name]
-        if old == new:
+        if old is new or old == new:  # `is`: from a file not read again, no field-by-field compare
             continue
         if process_changed(old, new):
             changes.append(Replace(name, new))

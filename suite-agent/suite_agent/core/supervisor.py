@@ -71,6 +71,9 @@ def release_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
+# Services added, changed or removed by a reload past which the heap it left is handed back.
+RELEASE_AFTER = 100
+
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -439,7 +442,8 @@ class Supervisor:
                  len(summary.added), len(summary.changed), len(summary.removed))
         if first:
             log.info("service output goes to %s", self.pump.log_dir)
-        release_memory()
+        if first or len(summary.added) + len(summary.changed) + len(summary.removed) >= RELEASE_AFTER:
+            release_memory()
         self.host.emit(Event.make(events.CONFIG_RELOADED, None, source=msg.source, **summary.json()))
         for reply in msg.replies:
             reply.set_result(summary)

@@ -1,4 +1,9 @@
-"""One check of one probe: http, tcp or exec. Runs on a prober worker thread, never the owner.
+"""One check of one probe: http, tcp or exec, never on the owner thread.
+
+tcp checks, and http checks of a plain-http URL at an IP address or `localhost`, run without
+blocking in the prober's own selector (`start_nonblocking`): a connect, one request, the status
+line. Anything else (exec, https, a host name to resolve) runs blocking on a prober worker
+thread (`run_check`).
 
 Exec probes are children of the agent, so only the owner's reaper may wait for them: they are
 spawned through `ForeignChildren`, which hands their exit status back.
@@ -7,15 +12,18 @@ spawned through `ForeignChildren`, which hands their exit status back.
 from __future__ import annotations
 
 import contextlib
-import http.client
+import errno
+import ipaddress
 import os
 import select
+import selectors
 import signal
 import socket
 import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from suite_agent.config.models import ExecProbe, HttpProbe, Probe, TcpProbe
 from suite_agent.processes.factory import ForeignChildren, decode_status
@@ -43,6 +51,8 @@ def run_check(probe: Probe, foreign: ForeignChildren, cwd: str | None,
 
 
 def check_http(spec: HttpProbe, timeout: float) -> CheckResult:
+    import http.client  # with ssl: only for https, or a host name, on a worker thread
+
     url = urllib.parse.urlsplit(spec.url)
     conn_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
     conn = conn_class(url.hostname or "127.0.0.1", url.port, timeout=timeout)
@@ -100,3 +110,133 @@ def check_exec(spec: ExecProbe, timeout: float, foreign: ForeignChildren, cwd: s
     text = output.decode(errors="replace").strip()[:OUTPUT_LIMIT]
     how = f"exit code {code}" if sig is None else f"killed by signal {sig}"
     return CheckResult(code == 0, f"{spec.command[0]}: {how}" + (f": {text}" if text else ""))
+
+
+# -- checks in the prober's selector -------------------------------------------------------
+
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+STATUS_LINE_LIMIT = 8192
+
+
+class Pending(Protocol):
+    """A check in flight in the prober's selector; the prober closes it once it has a result."""
+
+    deadline: float
+    sock: socket.socket
+    wants: int  # READ or WRITE: what to wait for next
+
+    def step(self) -> CheckResult | None:
+        """The socket is ready for `wants`: a result when the check is over, else None."""
+        ...
+
+    def expire(self) -> CheckResult: ...
+
+
+def start_nonblocking(probe: Probe) -> Pending | CheckResult | None:
+    """The check started in non-blocking mode (or already over), or None: it needs `run_check`
+    on a worker thread."""
+    if probe.tcp is not None:
+        address = _address(probe.tcp.host, probe.tcp.port)
+        if address is None:
+            return None
+        return _Connect(address, probe.timeout, f"connect {probe.tcp.host}:{probe.tcp.port}").begin()
+    if probe.http is not None:
+        url = urllib.parse.urlsplit(probe.http.url)
+        if url.scheme != "http":
+            return None
+        host = url.hostname or "127.0.0.1"
+        try:
+            port = url.port or 80
+        except ValueError:
+            return None
+        address = _address(host, port)
+        if address is None:
+            return None
+        return _HttpGet(address, probe.timeout, probe.http, url, host, port).begin()
+    return None
+
+
+def _address(host: str, port: int) -> tuple[int, tuple[str, int]] | None:
+    """(family, sockaddr) of an IP literal or localhost; None for a name to resolve."""
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (str(ip), port)
+
+
+class _Connect:
+    def __init__(self, address: tuple[int, tuple[str, int]], timeout: float, label: str) -> None:
+        self.family, self.sockaddr = address
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.label = label
+        self.wants = WRITE
+        self.sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+
+    def begin(self) -> Pending | CheckResult:
+        code = self.sock.connect_ex(self.sockaddr)
+        if code in (0, errno.EINPROGRESS):
+            return self
+        self.sock.close()
+        return self.failed(code)
+
+    def failed(self, code: int) -> CheckResult:
+        return CheckResult(False, f"{self.label}: {os.strerror(code)}")
+
+    def step(self) -> CheckResult | None:
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return self.failed(code) if code else CheckResult(True, f"{self.label}: ok")
+
+    def expire(self) -> CheckResult:
+        return CheckResult(False, f"{self.label}: timed out")
+
+
+class _HttpGet(_Connect):
+    def __init__(self, address: tuple[int, tuple[str, int]], timeout: float, spec: HttpProbe,
+                 url: urllib.parse.SplitResult, host: str, port: int) -> None:
+        super().__init__(address, timeout, f"GET {spec.url}")
+        self.spec = spec
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        headers = dict(spec.headers)
+        lines = [f"GET {path} HTTP/1.1"]
+        if not any(k.lower() == "host" for k in headers):
+            lines.append(f"Host: {host if ':' not in host else f'[{host}]'}{'' if port == 80 else f':{port}'}")
+        lines += ["Accept-Encoding: identity", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+        self.request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.answer = b""
+
+    def failed(self, code: int) -> CheckResult:
+        return CheckResult(False, f"{self.label}: [Errno {code}] {os.strerror(code)}")
+
+    def step(self) -> CheckResult | None:
+        if self.wants == WRITE:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                return self.failed(code)
+            try:
+                self.sock.send(self.request)  # a few hundred bytes: an empty socket buffer takes them
+            except OSError as exc:
+                return CheckResult(False, f"{self.label}: {exc}")
+            self.wants = READ
+            return None
+        try:
+            chunk = self.sock.recv(4096)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            return CheckResult(False, f"{self.label}: {exc}")
+        self.answer += chunk
+        if b"\n" not in self.answer and chunk and len(self.answer) < STATUS_LINE_LIMIT:
+            return None
+        line = self.answer.split(b"\n", 1)[0].decode("latin-1").strip()
+        if not line:
+            return CheckResult(False, f"{self.label}: Remote end closed connection without response")
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            return CheckResult(False, f"{self.label}: not an HTTP answer: {line[:60]!r}")
+        status = int(parts[1])
+        ok = status == self.spec.status if self.spec.status is not None else 200 <= status < 400
+        return CheckResult(ok, f"{self.label}: HTTP {status}")

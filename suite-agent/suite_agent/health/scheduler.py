@@ -1,7 +1,9 @@
 """Schedules health probes off the owner thread and reports only their transitions.
 
-One scheduler thread keeps a deadline heap; checks run on a bounded worker pool, each with
-its own timeout, so a hanging target or a thousand probes never reach the owner's loop.
+One scheduler thread keeps a deadline heap and a selector: tcp and plain-http checks run in that
+selector without blocking (a connect, a request, a status line: tens of microseconds of CPU
+each); exec checks and the rest run on a bounded worker pool. Each check has its own timeout, so
+a hanging target or a thousand probes never reach the owner's loop.
 Thresholds are counted here (Kubernetes semantics); the owner hears `ProbeChanged` when a
 probe's verdict flips, and acts: restart on liveness/startup failure, `ready` on readiness.
 Every check's result also goes out as a `probe_result` event on the prober's own bus, for
@@ -14,6 +16,7 @@ holds the port, so the service crash-loops on it), the answer is a stranger's an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import ipaddress
@@ -21,6 +24,7 @@ import itertools
 import logging
 import os
 import queue
+import selectors
 import threading
 import time
 import urllib.parse
@@ -35,7 +39,7 @@ from suite_agent.core.inbox import Inbox, ProbeChanged
 from suite_agent.core.instance import instance_name
 from suite_agent.events import bus as events
 from suite_agent.events.bus import Event, EventBus
-from suite_agent.health.checks import CheckResult, run_check
+from suite_agent.health.checks import CheckResult, Pending, run_check, start_nonblocking
 from suite_agent.processes.factory import ForeignChildren
 
 log = logging.getLogger("suite_agent.health.scheduler")
@@ -73,8 +77,14 @@ class Prober:
         self.results = results if results is not None else EventBus()  # every check's result (plugins see it)
         # Whose children the services are: this agent's, or its keeper's (set by the owner).
         self.parents: frozenset[int] = frozenset({os.getpid()})
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="probe")
+        self._max_workers = max_workers
+        self._pool: ThreadPoolExecutor | None = None  # made at the first check that needs a thread
         self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._wake_lock = threading.Lock()
+        self._pending: dict[int, _InFlight] = {}  # fd -> a check in the selector
         self._watches: dict[Key, _Watch] = {}
         self._heap: list[tuple[float, int, Key, int, str]] = []
         self._seq = itertools.count()
@@ -87,33 +97,91 @@ class Prober:
         if not self._started:
             self._started = True
             self._thread.start()
-        self._commands.put(lambda: self._watch(_Watch(key, pid, health, cwd, env, time.monotonic(),
-                                                      started_up=health.startup is None)))
+        self._post(lambda: self._watch(_Watch(key, pid, health, cwd, env, time.monotonic(),
+                                              started_up=health.startup is None)))
 
     def unwatch(self, key: Key) -> None:
-        self._commands.put(lambda: self._unwatch(key))
+        self._post(lambda: self._unwatch(key))
 
     def stop(self, timeout: float = 2.0) -> None:
         if self._started:
-            self._commands.put(None)
+            self._post(None)
             self._thread.join(timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self._thread.is_alive() and self._wake_write >= 0:
+            for flight in self._pending.values():
+                flight.check.sock.close()
+            self._pending.clear()
+            self._selector.close()
+            with self._wake_lock:
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self._wake_write = -1
+
+    def _post(self, command: Callable[[], None] | None) -> None:
+        """From any thread: queue a command and wake the scheduler's select."""
+        self._commands.put(command)
+        with self._wake_lock:  # never a write to a closed (and maybe reused) descriptor
+            if self._wake_write >= 0:
+                with contextlib.suppress(BlockingIOError):  # full: the scheduler is awake already
+                    os.write(self._wake_write, b"!")
 
     # -- scheduler thread -----------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            timeout = max(0.0, self._heap[0][0] - time.monotonic()) if self._heap else None
             try:
-                command = self._commands.get(timeout=timeout)
-            except queue.Empty:
-                command = _idle
-            if command is None:
-                return
-            try:
-                command()
+                for key, _mask in self._selector.select(self._timeout()):
+                    if key.fd == self._wake_read:
+                        while len(os.read(self._wake_read, 4096)) == 4096:
+                            pass
+                    else:
+                        self._progress(key.fd)
+                while True:
+                    try:
+                        command = self._commands.get_nowait()
+                    except queue.Empty:
+                        break
+                    if command is None:
+                        return
+                    command()
+                self._expire()
                 self._run_due()
             except Exception:  # the prober must outlive any bug in one probe's bookkeeping
                 log.exception("prober error")
+
+    def _timeout(self) -> float | None:
+        due = [self._heap[0][0]] if self._heap else []
+        due += [flight.check.deadline for flight in self._pending.values()]
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _progress(self, fd: int) -> None:
+        flight = self._pending.get(fd)
+        if flight is None:
+            return
+        try:
+            result = flight.check.step()
+        except Exception as exc:  # a probe reports failure; it never raises into the prober
+            result = CheckResult(False, f"{type(exc).__name__}: {exc}")
+        if result is None:
+            self._selector.modify(fd, flight.check.wants)
+            return
+        self._land(fd, flight, result)
+
+    def _expire(self) -> None:
+        if not self._pending:
+            return
+        now = time.monotonic()
+        for fd, flight in [(fd, f) for fd, f in self._pending.items() if f.check.deadline <= now]:
+            self._land(fd, flight, flight.check.expire())
+
+    def _land(self, fd: int, flight: _InFlight, result: CheckResult) -> None:
+        del self._pending[fd]
+        self._selector.unregister(fd)
+        flight.check.sock.close()
+        if result.ok and flight.owner is not None:
+            result = _vouched(result, flight.probe, flight.owner, self.parents)
+        self._result(flight.watch, flight.kind, flight.started, result)
 
     def _watch(self, watch: _Watch) -> None:
         self._watches[watch.key] = watch
@@ -150,13 +218,28 @@ class Prober:
             started = time.monotonic()
             # Until readiness first passes; after that the service holds the port itself.
             owner = pid if kind == "readiness" and watch.verdicts[kind].ok is not True else None
-            future = self._pool.submit(_check, probe, self._foreign, watch.cwd, watch.env, owner,
-                                       self.parents)
-            future.add_done_callback(functools.partial(self._checked, watch, kind, started))
+            try:
+                check = start_nonblocking(probe)
+            except OSError as exc:  # e.g. out of file descriptors
+                check = CheckResult(False, f"{type(exc).__name__}: {exc}")
+            if isinstance(check, CheckResult):
+                if check.ok and owner is not None:
+                    check = _vouched(check, probe, owner, self.parents)
+                self._result(watch, kind, started, check)
+            elif check is not None:
+                fd = check.sock.fileno()
+                self._pending[fd] = _InFlight(check, watch, kind, probe, started, owner)
+                self._selector.register(fd, check.wants)
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="probe")
+                future = self._pool.submit(_check, probe, self._foreign, watch.cwd, watch.env, owner,
+                                           self.parents)
+                future.add_done_callback(functools.partial(self._checked, watch, kind, started))
 
     def _checked(self, watch: _Watch, kind: str, started: float, future: Future[CheckResult]) -> None:
         # On a worker thread: hand the result back to the scheduler thread.
-        self._commands.put(functools.partial(self._result, watch, kind, started, future.result()))
+        self._post(functools.partial(self._result, watch, kind, started, future.result()))
 
     def _result(self, watch: _Watch, kind: str, started: float, result: CheckResult) -> None:
         watch.in_flight.discard(kind)
@@ -191,17 +274,29 @@ class Prober:
         self._schedule(watch, kind, max(time.monotonic(), started + probe.period))
 
 
-def _idle() -> None:
-    pass
+@dataclass(frozen=True)
+class _InFlight:
+    check: Pending
+    watch: _Watch
+    kind: str
+    probe: Probe
+    started: float
+    owner: int | None  # the pid whose answer it must be (readiness until it first passes)
 
 
 def _check(probe: Probe, foreign: ForeignChildren, cwd: str | None, env: Mapping[str, str],
            owner: int | None, parents: frozenset[int] = frozenset()) -> CheckResult:
     result = run_check(probe, foreign, cwd, env)
     if result.ok and owner is not None:
-        stranger = _stranger(probe, owner, parents or frozenset({os.getpid()}))
-        if stranger is not None:
-            return CheckResult(False, f"{result.message}, but {stranger}")
+        return _vouched(result, probe, owner, parents)
+    return result
+
+
+def _vouched(result: CheckResult, probe: Probe, owner: int, parents: frozenset[int]) -> CheckResult:
+    """A passed check, failed when the answer cannot have come from the service."""
+    stranger = _stranger(probe, owner, parents or frozenset({os.getpid()}))
+    if stranger is not None:
+        return CheckResult(False, f"{result.message}, but {stranger}")
     return result
 
 

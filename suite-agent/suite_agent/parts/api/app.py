@@ -10,7 +10,7 @@ import bottle  # type: ignore[import-untyped]
 
 from suite_agent.jsontext import dumps
 from suite_agent.parts.api import guard
-from suite_agent.parts.api.context import JSON, ApiContext, Reply
+from suite_agent.parts.api.context import JSON, ApiContext, RawJson, Reply
 from suite_agent.parts.api.errors import ApiError
 from suite_agent.parts.api.params import Req
 from suite_agent.parts.api.routes import ROUTES, Route
@@ -51,7 +51,7 @@ def _emit(reply: Reply) -> Any:
     for key, value in reply.headers.items():
         response.set_header(key, value)
     body = reply.body
-    if reply.content_type == JSON:
+    if reply.content_type == JSON and not isinstance(body, RawJson):
         return dumps(body)
     return body
 

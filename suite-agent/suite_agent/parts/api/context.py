@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 JSON = "application/json"
 
 
+class RawJson(str):
+    """A body serialized already (JSON text), sent as it is."""
+
+
 @dataclass(frozen=True)
 class Reply:
     """A handler's answer: a JSON-able body, text, bytes, or an iterable of bytes (streamed)."""
