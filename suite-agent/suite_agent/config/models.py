@@ -252,6 +252,11 @@ class ApiSection(Model):
         return self
 
 
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_PATTERN, max_length=63)]
+LabelValue = Annotated[str, StringConstraints(max_length=253), AfterValidator(_no_nul)]
+
+
 class QueueSection(Model):
     url: str
     exchange: str = "suite_events"
@@ -260,9 +265,25 @@ class QueueSection(Model):
         "json", description="events' content type: application/json (any kombu consumer decodes it) "
                             "or application/cloudevents+json; the body is the same CloudEvents JSON")
 
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, description="this agent's labels; a command's selector picks agents by them")
+    heartbeat: Duration = Field(10.0, description="how often suite.agent_heartbeat is published (0: never)")
+    command_key_file: str | None = Field(
+        None, description="a file holding the fleet key: only commands signed with it are carried out "
+                          "(relative to the conf.d folder's parent)")
+    command_max_age: Duration = Field(
+        60.0, description="a signed command older (or further in the future) than this is refused")
+
     _url = field_validator("url")(check_queue_url)
     _exchange = field_validator("exchange")(check_exchange)
     _agent_id = field_validator("agent_id")(check_agent_id)
+
+    @field_validator("heartbeat")
+    @classmethod
+    def _heartbeat(cls, value: float) -> float:
+        if 0 < value < 0.1:
+            raise ValueError("use 0 (no heartbeat) or at least 100ms")
+        return value
 
 
 class AgentSection(Model):
