@@ -231,9 +231,11 @@ def test_queue_section_fleet_fields() -> None:
     assert section.heartbeat == 2.0 and section.labels == {"role": "web", "zone": "eu-1"}
     assert QueueSection(url="redis://h:6379/0").heartbeat == 10.0
     assert QueueSection(url="redis://h:6379/0", heartbeat=0).heartbeat == 0
-    for bad in [{"labels": {"bad key": "x"}}, {"labels": {"role": 1}}, {"heartbeat": "10ms"}, {"heartbeat": -1}]:
+    bad: list[dict[str, Any]] = [{"labels": {"bad key": "x"}}, {"labels": {"role": 1}}, {"heartbeat": "10ms"},
+                                 {"heartbeat": -1}]
+    for fields in bad:
         with pytest.raises(ValidationError):
-            QueueSection(url="redis://h:6379/0", **bad)
+            QueueSection.model_validate({"url": "redis://h:6379/0", **fields})
 
 
 # -- gathering -----------------------------------------------------------------------------------
