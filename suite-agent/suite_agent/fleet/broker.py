@@ -67,13 +67,16 @@ class FleetLink:
                                   message_id=uuid.uuid4().hex, retry=False)
         return cid
 
-    def gather(self, cid: str, gathering: Gathering, timeout: float) -> Gathering:
-        """Take in replies to `cid` until the gathering is done or `timeout` seconds passed."""
+    def gather(self, cid: str, gathering: Gathering, timeout: float, views: str | None = None) -> Gathering:
+        """Take in replies to `cid` until the gathering is done or `timeout` seconds passed; the
+        replies to `views` only for the agents' views of the fleet."""
         deadline = time.monotonic() + timeout
         while True:
             for reply_cid, body in self._take():
                 if reply_cid == cid:
                     gathering.add(body)
+                elif reply_cid == views and views is not None:
+                    gathering.learn(body)
             if gathering.done():
                 return gathering
             left = deadline - time.monotonic()

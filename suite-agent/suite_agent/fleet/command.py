@@ -123,7 +123,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def one_round(link: Any, opts: Options, verb: str, names: tuple[str, ...], target: Target,
               timeout: float) -> Gathering:
     cid = link.send(verb, body_for(opts, verb, names, timeout, bool(target.agents)), target.agents)
-    gathering: Gathering = link.gather(cid, Gathering(target), timeout)
+    views = None
+    if target.selector and not target.agents:
+        # The agents the selector leaves out say nothing: who is live comes from every agent.
+        views = link.send("status", {"services": [], "peers": True})
+    gathering: Gathering = link.gather(cid, Gathering(target), timeout, views)
     return gathering
 
 

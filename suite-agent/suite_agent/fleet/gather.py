@@ -5,7 +5,8 @@ reply queue. Each agent adds its view of the live fleet to its answer (who beat 
 their labels: see parts/queue/registry.py). The first view from an agent that has listened long
 enough gives the full set: the gathering is done the moment each agent of that set that matches
 the target has answered, not at the timeout. Agents named with --agent are expected whatever
-the views say. Expected agents that never answer are `missing`.
+the views say. Expected agents that never answer are `missing`. Agents a selector leaves out
+stay silent, so with a selector the views come from a status round beside it, to every agent.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class Gathering:
         if not isinstance(agent, str) or (self.target.agents and agent not in self.target.agents):
             return False
         self.replies.setdefault(agent, dict(reply))
+        self.learn(reply)
+        return True
+
+    def learn(self, reply: Mapping[str, Any]) -> None:
+        """Take in the agent's view of the fleet, if the reply has one it can trust."""
         peers = reply.get("peers")
         if isinstance(peers, dict) and peers.get("complete") is True and isinstance(peers.get("agents"), dict):
             self.trusted = True
@@ -49,7 +55,6 @@ class Gathering:
                     self.known[peer] = labels if isinstance(labels, dict) else {}
                     if isinstance(info.get("host"), str):
                         self.hosts[peer] = info["host"]
-        return True
 
     def expected(self) -> set[str]:
         if self.target.agents:
