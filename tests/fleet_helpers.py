@@ -54,7 +54,8 @@ class Fleet:
         home = self.root / name
         (home / "conf.d").mkdir(parents=True)
         marker = str(4_000_000 + len(self.members) * 1000 + int(time.time() * 1000) % 1000)
-        (home / "conf.d" / "fleet.yaml").write_text(self.conf(agent_id, labels, marker, extra_services, extra, heartbeat))
+        text = self.conf(agent_id, labels, marker, extra_services, extra, heartbeat)
+        (home / "conf.d" / "fleet.yaml").write_text(text)
         member = Member(agent_id, labels, Agent(home / "conf.d", home), marker)
         self.members[agent_id] = member
         if start:

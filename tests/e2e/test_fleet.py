@@ -5,6 +5,7 @@ the first failure."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -15,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_helpers import Fleet
 
 from brokers import Broker, free_port, require
 from eventually import eventually
-from fleet_helpers import Fleet
 
 pytest_plugins = ["brokers"]
 
@@ -174,7 +175,7 @@ def test_a_rolling_restart_goes_batch_by_batch(fleet: Fleet) -> None:
 
     asked, ready = reader.wait(lambda _: times(), timeout=20, what="restart and ready events from every web agent")
     batches = [web[0:2], web[2:4], web[4:]]
-    for earlier, later in zip(batches, batches[1:], strict=False):
+    for earlier, later in itertools.pairwise(batches):
         assert max(ready[a] for a in earlier) < min(asked[a] for a in later), (earlier, later, asked, ready)
 
 
