@@ -102,7 +102,10 @@ class FleetRun:
                 print(f"{agent_id} did not stop: killed")
                 proc.kill()
                 proc.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not ARGS.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+        else:
+            print(f"kept {self.root}")
         try:
             if self.kind == "redis":
                 import redis
@@ -251,6 +254,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--traffic-seconds", type=float, default=30.0)
     p.add_argument("--rolling", type=int, default=10)
     p.add_argument("--json")
+    p.add_argument("--keep", action="store_true", help="keep the agents' folders and logs")
     return p.parse_args()
 
 

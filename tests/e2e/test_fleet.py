@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_helpers import Fleet
 
 from brokers import Broker, free_port, require
 from eventually import eventually
+from fleet_helpers import Fleet
 
 pytest_plugins = ["brokers"]
 

@@ -5,15 +5,19 @@ and change nothing."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from fleet_helpers import Fleet
+from kombu import Connection
 
 from suite_agent.fleet import signing
 
-from brokers import Broker, require
+from brokers import Broker, EventReader, require, unavailable
+from fleet_helpers import Fleet
 
 pytest_plugins = ["brokers"]
 
@@ -96,3 +100,64 @@ def test_a_bad_signature_and_a_replay_are_refused(fleet: Fleet) -> None:
     rejected = reader.wait_for("suite.command_rejected", count=4, timeout=15)
     assert [e["data"]["error"].split(":")[0].split(" ")[0] for e in rejected] == ["bad", "bad", "replayed", "signed"]
     assert {e["source"] for e in rejected} == {f"suite-agent/{target}"}
+
+
+# -- RabbitMQ permissions, as docs/queue.md gives them -------------------------------------------
+AGENT_PERMS = ("^(suite_events|suite_agent\\..*)$", "^(suite_events|suite_agent\\..*|amq\\.default)$",
+               "^(suite_events|suite_agent\\..*)$")
+OPERATOR_PERMS = ("^(suite_events|suite_fleet\\..*)$", "^suite_events$", "^suite_fleet\\..*$")
+READER_PERMS = ("^dash.*$", "^dash.*$", "^(suite_events|dash.*)$")
+
+
+def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    require("amqp")
+    if shutil.which("rabbitmqctl") is None or rabbitmqctl("list_vhosts").returncode != 0:
+        unavailable("rabbitmqctl cannot manage the local RabbitMQ", "run the tests as a user rabbitmqctl works for")
+    name = f"suite_perm_{uuid.uuid4().hex[:8]}"
+    assert rabbitmqctl("add_vhost", name).returncode == 0
+    try:
+        for user, perms in (("agent", AGENT_PERMS), ("operator", OPERATOR_PERMS), ("reader", READER_PERMS)):
+            assert rabbitmqctl("add_user", f"{name}_{user}", "pw").returncode == 0
+            assert rabbitmqctl("set_permissions", "-p", name, f"{name}_{user}", *perms).returncode == 0
+        yield name
+    finally:
+        rabbitmqctl("delete_vhost", name)
+        for user in ("agent", "operator", "reader"):
+            rabbitmqctl("delete_user", f"{name}_{user}")
+
+
+def test_the_documented_rabbitmq_permissions_suffice_and_keep_each_user_to_its_part(vhost: str,
+                                                                                      tmp_path: Path) -> None:
+    def url(user: str) -> str:
+        return f"amqp://{vhost}_{user}:pw@127.0.0.1:5672/{vhost}"
+
+    f = Fleet(Broker("amqp", url("agent")), tmp_path)
+    try:
+        member = f.add("p0", {"role": "web"})
+        f.wait_started()
+        env = {**f.env(), "SUITE_AGENT_BROKER": url("operator")}
+        done = f.cli("restart", "web", "--json", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert list(json.loads(done.stdout)["agents"]) == [member.agent_id]
+        events = EventReader(url("reader"), f.broker.exchange, "dash.events", ("suite.service_started",))
+        try:
+            f.cli("restart", "web", env=env)
+            events.wait_for("suite.service_started", "web")
+            # The reader may not send commands, the operator may not read an agent's queue.
+            with Connection(url("reader")) as conn, pytest.raises(Exception, match="ACCESS_REFUSED"):
+                producer = conn.Producer()
+                producer.publish({"services": ["web"]}, exchange=f.broker.exchange,
+                                 routing_key="suite.control.stop", serializer="json")
+                conn.drain_events(timeout=2)  # the refusal closes the channel asynchronously
+            with Connection(url("operator")) as conn, pytest.raises(Exception, match="ACCESS_REFUSED"):
+                conn.SimpleQueue(f"suite_agent.{member.agent_id}.control").get(timeout=2)
+        finally:
+            events.close()
+        assert "ACCESS_REFUSED" not in member.agent.log()
+    finally:
+        assert f.shutdown() == []
