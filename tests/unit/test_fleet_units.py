@@ -143,6 +143,8 @@ def test_a_command_for_other_labels_is_ignored_and_one_for_ours_is_parsed() -> N
     admitted = intake.admit("suite.control.restart", b'{"services": ["x"], "selector": {"role": "web"}, "peers": true}')
     assert admitted is not None and admitted.command.names == ("x",) and admitted.peers
     assert intake.extra(admitted) == {"host": "h1", "labels": {"role": "web"}}
+    plain = intake.admit("suite.control.restart", b'{"services": ["x"]}')
+    assert plain is not None and intake.extra(plain) == {}  # replies as before unless asked
 
 
 def test_an_ignored_command_is_not_even_validated_and_a_bad_one_for_us_is_refused() -> None:

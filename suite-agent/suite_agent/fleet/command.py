@@ -80,7 +80,7 @@ def options(args: argparse.Namespace, settings: Settings) -> Options:
                    selector), timeout, args.json, signal, args.batch, pause, key)
 
 
-def body_for(opts: Options, verb: str, names: tuple[str, ...], timeout: float, addressed: bool) -> dict[str, Any]:
+def body_for(opts: Options, verb: str, names: tuple[str, ...], timeout: float) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if names:
         body["services"] = list(names)
@@ -90,8 +90,8 @@ def body_for(opts: Options, verb: str, names: tuple[str, ...], timeout: float, a
         body["signal"] = opts.signal
     if opts.target.selector:
         body["selector"] = dict(opts.target.selector)
-    if not addressed:
-        body["peers"] = True  # each answer says whom its agent heard: the set to wait for
+    # Each answer then says where it comes from and whom its agent heard: the set to wait for.
+    body["peers"] = True
     return body
 
 
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def one_round(link: Any, opts: Options, verb: str, names: tuple[str, ...], target: Target,
               timeout: float) -> Gathering:
-    cid = link.send(verb, body_for(opts, verb, names, timeout, bool(target.agents)), target.agents)
+    cid = link.send(verb, body_for(opts, verb, names, timeout), target.agents)
     views = None
     if target.selector and not target.agents:
         # The agents the selector leaves out say nothing: who is live comes from every agent.

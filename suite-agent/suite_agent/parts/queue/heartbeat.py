@@ -8,6 +8,7 @@ stream or plugins: a heartbeat every few seconds is news to the fleet only.
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import threading
@@ -20,6 +21,8 @@ from suite_agent import __version__
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.parts.queue.registry import HEARTBEAT, STARTED, STOPPED
+
+log = logging.getLogger("suite_agent.parts.queue")
 
 EARLY_JITTER = 0.5  # seconds: a newcomer hears every agent within this, not all at the same instant
 
@@ -63,9 +66,18 @@ class Heartbeat:
         self._stop = threading.Event()
         self._soon = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned = False
 
     def event(self, kind: str) -> Event:
-        return Event.make(kind, **beat_data(self.agent_id, self.labels, self.period, self.snapshot(), time.time()))
+        try:
+            data = beat_data(self.agent_id, self.labels, self.period, self.snapshot(), time.time())
+        except Exception as exc:  # a bug here must not keep the agent from the fleet, nor stop commands
+            if not self._warned:
+                log.error("queue: cannot count the services for the heartbeat", exc_info=exc)
+                self._warned = True
+            data = {"agent_id": self.agent_id, "hostname": socket.gethostname(), "labels": self.labels,
+                    "version": __version__, "heartbeat": self.period}
+        return Event.make(kind, **data)
 
     def start(self) -> None:
         self.bus.publish(self.event(STARTED))

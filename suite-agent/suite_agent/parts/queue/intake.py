@@ -61,9 +61,12 @@ class Intake:
         return Admitted(commands.parse(routing_key, jsontext.dumps(rest), self.agent_id), peers)
 
     def extra(self, admitted: Admitted | None) -> dict[str, Any]:
-        """Added to every reply: where it comes from and, when asked, whom this agent knows of."""
+        """Added to the reply when the command asks for `peers`: where it comes from, and whom
+        this agent knows of."""
+        if admitted is None or not admitted.peers:
+            return {}
         fields: dict[str, Any] = {"host": self.hostname, "labels": self.labels}
-        if admitted is not None and admitted.peers and self.registry is not None:
+        if self.registry is not None:
             fields["peers"] = self.registry.peers()
         return fields
 
