@@ -41,7 +41,6 @@ from suite_agent.parts.queue import commands
 from suite_agent.parts.queue.commands import Command, CommandError
 from suite_agent.parts.queue.intake import Admitted, Intake
 from suite_agent.parts.queue.link import Link, release
-from suite_agent.parts.queue.registry import ROUTING_KEYS as FLEET_KEYS
 
 log = logging.getLogger("suite_agent.parts.queue")
 
@@ -104,14 +103,14 @@ class CommandConsumer:
         channel = conn.channel()
         self._producer = Producer(channel)
         # on_message: the raw message, never run through a deserializer (no pickle, ever).
-        queues = [self.queue]
+        consumer = Consumer(channel, queues=[self.queue], on_message=self._on_message, prefetch_count=PREFETCH)
+        consumer.consume()
         if self.fleet_queue is not None:
             fleet = self.fleet_queue(channel)
             fleet.declare()
             fleet.purge()  # heartbeats from before may be of agents gone since
-            queues.append(self.fleet_queue)
-        consumer = Consumer(channel, queues=queues, on_message=self._on_message, prefetch_count=PREFETCH)
-        consumer.consume()
+            # no_ack: a heartbeat lost is replaced by the next, and on Redis an ack costs round trips.
+            Consumer(channel, queues=[self.fleet_queue], on_message=self._heard, no_ack=True).consume()
         self.link.ready()
         if self.on_ready is not None:
             self.on_ready()
@@ -123,14 +122,10 @@ class CommandConsumer:
         if self.fleet_queue is not None:
             # On Redis nothing else unbinds it: the other agents would keep filling it.
             with contextlib.suppress(*self._transport_errors):
-                consumer.cancel()
                 self.fleet_queue(channel).delete()
 
     # -- one delivery ---------------------------------------------------------------------
     def _on_message(self, message: Message) -> None:
-        if str(message.delivery_info.get("routing_key", "")) in FLEET_KEYS:
-            self._heard(message)
-            return
         try:
             self._handle(message)
         except self._transport_errors:
@@ -244,14 +239,16 @@ class CommandConsumer:
         )
 
     def _heard(self, message: Message) -> None:
-        """A fleet event (a heartbeat, a start, a stop): noted, acknowledged, never answered."""
+        """A fleet event (a heartbeat, a start, a stop): noted, never answered."""
         try:
             event = json.loads(message.body)
         except (ValueError, TypeError):
             event = None
         if isinstance(event, dict) and self.on_fleet is not None:
-            self.on_fleet(event)
-        message.ack()
+            try:
+                self.on_fleet(event)
+            except Exception as exc:  # a peer's odd heartbeat must not cost this agent its connection
+                log.debug("queue: cannot take in a fleet event: %s", exc)
 
     # -- ids already seen -----------------------------------------------------------------
     def _remember(self, key: str, pending: _Pending) -> None:
