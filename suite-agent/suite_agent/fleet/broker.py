@@ -78,8 +78,9 @@ class FleetLink:
         pipe.lrange(name, 0, -1)
         pipe.delete(name)
         waiting, _ = pipe.execute()
-        if not waiting:
-            first = self._redis.brpop([name], timeout=round(timeout, 2)) if timeout > 0 else None
+        wait = round(timeout, 2)
+        if not waiting and wait > 0:  # BRPOP with a timeout of 0 would wait for ever
+            first = self._redis.brpop([name], timeout=wait)
             waiting = [first[1]] if first else []
         for raw in reversed(waiting):  # kombu pushes on the left
             try:
