@@ -54,7 +54,29 @@ def _parser() -> argparse.ArgumentParser:
     schema = command("schema", "write the JSON Schemas of conf.d files (what schemas/ holds)")
     schema.add_argument("--out", default="schemas", help="the folder to write them to (default ./schemas)")
     _client_parsers(command)
+    _fleet_parser(command)
     return parser
+
+
+def _fleet_parser(command: Any) -> None:
+    fleet = command("fleet", "drive every agent on one broker at once: status, start, stop, restart, reload, "
+                             "signal; exit 1 if any agent failed or did not answer")
+    fleet.add_argument("verb", choices=("status", "start", "stop", "restart", "reload", "signal"))
+    fleet.add_argument("names", nargs="*", metavar="NAME", help="the services (signal: NAME... SIGNAL)")
+    fleet.add_argument("--broker", help="the agents' queue.url (default $SUITE_AGENT_BROKER)")
+    fleet.add_argument("--exchange", help="the agents' queue.exchange (default $SUITE_AGENT_EXCHANGE, "
+                                          "else suite_events)")
+    fleet.add_argument("--agent", action="append", metavar="ID", help="only this agent (repeatable)")
+    fleet.add_argument("--selector", action="append", metavar="KEY=VALUE",
+                       help="only agents with this label (repeatable: all must match)")
+    fleet.add_argument("--timeout", metavar="DURATION",
+                       help="how long to wait for answers (default 5s; start/stop/restart 35s, reload 45s)")
+    fleet.add_argument("--json", action="store_true", help='print {"agents": {ID: reply}, "missing": [...]}')
+    fleet.add_argument("--batch", type=int, metavar="N", help="restart: N agents at a time, each batch ready "
+                                                              "before the next")
+    fleet.add_argument("--pause", metavar="DURATION", help="restart --batch: wait this long between batches")
+    fleet.add_argument("--key-file", dest="command_key_file", metavar="FILE",
+                       help="sign commands with this fleet key (default $SUITE_AGENT_COMMAND_KEY_FILE)")
 
 
 def _client_parsers(command: Any) -> None:
@@ -215,4 +237,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings | ClientSettings) -> 
         return cmd_validate(settings)
     if args.command == "schema":
         return cmd_schema(args.out)
+    if args.command == "fleet":
+        from suite_agent.fleet.command import run
+
+        return run(args, settings)
     return 2

@@ -16,3 +16,7 @@ class Settings(BaseSettings):
     token: str | None = None
     log_level: str = "INFO"
     cgroups: Literal["auto", "off"] = "auto"  # off: track service processes without cgroups
+    # suite-agent fleet: the broker the agents use, their exchange, the fleet key that signs commands
+    broker: str | None = None
+    exchange: str = "suite_events"
+    command_key_file: Path | None = None

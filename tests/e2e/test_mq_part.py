@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -20,6 +20,7 @@ from suite_agent.config.models import QueueSection
 from suite_agent.config.reloader import Reload
 from suite_agent.core.inbox import Control, Inbox
 from suite_agent.core.results import ControlResult, Outcome, Refused, ReloadSummary
+from suite_agent.core.service import ServiceStatus
 from suite_agent.core.snapshot import Snapshot
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.output.pump import OutputPump
@@ -78,8 +79,10 @@ class StandInOwner:
 
 
 def snapshot_of(*names: str) -> Callable[[], Snapshot]:
-    """The part reads only the service names from the snapshot."""
-    snap = Snapshot(services=cast(Any, MappingProxyType(dict.fromkeys(names))))
+    """The part reads the service names from the snapshot, and the heartbeat counts their states."""
+    snap = Snapshot(services=MappingProxyType({
+        name: ServiceStatus(name, "running", "", True, "unknown", (), 0, None, None, None, 1, True, None)
+        for name in names}))
     return lambda: snap
 
 
@@ -144,7 +147,7 @@ def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
     handle = AgentHandle(inbox=inbox, bus=bus, pump=OutputPump(tmp_path / "logs"), snapshot=snapshot_of(),
                          conf_dir=tmp_path, parts=lambda: MappingProxyType({}))
     part = QueuePart(handle, QueueSection(url=server.url, exchange=redis_broker.exchange,
-                                          agent_id=redis_broker.agent_id()), outbox_max=100)
+                                          agent_id=redis_broker.agent_id(), heartbeat=0), outbox_max=100)
     part.start()
     try:
         for n in range(250):
@@ -162,7 +165,8 @@ def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
         assert [r.body["data"]["n"] for r in reader.received] == [*range(150, 250), 999]
         eventually(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
         # The publisher counts a send after the broker took it, so the reader may be first.
-        eventually(lambda: value(part, "suite_agent_queue_events_published_total") == 101, 5, "101 counted")
+        # And the agent's own suite.agent_started, once its commands connection was up.
+        eventually(lambda: value(part, "suite_agent_queue_events_published_total") == 102, 5, "102 counted")
         assert value(part, "suite_agent_queue_outbox_size") == 0
     finally:
         part.stop()

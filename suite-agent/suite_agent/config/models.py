@@ -404,6 +404,9 @@ class KafkaOptions(Model):
         if self.session_timeout < 1 or self.heartbeat_interval < 0.1:
             raise ValueError("session_timeout is at least 1s and heartbeat_interval at least 100ms")
         return self
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_PATTERN, max_length=63)]
+LabelValue = Annotated[str, StringConstraints(max_length=253), AfterValidator(_no_nul)]
 
 
 class QueueSection(Model):
@@ -416,6 +419,15 @@ class QueueSection(Model):
     kafka: KafkaOptions | None = Field(None, description="with a kafka:// url: security, topics, and the "
                                        "consumer's and producer's librdkafka settings")
 
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, description="this agent's labels; a command's selector picks agents by them")
+    heartbeat: Duration = Field(10.0, description="how often suite.agent_heartbeat is published (0: never)")
+    command_key_file: str | None = Field(
+        None, description="a file holding the fleet key: only commands signed with it are carried out "
+                          "(relative to the conf.d folder's parent)")
+    command_max_age: Duration = Field(
+        60.0, description="a signed command older (or further in the future) than this is refused")
+
     _url = field_validator("url")(check_queue_url)
     _exchange = field_validator("exchange")(check_exchange)
     _agent_id = field_validator("agent_id")(check_agent_id)
@@ -425,6 +437,13 @@ class QueueSection(Model):
         if self.kafka is not None and not is_kafka(self.url):
             raise ValueError("kafka: options are for a kafka:// url")
         return self
+
+    @field_validator("heartbeat")
+    @classmethod
+    def _heartbeat(cls, value: float) -> float:
+        if 0 < value < 0.1:
+            raise ValueError("use 0 (no heartbeat) or at least 100ms")
+        return value
 
 
 class AgentSection(Model):

@@ -96,7 +96,7 @@ def spawn_into(cgroup: str, path: str, argv: list[str], env: dict[str, str], std
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if stdin is None else None
     source = stdin if null is None else null
     assert source is not None
-    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         pid = _clone3(group)
@@ -109,8 +109,12 @@ def spawn_into(cgroup: str, path: str, argv: list[str], env: dict[str, str], std
         if null is not None:
             os.close(null)
         os.close(report_w)
+    # CLONE_VFORK resumes this process once the child has exec'd (past the point of no return)
+    # or exited; a failed exec wrote its report before exiting. So nothing to wait for: an empty
+    # pipe means the exec went through, without waiting for the child to drop its copy of the
+    # keeper's memory (a millisecond or two).
     try:
-        report = _read_all(report_r)
+        report = _read_now(report_r)
     finally:
         os.close(report_r)
     if report:
@@ -151,11 +155,13 @@ def _child(path: str, argv: list[str], env: dict[str, str], stdin: int, stdout: 
         os._exit(127)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_now(fd: int) -> bytes:
     chunks: list[bytes] = []
     while True:
         try:
             chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return b"".join(chunks)
         except InterruptedError:
             continue
         if not chunk:

@@ -103,6 +103,16 @@ SCHEMAS: dict[str, Any] = {
                        "services": {"type": "integer"}, "running": {"type": "integer"},
                        "generation": {"type": "integer"}, "shutting_down": {"type": "boolean"}},
     },
+    "Fleet": {
+        "type": "object", "required": ["agents"],
+        "properties": {
+            "agent_id": {"type": "string", "description": "this agent"},
+            "agents": {"type": "object", "description": "agent_id -> its last suite.agent_heartbeat data",
+                       "additionalProperties": {"type": "object"}},
+            "complete": {"type": "boolean", "description": "listened long enough to have heard every live agent"},
+            "queue": {"type": "boolean", "description": "false: no queue configured, so no fleet heard"},
+        },
+    },
     "Stalled": {
         "type": "object", "required": ["status", "error"],
         "properties": {"status": {"const": "stalled"}, "error": {"type": "string"}},

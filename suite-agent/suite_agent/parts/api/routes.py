@@ -12,7 +12,7 @@ from suite_agent.config.durations import PATTERN_UP_TO_300S
 from suite_agent.config.models import SERVICE_NAME_MAX, SERVICE_NAME_PATTERN
 from suite_agent.core.inbox import Verb
 from suite_agent.output.lines import STREAMS
-from suite_agent.parts.api import agent_health, control, dashboard, declared, logs, sse, status
+from suite_agent.parts.api import agent_health, control, dashboard, declared, fleet, logs, sse, status
 from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.docs import render as render_docs
 from suite_agent.parts.api.params import Req
@@ -170,6 +170,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/usage", dashboard.usage, "CPU % and memory of each running service, last minutes",
           "metrics", {200: ("the newest figures and the kept samples [time, cpu %, rss bytes], oldest first",
                             "Usage")}, operation_id="usage"),
+    Route("GET", "/api/fleet", fleet.fleet, "The agents heard from on the queue, with their last heartbeats",
+          "fleet", {200: ("every live agent by agent_id (empty without a queue)", "Fleet")}, operation_id="fleet"),
     Route("GET", "/metrics", _metrics, "Prometheus metrics", "metrics",
           {200: ("Prometheus text exposition format 0.0.4", None)}, media="text/plain", operation_id="metrics"),
     Route("GET", "/openapi.json", _openapi, "This document", "docs",

@@ -16,10 +16,12 @@ in between means a redelivery, which the id memory below answers without applyin
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from suite_agent.jsontext import dumps
 from suite_agent.parts.lifecycle import AgentHandle
 from suite_agent.parts.queue import commands
 from suite_agent.parts.queue.commands import Command, CommandError
+from suite_agent.parts.queue.intake import Admitted, Intake
 from suite_agent.parts.queue.link import Link, release
 
 log = logging.getLogger("suite_agent.parts.queue")
@@ -58,15 +61,23 @@ class _Pending:
     deadline: float
     deliveries: list[tuple[Message, bool]] = field(default_factory=list)  # (message, is a duplicate)
     answer: dict[str, Any] | None = None
+    admitted: Admitted | None = None
 
 
 class CommandConsumer:
     def __init__(self, link: Link, queue: Queue, handle: AgentHandle, agent_id: str,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, intake: Intake | None = None, fleet_queue: Queue | None = None,
+                 on_fleet: Callable[[dict[str, Any]], None] | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.link = link
         self.queue = queue
         self.handle = handle
         self.agent_id = agent_id
+        self.intake = intake or Intake(agent_id)
+        # The fleet's heartbeats, read on this same connection (no thread or connection more).
+        self.fleet_queue = fleet_queue
+        self.on_fleet = on_fleet
+        self.on_ready = on_ready
         self._stop = stop
         self._recent: OrderedDict[str, _Pending] = OrderedDict()
         self._parked: list[_Pending] = []
@@ -94,12 +105,24 @@ class CommandConsumer:
         # on_message: the raw message, never run through a deserializer (no pickle, ever).
         consumer = Consumer(channel, queues=[self.queue], on_message=self._on_message, prefetch_count=PREFETCH)
         consumer.consume()
+        if self.fleet_queue is not None:
+            fleet = self.fleet_queue(channel)
+            fleet.declare()
+            fleet.purge()  # heartbeats from before may be of agents gone since
+            # no_ack: a heartbeat lost is replaced by the next, and on Redis an ack costs round trips.
+            Consumer(channel, queues=[self.fleet_queue], on_message=self._heard, no_ack=True).consume()
         self.link.ready()
+        if self.on_ready is not None:
+            self.on_ready()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=PARKED_TURN if self._parked else IDLE_TURN)
             conn.heartbeat_check()
             self._settle_parked()
+        if self.fleet_queue is not None:
+            # On Redis nothing else unbinds it: the other agents would keep filling it.
+            with contextlib.suppress(*self._transport_errors):
+                self.fleet_queue(channel).delete()
 
     # -- one delivery ---------------------------------------------------------------------
     def _on_message(self, message: Message) -> None:
@@ -126,17 +149,22 @@ class CommandConsumer:
             return
         routing_key = str(message.delivery_info.get("routing_key", ""))
         try:
-            command = commands.parse(routing_key, message.body, self.agent_id)
+            admitted = self.intake.admit(routing_key, message.body)
         except CommandError as exc:
             self._reject(message, routing_key, str(exc))
             return
+        if admitted is None:  # its selector leaves this agent out: no reply, no event, nothing done
+            self.link.stats.commands["ignored"] += 1
+            message.ack()
+            return
+        command = admitted.command
         every = self.handle.snapshot().services.keys()
         if command.verb == "status" and not command.names and not every:
-            self._answer(message, {"ok": True, "results": {}}, "ok")
+            self._answer(message, {"ok": True, "results": {}, **self.intake.extra(admitted)}, "ok")
             return
         request = commands.to_owner(command, every)
         pending = _Pending(command, key, request.reply, time.monotonic() + commands.answer_within(command),
-                           [(message, False)])
+                           [(message, False)], admitted=admitted)
         if key:
             self._remember(key, pending)
         if isinstance(request, Reload):
@@ -174,6 +202,7 @@ class CommandConsumer:
                                  raw.error, commands.reply(command, raw))
                 return
             answer = commands.reply(command, raw)
+        answer = {**answer, **self.intake.extra(pending.admitted)}
         pending.answer = answer
         result = "ok" if answer.get("ok") else "error"
         for message, duplicate in pending.deliveries:
@@ -208,6 +237,18 @@ class CommandConsumer:
             correlation_id=message.properties.get("correlation_id"),
             content_type="application/json", content_encoding="utf-8", retry=False,
         )
+
+    def _heard(self, message: Message) -> None:
+        """A fleet event (a heartbeat, a start, a stop): noted, never answered."""
+        try:
+            event = json.loads(message.body)
+        except (ValueError, TypeError):
+            event = None
+        if isinstance(event, dict) and self.on_fleet is not None:
+            try:
+                self.on_fleet(event)
+            except Exception as exc:  # a peer's odd heartbeat must not cost this agent its connection
+                log.debug("queue: cannot take in a fleet event: %s", exc)
 
     # -- ids already seen -----------------------------------------------------------------
     def _remember(self, key: str, pending: _Pending) -> None:

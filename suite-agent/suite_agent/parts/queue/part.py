@@ -6,14 +6,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from suite_agent.config.endpoints import is_kafka, redact_url
 from suite_agent.config.models import QueueSection
-from suite_agent.parts.lifecycle import AgentHandle, Sample
+from suite_agent.events.bus import EventBus
+from suite_agent.fleet import signing
+from suite_agent.parts.lifecycle import AgentHandle, IntegrationError, Sample
 from suite_agent.parts.queue import topology
 from suite_agent.parts.queue.consumer import CommandConsumer
+from suite_agent.parts.queue.heartbeat import Heartbeat
+from suite_agent.parts.queue.intake import Intake
 from suite_agent.parts.queue.link import Link
 from suite_agent.parts.queue.publisher import EventPublisher
+from suite_agent.parts.queue.registry import STARTED, Registry
 from suite_agent.parts.queue.stats import Stats
 
 log = logging.getLogger("suite_agent.parts.queue")
@@ -30,19 +36,35 @@ class QueuePart:
         self._stop_commands = threading.Event()
         self._stop_events = threading.Event()
         self._threads: list[threading.Thread] = []
+        # The fleet's part: heartbeats out (through this part's outbox only), the peers heard.
+        self.fleet_bus = EventBus(history=0)
+        self.registry = Registry()
+        self.heartbeat = Heartbeat(self.fleet_bus, handle.snapshot, section.agent_id, section.labels,
+                                   section.heartbeat)
+        self._listened = False
 
     def start(self) -> None:
         topology.check(self.section)
         section = self.section
+        verifier = None
+        if section.command_key_file is not None:
+            try:
+                key = signing.load_key(section.command_key_file, self.handle.conf_dir.resolve().parent)
+            except signing.KeyFileError as exc:
+                raise IntegrationError(f"queue.command_key_file {exc}") from None
+            verifier = signing.Verifier(key, section.command_max_age)
         link, publisher_type, consumer_type = self._transport()
         # Subscribed before anything else, so no event from now on is missed.
-        publisher = publisher_type(link("events"),
-                                   self.handle.bus.subscribe(self.outbox_max, since=self.handle.since("queue")),
-                                   topology.exchange(section),
+        subscription = self.handle.bus.subscribe(self.outbox_max, since=self.handle.since("queue"))
+        self.fleet_bus.attach(subscription)
+        publisher = publisher_type(link("events"), subscription, topology.exchange(section),
                                    section.agent_id, self.outbox_max, self._stop_events,
                                    content_type=topology.event_content_type(section))
+        intake = Intake(section.agent_id, section.labels, verifier, self.registry)
         consumer = consumer_type(link("commands"), topology.control_queue(section),
-                                 self.handle, section.agent_id, self._stop_commands)
+                                 self.handle, section.agent_id, self._stop_commands, intake=intake,
+                                 fleet_queue=topology.fleet_queue(section), on_fleet=self._heard,
+                                 on_ready=self._listening)
         self._threads = [threading.Thread(target=publisher.run, name="queue-events", daemon=True),
                          threading.Thread(target=consumer.run, name="queue-commands", daemon=True)]
         for thread in self._threads:
@@ -52,9 +74,32 @@ class QueuePart:
 
             log.info("queue: %s, agent %r, %s", redact_url(section.url), section.agent_id,
                      kafka_transport.describe(section))
+            self._listening()  # heartbeats go out on Kafka too; hearing the fleet is kombu's only
             return
-        log.info("queue: %s, exchange %r, agent %r, commands from queue %r", redact_url(section.url),
-                 section.exchange, section.agent_id, topology.control_queue_name(section.agent_id))
+        log.info("queue: %s, exchange %r, agent %r, commands from queue %r%s%s", redact_url(section.url),
+                 section.exchange, section.agent_id, topology.control_queue_name(section.agent_id),
+                 f", labels {section.labels}" if section.labels else "",
+                 ", signed commands only" if verifier is not None else "")
+
+    def _listening(self) -> None:
+        """The command connection is up and the heartbeats are read: say hello, so every agent
+        beats at once and this one learns the fleet within a second."""
+        self.registry.restart()
+        if not self._listened:
+            self._listened = True
+            self.heartbeat.start()  # agent_started, then a heartbeat every period
+        else:
+            self.fleet_bus.publish(self.heartbeat.event(STARTED))
+
+    def _heard(self, event: dict[str, Any]) -> None:
+        kind = self.registry.heard(event)
+        data = event.get("data")
+        if kind == STARTED and isinstance(data, dict) and data.get("agent_id") != self.section.agent_id:
+            self.heartbeat.soon()
+
+    def fleet(self) -> dict[str, Any]:
+        """The agents heard from (GET /api/fleet)."""
+        return {"agent_id": self.section.agent_id, **self.registry.view()}
 
     def _transport(self) -> tuple[Callable[[str], Link], type[EventPublisher], type[CommandConsumer]]:
         """kombu's links, publisher and consumer; Kafka's (imported only then) for a kafka:// URL."""
@@ -70,6 +115,8 @@ class QueuePart:
         self._stop_commands.set()
         for thread in self._threads[1:]:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._listened:
+            self.heartbeat.stop()  # agent_stopped goes out with the rest of the outbox
         self._stop_events.set()
         for thread in self._threads[:1]:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 from suite_agent.parts.lifecycle import Sample
 
-RESULTS = ("ok", "error", "rejected", "duplicate")
+RESULTS = ("ok", "error", "rejected", "duplicate", "ignored")
 LINKS = ("commands", "events")
 
 
@@ -36,7 +36,7 @@ class Stats:
                    help="events the broker accepted (confirmed on AMQP)"),
             *(Sample("suite_agent_queue_commands_total", self.commands[result],
                      MappingProxyType({"result": result}), kind="counter",
-                     help="queue commands handled, by result: ok, error, rejected, duplicate")
+                     help="queue commands handled, by result: ok, error, rejected, duplicate, ignored (selector)")
               for result in RESULTS),
             Sample("suite_agent_queue_outbox_size", self.outbox_size(),
                    help="events waiting to be sent (the broker is down or slow)"),

@@ -13,6 +13,7 @@ from suite_agent.config.models import QueueSection
 from suite_agent.events import cloudevents
 from suite_agent.parts.lifecycle import IntegrationError
 from suite_agent.parts.queue import redis_batch
+from suite_agent.parts.queue.registry import ROUTING_KEYS
 
 COMMAND_PREFIX = "suite.control."
 
@@ -90,4 +91,24 @@ def control_queue(section: QueueSection) -> Queue:
                   binding(ex, routing_key=f"{COMMAND_PREFIX}*.{section.agent_id}")],
         durable=True,
         auto_delete=False,
+    )
+
+
+def fleet_queue_name(agent_id: str) -> str:
+    return f"suite_agent.{agent_id}.fleet"
+
+
+def fleet_queue(section: QueueSection) -> Queue:
+    """The agent's copy of the fleet's heartbeats: transient, gone with the agent (deleted at
+    stop; on RabbitMQ also a minute after its consumer vanished), bounded on RabbitMQ."""
+    ex = exchange(section)
+    beat = section.heartbeat or 10.0
+    return Queue(
+        fleet_queue_name(section.agent_id),
+        bindings=[binding(ex, routing_key=key) for key in ROUTING_KEYS],
+        durable=False,
+        auto_delete=True,
+        expires=60,
+        message_ttl=max(30.0, 3 * beat),
+        max_length=10_000,
     )

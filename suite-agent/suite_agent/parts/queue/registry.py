@@ -1,0 +1,98 @@
+"""The agents heard from: what this agent learned from the fleet's heartbeats.
+
+Fed by `suite.agent_heartbeat`, `suite.agent_started` and `suite.agent_stopped` (CloudEvents
+bodies, whoever the transport), read by `GET /api/fleet` and by replies that ask for the
+agent's view of its peers (`suite-agent fleet` uses it to know whom to wait for). An agent is
+live until it says it stopped or stays silent for three of its heartbeat periods. Pure but for
+a lock: written by the command thread, read by the API's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+HEARTBEAT = "agent_heartbeat"
+STARTED = "agent_started"
+STOPPED = "agent_stopped"
+TYPES = (HEARTBEAT, STARTED, STOPPED)
+ROUTING_KEYS = tuple(f"suite.{t}" for t in TYPES)
+MISSED_BEATS = 3  # silent for this many periods: no longer counted as live
+SILENT_GRACE = 2.0  # seconds on top, for a busy broker or agent
+NO_BEAT_LIFETIME = 3600.0  # an agent without heartbeats (heartbeat: 0) is live this long after its last word
+
+
+@dataclass(frozen=True)
+class Peer:
+    agent_id: str
+    data: Mapping[str, Any]  # the last heartbeat's data
+    heard_at: float  # our clock
+    mono: float
+
+    def expires(self) -> float:
+        period = self.data.get("heartbeat")
+        if isinstance(period, int | float) and not isinstance(period, bool) and period > 0:
+            return self.mono + MISSED_BEATS * period + SILENT_GRACE
+        return self.mono + NO_BEAT_LIFETIME
+
+    def json(self, now_mono: float) -> dict[str, Any]:
+        return {**self.data, "last_heard": round(now_mono - self.mono, 3)}
+
+
+class Registry:
+    def __init__(self, clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 settle: float = 3.0) -> None:
+        self.clock = clock
+        self.monotonic = monotonic
+        self.settle = settle  # listening this long, the view holds every live agent
+        self._since = monotonic()
+        self._peers: dict[str, Peer] = {}
+        self._lock = threading.Lock()
+
+    def restart(self) -> None:
+        """Listening (again) from now: what was heard before may be stale."""
+        with self._lock:
+            self._since = self.monotonic()
+
+    def heard(self, event: Mapping[str, Any]) -> str | None:
+        """Take in one CloudEvents body; the type it was (one of TYPES) or None if not ours."""
+        kind = str(event.get("type", "")).removeprefix("suite.")
+        data = event.get("data")
+        if kind not in TYPES or not isinstance(data, dict):
+            return None
+        agent_id = data.get("agent_id")
+        if not isinstance(agent_id, str) or not agent_id:
+            return None
+        with self._lock:
+            if kind == STOPPED:
+                self._peers.pop(agent_id, None)
+            else:
+                self._peers[agent_id] = Peer(agent_id, data, self.clock(), self.monotonic())
+        return kind
+
+    def live(self) -> dict[str, Peer]:
+        now = self.monotonic()
+        with self._lock:
+            for agent_id in [a for a, p in self._peers.items() if p.expires() < now]:
+                del self._peers[agent_id]
+            return dict(self._peers)
+
+    def complete(self) -> bool:
+        """Listened long enough that every live agent was heard (they beat early on a newcomer)."""
+        return self.monotonic() - self._since >= self.settle
+
+    def view(self) -> dict[str, Any]:
+        """For GET /api/fleet: every live agent with its last heartbeat."""
+        now = self.monotonic()
+        peers = self.live()
+        return {"agents": {a: peers[a].json(now) for a in sorted(peers)}, "complete": self.complete()}
+
+    def peers(self) -> dict[str, Any]:
+        """For a reply: who is live and their labels, compact (every agent sends one)."""
+        peers = self.live()
+        return {"complete": self.complete(),
+                "agents": {a: {"labels": peers[a].data.get("labels", {}), "host": peers[a].data.get("hostname")}
+                           for a in sorted(peers)}}

@@ -1,0 +1,247 @@
+"""Eight real agents on one broker (Redis, then RabbitMQ) driven as one with `suite-agent fleet`:
+status of all, a selector and a single agent acting on exactly the right ones, heartbeats with
+labels, GET /api/fleet, a missing agent, a rolling restart batch by batch and one that stops at
+the first failure."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from brokers import Broker, free_port, require
+from eventually import eventually
+from fleet_helpers import Fleet
+
+pytest_plugins = ["brokers"]
+
+WEB = {"role": "web"}
+DB = {"role": "db"}
+
+
+@pytest.fixture(scope="module", params=["redis", "amqp"])
+def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    broker = Broker(request.param, require(request.param))
+    f = Fleet(broker, tmp_path_factory.mktemp(f"fleet-{request.param}"))
+    api_port = free_port()
+    try:
+        for i in range(5):
+            f.add(f"web{i}", {**WEB, "zone": "a" if i % 2 == 0 else "b"},
+                  # web2's `flaky` fails once its flag file exists: the rolling restart that meets it stops
+                  extra_services=f"flaky: {{command: [sh, -c, 'test -e {f.root}/flaky-web{i} && exit 3; "
+                                 f"exec sleep 3600'], restart: on-failure, ready_after: 0.5s}}\n",
+                  extra=f"api: {{listen: '127.0.0.1:{api_port}'}}\n" if i == 0 else "")
+        for i in range(3):
+            f.add(f"db{i}", {**DB, "zone": "a"})
+        f.wait_started()
+        f.wait_all_known()
+        f.api_port = api_port  # type: ignore[attr-defined]
+        yield f
+    finally:
+        leftovers = f.shutdown()
+        broker.cleanup()
+        assert leftovers == [], f"processes outlived the agents: {leftovers}"
+
+
+def web_pids(fleet: Fleet) -> dict[str, list[int]]:
+    return {a: m.web_pids() for a, m in fleet.members.items()}
+
+
+def test_status_lists_every_agent_with_its_services_and_returns_once_all_answered(fleet: Fleet) -> None:
+    started = time.monotonic()
+    result = fleet.json("status", "--timeout", "60s")
+    took = time.monotonic() - started
+    assert sorted(result["agents"]) == sorted(fleet.members) and result["missing"] == []
+    assert took < 30, f"status waited {took:.1f}s: it should end once every agent answered, not at the timeout"
+    for agent_id, reply in result["agents"].items():
+        assert reply["ok"] is True and reply["agent"] == agent_id
+        assert reply["labels"] == fleet.members[agent_id].labels
+        assert {n: s["state"] for n, s in reply["results"].items() if n != "flaky"} == {"web": "running",
+                                                                                       "worker": "running"}
+    table = fleet.cli("status")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["AGENT", "HOST", "LABELS", "RUNNING", "UNHEALTHY", "FATAL", "ERRORS"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert sorted(rows) == sorted(fleet.members)
+    web0 = fleet.ids(role="web")[0]
+    assert rows[web0][2] == "role=web,zone=a" and rows[web0][3] == "3/3" and rows[web0][4:] == ["0", "0", "-"]
+    assert rows[fleet.ids(role="db")[0]][3] == "2/2"
+
+
+def test_a_selector_acts_on_exactly_the_matching_agents(fleet: Fleet) -> None:
+    reader = fleet.broker.events("suite.command")
+    before = web_pids(fleet)
+    result = fleet.json("restart", "web", "--selector", "role=web", "--selector", "zone=a")
+    chosen = fleet.ids(role="web", zone="a")
+    assert sorted(result["agents"]) == chosen and result["missing"] == []
+    after = web_pids(fleet)
+    for agent_id in fleet.members:
+        if agent_id in chosen:
+            assert after[agent_id] != before[agent_id] and len(after[agent_id]) == 1, agent_id
+            assert result["agents"][agent_id]["results"]["web"]["pids"] == after[agent_id]
+        else:
+            assert after[agent_id] == before[agent_id], f"{agent_id} is not role=web,zone=a and was restarted"
+    # A sentinel every agent acts on: once its event is in from each, any event of the restart
+    # from the others (which they sent before it) would be in too.
+    fleet.json("start", "worker")
+    sources = {f"suite-agent/{a}": a for a in fleet.members}
+    reader.wait(lambda got: {sources[r.body["source"]] for r in got
+                             if r.body["data"].get("services") == ["worker"]} == set(fleet.members),
+                timeout=20, what="a start of worker from every agent")
+    restarted = sorted(sources[r.body["source"]] for r in reader.received if r.body["data"].get("verb") == "restart")
+    assert restarted == chosen
+
+
+def test_one_agent_alone_by_its_id(fleet: Fleet) -> None:
+    target = fleet.ids(role="db")[1]
+    before = web_pids(fleet)
+    result = fleet.json("restart", "web", "--agent", target)
+    assert list(result["agents"]) == [target] and result["missing"] == []
+    after = web_pids(fleet)
+    assert [a for a in fleet.members if after[a] != before[a]] == [target]
+    status = fleet.json("status", "web", "--agent", target, "--agent", fleet.ids(role="web")[0])
+    assert sorted(status["agents"]) == sorted([target, fleet.ids(role="web")[0]])
+    assert list(status["agents"][target]["results"]) == ["web"]
+
+
+def test_heartbeats_carry_labels_and_counts(fleet: Fleet) -> None:
+    reader = fleet.broker.events("suite.agent_heartbeat")
+    by_agent: dict[str, dict[str, Any]] = {}
+
+    def every_agent(got: list[Any]) -> bool:
+        for r in got:
+            by_agent[r.body["data"]["agent_id"]] = r.body
+        return set(by_agent) >= set(fleet.members)
+
+    reader.wait(every_agent, timeout=20, what="a heartbeat from every agent")
+    for agent_id, member in fleet.members.items():
+        beat = by_agent[agent_id]
+        assert beat["type"] == "suite.agent_heartbeat" and beat["source"] == f"suite-agent/{agent_id}"
+        data = beat["data"]
+        assert data["labels"] == member.labels and data["heartbeat"] == 1.0 and data["hostname"]
+        assert data["version"] and data["uptime"] > 0
+        total = 3 if member.labels["role"] == "web" else 2
+        assert data["services"]["total"] == total and data["services"]["running"] == total
+        assert data["services"]["states"] == {"running": total}
+
+
+def test_api_fleet_lists_the_agents_heard_from(fleet: Fleet) -> None:
+    port = fleet.api_port  # type: ignore[attr-defined]
+
+    def listed() -> dict[str, Any] | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/fleet", timeout=5) as resp:
+            body: dict[str, Any] = json.load(resp)
+        return body if set(body["agents"]) == set(fleet.members) else None
+
+    body = eventually(listed, 20, "every agent in /api/fleet")
+    assert body["complete"] is True and body["agent_id"] == fleet.ids(role="web")[0]
+    for agent_id, member in fleet.members.items():
+        assert body["agents"][agent_id]["labels"] == member.labels
+        assert body["agents"][agent_id]["last_heard"] < 5
+
+
+def test_a_rolling_restart_goes_batch_by_batch(fleet: Fleet) -> None:
+    reader = fleet.broker.events("suite.command", "suite.health_check")
+    web = fleet.ids(role="web")
+    before = web_pids(fleet)
+    done = fleet.cli("restart", "web", "--selector", "role=web", "--batch", "2", "--pause", "0.2s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[:3] == [
+        f"batch 1/3: {web[0]}, {web[1]}: web restarted and ready",
+        f"batch 2/3: {web[2]}, {web[3]}: web restarted and ready",
+        f"batch 3/3: {web[4]}: web restarted and ready",
+    ]
+    after = web_pids(fleet)
+    assert all(after[a] != before[a] for a in web) and all(after[a] == before[a] for a in fleet.ids(role="db"))
+    # Each batch's restart was asked for only after every service of the batch before was ready.
+    sources = {f"suite-agent/{a}": a for a in fleet.members}
+
+    def times() -> tuple[dict[str, str], dict[str, str]] | None:
+        asked = {sources[r.body["source"]]: r.body["time"] for r in reader.received
+                 if r.body["data"].get("verb") == "restart"}
+        ready = {sources[r.body["source"]]: r.body["time"] for r in reader.received
+                 if r.body["type"] == "suite.health_check" and r.body["subject"] == "web" and r.body["data"]["ready"]
+                 and r.body["data"]["pid"] in after[sources[r.body["source"]]]}
+        return (asked, ready) if set(asked) == set(web) and set(ready) == set(web) else None
+
+    asked, ready = reader.wait(lambda _: times(), timeout=20, what="restart and ready events from every web agent")
+    batches = [web[0:2], web[2:4], web[4:]]
+    for earlier, later in itertools.pairwise(batches):
+        assert max(ready[a] for a in earlier) < min(asked[a] for a in later), (earlier, later, asked, ready)
+
+
+def test_a_rolling_restart_stops_at_the_first_failure(fleet: Fleet) -> None:
+    web = fleet.ids(role="web")
+    flaky = {a: fleet.members[a].agent.pids_of("test -e") for a in web}
+    (fleet.root / "flaky-web2").write_text("")  # web2's flaky now exits 3 when it starts
+    try:
+        done = fleet.cli("restart", "flaky", "--selector", "role=web", "--batch", "1", "--timeout", "4s")
+        assert done.returncode == 1, done.stdout + done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[:2] == [f"batch 1/5: {web[0]}: flaky restarted and ready",
+                             f"batch 2/5: {web[1]}: flaky restarted and ready"]
+        assert lines[2].startswith(f"batch 3/5: FAILED on {web[2]} ({web[2]}: flaky:")
+        assert lines[3:] == ["stopped at the first failure", f"  restarted: {web[0]}, {web[1]}",
+                             f"  failed: {web[2]}", f"  not restarted: {web[3]}, {web[4]}"]
+        for a in web[3:]:
+            assert fleet.members[a].agent.pids_of("test -e") == flaky[a], f"{a} was restarted after the failure"
+        as_json = fleet.json("restart", "flaky", "--selector", "role=web", "--batch", "2", "--timeout", "4s",
+                             code=1)
+        # The batch is restarted at once: web3, beside the failing web2, did restart.
+        assert as_json["restarted"] == [web[0], web[1], web[3]] and as_json["failed"] == [web[2]]
+        assert as_json["not_restarted"] == web[4:] and as_json["batches"] == [web[0:2], web[2:4], web[4:]]
+        assert as_json["agents"][web[2]]["ok"] is False
+    finally:
+        (fleet.root / "flaky-web2").unlink()
+        fleet.json("start", "flaky", "--agent", web[2], "--timeout", "20s")
+
+
+def test_an_agent_that_died_is_reported_missing(fleet: Fleet) -> None:
+    # A slower heartbeat: the others count it as live for 3 x 5 s (+ 2 s) after it died.
+    spare = fleet.add("spare", {"role": "spare"}, heartbeat="5s")
+    fleet.wait_started([spare])
+    fleet.wait_all_known()
+    assert spare.agent.proc is not None
+    os.kill(spare.agent.proc.pid, signal.SIGKILL)
+    spare.agent.proc.wait()
+    try:
+        done = fleet.cli("status", "--json", "--timeout", "2s")
+        assert done.returncode == 1
+        result = json.loads(done.stdout)
+        assert result["missing"] == [spare.agent_id]
+        assert sorted(result["agents"]) == sorted(a for a in fleet.members if a != spare.agent_id)
+        table = fleet.cli("status", "--timeout", "2s")
+        assert table.returncode == 1
+        row = [line for line in table.stdout.splitlines() if line.startswith(spare.agent_id)]
+        assert row and "role=spare" in row[0] and "MISSING: no answer within 2s" in row[0]
+        # Selected or named, the same.
+        assert fleet.json("status", "--selector", "role=spare", "--timeout", "2s", code=1)["missing"] == [
+            spare.agent_id]
+        assert fleet.json("status", "--agent", "nobody-such", "--timeout", "1s", code=1) == {
+            "agents": {}, "missing": ["nobody-such"]}
+    finally:
+        assert spare.agent.shutdown()  # its services outlived it (the keeper): gone now
+        del fleet.members[spare.agent_id]
+    # Silent for three heartbeats, it is no longer counted.
+    fleet.wait_all_known(timeout=40)
+
+
+def test_usage_errors_exit_2(fleet: Fleet, tmp_path: Path) -> None:
+    for args in (["restart"], ["signal", "web"], ["status", "--selector", "role"], ["status", "--timeout", "x"],
+                 ["status", "--batch", "2"], ["reload", "web"]):
+        done = fleet.cli(*args)
+        assert done.returncode == 2 and "suite-agent fleet: error:" in done.stderr, (args, done.stderr)
+    env = {k: v for k, v in fleet.env().items() if k != "SUITE_AGENT_BROKER"}
+    done = fleet.cli("status", env=env)
+    assert done.returncode == 2 and "SUITE_AGENT_BROKER" in done.stderr
+    done = fleet.cli("status", "--broker", "redis://127.0.0.1:1/0")
+    assert done.returncode == 1 and "cannot use the broker at redis://127.0.0.1:1/0" in done.stderr
