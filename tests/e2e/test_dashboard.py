@@ -384,6 +384,13 @@ def test_the_guard_seen_from_plain_http(live: tuple[Agent, Api]) -> None:
 
 # -- with a token --------------------------------------------------------------------------
 
+def test_a_scheduled_service_shows_its_last_exit_and_next_run(page: WebDriver, agent: Agent) -> None:
+    # autostart: it runs once at start, exits 3, and waits for its next run in an hour
+    api = start_with_api(agent, "nightly: {command: [sh, -c, 'exit 3'], restart: never, every: 1h}\n")
+    open_dashboard(page, api, "nightly")
+    wait_row(page, "nightly", "exited", "next run", "code 3")
+
+
 def test_with_a_token_nothing_shows_until_a_valid_one_is_given(page: WebDriver, agent: Agent) -> None:
     api = start_with_api(agent, 'hidden-service-name: {command: [sleep, "3811"]}\n', token=TOKEN)
     agent.wait_pids("3811")

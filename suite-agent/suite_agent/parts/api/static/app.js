@@ -160,7 +160,9 @@
       const left = backoffLeft(row);
       if (left !== null) return s.detail.replace(/restarting in [0-9.]+s/, `restarting in ${left.toFixed(1)}s`);
     }
-    return s.detail || "";
+    // A scheduled service: when it runs next (its last exit is in its own column).
+    const next = typeof s.next_run === "number" ? `next run ${new Date(s.next_run * 1000).toLocaleTimeString()}` : "";
+    return [s.detail || "", next].filter(Boolean).join(" · ");
   }
 
   function uptimeOf(row) {
