@@ -12,6 +12,7 @@ import signal
 import sys
 import textwrap
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 from agent import Agent
 from api_helpers import Api, start_with_api
+from brokers import require
 from eventually import eventually
 
 CHROMIUM = "/usr/bin/chromium"
@@ -389,6 +391,23 @@ def test_a_scheduled_service_shows_its_last_exit_and_next_run(page: WebDriver, a
     api = start_with_api(agent, "nightly: {command: [sh, -c, 'exit 3'], restart: never, every: 1h}\n")
     open_dashboard(page, api, "nightly")
     wait_row(page, "nightly", "exited", "next run", "code 3")
+
+
+def test_the_fleet_panel_lists_the_agents_heard_on_the_queue(page: WebDriver, agent: Agent) -> None:
+    url = require("redis")
+    agent_id = f"dash-{uuid.uuid4().hex[:8]}"
+    agent.write("queue.yaml", f"queue: {{url: '{url}', exchange: dash_{agent_id}, agent_id: {agent_id}, "
+                              f"labels: {{role: web}}, heartbeat: 1s}}\n")
+    api = start_with_api(agent, 'web: {command: [sleep, "3821"]}\n')
+    open_dashboard(page, api, "web")
+
+    def listed() -> str | None:
+        found = page.find_elements(By.CSS_SELECTOR, f'#fleet tr[data-agent="{agent_id}"]')
+        return found[0].text if found and page.find_element(By.ID, "fleet").is_displayed() else None
+
+    text: str = eventually(listed, 20, "this agent in the fleet panel")
+    assert "role=web" in text and "1/1" in text
+    assert console_errors(page) == []
 
 
 def test_with_a_token_nothing_shows_until_a_valid_one_is_given(page: WebDriver, agent: Agent) -> None:

@@ -562,6 +562,36 @@
     banner.hidden = false;
   }
 
+  // -- fleet: the agents this one heard on the queue (their heartbeats); text only ----------
+  const FLEET_EVERY = 10000;
+  let fleetTimer = null;
+
+  async function loadFleet() {
+    const mine = session;
+    let r;
+    try { r = await api("GET", "/api/fleet"); } catch (e) { return; }
+    if (mine !== session || !r.ok) return;
+    const panel = $("fleet");
+    panel.hidden = !r.data.queue;
+    const body = $("fleet-body");
+    const agents = Object.entries(r.data.agents || {});
+    body.replaceChildren(...agents.map(([id, a]) => {
+      const s = a.services || {};
+      const labels = Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`).join(",");
+      const tr = el("tr");
+      tr.dataset.agent = id;
+      for (const [text, cls] of [[id, ""], [a.hostname || "", ""], [labels, "muted"],
+        [`${s.running ?? "?"}/${s.total ?? "?"}`, "num"], [`${s.unhealthy ?? 0}`, "num"],
+        [`${s.fatal ?? 0}`, "num"], [`${Math.round(a.last_heard ?? 0)}s ago`, "num"]]) {
+        tr.appendChild(el("td", cls, String(text)));
+      }
+      return tr;
+    }));
+    setText($("fleet-count"), `${agents.length}`);
+    clearTimeout(fleetTimer);
+    fleetTimer = setTimeout(loadFleet, FLEET_EVERY);
+  }
+
   function showConfig() {
     const shown = config ? {...config} : {};
     setText($("config-files"), `Files: ${(shown.files || []).join(", ") || "none"}`);
@@ -643,6 +673,9 @@
     setConn("off", "offline");
     for (const name of [...rows.keys()]) remove(name);
     $("timeline").replaceChildren();
+    clearTimeout(fleetTimer);
+    $("fleet").hidden = true;
+    $("fleet-body").replaceChildren();
     $("rejected").hidden = true;
     config = null;
     showLogin(message ? `Token refused: ${message}` : "");
@@ -674,6 +707,7 @@
     if (stats.firstRender === null) stats.firstRender = performance.now();
     connect();
     loadConfig();
+    loadFleet();
     api("GET", "/api/usage").then((u) => { if (mine === session && u.ok) loadUsage(u.data); }).catch(() => {});
     api("GET", "/api/health").then((h) => {
       if (!h.ok) return;
