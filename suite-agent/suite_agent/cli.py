@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 def _fleet_parser(command: Any) -> None:
     fleet = command("fleet", "drive every agent on one broker at once: status, start, stop, restart, reload, "
                              "signal; exit 1 if any agent failed or did not answer")
-    fleet.add_argument("verb", choices=("status", "start", "stop", "restart", "reload", "signal"))
+    fleet.add_argument("verb", choices=("status", "start", "stop", "restart", "reload", "signal"),
+                       help="what every targeted agent does (status only reports)")
     fleet.add_argument("names", nargs="*", metavar="NAME", help="the services (signal: NAME... SIGNAL)")
     fleet.add_argument("--broker", help="the agents' queue.url (default $SUITE_AGENT_BROKER)")
     fleet.add_argument("--exchange", help="the agents' queue.exchange (default $SUITE_AGENT_EXCHANGE, "
