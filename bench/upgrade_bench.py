@@ -104,7 +104,7 @@ def main() -> int:
                     # 503 while the new image's loop is not yet turning
                     if get(port, "/api/health") == 200:
                         break
-                except http.client.RemoteDisconnected:
+                except (http.client.RemoteDisconnected, ConnectionResetError):
                     continue
             times.append(time.perf_counter() - t0)
             assert agent.poll() is None

@@ -57,7 +57,7 @@ def test_the_unit_stops_only_the_agent_and_restarts_it_after_a_crash() -> None:
     assert UNIT_STATE_DIR in service["ExecStopPost"]
 
 
-def start_agent(tmp_path: Path) -> tuple[Agent, Path]:
+def write_conf(tmp_path: Path) -> tuple[Agent, Path]:
     conf_dir = tmp_path / "conf.d"
     conf_dir.mkdir()
     state_dir = tmp_path / "state"
@@ -66,10 +66,13 @@ def start_agent(tmp_path: Path) -> tuple[Agent, Path]:
         "services:\n"
         "  web: {command: [sleep, '3651'], replicas: 2}\n"
         "  worker: {command: [sleep, '3652']}\n")
-    agent = Agent(conf_dir, tmp_path).start()
+    return Agent(conf_dir, tmp_path), state_dir
+
+
+def start(agent: Agent) -> None:
+    agent.start()
     agent.wait_log(r"worker: started")  # no service forks: the process count is exact
     agent.wait_log(r"web(\.1)?: started", count=2)
-    return agent, state_dir
 
 
 def left_running(agent: Agent) -> list[psutil.Process]:
@@ -79,8 +82,9 @@ def left_running(agent: Agent) -> list[psutil.Process]:
 
 
 def test_systemctl_stop_signals_the_agent_which_stops_everything(tmp_path: Path) -> None:
-    agent, _state = start_agent(tmp_path)
+    agent, _state = write_conf(tmp_path)
     try:
+        start(agent)
         assert len(left_running(agent)) == 4  # the keeper, two web replicas and the worker
         assert agent.stop() == 0  # KillMode=process: SIGTERM to the main process only
         assert left_running(agent) == []
@@ -89,8 +93,9 @@ def test_systemctl_stop_signals_the_agent_which_stops_everything(tmp_path: Path)
 
 
 def test_a_crashed_agent_leaves_its_services_and_stop_post_ends_them(tmp_path: Path) -> None:
-    agent, state_dir = start_agent(tmp_path)
+    agent, state_dir = write_conf(tmp_path)
     try:
+        start(agent)
         assert agent.proc is not None
         before = left_running(agent)
         assert len(before) == 4

@@ -103,3 +103,21 @@ def test_part_samples_become_prometheus_families() -> None:
     assert {s.labels["broker"] for s in sent if s.name == "queue_sent_total"} == {"redis", "amqp"}
     assert families["plugin_metric_1"].samples[0].value == 1.5
     assert "suite_agent_service_up" not in families
+
+
+def test_calls_fail_at_once_once_the_owner_loop_has_ended() -> None:
+    from suite_agent.core.inbox import Call, Inbox, Shutdown
+
+    inbox = Inbox()
+    try:
+        waiting = Call(fn=lambda sup: 1)
+        inbox.put(waiting)
+        inbox.put(Shutdown(reason="signal"))
+        inbox.end_calls(RuntimeError("the supervision loop has ended"))
+        assert isinstance(waiting.reply.exception(timeout=0), RuntimeError)
+        later = Call(fn=lambda sup: 2)
+        inbox.put(later)  # a health probe after the loop ended: answered now, not at its timeout
+        assert isinstance(later.reply.exception(timeout=0), RuntimeError)
+        assert inbox.drain() == [Shutdown(reason="signal")]  # other messages stay
+    finally:
+        inbox.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -102,15 +103,40 @@ class Inbox:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._ended: Exception | None = None  # the owner's loop has ended: calls fail at once
 
     @property
     def fileno(self) -> int:
         return self._r
 
     def put(self, message: Message) -> None:
-        self._queue.put(message)
+        with self._lock:
+            if self._ended is not None and isinstance(message, Call):
+                message.reply.set_exception(self._ended)
+                return
+            self._queue.put(message)
         with contextlib.suppress(BlockingIOError):  # full: the owner is already due to wake
             os.write(self._w, b"\0")
+
+    def end_calls(self, why: Exception) -> None:
+        """The owner's loop has ended (a stop, a re-exec): a Call waiting or yet to come fails at
+        once with `why`, so a health probe answers 503 now rather than after its timeout."""
+        with self._lock:
+            self._ended = why
+            kept: list[Message] = []
+            while True:
+                try:
+                    message = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(message, Call):
+                    if not message.reply.done():
+                        message.reply.set_exception(why)
+                else:
+                    kept.append(message)
+            for message in kept:
+                self._queue.put(message)
 
     def drain(self) -> list[Message]:
         try:

@@ -182,6 +182,7 @@ class Supervisor:
             self._kill_everything()
             raise
         finally:
+            self.inbox.end_calls(RuntimeError("the supervision loop has ended"))
             self._restore_signals(previous)
             selector.close()
             os.close(sig_r)
