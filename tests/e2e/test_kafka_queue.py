@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import textwrap
 from pathlib import Path
 from typing import Any
 
 from agent import Agent
+from api_helpers import services_yaml
 from brokers import assert_cloudevent
 from eventually import eventually
 from kafka_broker import KafkaBroker
@@ -17,13 +17,9 @@ from kafka_broker import KafkaBroker
 pytest_plugins = ["kafka_broker"]  # the broker fixtures
 
 
-def services(body: str) -> str:
-    return "services:\n" + textwrap.indent(textwrap.dedent(body), "  ")
-
-
 def start(agent: Agent, b: KafkaBroker, agent_id: str, body: str) -> Agent:
     agent.write("queue.yaml", b.section(agent_id))
-    agent.write("services.yaml", services(body))
+    agent.write("services.yaml", services_yaml(body))
     agent.start()
     wait_connected(agent)
     return agent
@@ -110,7 +106,7 @@ def test_a_command_sent_twice_is_applied_once(kafka: KafkaBroker, agent: Agent) 
     again = cmd.publish("suite.control.restart", {"services": ["web"]}, message_id="once-1")
     assert cmd.wait_reply(again) == first
 
-    agent.write("sentinel.yaml", services("sentinel: {command: [sleep, '3922']}\n"))
+    agent.write("sentinel.yaml", services_yaml("sentinel: {command: [sleep, '3922']}\n"))
     reader.wait_for("suite.service_started", "sentinel")
     assert len(reader.of("suite.service_started", "web")) == 2  # the first start, then one restart
     assert agent.log().count("web: restart requested (queue)") == 1

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import textwrap
 
 from agent import Agent
+from api_helpers import services_yaml
 from brokers import assert_cloudevent
 from eventually import eventually
 from kafka_broker import EventReader, KafkaBroker, Tansu
 
 pytest_plugins = ["kafka_broker"]  # the broker fixtures
-
-
-def services(body: str) -> str:
-    return "services:\n" + textwrap.indent(textwrap.dedent(body), "  ")
 
 
 def crash_and_respawn(agent: Agent, marker: str) -> tuple[int, int]:
@@ -34,7 +30,7 @@ def test_events_wait_for_a_restarted_broker_and_commands_resume(private_tansu: T
     reader = b.events()
     agent_id = b.agent_id()
     agent.write("queue.yaml", b.section(agent_id))
-    agent.write("services.yaml", services("web: {command: [sleep, '3951']}\n"))
+    agent.write("services.yaml", services_yaml("web: {command: [sleep, '3951']}\n"))
     agent.start()
     agent.wait_log(r"queue: commands: connected to kafka://", timeout=30)
     agent.wait_log(r"queue: events: connected to kafka://", timeout=30)
@@ -82,7 +78,7 @@ def test_a_broker_down_at_start_is_retried_quietly_and_gets_the_events(tmp_path:
     private_tansu.kill()
     agent_id = b.agent_id()
     agent.write("queue.yaml", b.section(agent_id))
-    agent.write("services.yaml", services("web: {command: [sleep, '3961']}\n"))
+    agent.write("services.yaml", services_yaml("web: {command: [sleep, '3961']}\n"))
     agent.start()
     agent.wait_log(r"queue: commands: cannot connect to kafka://", timeout=15)
     agent.wait_log(r"queue: events: cannot connect to kafka://", timeout=15)
