@@ -32,8 +32,6 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import psutil
-
 from suite_agent.config.models import HealthSpec, Probe
 from suite_agent.core.inbox import Inbox, ProbeChanged
 from suite_agent.core.instance import instance_name
@@ -304,6 +302,8 @@ def _stranger(probe: Probe, pid: int, parents: frozenset[int]) -> str | None:
     """Why the answer cannot be the service's: the probed local port is listened on, but by no
     process of the service (`pid` and its descendants); None when it may be, or cannot be told.
     Costs one read of /proc/net/tcp and of the service's own fds, never a scan of every process."""
+    import psutil  # here only: an agent without tcp or http probes never loads it (1.5 MB)
+
     try:
         target = _local_port(probe)
         if target is None:
@@ -368,5 +368,7 @@ def _local_port(probe: Probe) -> int | None:
         return None  # a name: where it leads is not ours to resolve here
     if address.is_loopback or address.is_unspecified:
         return port
+    import psutil
+
     local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
     return port if str(address) in local else None
