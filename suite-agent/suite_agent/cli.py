@@ -140,7 +140,10 @@ def _settings(args: argparse.Namespace) -> Settings | ClientSettings:
 def cmd_run(settings: Settings) -> int:
     from suite_agent.config.store import ConfigStore
     from suite_agent.config.watcher import ConfigWatcher
+    from suite_agent.core import carried
     from suite_agent.core.supervisor import Supervisor
+
+    carried.resume_after_exec()
 
     if settings.log_level.upper() not in LOG_LEVELS:
         print(f"suite-agent run: error: {settings.log_level!r} is not a log level (--log-level or "
@@ -182,6 +185,7 @@ def cmd_run(settings: Settings) -> int:
     if supervisor.reexec:
         os.close(lock)
         logging.shutdown()
+        carried.hold_for_exec()
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     return code
 

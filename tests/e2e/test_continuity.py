@@ -209,6 +209,29 @@ def test_sigusr2_reexecutes_in_place(agents: list[Agent], conf_dir: Path, tmp_pa
     assert_no_gap(counted(conf_dir))
 
 
+@pytest.mark.parametrize("when", ["with", "after"])
+def test_sigterm_during_an_upgrade_stops_everything(agents: list[Agent], conf_dir: Path, tmp_path: Path,
+                                                    when: str) -> None:
+    """SIGTERM together with SIGUSR2, or while the new image starts: every service stops, exit 0
+    (the signal is carried across the exec instead of killing the brain halfway)."""
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml(f"counter: {{command: {COUNTER}}}\n"))
+    a1.start()
+    counter = one("4101")
+    assert a1.proc is not None
+    if when == "with":
+        os.kill(a1.proc.pid, signal.SIGUSR2)
+        os.kill(a1.proc.pid, signal.SIGTERM)
+    else:
+        a1.signal(signal.SIGUSR2)
+        a1.wait_log(r"re-executing")
+        a1.signal(signal.SIGTERM)
+    assert a1.proc.wait(timeout=30) == 0, a1.log()
+    assert not psutil.pid_exists(counter) or psutil.Process(counter).status() == psutil.STATUS_ZOMBIE
+    assert with_marker("4101") == []
+    assert "all services stopped" in a1.log()
+
+
 def test_the_operators_intent_survives_a_restart(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
     api = Api(free_port())
