@@ -199,6 +199,8 @@ class Supervisor:
             self.foreign.close()
             # Parts stop last, so the API answers and the queue sends events to the end.
             if self.reexec:
+                if self.continuity is not None:
+                    self.continuity.save(self.services, final=True)
                 handover.pass_on()  # the API's socket stays open: clients wait, none is refused
             self.loader.stop()
             self.integrations.stop()
