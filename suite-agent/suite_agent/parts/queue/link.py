@@ -34,6 +34,7 @@ class Link:
         self._delay: float | None = None  # the wait before the next attempt, once one failed
         self._was_up = False
         self._down_since = 0.0
+        self.outages = 0  # times the link went down: whoever set something up on it can tell it must again
 
     def open(self, pause: Callable[[float], bool]) -> Connection | None:
         """A connected Connection, retrying until one is; None once `pause(delay)` says stop."""
@@ -76,6 +77,7 @@ class Link:
         log.warning("queue: %s: %s to %s (%s); retrying with backoff up to %gs", self.role, how,
                     redact_url(self.url), _describe(exc), BACKOFF_MAX, exc_info=exc if unexpected else None)
         self.state = "down"
+        self.outages += 1
         self._down_since = time.monotonic()
         self.stats.set_connected(self.role, False)
 
