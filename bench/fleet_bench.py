@@ -177,8 +177,8 @@ def status_rounds(run: FleetRun, rounds: int) -> dict[str, Any]:
         done = subprocess.run([sys.executable, "-m", "suite_agent", "fleet", "status", "--json"], env=env,
                               capture_output=True, text=True)
         cli.append((time.perf_counter() - t0) * 1000)
-        result = json.loads(done.stdout)
-        incomplete += done.returncode != 0 or sorted(result["agents"]) != run.ids
+        result = command_result(done)
+        incomplete += done.returncode != 0 or sorted(result.get("agents", {})) != run.ids
     return {"status_ms_median": statistics.median(times), "status_ms_max": max(times),
             "status_ms_all": [round(t, 1) for t in times], "cli_ms_median": statistics.median(cli),
             "cli_ms_max": max(cli), "incomplete_rounds": incomplete}
@@ -252,10 +252,21 @@ def rolling_restart(run: FleetRun) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "suite_agent", "fleet", "restart", "web", "--selector", "role=web",
                            "--batch", "1", "--json"], env=env, capture_output=True, text=True)
     took = time.perf_counter() - t0
-    result = json.loads(done.stdout)
-    ok = done.returncode == 0 and sorted(result["restarted"]) == run.web
-    return {"agents": len(run.web), "batches": len(result["batches"]), "ok": ok, "total_s": round(took, 2),
-            "per_batch_ms": round(1000 * took / max(1, len(result["batches"])), 1)}
+    result = command_result(done)
+    ok = done.returncode == 0 and sorted(result.get("restarted", [])) == run.web
+    batches = len(result.get("batches", []))
+    return {"agents": len(run.web), "batches": batches, "ok": ok, "total_s": round(took, 2),
+            "per_batch_ms": round(1000 * took / max(1, batches), 1)}
+
+
+def command_result(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """What `suite-agent fleet ... --json` printed; {} (and its error shown) when it printed none."""
+    try:
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+    except ValueError:
+        print(f"suite-agent fleet exited {done.returncode} without JSON: {done.stderr.strip()}")
+        return {}
 
 
 def main() -> int:

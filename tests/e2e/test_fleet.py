@@ -217,8 +217,9 @@ def test_a_rolling_restart_stops_at_the_first_failure(fleet: Fleet) -> None:
 
 
 def test_an_agent_that_died_is_reported_missing(fleet: Fleet) -> None:
-    # A slower heartbeat: the others count it as live for 3 x 5 s (+ 2 s) after it died.
-    spare = fleet.add("spare", {"role": "spare"}, heartbeat="5s")
+    # A slower heartbeat: the others count it as live for 3 x 10 s (+ 2 s) after its last beat,
+    # long enough for the five commands below on a busy machine (each one a Python start-up).
+    spare = fleet.add("spare", {"role": "spare"}, heartbeat="10s")
     fleet.wait_started([spare])
     fleet.wait_all_known()
     assert spare.agent.proc is not None
@@ -243,7 +244,7 @@ def test_an_agent_that_died_is_reported_missing(fleet: Fleet) -> None:
         assert spare.agent.shutdown()  # its services outlived it (the keeper): gone now
         del fleet.members[spare.agent_id]
     # Silent for three heartbeats, it is no longer counted.
-    fleet.wait_all_known(timeout=40)
+    fleet.wait_all_known(timeout=60)
 
 
 def test_usage_errors_exit_2(fleet: Fleet, tmp_path: Path) -> None:

@@ -23,6 +23,9 @@ from suite_agent.parts.queue.topology import PUBLISH_TIMEOUT
 log = logging.getLogger("suite_agent.parts.queue")
 
 BATCH = 500  # records taken per turn; the rest wait for the next turn
+# librdkafka's default. An idle consumer fetches this often, and heartbeats may come this late:
+# the command consumer's shorter wait is for commands, a heartbeat half a second late is on time.
+FETCH_WAIT_MS = 500
 WANTED = frozenset(key.encode() for key in ROUTING_KEYS)
 
 
@@ -47,7 +50,8 @@ class FleetReader:
         self.on_event = on_event
         # A group id only because the client wants one: it is never joined (assign, no commit).
         self._consumer = confluent_kafka.Consumer({
-            **spec.consumer(), "group.id": f"{spec.group_id}.fleet", "auto.offset.reset": "latest",
+            **spec.consumer(), "fetch.wait.max.ms": FETCH_WAIT_MS, "group.id": f"{spec.group_id}.fleet",
+            "auto.offset.reset": "latest",
             "error_cb": lambda error: log.debug("queue: fleet: %s", error)})
 
     def position(self) -> None:
