@@ -166,7 +166,9 @@ def status_rounds(run: FleetRun, rounds: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             g = one_round(link, opts, "status", (), Target(), 5.0)
             times.append((time.perf_counter() - t0) * 1000)
-            incomplete += sorted(g.replies) != run.ids or bool(g.missing())
+            if sorted(g.replies) != run.ids or g.missing():
+                incomplete += 1
+                print(f"{run.kind}: a round without {sorted(set(run.ids) - set(g.replies))}")
             time.sleep(0.2)
     finally:
         link.close()
