@@ -78,6 +78,9 @@ def _fleet_parser(command: Any) -> None:
     fleet.add_argument("--pause", metavar="DURATION", help="restart --batch: wait this long between batches")
     fleet.add_argument("--key-file", dest="command_key_file", metavar="FILE",
                        help="sign commands with this fleet key (default $SUITE_AGENT_COMMAND_KEY_FILE)")
+    fleet.add_argument("--kafka-config", metavar="FILE",
+                       help="kafka:// only: a YAML file with the keys of queue.kafka (security_protocol, sasl_*, "
+                            "ssl_*, consumer, producer; default $SUITE_AGENT_KAFKA_CONFIG)")
 
 
 def _client_parsers(command: Any) -> None:

@@ -41,6 +41,7 @@ class Link:
         self._down_since = 0.0
         self._up_since = 0.0
         self._last_delay: float | None = None  # kept while up, until the connection proves stable
+        self.outages = 0  # times the link went down: whoever set something up on it can tell it must again
 
     def open(self, pause: Callable[[float], bool]) -> Connection | None:
         """A connected Connection, retrying until one is; None once `pause(delay)` says stop."""
@@ -86,6 +87,7 @@ class Link:
         log.warning("queue: %s: %s to %s (%s); retrying with backoff up to %gs", self.role, how,
                     redact_url(self.url), _describe(exc), BACKOFF_MAX, exc_info=exc if unexpected else None)
         self.state = "down"
+        self.outages += 1
         self._down_since = self.clock()
         self.stats.set_connected(self.role, False)
 
