@@ -196,6 +196,17 @@ def test_once_the_owner_stops_reaping_a_running_exec_check_ends_at_once_and_kill
         children.spawn(["true"], None, os.environ, 1)
 
 
+def children_running(command: list[str]) -> list[int]:
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if child.cmdline() == command:
+                found.append(child.pid)
+        except psutil.Error:  # gone, or a zombie another test left to its own reaper
+            continue
+    return found
+
+
 def first_result(subscription: Subscription, service: str, timeout: float = 10.0) -> Event:
     def found() -> Event | None:
         while (event := subscription.get(0)) is not None:
@@ -224,8 +235,26 @@ def test_exec_checks_in_the_probers_selector(foreign: ForeignChildren, command: 
         assert result.data["ok"] is ok and message in result.data["message"], result.data
         assert prober._pool is None  # no worker thread was needed
         if command[0] == "sleep":  # killed, and reaped by the owner
-            eventually(lambda: not [c for c in psutil.Process().children() if c.cmdline() == command], 5,
-                       "the timed-out command killed")
+            eventually(lambda: not children_running(command), 5, "the timed-out command killed")
+    finally:
+        prober.stop()
+
+
+def test_checks_done_long_before_their_timeout_are_not_kept_until_it(foreign: ForeignChildren) -> None:
+    prober = Prober(Inbox(), foreign)
+    subscription = prober.results.subscribe(100_000)
+    seen: list[Event] = []
+
+    def checked() -> bool:
+        seen.extend(subscription.drain())
+        return len(seen) >= 300
+
+    try:
+        prober.watch(("svc", 0), 7, health(liveness={"exec": {"command": ["true"]}, "timeout": 300,
+                                                     "period": 0.01}), None, os.environ)
+        eventually(checked, 60, "300 checks")
+        assert all(e.data["ok"] for e in seen)
+        assert len(prober._deadlines) <= 2 + 64 + 1  # not one per check of the last 300 s
     finally:
         prober.stop()
 
@@ -250,8 +279,7 @@ def test_once_the_owner_stops_reaping_an_exec_check_in_the_selector_ends_at_once
     try:
         prober.watch(("svc", 0), 7, health(liveness={"exec": {"command": ["sleep", "33"]}, "timeout": 20}),
                      None, os.environ)
-        (pid,) = eventually(lambda: [c.pid for c in psutil.Process().children() if c.cmdline() == ["sleep", "33"]],
-                          5, "the probe's command")
+        (pid,) = eventually(lambda: children_running(["sleep", "33"]), 5, "the probe's command")
         began = time.monotonic()
         children.close()
         result = first_result(subscription, "svc", timeout=5)

@@ -86,6 +86,7 @@ class Prober:
         self._wake_lock = threading.Lock()
         self._pending: dict[int, _InFlight] = {}  # fd -> a check in the selector
         self._deadlines: list[tuple[float, int, _InFlight]] = []  # of the checks in flight, landed ones too
+        self._flying = 0  # checks in flight, not landed
         self._watches: dict[Key, _Watch] = {}
         self._heap: list[tuple[float, int, Key, int, str]] = []
         self._seq = itertools.count()
@@ -199,6 +200,7 @@ class Prober:
 
     def _land(self, flight: _InFlight, result: CheckResult) -> None:
         flight.landed = True
+        self._flying -= 1
         self._unregister(flight)
         flight.check.close()
         if result.ok and flight.owner is not None:
@@ -259,9 +261,18 @@ class Prober:
 
     def _fly(self, flight: _InFlight) -> None:
         fd = flight.check.fileno()
+        try:
+            self._selector.register(fd, flight.check.wants)
+        except (OSError, ValueError, KeyError) as exc:
+            flight.check.close()
+            self._result(flight.watch, flight.kind, flight.started, CheckResult(False, f"{type(exc).__name__}: {exc}"))
+            return
         flight.fd = fd
         self._pending[fd] = flight
-        self._selector.register(fd, flight.check.wants)
+        self._flying += 1
+        if len(self._deadlines) > 2 * self._flying + 64:  # landed ones wait for their deadline: drop them
+            self._deadlines = [entry for entry in self._deadlines if not entry[2].landed]
+            heapq.heapify(self._deadlines)
         heapq.heappush(self._deadlines, (flight.check.deadline, next(self._seq), flight))
         if isinstance(flight.check, ExecCheck):
             flight.check.exited.add_done_callback(lambda _: self._post(functools.partial(self._exited, flight)))
