@@ -91,11 +91,9 @@ class AgentProcess:
             time.sleep(0.02)
 
     def children(self) -> list[int]:
-        pid = self.proc.pid
-        try:  # the owner is the main thread, which forks every service
-            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            return []
+        """The agent's children and theirs: the services are the keeper's children."""
+        found = _children_of(self.proc.pid)
+        return found + [grandchild for child in found for grandchild in _children_of(child)]
 
     def pid_of(self, marker: str) -> int | None:
         for child in self.children():
@@ -278,6 +276,13 @@ def percentile(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "median": statistics.median(values), "p99": percentile(values, 99),
             "min": min(values), "max": max(values)}
+
+
+def _children_of(pid: int) -> list[int]:
+    try:  # the main thread forks (the agent's owner thread; the keeper has one thread)
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def respawn_samples(a: AgentProcess, count: int) -> list[float]:
