@@ -8,7 +8,10 @@ suite-agent's respawn latency with and without the API under load.
 
 Clients are separate processes, one keep-alive HTTP/1.1 connection each, sending the next request
 as soon as the previous answer is read in full (bodies are not parsed, so neither side's client
-pays for its format). suite-agent runs from the source tree; `--servers waitress` runs it with the
+pays for its format). Python clients cost far more CPU than the server they measure, on the same
+cores: `--client wrk` loads with wrk instead (one process, `-t1`, the same keep-alive connections;
+`apt-get install wrk`), for every row and for the saturated respawn run; the paced run stays on
+Python clients (wrk cannot pace). suite-agent runs from the source tree; `--servers waitress` runs it with the
 REST API on waitress instead of cheroot (the adapter lives in this file) to compare the two.
 supervisord comes from bench/.venv-peers (see installers.py) with an [inet_http_server] added.
 It reuses the bench's peers, procfs and measure modules unchanged.
@@ -20,9 +23,11 @@ import argparse
 import multiprocessing as mp
 import os
 import random
+import re
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -173,6 +178,44 @@ class Load:
         return latencies, errors, elapsed
 
 
+class WrkLoad:
+    """The same load from one wrk process: its own latency figures, no Python on the client side."""
+
+    def __init__(self, target: Target, clients: int, nice: int = 0) -> None:
+        if target.method != "GET":
+            raise SystemExit("--client wrk: GET targets only (use --no-supervisord)")
+        self.began = time.perf_counter()
+        self.proc = subprocess.Popen(
+            ["nice", "-n", str(nice), "wrk", "-t1", f"-c{clients}", "-d3600s", "--latency",
+             f"http://127.0.0.1:{target.port}{target.path}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def finish(self) -> tuple[list[float], int, float]:
+        """(latencies in s: wrk's 50th and 99th percentiles standing for the lot, errors, seconds)."""
+        elapsed = time.perf_counter() - self.began
+        self.proc.send_signal(signal.SIGINT)  # wrk prints its summary and exits
+        out, _ = self.proc.communicate(timeout=30)
+        done = re.search(r"(\d+) requests in", out)
+        if done is None:
+            raise RuntimeError(f"wrk said: {out}")
+        lat = {q: _seconds(v) for q, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+        n = int(done.group(1))
+        socket_errors = re.search(r"Socket errors: (.*)", out)
+        errors = sum(int(x) for x in re.findall(r"\d+", socket_errors.group(1))) if socket_errors else 0
+        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        errors += int(non_2xx.group(1)) if non_2xx else 0
+        # n latencies with the same 50th and 99th percentiles as wrk's histogram
+        p50, p99 = lat.get("50", float("nan")), lat.get("99", float("nan"))
+        slow = n - int(0.99 * n)
+        latencies = [p50] * (n - slow) + [p99] * slow
+        return latencies, errors, elapsed
+
+
+def _seconds(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
 @dataclass
 class Row:
     label: str
@@ -189,15 +232,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def measure(target: Target, clients: int, duration: float, server_pid: int | None = None) -> Row:
-    load = Load(target, clients)
+def measure(target: Target, clients: int, duration: float, server_pid: int | None = None,
+            tool: str = "python") -> Row:
+    load: Load | WrkLoad = WrkLoad(target, clients) if tool == "wrk" else Load(target, clients)
     cpu0 = _cpu(server_pid)
     time.sleep(0.3 + duration)
     cpu1 = _cpu(server_pid)
     latencies, errors, elapsed = load.finish()
-    # The window of the CPU reading is the whole run less the clients' start-up (0.3 s): counted
-    # against the requests of the same share of the run.
-    share = duration / (0.3 + duration)
+    # The window of the CPU reading is the whole run less the Python clients' start-up (0.3 s):
+    # counted against the requests of the same share of the run. wrk starts at once.
+    share = 1.0 if tool == "wrk" else duration / (0.3 + duration)
     per = (cpu1 - cpu0) / max(1.0, len(latencies) * share) * 1e6 if server_pid else float("nan")
     return Row(target.label, clients, len(latencies) / elapsed, percentile(latencies, 0.5) * 1000,
                percentile(latencies, 0.99) * 1000, errors, per)
@@ -268,7 +312,7 @@ def run_agent(server: str, args: argparse.Namespace, workdir: Path, rows: list[R
         for clients in args.clients:
             for label, path in (("/api/health", "/api/health"), ("/api/services", "/api/services")):
                 rows.append(measure(Target(f"{sup.name} GET {label}", sup.port, "GET", path), clients, args.duration,
-                                    sup.root_pid()))
+                                    sup.root_pid(), args.client))
                 print(f"  {rows[-1]}", flush=True)
         if server == args.servers[0] and args.respawn_samples:
             k = min(args.respawn_samples, args.n // 3)
@@ -277,7 +321,9 @@ def run_agent(server: str, args: argparse.Namespace, workdir: Path, rows: list[R
             clients = max(args.clients)
             for label, rate, chunk in ((f"{args.paced_rate:g} req/s", args.paced_rate, victims[k:2 * k]),
                                        ("saturated", 0.0, victims[2 * k:])):
-                load = Load(Target("load", sup.port, "GET", "/api/services"), clients, args.client_nice, rate)
+                target = Target("load", sup.port, "GET", "/api/services")
+                load: Load | WrkLoad = (WrkLoad(target, clients, args.client_nice) if args.client == "wrk" and not rate
+                                        else Load(target, clients, args.client_nice, rate))
                 try:
                     respawn[f"API {label}"] = respawns(sup, view, args.n, chunk)
                 finally:
@@ -307,8 +353,9 @@ def run_supervisord(args: argparse.Namespace, workdir: Path, rows: list[Row]) ->
 
 
 def report(rows: list[Row], respawn: dict[str, list[float]], args: argparse.Namespace) -> None:
+    who = "one wrk process (-t1)" if args.client == "wrk" else "separate Python processes"
     print(f"\nN = {args.n} sleep services, {args.duration:g} s per row, clients = keep-alive connections "
-          f"from separate processes, {os.cpu_count()} CPUs\n")
+          f"from {who}, {os.cpu_count()} CPUs\n")
     print(f"{'target':52} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU us/req':>10}")
     for r in rows:
         print(f"{r.label:52} {r.clients:>7} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7} "
@@ -343,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", nargs="+", default=["cheroot"], choices=["cheroot", "waitress"])
     parser.add_argument("--respawn-samples", type=int, default=20, help="kill -9 samples, idle and under load")
     parser.add_argument("--no-supervisord", action="store_true")
+    parser.add_argument("--client", choices=["python", "wrk"], default="python",
+                        help="what loads the server: client processes in Python (default) or wrk")
     parser.add_argument("--source", type=Path, default=REPO, help="the checkout whose suite-agent/ is measured")
     parser.add_argument("--client-nice", type=int, default=0,
                         help="nice value of the load clients during the respawn runs")

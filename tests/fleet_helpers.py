@@ -13,9 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent import Agent
-from brokers import Broker
+from brokers import Broker, require
 from eventually import eventually
+from kafka_broker import TEST_OPTIONS, KafkaBroker
+
+KINDS = ["redis", "amqp", "kafka"]
+
+
+def fleet_broker(request: pytest.FixtureRequest, kind: str) -> Broker | KafkaBroker:
+    """One test module's corner of a real broker of that kind (Kafka: the session's Tansu)."""
+    if kind == "kafka":
+        return KafkaBroker(request.getfixturevalue("tansu"))
+    return Broker(kind, require(kind))
 
 # The `worker` service of every member writes the name of each of these signals it gets to a file.
 RECORDED = ("HUP", "USR1", "USR2")
@@ -44,7 +56,7 @@ class Member:
 
 @dataclass
 class Fleet:
-    broker: Broker
+    broker: Broker | KafkaBroker
     root: Path
     heartbeat: str = "1s"
     key_file: Path | None = None
@@ -57,6 +69,8 @@ class Fleet:
              extra: str = "", heartbeat: str | None = None) -> str:
         labels_yaml = json.dumps(labels)
         key = f", command_key_file: '{self.key_file}'" if self.key_file is not None else ""
+        if self.kafka:
+            key += f", kafka: {TEST_OPTIONS}"
         return (f"queue: {{url: '{self.broker.url}', exchange: {self.broker.exchange}, agent_id: {agent_id}, "
                 f"labels: {labels_yaml}, heartbeat: {heartbeat or self.heartbeat}{key}}}\n"
                 "services:\n"
@@ -82,6 +96,10 @@ class Fleet:
         for member in members or list(self.members.values()):
             member.agent.wait_log(r"configuration loaded \(start", timeout=60)
             member.agent.wait_log(r"queue: commands: connected to", timeout=60)
+
+    @property
+    def kafka(self) -> bool:
+        return isinstance(self.broker, KafkaBroker)
 
     def ids(self, **labels: str) -> list[str]:
         return sorted(a for a, m in self.members.items() if labels.items() <= m.labels.items())

@@ -6,8 +6,9 @@
 - `tansu` (one per session) and `private_tansu` (one per test, to kill and start again).
   Under CI=true a broker that cannot start is a failure, elsewhere a skip that says how.
 - `KafkaBroker`: one test's corner of a broker: its own topics and agent ids (a uuid);
-  `events()` reads the events topic from its start, `commander()` sends commands with headers
-  and reads the replies on a reply topic of its own.
+  `events()` reads the events topic from its start, `events(KEY, ...)` only those routing keys
+  from now on (as a kombu queue bound to them now would), `commander()` sends commands with
+  headers and reads the replies on a reply topic of its own.
 """
 
 from __future__ import annotations
@@ -124,11 +125,13 @@ def _headers(message: Any) -> dict[str, str]:
 
 
 class EventReader:
-    """A plain confluent-kafka consumer of the events topic, every partition from its start."""
+    """A plain confluent-kafka consumer of the events topic, every partition from its start; or,
+    given routing keys, only the records with those keys, from the end of the topic as it is now."""
 
-    def __init__(self, servers: str, topic: str) -> None:
+    def __init__(self, servers: str, topic: str, keys: tuple[str, ...] = ()) -> None:
         self.servers = servers
         self.topic = topic
+        self.keys = frozenset(keys)
         self.received: list[Record] = []
         self._open()
 
@@ -137,7 +140,11 @@ class EventReader:
         self.consumer = ck.Consumer({"bootstrap.servers": self.servers, "group.id": f"reader-{uuid.uuid4().hex}",
                                      "enable.auto.commit": False, "log_level": 0})
         partitions = ensure_topic(self.servers, self.topic)
-        self.consumer.assign([ck.TopicPartition(self.topic, p, ck.OFFSET_BEGINNING) for p in range(partitions)])
+        start = [ck.TopicPartition(self.topic, p, ck.OFFSET_BEGINNING) for p in range(partitions)]
+        if self.keys:  # the end, asked for now: OFFSET_END would be looked up later, after what came meanwhile
+            for tp in start:
+                tp.offset = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+        self.consumer.assign(start)
 
     def reopen(self) -> None:
         """After a broker restart: the topic from its start again (the agent made it anew)."""
@@ -148,8 +155,17 @@ class EventReader:
     def read(self, seconds: float) -> None:
         for message in self.consumer.consume(100, timeout=min(seconds, 0.2)):
             if message.error() is None:
-                self.received.append(Record((message.key() or b"").decode(), _headers(message),
-                                            json.loads(message.value())))
+                headers = _headers(message)
+                if self.keys and headers.get("routing_key") not in self.keys:
+                    continue
+                self.received.append(Record((message.key() or b"").decode(), headers, json.loads(message.value())))
+
+    def wait(self, until: Callable[[list[Record]], Any], timeout: float = 10.0, what: str = "events") -> Any:
+        try:
+            return eventually(lambda: until(self.received), timeout, what, self.read)
+        except AssertionError as exc:
+            seen = [(r.body.get("type"), r.body.get("subject"), r.body.get("data")) for r in self.received]
+            raise AssertionError(f"{exc}; got: {seen}") from None
 
     def of(self, type_: str, subject: str | None = None) -> list[dict[str, Any]]:
         return [r.body for r in self.received
@@ -268,8 +284,8 @@ class KafkaBroker:
     def section(self, agent_id: str, options: str = TEST_OPTIONS) -> str:
         return f"queue: {{url: '{self.url}', exchange: {self.exchange}, agent_id: {agent_id}, kafka: {options}}}\n"
 
-    def events(self) -> EventReader:
-        reader = EventReader(self.server.servers, self.exchange)
+    def events(self, *keys: str) -> EventReader:
+        reader = EventReader(self.server.servers, self.exchange, keys)
         self._topics.append(self.exchange)
         self._closers.append(reader.close)
         return reader
@@ -281,11 +297,28 @@ class KafkaBroker:
         self._closers.append(commander.close)
         return commander
 
+    def committed(self, agent_id: str) -> tuple[int, int]:
+        """(offset the agent's group committed, end) on the control topic, summed over its partitions."""
+        ck = _clients()
+        control = f"{self.exchange}.control"
+        partitions = ensure_topic(self.server.servers, control)
+        # The agent's group id, to read its offsets only: never subscribed, so never joined.
+        reader = ck.Consumer({"bootstrap.servers": self.server.servers, "group.id": f"suite_agent.{agent_id}",
+                              "enable.auto.commit": False, "log_level": 0})
+        try:
+            tps = [ck.TopicPartition(control, p) for p in range(partitions)]
+            done = sum(max(0, tp.offset) for tp in reader.committed(tps, timeout=10))
+            end = sum(reader.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in tps)
+            return done, end
+        finally:
+            reader.close()
+
     def cleanup(self) -> None:
         for close in reversed(self._closers):
             close()
         self._closers.clear()
-        topics = sorted({*self._topics, self.exchange, f"{self.exchange}.control"})
+        # The fleet command line's reply topic too.
+        topics = sorted({*self._topics, self.exchange, f"{self.exchange}.control", f"{self.exchange}.replies"})
         with suppress(Exception):  # a broker gone by now has nothing left to clean
             admin = _clients().admin.AdminClient({"bootstrap.servers": self.server.servers, "log_level": 0})
             for future in admin.delete_topics(topics, operation_timeout=5).values():

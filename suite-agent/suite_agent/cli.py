@@ -78,6 +78,9 @@ def _fleet_parser(command: Any) -> None:
     fleet.add_argument("--pause", metavar="DURATION", help="restart --batch: wait this long between batches")
     fleet.add_argument("--key-file", dest="command_key_file", metavar="FILE",
                        help="sign commands with this fleet key (default $SUITE_AGENT_COMMAND_KEY_FILE)")
+    fleet.add_argument("--kafka-config", metavar="FILE",
+                       help="kafka:// only: a YAML file with the keys of queue.kafka (security_protocol, sasl_*, "
+                            "ssl_*, consumer, producer; default $SUITE_AGENT_KAFKA_CONFIG)")
 
 
 def _client_parsers(command: Any) -> None:
@@ -140,7 +143,10 @@ def _settings(args: argparse.Namespace) -> Settings | ClientSettings:
 def cmd_run(settings: Settings) -> int:
     from suite_agent.config.store import ConfigStore
     from suite_agent.config.watcher import ConfigWatcher
+    from suite_agent.core import carried
     from suite_agent.core.supervisor import Supervisor
+
+    carried.resume_after_exec()
 
     if settings.log_level.upper() not in LOG_LEVELS:
         print(f"suite-agent run: error: {settings.log_level!r} is not a log level (--log-level or "
@@ -182,6 +188,7 @@ def cmd_run(settings: Settings) -> int:
     if supervisor.reexec:
         os.close(lock)
         logging.shutdown()
+        carried.hold_for_exec()
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     return code
 

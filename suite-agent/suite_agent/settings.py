@@ -16,7 +16,9 @@ class Settings(BaseSettings):
     token: str | None = None
     log_level: str = "INFO"
     cgroups: Literal["auto", "off"] = "auto"  # off: track service processes without cgroups
-    # suite-agent fleet: the broker the agents use, their exchange, the fleet key that signs commands
+    # suite-agent fleet: the broker the agents use, their exchange, the fleet key that signs commands,
+    # and on Kafka the security settings (a file with the keys of queue.kafka)
     broker: str | None = None
     exchange: str = "suite_events"
     command_key_file: Path | None = None
+    kafka_config: Path | None = None

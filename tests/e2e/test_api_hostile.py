@@ -276,6 +276,26 @@ def test_pipelined_and_keep_alive_requests_are_answered_in_order(live: tuple[Age
         assert answer.status == 200 and json.loads(answer.body)["status"] == "ok"
 
 
+def test_quick_routes_answer_alike_on_the_servers_own_thread_and_on_a_worker(live: tuple[Agent, Api]) -> None:
+    _, api = live
+    own = raw(api, head("GET", "/api/services"))  # a plain HTTP/1.1 GET: answered where it was read
+    worker = raw(api, head("GET", "/api/services").replace(b"HTTP/1.1", b"HTTP/1.0", 1))  # cheroot's way
+    for answer in (own, worker):
+        assert answer.status == 200 and answer.headers["content-type"] == "application/json"
+        assert answer.headers["server"] == "suite-agent" and answer.headers["date"]
+        assert int(answer.headers["content-length"]) == len(answer.body)
+        assert list(json.loads(answer.body)["services"]) == ["web"]
+    refused = raw(api, head("GET", "/api/services", token=False))
+    assert refused.status == 401 and "bearer" in refused.error
+    assert refused.headers["www-authenticate"] == 'Bearer realm="suite-agent"'
+    with socket.create_connection((api.host, api.port), timeout=10) as sock:
+        sock.sendall(head("GET", "/readyz", "Connection: close"))
+        responses = Responses(sock)
+        answer = responses.next()
+        assert answer.status == 200 and answer.headers["connection"] == "close"
+        assert sock.recv(100) == b""  # closed after it
+
+
 # -- output ------------------------------------------------------------------------------------
 
 HUGE = 100 * 1024 * 1024

@@ -179,3 +179,30 @@ def test_a_server_that_cannot_bind_leaves_nothing_open() -> None:
             with pytest.raises(IntegrationError, match="in use"):
                 HttpServer(lambda environ, start_response: [], "127.0.0.1", port, 2).start()
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_rest_of_an_answer_goes_out_as_the_client_reads_it_then_the_connection_is_kept() -> None:
+    parked: list[FakeConn] = []
+    intake = Intake(lambda conn: None, parked.append)
+    intake.start()
+    conn, gone = FakeConn(30.0), FakeConn(30.0)
+    data = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
+    try:
+        sent = conn.rfile.send_some(data)
+        assert 0 < sent < len(data)
+        intake.flush(conn, data[sent:], keep=True, timeout=10)
+        gone.rfile.send_some(b"x")
+        intake.flush(gone, data, keep=True, timeout=0.3)  # its client never reads
+        received = bytearray()
+        while len(received) < len(data):
+            time.sleep(0.001)
+            received += conn.client.recv(65536)
+        assert bytes(received) == data
+        eventually(lambda: parked == [conn], 5, "the connection kept for its next request")
+        assert not conn.closed.is_set()
+        eventually(gone.closed.is_set, 5, "the client that does not read dropped at its deadline")
+    finally:
+        intake.stop(5)
+    for c in (conn, gone):
+        c.client.close()
+        c.socket.close()

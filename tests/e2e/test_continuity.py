@@ -209,6 +209,52 @@ def test_sigusr2_reexecutes_in_place(agents: list[Agent], conf_dir: Path, tmp_pa
     assert_no_gap(counted(conf_dir))
 
 
+def test_sigusr2_keeps_the_restart_counts(agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    api = Api(free_port())
+    tries = tmp_path / "tries"
+    flaky = (f"[sh, -c, 'n=$(cat {tries} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {tries}; "
+             f"[ $n -ge 3 ] && exec sleep 3600; exit 1']")
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
+    a1.write("a.yaml", services_yaml(f"flaky: {{command: {flaky}, backoff: {{initial: 0s}}}}\n"))
+    a1.start()
+    a1.wait_log(r"api: listening")
+
+    def settled() -> dict[str, object] | None:
+        status: dict[str, object] = api.get("/api/services/flaky").json
+        return status if status["state"] == "running" and status["restarts"] == 2 else None
+
+    pid = eventually(settled, 20, "flaky running after two restarts")["pids"]
+    a1.signal(signal.SIGUSR2)
+    a1.wait_log(r"flaky: adopted")
+    status = api.get("/api/services/flaky", timeout=30).json
+    assert status["pids"] == pid and status["restarts"] == 2
+    assert a1.stop() == 0
+
+
+@pytest.mark.parametrize("when", ["with", "after"])
+def test_sigterm_during_an_upgrade_stops_everything(agents: list[Agent], conf_dir: Path, tmp_path: Path,
+                                                    when: str) -> None:
+    """SIGTERM together with SIGUSR2, or while the new image starts: every service stops, exit 0
+    (the signal is carried across the exec instead of killing the brain halfway)."""
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml(f"counter: {{command: {COUNTER}}}\n"))
+    a1.start()
+    counter = one("4101")
+    assert a1.proc is not None
+    if when == "with":
+        os.kill(a1.proc.pid, signal.SIGUSR2)
+        os.kill(a1.proc.pid, signal.SIGTERM)
+    else:
+        a1.signal(signal.SIGUSR2)
+        a1.wait_log(r"re-executing")
+        a1.signal(signal.SIGTERM)
+    assert a1.proc.wait(timeout=30) == 0, a1.log()
+    assert not psutil.pid_exists(counter) or psutil.Process(counter).status() == psutil.STATUS_ZOMBIE
+    assert with_marker("4101") == []
+    assert "all services stopped" in a1.log()
+
+
 def test_the_operators_intent_survives_a_restart(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
     api = Api(free_port())

@@ -1,4 +1,4 @@
-"""Eight real agents on one broker (Redis, then RabbitMQ) driven as one with `suite-agent fleet`:
+"""Eight real agents on one broker (Redis, RabbitMQ, then Kafka) driven as one with `suite-agent fleet`:
 status of all, a selector and a single agent acting on exactly the right ones, heartbeats with
 labels, GET /api/fleet, a missing agent, a rolling restart batch by batch and one that stops at
 the first failure; a signal, a stop and a reload reaching exactly the agents meant."""
@@ -18,19 +18,20 @@ from typing import Any
 
 import pytest
 
-from brokers import Broker, free_port, require
+from brokers import free_port
 from eventually import eventually
-from fleet_helpers import Fleet
+from fleet_helpers import KINDS, Fleet, fleet_broker
+from kafka_broker import KafkaBroker
 
-pytest_plugins = ["brokers"]
+pytest_plugins = ["brokers", "kafka_broker"]
 
 WEB = {"role": "web"}
 DB = {"role": "db"}
 
 
-@pytest.fixture(scope="module", params=["redis", "amqp"])
+@pytest.fixture(scope="module", params=KINDS)
 def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    broker = Broker(request.param, require(request.param))
+    broker = fleet_broker(request, request.param)
     f = Fleet(broker, tmp_path_factory.mktemp(f"fleet-{request.param}"))
     api_port = free_port()
     try:
@@ -100,6 +101,16 @@ def test_a_selector_acts_on_exactly_the_matching_agents(fleet: Fleet) -> None:
                 timeout=20, what="a start of worker from every agent")
     restarted = sorted(sources[r.body["source"]] for r in reader.received if r.body["data"].get("verb") == "restart")
     assert restarted == chosen
+    if fleet.kafka:
+        # The agents the selector left out took the command off the topic all the same: their
+        # groups' offsets moved past it, so it is not read again after a restart.
+        kafka = fleet.broker
+        assert isinstance(kafka, KafkaBroker)
+
+        def all_committed() -> bool:
+            return all(done == end for done, end in map(kafka.committed, fleet.members))
+
+        eventually(all_committed, 15, "every agent's group committed the whole control topic")
 
 
 def test_one_agent_alone_by_its_id(fleet: Fleet) -> None:
@@ -207,8 +218,9 @@ def test_a_rolling_restart_stops_at_the_first_failure(fleet: Fleet) -> None:
 
 
 def test_an_agent_that_died_is_reported_missing(fleet: Fleet) -> None:
-    # A slower heartbeat: the others count it as live for 3 x 5 s (+ 2 s) after it died.
-    spare = fleet.add("spare", {"role": "spare"}, heartbeat="5s")
+    # A slower heartbeat: the others count it as live for 3 x 10 s (+ 2 s) after its last beat,
+    # long enough for the five commands below on a busy machine (each one a Python start-up).
+    spare = fleet.add("spare", {"role": "spare"}, heartbeat="10s")
     fleet.wait_started([spare])
     fleet.wait_all_known()
     assert spare.agent.proc is not None
@@ -233,7 +245,7 @@ def test_an_agent_that_died_is_reported_missing(fleet: Fleet) -> None:
         assert spare.agent.shutdown()  # its services outlived it (the keeper): gone now
         del fleet.members[spare.agent_id]
     # Silent for three heartbeats, it is no longer counted.
-    fleet.wait_all_known(timeout=40)
+    fleet.wait_all_known(timeout=60)
 
 
 def test_a_signal_reaches_the_service_on_exactly_the_selected_agents(fleet: Fleet) -> None:
@@ -344,3 +356,8 @@ def test_usage_errors_exit_2(fleet: Fleet, tmp_path: Path) -> None:
     assert done.returncode == 2 and "SUITE_AGENT_BROKER" in done.stderr
     done = fleet.cli("status", "--broker", "redis://127.0.0.1:1/0")
     assert done.returncode == 1 and "cannot use the broker at redis://127.0.0.1:1/0" in done.stderr
+    done = fleet.cli("status", "--broker", f"kafka://127.0.0.1:{free_port()}")
+    assert done.returncode == 1 and "cannot use the broker at kafka://127.0.0.1:" in done.stderr
+    assert "Connection refused" in done.stderr
+    done = fleet.cli("status", "--kafka-config", str(tmp_path / "none.yaml"))
+    assert done.returncode == 2 and ("cannot read it" if fleet.kafka else "for a kafka:// broker") in done.stderr

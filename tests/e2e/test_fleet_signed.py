@@ -1,6 +1,6 @@
-"""A fleet with a key (queue.command_key_file): eight real agents on Redis and on RabbitMQ carry
-out only commands signed with it; unsigned, badly signed and replayed commands are refused
-and change nothing."""
+"""A fleet with a key (queue.command_key_file): eight real agents on Redis, on RabbitMQ and on
+Kafka carry out only commands signed with it; unsigned, badly signed and replayed commands are
+refused and change nothing."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ from kombu import Connection
 from suite_agent.fleet import signing
 
 from brokers import Broker, EventReader, require, unavailable
-from fleet_helpers import Fleet
+from fleet_helpers import KINDS, Fleet, fleet_broker
 
-pytest_plugins = ["brokers"]
+pytest_plugins = ["brokers", "kafka_broker"]
 
 KEY = "6f1c0d3e9b2a4f5e8d7c6b5a49382716"
 
 
-@pytest.fixture(scope="module", params=["redis", "amqp"])
+@pytest.fixture(scope="module", params=KINDS)
 def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    broker = Broker(request.param, require(request.param))
+    broker = fleet_broker(request, request.param)
     root = tmp_path_factory.mktemp(f"signed-{request.param}")
     key_file = root / "fleet.key"
     key_file.write_text(KEY + "\n")

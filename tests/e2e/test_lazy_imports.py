@@ -1,10 +1,14 @@
-"""An agent with only `services` loads none of the optional parts' libraries."""
+"""An agent with only `services` loads none of the optional parts' libraries, nor psutil (only
+health probes and usage figures need it: 1.5 MB of the brain's resident size), and `suite-agent
+fleet` only the client of its broker."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+from brokers import free_port
 
 SCRIPT = """
 import os, signal, sys, threading, time
@@ -18,7 +22,8 @@ def report():
         if time.monotonic() > deadline:
             break
         time.sleep(0.01)
-    optional = ("bottle", "kombu", "stevedore", "prometheus_client", "redis", "confluent_kafka")
+    optional = ("bottle", "kombu", "stevedore", "prometheus_client", "redis", "confluent_kafka",
+                "psutil")
     print(",".join(m for m in optional if m in sys.modules))
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGTERM)
@@ -35,3 +40,21 @@ def test_services_only_imports_no_optional_library(conf_dir: Path, tmp_path: Pat
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+FLEET = """
+import sys
+from suite_agent.cli import main
+
+code = main(["fleet", "status", "--broker", sys.argv[1]])
+print(code, ",".join(m for m in ("kombu", "confluent_kafka") if m in sys.modules))
+"""
+
+
+def test_the_fleet_command_loads_only_its_brokers_client(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there: the command fails at once, after its imports
+    for url, loaded in ((f"redis://127.0.0.1:{port}/0", "kombu"), (f"kafka://127.0.0.1:{port}", "confluent_kafka")):
+        result = subprocess.run([sys.executable, "-c", FLEET, url], capture_output=True, text=True, timeout=60,
+                                cwd=tmp_path)
+        assert result.stdout.split() == ["1", loaded], (url, result.stdout, result.stderr)
+        assert "cannot use the broker" in result.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from suite_agent.config.models import HealthSpec
 from suite_agent.core.inbox import Inbox, ProbeChanged
-from suite_agent.events.bus import Event, EventBus
+from suite_agent.events.bus import Event, EventBus, Subscription
 from suite_agent.health.checks import check_http, run_check
 from suite_agent.health.scheduler import Prober
 from suite_agent.processes.factory import ForeignChildren, ReaperGone
@@ -194,6 +194,100 @@ def test_once_the_owner_stops_reaping_a_running_exec_check_ends_at_once_and_kill
     assert os.waitpid(pid, 0)[1] == signal.SIGKILL  # killed, not left to outlive the agent
     with pytest.raises(ReaperGone):
         children.spawn(["true"], None, os.environ, 1)
+
+
+def children_running(command: list[str]) -> list[int]:
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if child.cmdline() == command:
+                found.append(child.pid)
+        except psutil.Error:  # gone, or a zombie another test left to its own reaper
+            continue
+    return found
+
+
+def first_result(subscription: Subscription, service: str, timeout: float = 10.0) -> Event:
+    def found() -> Event | None:
+        while (event := subscription.get(0)) is not None:
+            if event.service == service:
+                return event
+        return None
+
+    return eventually(found, timeout, f"a check of {service}")
+
+
+@pytest.mark.parametrize(("command", "timeout", "ok", "message"), [
+    (["sh", "-c", "echo nope; exit 3"], 1.0, False, "sh: exit code 3: nope"),
+    (["sh", "-c", "echo fine"], 1.0, True, "sh: exit code 0: fine"),
+    (["sh", "-c", "echo bye; kill -9 $$"], 1.0, False, "sh: killed by signal 9: bye"),
+    (["sleep", "32"], 0.3, False, "sleep: timed out after 0.3s"),
+    (["/no/such/probe"], 1.0, False, "No such file"),
+])
+def test_exec_checks_in_the_probers_selector(foreign: ForeignChildren, command: list[str], timeout: float,
+                                             ok: bool, message: str) -> None:
+    prober = Prober(Inbox(), foreign, max_workers=1)
+    subscription = prober.results.subscribe()
+    try:
+        prober.watch(("svc", 0), 7, health(liveness={"exec": {"command": command}, "timeout": timeout,
+                                                     "period": 60}), None, os.environ)
+        result = first_result(subscription, "svc")
+        assert result.data["ok"] is ok and message in result.data["message"], result.data
+        assert prober._pool is None  # no worker thread was needed
+        if command[0] == "sleep":  # killed, and reaped by the owner
+            eventually(lambda: not children_running(command), 5, "the timed-out command killed")
+    finally:
+        prober.stop()
+
+
+def test_checks_done_long_before_their_timeout_are_not_kept_until_it(foreign: ForeignChildren) -> None:
+    prober = Prober(Inbox(), foreign)
+    subscription = prober.results.subscribe(100_000)
+    seen: list[Event] = []
+
+    def checked() -> bool:
+        seen.extend(subscription.drain())
+        return len(seen) >= 300
+
+    try:
+        prober.watch(("svc", 0), 7, health(liveness={"exec": {"command": ["true"]}, "timeout": 300,
+                                                     "period": 0.01}), None, os.environ)
+        eventually(checked, 60, "300 checks")
+        assert all(e.data["ok"] for e in seen)
+        assert len(prober._deadlines) <= 2 + 64 + 1  # not one per check of the last 300 s
+    finally:
+        prober.stop()
+
+
+def test_exec_check_with_a_working_directory_runs_on_a_worker(foreign: ForeignChildren, tmp_path: object) -> None:
+    prober = Prober(Inbox(), foreign, max_workers=1)
+    subscription = prober.results.subscribe()
+    try:
+        prober.watch(("svc", 0), 7, health(liveness={"exec": {"command": ["pwd"]}, "period": 60}), str(tmp_path),
+                     os.environ)
+        result = first_result(subscription, "svc")
+        assert result.data["ok"] and result.data["message"] == f"pwd: exit code 0: {tmp_path}"
+        assert prober._pool is not None
+    finally:
+        prober.stop()
+
+
+def test_once_the_owner_stops_reaping_an_exec_check_in_the_selector_ends_at_once() -> None:
+    children = ForeignChildren()  # nobody reaps them: the owner's loop has ended
+    prober = Prober(Inbox(), children)
+    subscription = prober.results.subscribe()
+    try:
+        prober.watch(("svc", 0), 7, health(liveness={"exec": {"command": ["sleep", "33"]}, "timeout": 20}),
+                     None, os.environ)
+        (pid,) = eventually(lambda: children_running(["sleep", "33"]), 5, "the probe's command")
+        began = time.monotonic()
+        children.close()
+        result = first_result(subscription, "svc", timeout=5)
+        assert time.monotonic() - began < 2
+        assert not result.data["ok"] and "the agent is stopping" in result.data["message"]
+        assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    finally:
+        prober.stop()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -37,10 +37,11 @@ def service(name: str, started: float | None, **more: Any) -> ServiceStatus:
     return ServiceStatus(**fields)
 
 
-@pytest.mark.parametrize("names", [[], ["web"], ["web", "db", "a\"b", "x\u00e9"]])
+@pytest.mark.parametrize("names", [[], ["web"], ["web", "db", "a\"b", "x\u00e9", "100%s%d"]])
 def test_the_answer_is_the_snapshot_serialized_with_current_uptimes(names: list[str], monkeypatch: Any) -> None:
     now = time.time()
-    services = {n: service(n, now - 10 * i if i % 2 == 0 else None, restarts=i, last_exit_code=i or None)
+    services = {n: service(n, now - 10 * i if i % 2 == 0 else None, restarts=i, last_exit_code=i or None,
+                           detail=f"{n}: 100% %s %.3f")
                 for i, n in enumerate(names)}
     snap = Snapshot(services=MappingProxyType(services), generation=7)
     for later in (0.0, 1.2345):

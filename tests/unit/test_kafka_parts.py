@@ -18,7 +18,7 @@ from suite_agent.config.models import QueueSection
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.parts.lifecycle import IntegrationError
 from suite_agent.parts.queue import kafka_link, kafka_publisher, topology
-from suite_agent.parts.queue.kafka_consumer import _Offsets, addressed_here
+from suite_agent.parts.queue.kafka_consumer import KafkaCommandConsumer, _Offsets, addressed_here
 from suite_agent.parts.queue.kafka_link import KafkaLink, KafkaSpec, TopicRefused
 from suite_agent.parts.queue.kafka_publisher import KafkaEventPublisher
 from suite_agent.parts.queue.stats import Stats
@@ -208,3 +208,25 @@ def test_api_config_masks_the_kafka_secrets() -> None:
     kafka = shown["kafka"]
     assert kafka["sasl_password"] == kafka["ssl_key_password"] == kafka["producer"]["ssl.keystore.password"] == "***"
     assert kafka["sasl_username"] == "u" and kafka["producer"]["linger.ms"] == 10
+
+
+def test_a_group_assignment_that_fails_is_retried_not_fatal_to_the_command_thread() -> None:
+    section = QueueSection(url="kafka://k:1", exchange="ev", agent_id="a")
+    link = KafkaLink(KafkaSpec.of(section), section.url, "commands", Stats())
+    consumer = KafkaCommandConsumer(link, topology.control_queue(section), SimpleNamespace(), "a",
+                                    threading.Event())
+    calls: list[str] = []
+
+    def committed(partitions: list[Any], timeout: float) -> list[Any]:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    fake = SimpleNamespace(committed=committed, poll=lambda timeout: None,
+                           unsubscribe=lambda: calls.append("unsubscribe"))
+    consumer._consumer = fake
+    consumer._subscribed = True
+    # librdkafka calls this from inside poll(); raised from there, its error would be no exception.
+    consumer._on_assign(fake, [SimpleNamespace(topic="ev.control", partition=0)])
+    with pytest.raises(KafkaException):
+        consumer._turn()  # the run loop's handler takes it: link down, retried with backoff
+    assert calls == ["unsubscribe"] and consumer._subscribed is False  # the next probe joins again
+    consumer._turn()  # and nothing is left over

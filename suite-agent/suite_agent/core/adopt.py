@@ -48,6 +48,7 @@ class Continuity:
         self.path = Path(factory.state_dir) / SAVED
         self._saved_key: tuple[Any, ...] | None = None
         self._adopted: set[str] = set()
+        self._restarts: dict[str, int] = {}  # instance: restarts, as a re-exec left them
         self._watched: tuple[int, ...] = ()
 
     # -- the selector -----------------------------------------------------------------------
@@ -94,6 +95,7 @@ class Continuity:
                     self.factory.signal_group(tracked, signal.SIGKILL)
                     continue
                 inst.adopt(process.pid, tracked, process.spawned_at, wanted)
+                inst.restarts = self._restarts.get(inst.name, 0)
                 self._adopted.add(name)
         for instance, process in inventory.processes.items():
             if instance not in claimed and (process.alive or process.group_alive):
@@ -129,16 +131,24 @@ class Continuity:
                 svc.stop()
 
     # -- saving -----------------------------------------------------------------------------
-    def save(self, services: Mapping[str, Service]) -> None:
-        """Write the specs and intents if they changed (specs are replaced, never mutated)."""
+    def save(self, services: Mapping[str, Service], final: bool = False) -> None:
+        """Write the specs and intents if they changed (specs are replaced, never mutated).
+
+        `final` (before a re-exec): write in any case, with each instance's restart count, which
+        the next image carries on from. Counting restarts in every write would rewrite the file
+        at each respawn; after a kill -9 the counts start again from the exits met since."""
         # One being removed is kept, not wanted, until it is gone: a next agent finishes its stop.
         key = tuple((n, id(s.running_spec), s.wanted and not s.removing, s.origin)
                     for n, s in services.items())
-        if key == self._saved_key:
+        if key == self._saved_key and not final:
             return
-        data = {n: {"spec": s.running_spec.model_dump(mode="json"), "wanted": s.wanted and not s.removing,
-                    "origin": s.origin}
-                for n, s in services.items()}
+        data: dict[str, dict[str, Any]] = {
+            n: {"spec": s.running_spec.model_dump(mode="json"), "wanted": s.wanted and not s.removing,
+                "origin": s.origin}
+            for n, s in services.items()}
+        if final:
+            for n, s in services.items():
+                data[n]["restarts"] = {i.name: i.restarts for i in s.instances if i.restarts}
         tmp = self.path.with_name(SAVED + ".tmp")
         try:
             tmp.write_text(json.dumps(data))
@@ -150,6 +160,7 @@ class Continuity:
         self._keep = [s.running_spec for s in services.values()]  # ids in the key stay theirs
 
     def _load(self) -> dict[str, tuple[ServiceSpec, bool, str | None]]:
+        self._restarts = {}
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -162,6 +173,9 @@ class Continuity:
             try:
                 saved[name] = (ServiceSpec.model_validate(entry["spec"]), bool(entry["wanted"]),
                                entry.get("origin"))
+                counts = entry.get("restarts")
+                if isinstance(counts, dict):
+                    self._restarts.update({i: n for i, n in counts.items() if isinstance(n, int) and n > 0})
             except (ValidationError, KeyError, TypeError) as exc:
                 log.warning("%s: saved state not usable (%s): started afresh", name, exc)
         return saved

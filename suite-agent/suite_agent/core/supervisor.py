@@ -24,6 +24,7 @@ from suite_agent import handover
 from suite_agent.config.models import AgentSection, ServiceSpec
 from suite_agent.config.reloader import ConfigLoader, Reload
 from suite_agent.config.store import ConfigStore, Declared
+from suite_agent.core import carried
 from suite_agent.core.adopt import continuity_for
 from suite_agent.core.dependencies import Dependencies
 from suite_agent.core.host import Host, Probes
@@ -183,7 +184,10 @@ class Supervisor:
             raise
         finally:
             self.inbox.end_calls(RuntimeError("the supervision loop has ended"))
-            self._restore_signals(previous)
+            if self.reexec:
+                self._carry_signals(sig_r)
+            else:
+                self._restore_signals(previous)
             selector.close()
             os.close(sig_r)
             os.close(sig_w)
@@ -195,6 +199,8 @@ class Supervisor:
             self.foreign.close()
             # Parts stop last, so the API answers and the queue sends events to the end.
             if self.reexec:
+                if self.continuity is not None:
+                    self.continuity.save(self.services, final=True)
                 handover.pass_on()  # the API's socket stays open: clients wait, none is refused
             self.loader.stop()
             self.integrations.stop()
@@ -249,7 +255,20 @@ class Supervisor:
             # number to the wake-up fd, and the loop does the work.
             previous[signum] = signal.signal(signum, lambda s, f: None)
         signal.set_wakeup_fd(wake_fd, warn_on_full_buffer=False)
+        early = carried.taken()  # what arrived while the image before this one handed over
+        if early:
+            os.write(wake_fd, bytes(early))
         return previous
+
+    def _carry_signals(self, sig_r: int) -> None:
+        """Re-executing: what reached the pipe unread, and whatever comes from now on, goes to
+        the next image (core/carried.py)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.set_wakeup_fd(-1)
+        carried.record()
+        with contextlib.suppress(BlockingIOError):
+            carried.note(list(os.read(sig_r, 4096)))
 
     def _restore_signals(self, previous: dict[int, Any]) -> None:
         if not previous:
@@ -269,11 +288,12 @@ class Supervisor:
             self.loader.request(Reload(source="signal"))
         if signal.SIGUSR1 in received:
             self._contained(self.reopen_logs)
-        if signal.SIGUSR2 in received and not self._shutting_down:
+        stopping = signal.SIGTERM in received or signal.SIGINT in received
+        if signal.SIGUSR2 in received and not self._shutting_down and not stopping:
             self.reexec = self.continuity is not None
             if not self.reexec:
                 log.warning("SIGUSR2: only an agent whose services the keeper holds re-executes")
-        if signal.SIGTERM in received or signal.SIGINT in received:
+        if stopping:
             self.handle_shutdown(Shutdown(reason="signal"))
 
     def reopen_logs(self) -> None:

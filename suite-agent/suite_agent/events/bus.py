@@ -6,9 +6,9 @@ buffer; a subscriber that falls behind loses its oldest events and is told how m
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,8 +26,15 @@ SCHEDULED_RUN = "scheduled_run"  # a scheduled run came due: started, skipped, r
 PROBE_RESULT = "probe_result"  # every check's result: on the probe bus only, never the main one
 
 
-def _frozen(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(data))
+def new_id() -> str:
+    """`uuid.uuid4().hex`, without building a UUID object (a probe's every check makes one)."""
+    n = int.from_bytes(os.urandom(16), "big")
+    return f"{n & _UUID4_KEEP | _UUID4_SET:032x}"
+
+
+# RFC 4122 version 4: the version nibble is 4, the variant bits 10.
+_UUID4_KEEP = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 @dataclass(frozen=True)
@@ -36,13 +43,13 @@ class Event:
     service: str | None = None
     data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     time: float = field(default_factory=time.time)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=new_id)
 
     @staticmethod
     def make(type: str, service: str | None = None, **data: Any) -> Event:
         if service is not None:
             data.setdefault("service", service)
-        return Event(type=type, service=service, data=_frozen(data))
+        return Event(type=type, service=service, data=MappingProxyType(data))  # `data` is ours already
 
 
 class Subscription:

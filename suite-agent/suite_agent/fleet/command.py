@@ -9,13 +9,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from suite_agent.config.durations import parse_duration
+from suite_agent.config.endpoints import is_kafka
 from suite_agent.fleet import render, signing
 from suite_agent.fleet import selector as selectors
 from suite_agent.fleet.gather import Gathering, Target, batches
 from suite_agent.settings import Settings
+
+if TYPE_CHECKING:
+    from suite_agent.config.models import KafkaOptions
+    from suite_agent.fleet.broker import FleetLink
 
 VERBS = ("status", "start", "stop", "restart", "reload", "signal")
 # How long replies are awaited by default: an action waits for its services to settle first
@@ -42,6 +47,7 @@ class Options:
     batch: int | None = None
     pause: float = 0.0
     key: bytes | None = field(default=None, repr=False)
+    kafka: KafkaOptions | None = field(default=None, repr=False)
 
 
 def options(args: argparse.Namespace, settings: Settings) -> Options:
@@ -76,8 +82,31 @@ def options(args: argparse.Namespace, settings: Settings) -> Options:
             key = signing.load_key(str(settings.command_key_file), Path.cwd())
         except signing.KeyFileError as exc:
             raise UsageError(f"--key-file {exc}") from None
+    kafka = None
+    if settings.kafka_config:
+        if not is_kafka(settings.broker):
+            raise UsageError("--kafka-config is for a kafka:// broker")
+        kafka = kafka_options(settings.kafka_config)
     return Options(verb, names, settings.broker, settings.exchange, Target(tuple(dict.fromkeys(args.agent or ())),
-                   selector), timeout, args.json, signal, args.batch, pause, key)
+                   selector), timeout, args.json, signal, args.batch, pause, key, kafka)
+
+
+def kafka_options(path: Path) -> KafkaOptions:
+    """A YAML (or JSON) file with the keys of queue.kafka, checked as the agent checks them."""
+    import yaml
+    from pydantic import ValidationError
+
+    from suite_agent.config.models import KafkaOptions
+
+    try:
+        data = yaml.safe_load(path.expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"--kafka-config {path}: cannot read it: {exc}") from None
+    try:
+        return KafkaOptions.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(file)'}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"--kafka-config {path}: {problems}") from None
 
 
 def body_for(opts: Options, verb: str, names: tuple[str, ...], timeout: float) -> dict[str, Any]:
@@ -101,10 +130,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except UsageError as exc:
         print(f"suite-agent fleet: error: {exc}", file=sys.stderr)
         return 2
-    from suite_agent.fleet.broker import BrokerError, FleetLink  # kombu, only now
+    from suite_agent.fleet.broker import BrokerError, connect  # the broker's client library, only now
 
     try:
-        link = FleetLink(opts.broker, opts.exchange, opts.key)
+        link = connect(opts.broker, opts.exchange, opts.key, opts.kafka)
     except BrokerError as exc:
         print(f"suite-agent fleet: {exc}", file=sys.stderr)
         return 1
@@ -114,21 +143,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         gathering = one_round(link, opts, opts.verb, opts.names, opts.target, opts.timeout)
         show(opts, gathering)
         return 0 if gathering.ok() else 1
+    except BrokerError as exc:
+        print(f"suite-agent fleet: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
         link.close()
 
 
-def one_round(link: Any, opts: Options, verb: str, names: tuple[str, ...], target: Target,
+def one_round(link: FleetLink, opts: Options, verb: str, names: tuple[str, ...], target: Target,
               timeout: float) -> Gathering:
+    from suite_agent.fleet.broker import gather
+
     cid = link.send(verb, body_for(opts, verb, names, timeout), target.agents)
     views = None
     if target.selector and not target.agents:
         # The agents the selector leaves out say nothing: who is live comes from every agent.
         views = link.send("status", {"services": [], "peers": True})
-    gathering: Gathering = link.gather(cid, Gathering(target), timeout, views)
-    return gathering
+    return gather(link, cid, Gathering(target), timeout, views)
 
 
 def show(opts: Options, gathering: Gathering) -> None:
@@ -140,7 +173,7 @@ def show(opts: Options, gathering: Gathering) -> None:
         print(f"suite-agent fleet: no agent answered within {opts.timeout:g}s", file=sys.stderr)
 
 
-def rolling(link: Any, opts: Options) -> int:
+def rolling(link: FleetLink, opts: Options) -> int:
     """Batch after batch, each restarted on its agents one command each, the next batch only
     once the services are ready on every agent of this one; stop at the first failure."""
     names = opts.names

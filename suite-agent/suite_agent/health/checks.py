@@ -1,9 +1,11 @@
 """One check of one probe: http, tcp or exec, never on the owner thread.
 
-tcp checks, and http checks of a plain-http URL at an IP address or `localhost`, run without
-blocking in the prober's own selector (`start_nonblocking`): a connect, one request, the status
-line. Anything else (exec, https, a host name to resolve) runs blocking on a prober worker
-thread (`run_check`).
+tcp checks, http checks of a plain-http URL at an IP address or `localhost`, and exec checks
+without a working directory run without blocking in the prober's own selector
+(`start_nonblocking`): a connect, one request, the status line; or a spawn and its output.
+Anything else (https, a host name to resolve, an exec check with a working directory, which
+needs a fork) runs blocking on a prober worker thread (`run_check`). A hand-off to a worker
+and back costs more CPU than the check itself.
 
 Exec probes are children of the agent, so only the owner's reaper may wait for them: they are
 spawned through `ForeignChildren`, which hands their exit status back.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import select
@@ -122,40 +125,80 @@ class Pending(Protocol):
     """A check in flight in the prober's selector; the prober closes it once it has a result."""
 
     deadline: float
-    sock: socket.socket
-    wants: int  # READ or WRITE: what to wait for next
+    wants: int  # READ or WRITE: what to wait for next; 0: nothing more from the descriptor
+
+    def fileno(self) -> int: ...
 
     def step(self) -> CheckResult | None:
-        """The socket is ready for `wants`: a result when the check is over, else None."""
+        """The descriptor is ready for `wants`: a result when the check is over, else None."""
         ...
 
     def expire(self) -> CheckResult: ...
 
+    def close(self) -> None: ...
 
-def start_nonblocking(probe: Probe) -> Pending | CheckResult | None:
+
+def start_nonblocking(probe: Probe, foreign: ForeignChildren | None = None, cwd: str | None = None,
+                      env: Mapping[str, str] | None = None) -> Pending | CheckResult | None:
     """The check started in non-blocking mode (or already over), or None: it needs `run_check`
-    on a worker thread."""
+    on a worker thread. An exec check (with `foreign`) runs here when it needs no working
+    directory: spawned without a fork of the agent, its output read here, its exit status handed
+    back by the owner's reaper."""
+    if probe.exec is not None:
+        if foreign is None or cwd is not None:
+            return None
+        try:
+            return ExecCheck(probe.exec, probe.timeout, foreign, env or {})
+        except Exception as exc:  # as run_check reports it
+            return CheckResult(False, f"{type(exc).__name__}: {exc}")
     if probe.tcp is not None:
         address = _address(probe.tcp.host, probe.tcp.port)
         if address is None:
             return None
         return _Connect(address, probe.timeout, f"connect {probe.tcp.host}:{probe.tcp.port}").begin()
     if probe.http is not None:
-        url = urllib.parse.urlsplit(probe.http.url)
-        if url.scheme != "http":
+        plan = _http_plan(probe.http.url, tuple(probe.http.headers.items()))
+        if plan is None:
             return None
-        host = url.hostname or "127.0.0.1"
-        try:
-            port = url.port or 80
-        except ValueError:
-            return None
-        address = _address(host, port)
-        if address is None:
-            return None
-        return _HttpGet(address, probe.timeout, probe.http, url, host, port).begin()
+        address, request = plan
+        return _HttpGet(address, probe.timeout, probe.http, request).begin()
     return None
 
 
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_plan(url_text: str, header_items: tuple[tuple[str, str], ...]
+               ) -> tuple[tuple[int, tuple[str, int]], bytes] | None:
+    """(family and address, request bytes) of a plain-http check; None when it needs a worker.
+    The same few URLs are checked over and over: worked out once each."""
+    url = urllib.parse.urlsplit(url_text)
+    if url.scheme != "http":
+        return None
+    host = url.hostname or "127.0.0.1"
+    try:
+        port = url.port or 80
+    except ValueError:
+        return None
+    address = _address(host, port)
+    if address is None:
+        return None
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    headers = dict(header_items)
+    lines = [f"GET {path} HTTP/1.1"]
+    if not any(k.lower() == "host" for k in headers):
+        lines.append(f"Host: {host if ':' not in host else f'[{host}]'}{'' if port == 80 else f':{port}'}")
+    lines += ["Accept-Encoding: identity", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+    return address, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@functools.lru_cache(maxsize=4096)
 def _address(host: str, port: int) -> tuple[int, tuple[str, int]] | None:
     """(family, sockaddr) of an IP literal or localhost; None for a name to resolve."""
     if host == "localhost":
@@ -178,10 +221,25 @@ class _Connect:
 
     def begin(self) -> Pending | CheckResult:
         code = self.sock.connect_ex(self.sockaddr)
-        if code in (0, errno.EINPROGRESS):
+        if code == errno.EINPROGRESS and _connected(self.sock):
+            code = 0  # on loopback the handshake is over already: no need to wait for it
+        if code == 0:
+            return self.connected()
+        if code == errno.EINPROGRESS:
             return self
         self.sock.close()
         return self.failed(code)
+
+    def connected(self) -> Pending | CheckResult:
+        """Connected at once: the result, or the check still in flight (socket closed if not)."""
+        self.sock.close()
+        return CheckResult(True, f"{self.label}: ok")
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
 
     def failed(self, code: int) -> CheckResult:
         return CheckResult(False, f"{self.label}: {os.strerror(code)}")
@@ -196,32 +254,36 @@ class _Connect:
 
 class _HttpGet(_Connect):
     def __init__(self, address: tuple[int, tuple[str, int]], timeout: float, spec: HttpProbe,
-                 url: urllib.parse.SplitResult, host: str, port: int) -> None:
+                 request: bytes) -> None:
         super().__init__(address, timeout, f"GET {spec.url}")
         self.spec = spec
-        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        headers = dict(spec.headers)
-        lines = [f"GET {path} HTTP/1.1"]
-        if not any(k.lower() == "host" for k in headers):
-            lines.append(f"Host: {host if ':' not in host else f'[{host}]'}{'' if port == 80 else f':{port}'}")
-        lines += ["Accept-Encoding: identity", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
-        self.request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.request = request
         self.answer = b""
 
     def failed(self, code: int) -> CheckResult:
         return CheckResult(False, f"{self.label}: [Errno {code}] {os.strerror(code)}")
+
+    def connected(self) -> Pending | CheckResult:
+        result = self._send()
+        if result is not None:
+            self.sock.close()
+            return result
+        return self
+
+    def _send(self) -> CheckResult | None:
+        try:
+            self.sock.send(self.request)  # a few hundred bytes: an empty socket buffer takes them
+        except OSError as exc:
+            return CheckResult(False, f"{self.label}: {exc}")
+        self.wants = READ
+        return None
 
     def step(self) -> CheckResult | None:
         if self.wants == WRITE:
             code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
                 return self.failed(code)
-            try:
-                self.sock.send(self.request)  # a few hundred bytes: an empty socket buffer takes them
-            except OSError as exc:
-                return CheckResult(False, f"{self.label}: {exc}")
-            self.wants = READ
-            return None
+            return self._send()
         try:
             chunk = self.sock.recv(4096)
         except BlockingIOError:
@@ -240,3 +302,64 @@ class _HttpGet(_Connect):
         status = int(parts[1])
         ok = status == self.spec.status if self.spec.status is not None else 200 <= status < 400
         return CheckResult(ok, f"{self.label}: HTTP {status}")
+
+
+class ExecCheck:
+    """An exec check in the prober's selector: reads up to OUTPUT_LIMIT bytes of output, then
+    waits for `exited` (the prober hears of it through the future's callback)."""
+
+    def __init__(self, spec: ExecProbe, timeout: float, foreign: ForeignChildren, env: Mapping[str, str]) -> None:
+        self.spec = spec
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.wants = READ
+        self.output = b""
+        self._read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            self.pid, self.exited = foreign.spawn(list(spec.command), None, env, write_fd)
+        except BaseException:
+            os.close(self._read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def step(self) -> CheckResult | None:
+        try:
+            chunk = os.read(self._read_fd, OUTPUT_LIMIT)
+        except BlockingIOError:
+            return None
+        self.output += chunk
+        if chunk and len(self.output) < OUTPUT_LIMIT:
+            return None
+        self.wants = 0  # the end of the output, or enough of it: the rest is the exit's
+        return self.verdict()
+
+    def verdict(self) -> CheckResult | None:
+        """The result once the output was read and the exit is known, else None."""
+        if self.wants or not self.exited.done():
+            return None
+        try:
+            status = self.exited.result()
+        except Exception as exc:
+            return CheckResult(False, f"{type(exc).__name__}: {exc}")
+        code, sig = decode_status(status)
+        text = self.output.decode(errors="replace").strip()[:OUTPUT_LIMIT]
+        how = f"exit code {code}" if sig is None else f"killed by signal {sig}"
+        return CheckResult(code == 0, f"{self.spec.command[0]}: {how}" + (f": {text}" if text else ""))
+
+    def expire(self) -> CheckResult:
+        self.wants = 0
+        result = self.verdict()
+        if result is not None:
+            return result  # it exited; something it started holds the output open
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)  # unreaped: the group is still the probe's
+        return CheckResult(False, f"{self.spec.command[0]}: timed out after {self.timeout:g}s")
+
+    def close(self) -> None:
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1

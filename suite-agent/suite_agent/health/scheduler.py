@@ -1,8 +1,8 @@
 """Schedules health probes off the owner thread and reports only their transitions.
 
-One scheduler thread keeps a deadline heap and a selector: tcp and plain-http checks run in that
-selector without blocking (a connect, a request, a status line: tens of microseconds of CPU
-each); exec checks and the rest run on a bounded worker pool. Each check has its own timeout, so
+One scheduler thread keeps a deadline heap and a selector: tcp, plain-http and most exec checks
+run in that selector without blocking (a connect, a request, a status line; a spawn, its output,
+its exit); the rest runs on a bounded worker pool. Each check has its own timeout, so
 a hanging target or a thousand probes never reach the owner's loop.
 Thresholds are counted here (Kubernetes semantics); the owner hears `ProbeChanged` when a
 probe's verdict flips, and acts: restart on liveness/startup failure, `ready` on readiness.
@@ -32,14 +32,12 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import psutil
-
 from suite_agent.config.models import HealthSpec, Probe
 from suite_agent.core.inbox import Inbox, ProbeChanged
 from suite_agent.core.instance import instance_name
 from suite_agent.events import bus as events
 from suite_agent.events.bus import Event, EventBus
-from suite_agent.health.checks import CheckResult, Pending, run_check, start_nonblocking
+from suite_agent.health.checks import CheckResult, ExecCheck, Pending, run_check, start_nonblocking
 from suite_agent.processes.factory import ForeignChildren
 
 log = logging.getLogger("suite_agent.health.scheduler")
@@ -85,6 +83,8 @@ class Prober:
         self._selector.register(self._wake_read, selectors.EVENT_READ)
         self._wake_lock = threading.Lock()
         self._pending: dict[int, _InFlight] = {}  # fd -> a check in the selector
+        self._deadlines: list[tuple[float, int, _InFlight]] = []  # of the checks in flight, landed ones too
+        self._flying = 0  # checks in flight, not landed
         self._watches: dict[Key, _Watch] = {}
         self._heap: list[tuple[float, int, Key, int, str]] = []
         self._seq = itertools.count()
@@ -110,9 +110,10 @@ class Prober:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if not self._thread.is_alive() and self._wake_write >= 0:
-            for flight in self._pending.values():
-                flight.check.sock.close()
+            for _, _, flight in self._deadlines:
+                flight.check.close()
             self._pending.clear()
+            self._deadlines.clear()
             self._selector.close()
             with self._wake_lock:
                 os.close(self._wake_read)
@@ -151,8 +152,11 @@ class Prober:
                 log.exception("prober error")
 
     def _timeout(self) -> float | None:
+        while self._deadlines and self._deadlines[0][2].landed:
+            heapq.heappop(self._deadlines)
         due = [self._heap[0][0]] if self._heap else []
-        due += [flight.check.deadline for flight in self._pending.values()]
+        if self._deadlines:
+            due.append(self._deadlines[0][0])
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _progress(self, fd: int) -> None:
@@ -163,22 +167,40 @@ class Prober:
             result = flight.check.step()
         except Exception as exc:  # a probe reports failure; it never raises into the prober
             result = CheckResult(False, f"{type(exc).__name__}: {exc}")
-        if result is None:
+        if result is not None:
+            self._land(flight, result)
+        elif flight.check.wants:
             self._selector.modify(fd, flight.check.wants)
+        else:  # an exec check's output is in: its exit lands it (_exited)
+            self._unregister(flight)
+            flight.check.close()
+
+    def _exited(self, flight: _InFlight) -> None:
+        """An exec check's process was reaped: land it if its output is in too."""
+        if flight.landed or not isinstance(flight.check, ExecCheck):
             return
-        self._land(fd, flight, result)
+        result = flight.check.verdict()
+        if result is not None:
+            self._land(flight, result)
 
     def _expire(self) -> None:
-        if not self._pending:
-            return
         now = time.monotonic()
-        for fd, flight in [(fd, f) for fd, f in self._pending.items() if f.check.deadline <= now]:
-            self._land(fd, flight, flight.check.expire())
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, flight = heapq.heappop(self._deadlines)
+            if not flight.landed:
+                self._land(flight, flight.check.expire())
 
-    def _land(self, fd: int, flight: _InFlight, result: CheckResult) -> None:
-        del self._pending[fd]
-        self._selector.unregister(fd)
-        flight.check.sock.close()
+    def _unregister(self, flight: _InFlight) -> None:
+        if flight.fd is not None:
+            del self._pending[flight.fd]
+            self._selector.unregister(flight.fd)
+            flight.fd = None
+
+    def _land(self, flight: _InFlight, result: CheckResult) -> None:
+        flight.landed = True
+        self._flying -= 1
+        self._unregister(flight)
+        flight.check.close()
         if result.ok and flight.owner is not None:
             result = _vouched(result, flight.probe, flight.owner, self.parents)
         self._result(flight.watch, flight.kind, flight.started, result)
@@ -219,7 +241,7 @@ class Prober:
             # Until readiness first passes; after that the service holds the port itself.
             owner = pid if kind == "readiness" and watch.verdicts[kind].ok is not True else None
             try:
-                check = start_nonblocking(probe)
+                check = start_nonblocking(probe, self._foreign, watch.cwd, watch.env)
             except OSError as exc:  # e.g. out of file descriptors
                 check = CheckResult(False, f"{type(exc).__name__}: {exc}")
             if isinstance(check, CheckResult):
@@ -227,15 +249,31 @@ class Prober:
                     check = _vouched(check, probe, owner, self.parents)
                 self._result(watch, kind, started, check)
             elif check is not None:
-                fd = check.sock.fileno()
-                self._pending[fd] = _InFlight(check, watch, kind, probe, started, owner)
-                self._selector.register(fd, check.wants)
+                self._fly(_InFlight(check, watch, kind, probe, started, owner))
             else:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="probe")
                 future = self._pool.submit(_check, probe, self._foreign, watch.cwd, watch.env, owner,
                                            self.parents)
                 future.add_done_callback(functools.partial(self._checked, watch, kind, started))
+
+    def _fly(self, flight: _InFlight) -> None:
+        fd = flight.check.fileno()
+        try:
+            self._selector.register(fd, flight.check.wants)
+        except (OSError, ValueError, KeyError) as exc:
+            flight.check.close()
+            self._result(flight.watch, flight.kind, flight.started, CheckResult(False, f"{type(exc).__name__}: {exc}"))
+            return
+        flight.fd = fd
+        self._pending[fd] = flight
+        self._flying += 1
+        if len(self._deadlines) > 2 * self._flying + 64:  # landed ones wait for their deadline: drop them
+            self._deadlines = [entry for entry in self._deadlines if not entry[2].landed]
+            heapq.heapify(self._deadlines)
+        heapq.heappush(self._deadlines, (flight.check.deadline, next(self._seq), flight))
+        if isinstance(flight.check, ExecCheck):
+            flight.check.exited.add_done_callback(lambda _: self._post(functools.partial(self._exited, flight)))
 
     def _checked(self, watch: _Watch, kind: str, started: float, future: Future[CheckResult]) -> None:
         # On a worker thread: hand the result back to the scheduler thread.
@@ -274,7 +312,7 @@ class Prober:
         self._schedule(watch, kind, max(time.monotonic(), started + probe.period))
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _InFlight:
     check: Pending
     watch: _Watch
@@ -282,6 +320,8 @@ class _InFlight:
     probe: Probe
     started: float
     owner: int | None  # the pid whose answer it must be (readiness until it first passes)
+    fd: int | None = None  # registered in the selector under this descriptor
+    landed: bool = False
 
 
 def _check(probe: Probe, foreign: ForeignChildren, cwd: str | None, env: Mapping[str, str],
@@ -304,6 +344,8 @@ def _stranger(probe: Probe, pid: int, parents: frozenset[int]) -> str | None:
     """Why the answer cannot be the service's: the probed local port is listened on, but by no
     process of the service (`pid` and its descendants); None when it may be, or cannot be told.
     Costs one read of /proc/net/tcp and of the service's own fds, never a scan of every process."""
+    import psutil  # here only: an agent without tcp or http probes never loads it (1.5 MB)
+
     try:
         target = _local_port(probe)
         if target is None:
@@ -368,5 +410,7 @@ def _local_port(probe: Probe) -> int | None:
         return None  # a name: where it leads is not ours to resolve here
     if address.is_loopback or address.is_unspecified:
         return port
+    import psutil
+
     local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
     return port if str(address) in local else None

@@ -13,6 +13,8 @@ from suite_agent.parts.api.context import ApiContext, Reply
 from suite_agent.parts.api.params import Req
 
 PROBE_TIMEOUT = 2.0
+LOOP_ANSWERED = "suite_agent.loop_answered"
+"""Set in the environ of a request served inline because the probe's answer was fresh."""
 
 
 class OwnerProbe:
@@ -31,25 +33,43 @@ class OwnerProbe:
         with self._lock:
             if time.monotonic() - self._answered_at < self._fresh:
                 return True
-            if self._pending is None:
-                call = Call(fn=_generation)
-                self._pending = call.reply
-                self._inbox.put(call)
-            pending = self._pending
+        pending = self._ask()
         try:
             pending.result(timeout)
-        except TimeoutError:
-            return False  # still pending: later probes wait on the same question
-        except Exception:
-            with self._lock:
-                if self._pending is pending:
-                    self._pending = None
+        except Exception:  # TimeoutError: still pending, later probes wait on the same question
             return False
-        with self._lock:
-            self._answered_at = time.monotonic()
-            if self._pending is pending:
-                self._pending = None
         return True
+
+    def fresh(self) -> bool:
+        """Whether the loop answered within `fresh` seconds: `alive()` without waiting. Past
+        half that age the next question is asked already, so that steady traffic keeps the
+        answer fresh instead of waiting for it."""
+        with self._lock:
+            age = time.monotonic() - self._answered_at
+        if age >= self._fresh:
+            return False
+        if age >= self._fresh / 2:
+            self._ask()
+        return True
+
+    def _ask(self) -> Future[int]:
+        """The question in flight, asked now when there is none."""
+        with self._lock:
+            if self._pending is not None:
+                return self._pending
+            call = Call(fn=_generation)
+            self._pending = call.reply
+        call.reply.add_done_callback(self._answered)
+        self._inbox.put(call)
+        return call.reply
+
+    def _answered(self, reply: Future[int]) -> None:
+        ok = not reply.cancelled() and reply.exception() is None
+        with self._lock:
+            if self._pending is reply:
+                self._pending = None
+            if ok:
+                self._answered_at = time.monotonic()
 
 
 def _generation(supervisor: Any) -> int:
@@ -57,9 +77,15 @@ def _generation(supervisor: Any) -> int:
     return generation
 
 
+def loop_answers(ctx: ApiContext, req: Req) -> bool:
+    """The server checked the probe's answer was fresh when it chose to serve the request on
+    its own thread (which must not wait); else ask, and wait for the answer if need be."""
+    return bool(req.environ.get(LOOP_ANSWERED)) or ctx.probe.alive()
+
+
 def health(ctx: ApiContext, req: Req) -> Reply:
     snap = ctx.handle.snapshot()
-    if not ctx.probe.alive():
+    if not loop_answers(ctx, req):
         return Reply(503, {"status": "stalled", "error": f"the agent's loop did not answer within {PROBE_TIMEOUT:g}s"})
     states = [s.state for s in snap.services.values()]
     return Reply(200, {
@@ -74,7 +100,7 @@ def health(ctx: ApiContext, req: Req) -> Reply:
 
 
 def livez(ctx: ApiContext, req: Req) -> Reply:
-    if not ctx.probe.alive():
+    if not loop_answers(ctx, req):
         return Reply(503, {"status": "stalled", "error": f"the agent's loop did not answer within {PROBE_TIMEOUT:g}s"})
     return Reply(200, {"status": "ok"})
 

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from suite_agent.jsontext import dumps
@@ -162,6 +163,7 @@ class RequestStream:
     def __init__(self, sock: socket.socket, write_timeout: float, body_limit: int) -> None:
         self._sock = sock
         self._write_timeout = write_timeout
+        self._timeout: float | None = None  # what the socket is set to, to skip setting it again
         self._body_limit = body_limit
         self._buf = bytearray()
         self._pos = 0
@@ -182,11 +184,19 @@ class RequestStream:
         self._continued = False
 
     def gather(self) -> Gathered:
-        self._sock.settimeout(0.0)
-        try:
-            return self._gather()
-        finally:
-            self._sock.settimeout(self._write_timeout)
+        """Read what has arrived, without blocking. The socket is left non-blocking: a worker
+        given the connection calls `blocking()` first."""
+        self._set_timeout(0.0)
+        return self._gather()
+
+    def blocking(self) -> None:
+        """Back to blocking reads and writes, bounded by the write timeout (a worker's mode)."""
+        self._set_timeout(self._write_timeout)
+
+    def _set_timeout(self, timeout: float) -> None:
+        if self._timeout != timeout:
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
 
     def _gather(self) -> Gathered:
         limit = HEAD_LIMIT + self._body_limit + GATHER_SLACK
@@ -223,12 +233,30 @@ class RequestStream:
     def _send(self, data: bytes) -> None:
         # Small enough for an empty socket buffer; a client that does not read loses it.
         try:
-            self._sock.settimeout(0.0)
+            self._set_timeout(0.0)
             self._sock.send(data)
         except OSError:
             pass
-        finally:
-            self._sock.settimeout(self._write_timeout)
+
+    def bodiless_head(self) -> bytes | None:
+        """The gathered request's head when it is whole and announces no body (no
+        Content-Length above 0, not chunked, no `Expect`), else None."""
+        scan = self._scan
+        if scan.body < 0 or scan.length != 0 or scan.expect_continue or scan.start != self._pos:
+            return None
+        return bytes(self._buf[self._pos:scan.body])
+
+    def send_some(self, data: bytes | memoryview) -> int:
+        """Send what the socket takes now, without blocking: how many bytes it took."""
+        self._set_timeout(0.0)
+        try:
+            return self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def skip(self, size: int) -> None:
+        """Drop `size` gathered bytes (a head answered without cheroot's parser)."""
+        self._take(size)
 
     # -- reading: cheroot's parser and the WSGI app on a worker thread ----------------------
     def has_data(self) -> bool:
@@ -290,11 +318,11 @@ class RequestStream:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("timed out")  # cheroot answers this one with 408
-        self._sock.settimeout(left)
+        self._set_timeout(left)
         try:
             data = self._sock.recv(READ_SIZE)
         finally:
-            self._sock.settimeout(self._write_timeout)
+            self._set_timeout(self._write_timeout)
         if not data:
             self._eof = True
             return False
@@ -305,21 +333,35 @@ class RequestStream:
 Connection = Any  # a cheroot HTTPConnection whose rfile is a RequestStream
 
 
+@dataclass
+class _Flush:
+    """The rest of an answer the socket did not take at once, sent as the client reads it."""
+
+    conn: Connection
+    data: memoryview
+    keep: bool  # kept alive afterwards: back to the server's keep-alive selector
+    deadline: float
+
+
 class Intake:
     """The thread that gathers requests which did not arrive at once, hands each on when it is
-    whole, and answers 408 to those still incomplete at their deadline."""
+    whole, and answers 408 to those still incomplete at their deadline. It also sends the rest
+    of an answer written on the server's own thread (inline.py) to a client slow to read it."""
 
-    def __init__(self, hand_over: Callable[[Connection], None], limit: int = PENDING_LIMIT) -> None:
+    def __init__(self, hand_over: Callable[[Connection], None], park: Callable[[Connection], None] | None = None,
+                 limit: int = PENDING_LIMIT) -> None:
         self._hand_over = hand_over
+        self._park = park if park is not None else _close
         self._limit = limit
         self._lock = threading.Lock()
-        self._added: list[Connection] = []
+        self._added: list[Connection | _Flush] = []
         self._stopping = False
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._pending: dict[int, Connection] = {}  # by fd, oldest first
+        self._flushing: dict[int, _Flush] = {}  # by fd, oldest first
         self._thread = threading.Thread(target=self._run, name="api-intake", daemon=True)
 
     def start(self) -> None:
@@ -328,10 +370,18 @@ class Intake:
 
     def add(self, conn: Connection) -> None:
         """Watch `conn` until its request is whole (any thread)."""
+        self._add(conn, conn)
+
+    def flush(self, conn: Connection, data: bytes, keep: bool, timeout: float) -> None:
+        """Send `data` on `conn` as the client takes it, within `timeout` seconds; then keep the
+        connection alive or close it (any thread)."""
+        self._add(_Flush(conn, memoryview(data), keep, time.monotonic() + timeout), conn)
+
+    def _add(self, item: Connection | _Flush, conn: Connection) -> None:
         with self._lock:
             refused = self._stopping
             if not refused:
-                self._added.append(conn)
+                self._added.append(item)
         if refused:
             conn.close()
         else:
@@ -371,10 +421,13 @@ class Intake:
     def _turn(self) -> None:
         self._take_added()
         now = time.monotonic()
-        nearest = min((c.rfile.deadline for c in self._pending.values()), default=now + 1.0)
+        nearest = min([now + 1.0, *(c.rfile.deadline for c in self._pending.values()),
+                       *(f.deadline for f in self._flushing.values())])
         for key, _ in self._selector.select(min(1.0, max(0.0, nearest - now))):
             if key.data is None:
                 self._drain_wake()
+            elif isinstance(key.data, _Flush):
+                self._send(key.data)
             else:
                 self._gather(key.data)
         self._expire(time.monotonic())
@@ -382,19 +435,22 @@ class Intake:
     def _take_added(self) -> None:
         with self._lock:
             added, self._added = self._added, []
-        for conn in added:
-            if len(self._pending) >= self._limit:
-                oldest = next(iter(self._pending.values()))
-                log.debug("api intake: %d requests still arriving; dropping the oldest", len(self._pending))
+        for item in added:
+            flush = item if isinstance(item, _Flush) else None
+            conn: Connection = flush.conn if flush is not None else item
+            watched: dict[int, Any] = self._flushing if flush is not None else self._pending
+            if len(watched) >= self._limit:
+                oldest = next(iter(watched.values()))
+                log.debug("api intake: %d connections waiting; dropping the oldest", len(watched))
                 self._forget(oldest)
-                oldest.close()
+                (oldest.conn if isinstance(oldest, _Flush) else oldest).close()
             try:
                 fd = conn.socket.fileno()
-                self._selector.register(fd, selectors.EVENT_READ, conn)
+                self._selector.register(fd, selectors.EVENT_WRITE if flush else selectors.EVENT_READ, item)
             except (OSError, ValueError):
                 conn.close()
                 continue
-            self._pending[fd] = conn
+            watched[fd] = item
 
     def _gather(self, conn: Connection) -> None:
         try:
@@ -410,16 +466,37 @@ class Intake:
         else:
             conn.close()
 
+    def _send(self, flush: _Flush) -> None:
+        try:
+            sent = flush.conn.rfile.send_some(flush.data)
+        except OSError:
+            self._forget(flush)
+            flush.conn.close()
+            return
+        flush.data = flush.data[sent:]
+        if flush.data:
+            return
+        self._forget(flush)
+        if flush.keep:
+            self._park(flush.conn)
+        else:
+            flush.conn.close()
+
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._pending.values() if c.rfile.deadline <= now]:
             self._forget(conn)
             conn.rfile.time_out()
             conn.close()
+        for flush in [f for f in self._flushing.values() if f.deadline <= now]:
+            self._forget(flush)
+            flush.conn.close()
 
-    def _forget(self, conn: Connection) -> None:
+    def _forget(self, item: Connection | _Flush) -> None:
+        watched: dict[int, Any] = self._flushing if isinstance(item, _Flush) else self._pending
+        conn = item.conn if isinstance(item, _Flush) else item
         fd = conn.socket.fileno()
-        if self._pending.get(fd) is conn:
-            del self._pending[fd]
+        if watched.get(fd) is item:
+            del watched[fd]
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(fd)
 
@@ -434,10 +511,15 @@ class Intake:
         with self._lock:
             self._stopping = True
             added, self._added = self._added, []
-        for conn in [*self._pending.values(), *added]:
+        for item in [*self._pending.values(), *self._flushing.values(), *added]:
             with contextlib.suppress(OSError):
-                conn.close()
+                (item.conn if isinstance(item, _Flush) else item).close()
         self._pending.clear()
+        self._flushing.clear()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+def _close(conn: Connection) -> None:
+    conn.close()

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from suite_agent.config.endpoints import needs_token, parse_listen
 from suite_agent.config.models import ApiSection
 from suite_agent.events import cloudevents
 from suite_agent.parts.api import server
-from suite_agent.parts.api.agent_health import OwnerProbe
+from suite_agent.parts.api.agent_health import LOOP_ANSWERED, OwnerProbe
 from suite_agent.parts.api.app import build_app
 from suite_agent.parts.api.auth import load_token
 from suite_agent.parts.api.context import ApiContext, StreamSlots
+from suite_agent.parts.api.inline import Choose
 from suite_agent.parts.api.metrics import Metrics
 from suite_agent.parts.api.openapi import document
+from suite_agent.parts.api.routes import ROUTES, Route
 from suite_agent.parts.api.usage import UsageHistory
 from suite_agent.parts.api.webhooks import Webhooks
 from suite_agent.parts.lifecycle import AgentHandle, IntegrationError, Sample
@@ -24,6 +28,22 @@ log = logging.getLogger("suite_agent.parts.api")
 # Streams (SSE, long polls) hold a thread each; plain requests always keep BASE_THREADS.
 BASE_THREADS = 8
 MAX_STREAMS = 16
+
+
+def inline_routes(ctx: ApiContext, routes: Iterable[Route]) -> Choose:
+    """Which GET paths the server may answer on its own thread (inline.py), and when."""
+    always = {r.path for r in routes if r.method == "GET" and r.inline == "yes"}
+    probed = {r.path for r in routes if r.method == "GET" and r.inline == "loop"}
+    answered = {LOOP_ANSWERED: True}
+
+    def choose(path: str) -> Mapping[str, Any] | None:
+        if path in always:
+            return {}
+        if path in probed and ctx.probe.fresh():
+            return answered
+        return None
+
+    return choose
 
 
 class ApiPart:
@@ -49,7 +69,7 @@ class ApiPart:
                               slots=StreamSlots(MAX_STREAMS), openapi=document(token=token is not None),
                               usage=usage)
         self.server = server.HttpServer(build_app(self.ctx), self.listen.host, self.listen.port,
-                                        BASE_THREADS + MAX_STREAMS)
+                                        BASE_THREADS + MAX_STREAMS, inline=inline_routes(self.ctx, ROUTES))
         self._started = False
 
     def start(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from suite_agent.config.durations import PATTERN_UP_TO_300S
 from suite_agent.config.models import SERVICE_NAME_MAX, SERVICE_NAME_PATTERN
@@ -51,6 +51,9 @@ class Route:
     operation_id: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
     ticket: bool = False  # a ticket from POST /api/tickets stands in for the token (EventSource)
+    # Answered from memory, never waiting: the server may run it on its own thread (inline.py).
+    # "loop": only while the owner probe's last answer is fresh (the health routes).
+    inline: Literal["", "yes", "loop"] = ""
 
     @property
     def openapi_path(self) -> str:
@@ -116,16 +119,16 @@ def _control_routes() -> list[Route]:
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/health", agent_health.health, "Agent health: 200 while the agent's loop turns", "health",
           {200: ("the loop answered", "Health"), 503: ("the loop did not answer within 2s", "Stalled")},
-          auth=False, operation_id="health"),
+          auth=False, operation_id="health", inline="loop"),
     Route("GET", "/livez", agent_health.livez, "Liveness probe (Kubernetes)", "health",
           {200: ("alive", "Probe"), 503: ("the loop did not answer within 2s", "Stalled")},
-          auth=False, operation_id="livez"),
+          auth=False, operation_id="livez", inline="loop"),
     Route("GET", "/readyz", agent_health.readyz, "Readiness probe: 503 until every autostart service is ready",
           "health",
           {200: ("ready", "Readiness"), 503: ("some services are not ready (listed)", "Readiness")},
-          auth=False, operation_id="readyz"),
+          auth=False, operation_id="readyz", inline="yes"),
     Route("GET", "/api/services", status.list_services, "State of every service", "services",
-          {200: ("services by name", "ServiceList")}, operation_id="listServices"),
+          {200: ("services by name", "ServiceList")}, operation_id="listServices", inline="yes"),
     *_control_routes(),
     Route("GET", "/api/services/<name>", status.one_service, "State of one service", "services",
           {200: ("the service", "ServiceStatus"), 404: ("unknown service", ERR)},

@@ -20,6 +20,7 @@ from cheroot import errors, server, wsgi
 from cheroot.makefile import MakeFile
 
 from suite_agent import handover
+from suite_agent.parts.api.inline import Choose, InlineLane
 from suite_agent.parts.api.intake import (
     HEAD_LIMIT,
     REQUEST_TIMEOUT,
@@ -99,6 +100,8 @@ class _Cheroot(wsgi.Server):
     max_request_header_size = HEAD_LIMIT
 
     intake: Intake | None = None
+    lane: InlineLane | None = None
+    choose: Choose | None = None
 
     def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
         # cheroot writes these to stderr itself; route them through the agent's log instead.
@@ -114,26 +117,68 @@ class _Cheroot(wsgi.Server):
 
     def prepare(self) -> None:
         super().prepare()
-        self.intake = Intake(self._hand_over)  # once bound: a port in use leaves nothing open
+        # Once bound: a port in use leaves nothing open.
+        self.intake = Intake(self._hand_over, self.put_conn)
         self.intake.start()
+        if self.choose is not None:
+            self.lane = InlineLane(self.wsgi_app, self.choose, self.server_name, self.software, self.bind_addr[1])
 
     def process_conn(self, conn: Any) -> None:
-        """A new connection, or a kept-alive one with a request coming: read what has arrived,
-        and queue it for a worker if that is the whole request, else leave it to the intake."""
+        """A new connection, or a kept-alive one with a request coming: read what has arrived;
+        answer it here if it is quick (inline.py), else queue it for a worker if that is the
+        whole request, else leave it to the intake."""
+        while True:
+            try:
+                conn.rfile.begin(REQUEST_TIMEOUT)
+                state = conn.rfile.gather()
+            except Exception:
+                log.exception("api server: reading a request")
+                state = Gathered.GONE
+            if state is Gathered.READY:
+                answered = self._inline(conn)
+                if answered is None:
+                    self._hand_over(conn)
+                elif answered and conn.rfile.has_data():
+                    continue  # pipelined: the next request is in already
+                elif answered:
+                    self.put_conn(conn)
+            elif state is Gathered.WAIT and self.intake is not None:
+                self.intake.add(conn)
+            else:
+                conn.close()
+            return
+
+    def _inline(self, conn: Any) -> bool | None:
+        """Answer the request here if it is for the inline lane: True when the connection is
+        kept for the next request, False when it closed or the intake sends the rest of the
+        answer, None when a worker must take the request."""
+        if self.lane is None:
+            return None
         try:
-            conn.rfile.begin(REQUEST_TIMEOUT)
-            state = conn.rfile.gather()
+            answer = self.lane.respond(conn.rfile, (conn.remote_addr, conn.remote_port),
+                                       lambda: bool(self.can_add_keepalive_connection))
         except Exception:
-            log.exception("api server: reading a request")
-            state = Gathered.GONE
-        if state is Gathered.READY:
-            self._hand_over(conn)
-        elif state is Gathered.WAIT and self.intake is not None:
-            self.intake.add(conn)
-        else:
+            log.exception("api server: answering a request")
             conn.close()
+            return False
+        if answer is None:
+            return None
+        data, close = answer
+        try:
+            sent = conn.rfile.send_some(data)
+        except OSError:
+            conn.close()
+            return False
+        if sent < len(data) and self.intake is not None:
+            self.intake.flush(conn, data[sent:], keep=not close, timeout=self.timeout)
+            return False
+        if close or sent < len(data):
+            conn.close()
+            return False
+        return True
 
     def _hand_over(self, conn: Any) -> None:
+        conn.rfile.blocking()
         super().process_conn(conn)
 
     def stop(self) -> None:
@@ -164,10 +209,11 @@ def yielding(app: WsgiApp, niceness: int = THREAD_NICENESS) -> WsgiApp:
 class HttpServer:
     name = "cheroot"
 
-    def __init__(self, app: WsgiApp, host: str, port: int, threads: int) -> None:
+    def __init__(self, app: WsgiApp, host: str, port: int, threads: int, inline: Choose | None = None) -> None:
         self.host, self.port = host, port
         self._server = _Cheroot((host, port), yielding(app), numthreads=threads, request_queue_size=socket.SOMAXCONN,
                                 timeout=10, shutdown_timeout=2, server_name="suite-agent")
+        self._server.choose = inline
         self._server.keep_alive_conn_limit = 256
         self._thread = threading.Thread(target=self._serve, name="api-server", daemon=True)
         self._socket: socket.socket | None = None

@@ -10,9 +10,9 @@ from suite_agent.parts.api.context import ApiContext, RawJson, Reply
 from suite_agent.parts.api.errors import not_found
 from suite_agent.parts.api.params import Req
 
-# (snapshot, its JSON cut around every service's uptime, and when each started): a snapshot is
-# serialized once; each request only writes in the uptimes.
-_rendered: tuple[Snapshot, list[str], list[float | None]] | None = None
+# (snapshot, its JSON with a `%.3f` where each running service's uptime goes, and when each of
+# those started): a snapshot is serialized once; each request only formats in the uptimes.
+_rendered: tuple[Snapshot, str, list[float]] | None = None
 
 
 def list_services(ctx: ApiContext, req: Req) -> Reply:
@@ -20,16 +20,13 @@ def list_services(ctx: ApiContext, req: Req) -> Reply:
     cached = _rendered
     if cached is None or cached[0] is not snap:
         cached = _render(snap)
-    _, pieces, started = cached
+    _, template, started = cached
     now = time.time()
-    out = [pieces[0]]
-    for i, began in enumerate(started):
-        out.append(repr(round(max(0.0, now - began), 3)) if began is not None else "0.0")
-        out.append(pieces[i + 1])
-    return Reply(200, RawJson("".join(out)))
+    # `%.3f` writes what round(uptime, 3) is, as JSON reads it back.
+    return Reply(200, RawJson(template % tuple([u if u > 0.0 else 0.0 for u in [now - s for s in started]])))
 
 
-def _render(snap: Snapshot) -> tuple[Snapshot, list[str], list[float | None]]:
+def _render(snap: Snapshot) -> tuple[Snapshot, str, list[float]]:
     global _rendered
     pieces, started, head = [], [], '{"services":{'
     for i, name in enumerate(sorted(snap.services)):
@@ -39,11 +36,15 @@ def _render(snap: Snapshot) -> tuple[Snapshot, list[str], list[float | None]]:
         cut = keys.index("uptime")
         before = dumps({k: fields[k] for k in keys[:cut]})[:-1]
         after = dumps({k: fields[k] for k in keys[cut + 1:]})[1:]
-        pieces.append(f'{head}{"," if i else ""}{dumps(name)}:{before},"uptime":')
-        started.append(status.started_at)
+        pieces.append(f'{head}{"," if i else ""}{dumps(name)}:{before},"uptime":'.replace("%", "%%"))
+        if status.started_at is None:
+            pieces.append("0.0")
+        else:
+            pieces.append("%.3f")
+            started.append(status.started_at)
         head = "," + after
-    pieces.append(f'{head}}},"generation":{snap.generation}}}')
-    _rendered = (snap, pieces, started)
+    pieces.append(f'{head}}},"generation":{snap.generation}}}'.replace("%", "%%"))
+    _rendered = (snap, "".join(pieces), started)
     return _rendered
 
 

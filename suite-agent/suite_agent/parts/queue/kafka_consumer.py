@@ -12,6 +12,10 @@ agent's queue skip it on the other brokers.
 
 A group that has no offset yet (the agent's first start) begins at the end of the topic, and
 commits that position at once, so commands sent while the agent is down wait for it from then on.
+
+The fleet's heartbeats come in on the same thread, from the events topic (kafka_fleet.py). Once
+that reader is placed at the end of the topic (at the first connection, and again after each
+outage), `on_ready` says hello to the fleet, as the kombu consumer does once its queues are up.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from kombu.message import Message
 from kombu.messaging import Producer
 
 from suite_agent.parts.queue.consumer import IDLE_TURN, PARKED_TURN, CommandConsumer
+from suite_agent.parts.queue.kafka_fleet import FleetReader
 from suite_agent.parts.queue.kafka_link import (
     KafkaError,
     KafkaException,
@@ -156,6 +161,9 @@ class KafkaCommandConsumer(CommandConsumer):
         self._joined = False  # partitions were assigned once: the group's starting point is set
         self._next_probe = 0.0
         self._transport_errors = (KafkaException, ReplyNotSent)
+        self._assign_failed: KafkaException | None = None
+        self._fleet: FleetReader | None = None
+        self._fleet_placed: int | None = None  # the link's outage count when the reader was placed
 
     def run(self) -> None:
         spec = self.kafka.spec
@@ -167,6 +175,8 @@ class KafkaCommandConsumer(CommandConsumer):
         self._producer = _Replies(replies)
         consumer = confluent_kafka.Consumer({**spec.consumer(), "error_cb": self.kafka.on_error})
         self._consumer = consumer
+        if self.on_fleet is not None:
+            self._fleet = FleetReader(spec, self.on_fleet)
         try:
             while not self._stop.is_set():
                 if self.kafka.state != "up" and time.monotonic() >= self._next_probe:
@@ -183,13 +193,16 @@ class KafkaCommandConsumer(CommandConsumer):
                 consumer.close()
             except Exception as exc:  # the broker may be gone: the group notices by the session timeout
                 log.debug("queue: commands: closing the Kafka consumer: %s", exc)
+            if self._fleet is not None:
+                self._fleet.close()
             replies.flush(CLOSE_TIMEOUT)
 
     def _probe(self) -> None:
         """While down: are the brokers back and the topic there? Up once partitions are assigned:
         only then is the group's position known, so a command sent after "connected" is read."""
         try:
-            self.kafka.probe(self._consumer, (self.topic,))
+            self.kafka.probe(self._consumer, (self.topic, self.kafka.spec.events_topic))
+            self._listen_to_fleet()
         except (KafkaException, TopicRefused) as exc:
             self.kafka.lost(exc, unexpected=isinstance(exc, TopicRefused))
             self._next_probe = time.monotonic() + max(PROBE_EVERY, self.kafka.delay)
@@ -202,8 +215,28 @@ class KafkaCommandConsumer(CommandConsumer):
         elif self._consumer.assignment():
             self.kafka.ready()
 
+    def _listen_to_fleet(self) -> None:
+        """The heartbeats from the end of the events topic, then hello: once, and again after
+        each outage (the broker may have come back without the topic, and the others' views of
+        this agent may have lapsed)."""
+        if self._fleet_placed == self.kafka.outages:
+            return
+        if self._fleet is not None:
+            self._fleet.position()
+        self._fleet_placed = self.kafka.outages
+        if self.on_ready is not None:
+            self.on_ready()
+
     def _turn(self) -> None:
+        if self._fleet is not None:
+            self._fleet.drain()
         record = self._consumer.poll(PARKED_TURN if self._parked else IDLE_TURN)
+        if self._assign_failed is not None:
+            failed, self._assign_failed = self._assign_failed, None
+            # Join the group again from the next probe, once the brokers answer in time.
+            self._consumer.unsubscribe()
+            self._subscribed = False
+            raise failed
         if record is not None:
             error = record.error()
             if error is None:
@@ -256,6 +289,14 @@ class KafkaCommandConsumer(CommandConsumer):
             log.debug("queue: commands: commit: %s", exc)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        try:
+            self._assign(consumer, partitions)
+        except KafkaException as exc:
+            # Raised out of this callback, poll() would hand it on as a KafkaError, which is no
+            # exception class: nothing could catch it, and the thread would die. The turn raises it.
+            self._assign_failed = exc
+
+    def _assign(self, consumer: Any, partitions: list[Any]) -> None:
         committed = consumer.committed(partitions, timeout=PUBLISH_TIMEOUT)
         fresh = []
         for tp in committed:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from suite_agent.config.endpoints import kafka_servers
+from suite_agent.config.kafka_clients import client_settings
 from suite_agent.config.models import KafkaOptions, QueueSection
 from suite_agent.parts.lifecycle import IntegrationError
 from suite_agent.parts.queue.link import Link
@@ -73,15 +74,8 @@ class KafkaSpec:
         return group_id(self.agent_id)
 
     def common(self) -> dict[str, Any]:
-        o = self.options
-        config: dict[str, Any] = {"bootstrap.servers": self.servers, "client.id": f"suite-agent.{self.agent_id}",
-                                  "security.protocol": o.security_protocol, "logger": _Quiet(_LIBRDKAFKA_LOG, {})}
-        optional = {"sasl.mechanism": o.sasl_mechanism, "sasl.username": o.sasl_username,
-                    "sasl.password": o.sasl_password, "ssl.ca.location": o.ssl_ca_location,
-                    "ssl.certificate.location": o.ssl_certificate_location,
-                    "ssl.key.location": o.ssl_key_location, "ssl.key.password": o.ssl_key_password}
-        config.update({key: value for key, value in optional.items() if value is not None})
-        return config
+        return {**client_settings(self.servers, f"suite-agent.{self.agent_id}", self.options),
+                "logger": _Quiet(_LIBRDKAFKA_LOG, {})}
 
     def producer(self, *, idempotent: bool) -> dict[str, Any]:
         # Events are batched a little (5 ms); a reply is one message, sent at once.

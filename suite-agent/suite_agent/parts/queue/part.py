@@ -72,9 +72,9 @@ class QueuePart:
         if is_kafka(section.url):
             from suite_agent.parts.queue import kafka_transport
 
-            log.info("queue: %s, agent %r, %s", redact_url(section.url), section.agent_id,
-                     kafka_transport.describe(section))
-            self._listening()  # heartbeats go out on Kafka too; hearing the fleet is kombu's only
+            log.info("queue: %s, agent %r, %s%s%s", redact_url(section.url), section.agent_id,
+                     kafka_transport.describe(section), f", labels {section.labels}" if section.labels else "",
+                     ", signed commands only" if verifier is not None else "")
             return
         log.info("queue: %s, exchange %r, agent %r, commands from queue %r%s%s", redact_url(section.url),
                  section.exchange, section.agent_id, topology.control_queue_name(section.agent_id),
