@@ -94,7 +94,7 @@ class Fleet:
 
     def wait_started(self, members: list[Member] | None = None) -> None:
         for member in members or list(self.members.values()):
-            member.agent.wait_log(r"configuration loaded \(start", timeout=60)
+            member.agent.wait_log(r"configuration loaded \([^)]*\bstart\b", timeout=60)
             member.agent.wait_log(r"queue: commands: connected to", timeout=60)
 
     @property
