@@ -1,13 +1,17 @@
 """A fleet of real agents on one machine, on RabbitMQ, Redis and Kafka, driven with `suite-agent fleet`.
 
     python bench/fleet_bench.py [--brokers redis amqp kafka] [--agents 50] [--rounds 20] [--cli-rounds 5]
-                                [--heartbeat 10s] [--traffic-seconds 30] [--rolling 10] [--json FILE]
-                                [--kafka-fetch-wait MS]
+                                [--heartbeat 10s] [--settle 20] [--traffic-seconds 30] [--rolling 10]
+                                [--json FILE] [--kafka-fetch-wait MS]
 
 Per broker, with `--agents` agents (each its own conf.d, agent_id and labels, two `sleep`
 services, the default 10 s heartbeat):
-- `fleet status` answered by every agent: the time from sending the command to the last reply,
-  measured in-process (the same code the command line runs) `--rounds` times, median and max;
+- `fleet status` answered by every agent, once every agent knows every other one and `--settle`
+  seconds more have passed (each newcomer makes every agent beat at once, so that it learns the
+  fleet within a second: fifty agents starting together keep two cores busy for seconds after
+  the last one connected, which is not what a fleet at work looks like): the time from sending
+  the command to the last reply, measured in-process (the same code the command line runs)
+  `--rounds` times, median and max;
   and the wall time of the whole `suite-agent fleet status` command (Python start-up and imports
   included) `--cli-rounds` times. Every round must be answered by all agents, none missing.
 - heartbeat traffic: a plain kombu consumer counts the heartbeats and their bytes for
@@ -161,6 +165,7 @@ def status_rounds(run: FleetRun, rounds: int) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{run.kind}: only {len(g.replies)} of {len(run.ids)} answered")
             time.sleep(1)
+        time.sleep(ARGS.settle)
         times, incomplete = [], 0
         for _ in range(rounds):
             t0 = time.perf_counter()
@@ -282,11 +287,13 @@ def main() -> int:
                 failed = True
                 continue
             run = FleetRun(kind, url, ARGS.agents, ARGS.heartbeat, ARGS.rolling)
+            load_before = os.getloadavg()[0]  # before the agents: what the rest of the machine does
             try:
                 t0 = time.monotonic()
                 run.start()
                 started = time.monotonic() - t0
                 status = status_rounds(run, ARGS.rounds)
+                status["load_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
                 traffic = heartbeat_traffic(run, ARGS.traffic_seconds)
                 rolling = rolling_restart(run)
             finally:
@@ -295,7 +302,8 @@ def main() -> int:
                          "rolling": rolling}
         met = status["status_ms_median"] < 200 and status["status_ms_max"] < 1000
         failed |= not met or bool(status["incomplete_rounds"]) or not rolling["ok"]
-        print(f"\n== {kind}: {ARGS.agents} agents (all connected in {started:.1f}s)")
+        print(f"\n== {kind}: {ARGS.agents} agents (all connected in {started:.1f}s); load average "
+              f"{status['load_1min'][0]} before the agents started, {status['load_1min'][1]} after the status rounds")
         print(f"fleet status, in-process: median {status['status_ms_median']:.1f} ms, max "
               f"{status['status_ms_max']:.1f} ms over {ARGS.rounds} rounds, incomplete rounds: "
               f"{status['incomplete_rounds']}  [{'PASS' if met else 'FAIL'}: median < 200 ms, max < 1 s]")
@@ -330,6 +338,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--cli-rounds", type=int, default=5)
     p.add_argument("--heartbeat", default="10s")
+    p.add_argument("--settle", type=float, default=20.0, help="seconds between every agent known and the rounds")
     p.add_argument("--traffic-seconds", type=float, default=30.0)
     p.add_argument("--rolling", type=int, default=10)
     p.add_argument("--kafka-fetch-wait", type=int, metavar="MS",

@@ -74,7 +74,7 @@ class Agent:
                 env=env, start_new_session=True,
             )
         if ready:
-            self.wait_log(r"configuration loaded \(start")
+            self.wait_log(r"configuration loaded \([^)]*\bstart\b")
         return self
 
     def signal(self, signum: int) -> None:

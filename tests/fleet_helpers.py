@@ -29,6 +29,14 @@ def fleet_broker(request: pytest.FixtureRequest, kind: str) -> Broker | KafkaBro
         return KafkaBroker(request.getfixturevalue("tansu"))
     return Broker(kind, require(kind))
 
+# The `worker` service of every member writes the name of each of these signals it gets to a file.
+RECORDED = ("HUP", "USR1", "USR2")
+
+
+def recorder(path: Path) -> str:
+    traps = f'for s in {" ".join(RECORDED)}; do trap "echo $s >> {path}" $s; done'
+    return f"{traps}; while :; do sleep 3600 & wait $!; done"
+
 
 @dataclass
 class Member:
@@ -36,9 +44,14 @@ class Member:
     labels: dict[str, str]
     agent: Agent
     marker: str  # in the command line of its `web` service
+    signals_file: Path  # where its `worker` writes the signals it got
 
     def web_pids(self) -> list[int]:
         return self.agent.pids_of(self.marker)
+
+    def signals(self) -> list[str]:
+        """The signals its `worker` got, in order."""
+        return self.signals_file.read_text().split() if self.signals_file.exists() else []
 
 
 @dataclass
@@ -48,6 +61,9 @@ class Fleet:
     heartbeat: str = "1s"
     key_file: Path | None = None
     members: dict[str, Member] = field(default_factory=dict)
+
+    def signals_file(self, agent_id: str) -> Path:
+        return self.root / f"{agent_id}.signals"
 
     def conf(self, agent_id: str, labels: dict[str, str], marker: str, extra_services: str = "",
              extra: str = "", heartbeat: str | None = None) -> str:
@@ -59,7 +75,7 @@ class Fleet:
                 f"labels: {labels_yaml}, heartbeat: {heartbeat or self.heartbeat}{key}}}\n"
                 "services:\n"
                 f"  web: {{command: [sleep, '{marker}'], ready_after: 0.3s, stop: {{timeout: 2s}}}}\n"
-                "  worker: {command: [sleep, '3600']}\n"
+                f"  worker: {{command: [sh, -c, '{recorder(self.signals_file(agent_id))}']}}\n"
                 + textwrap.indent(extra_services, "  ") + extra)
 
     def add(self, name: str, labels: dict[str, str], extra_services: str = "", extra: str = "",
@@ -70,7 +86,7 @@ class Fleet:
         marker = str(4_000_000 + len(self.members) * 1000 + int(time.time() * 1000) % 1000)
         text = self.conf(agent_id, labels, marker, extra_services, extra, heartbeat)
         (home / "conf.d" / "fleet.yaml").write_text(text)
-        member = Member(agent_id, labels, Agent(home / "conf.d", home), marker)
+        member = Member(agent_id, labels, Agent(home / "conf.d", home), marker, self.signals_file(agent_id))
         self.members[agent_id] = member
         if start:
             member.agent.start(ready=False)
@@ -78,7 +94,7 @@ class Fleet:
 
     def wait_started(self, members: list[Member] | None = None) -> None:
         for member in members or list(self.members.values()):
-            member.agent.wait_log(r"configuration loaded \(start", timeout=60)
+            member.agent.wait_log(r"configuration loaded \([^)]*\bstart\b", timeout=60)
             member.agent.wait_log(r"queue: commands: connected to", timeout=60)
 
     @property

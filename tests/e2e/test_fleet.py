@@ -1,7 +1,7 @@
 """Eight real agents on one broker (Redis, RabbitMQ, then Kafka) driven as one with `suite-agent fleet`:
 status of all, a selector and a single agent acting on exactly the right ones, heartbeats with
 labels, GET /api/fleet, a missing agent, a rolling restart batch by batch and one that stops at
-the first failure."""
+the first failure; a signal, a stop and a reload reaching exactly the agents meant."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import signal
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,104 @@ def test_an_agent_that_died_is_reported_missing(fleet: Fleet) -> None:
         del fleet.members[spare.agent_id]
     # Silent for three heartbeats, it is no longer counted.
     fleet.wait_all_known(timeout=60)
+
+
+def test_a_signal_reaches_the_service_on_exactly_the_selected_agents(fleet: Fleet) -> None:
+    web_b, db1 = fleet.ids(role="web", zone="b"), fleet.ids(role="db")[1]
+    before = {a: len(m.signals()) for a, m in fleet.members.items()}
+
+    def got() -> dict[str, list[str]]:
+        return {a: m.signals()[before[a]:] for a, m in fleet.members.items()}
+
+    result = fleet.json("signal", "worker", "HUP", "--selector", "role=web", "--selector", "zone=b")
+    assert sorted(result["agents"]) == web_b and result["missing"] == []
+    workers = {a: r["results"]["worker"]["pids"] for a, r in fleet.json("status", "worker")["agents"].items()}
+    for agent_id in web_b:
+        reply = result["agents"][agent_id]
+        assert reply["ok"] is True and reply["signal"] == "SIGHUP"
+        assert reply["results"] == {"worker": {"ok": True, "pids": workers[agent_id]}}
+    table = fleet.cli("signal", "worker", "USR2", "--agent", db1)
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert [line.split()[0] for line in table.stdout.splitlines()[1:]] == [db1]
+    eventually(lambda: all(got()[a] == ["HUP"] for a in web_b) and got()[db1] == ["USR2"], 20,
+               "HUP written by the workers of role=web,zone=b, USR2 by the one of " + db1)
+    # A sentinel every worker gets: once each wrote it, a HUP or USR2 sent to any other one would be there too.
+    assert sorted(fleet.json("signal", "worker", "USR1")["agents"]) == sorted(fleet.members)
+
+    def sentinel_everywhere() -> dict[str, list[str]] | None:
+        now = got()
+        return now if all(signals[-1:] == ["USR1"] for signals in now.values()) else None
+
+    signals = eventually(sentinel_everywhere, 20, "USR1 written by every worker")
+    assert signals == {a: (["HUP"] if a in web_b else ["USR2"] if a == db1 else []) + ["USR1"] for a in fleet.members}
+
+
+def test_stop_stops_the_service_on_exactly_the_targeted_agents(fleet: Fleet) -> None:
+    db, web0 = fleet.ids(role="db"), fleet.ids(role="web")[0]
+    before = {a: r["results"]["worker"]["pids"] for a, r in fleet.json("status", "worker")["agents"].items()}
+    try:
+        result = fleet.json("stop", "worker", "--selector", "role=db")
+        assert sorted(result["agents"]) == db and result["missing"] == []
+        for agent_id in db:
+            reply = result["agents"][agent_id]
+            assert reply["ok"] is True
+            assert {k: reply["results"]["worker"][k] for k in ("ok", "state", "pids")} == {
+                "ok": True, "state": "stopped", "pids": []}
+        table = fleet.cli("stop", "worker", "--agent", web0)
+        assert table.returncode == 0, table.stdout + table.stderr
+        (row,) = [line.split() for line in table.stdout.splitlines()[1:]]
+        assert row[0] == web0 and row[2:] == ["role=web,zone=a", "0/1", "0", "0", "-"]
+        # Each agent answers this status after whatever it did with the stops: the others did nothing.
+        after = fleet.json("status", "worker")["agents"]
+        assert sorted(after) == sorted(fleet.members)
+        for agent_id in fleet.members:
+            worker = after[agent_id]["results"]["worker"]
+            if agent_id in [*db, web0]:
+                assert (worker["state"], worker["pids"]) == ("stopped", []), agent_id
+            else:
+                assert (worker["state"], worker["pids"]) == ("running", before[agent_id]), agent_id
+    finally:
+        fleet.json("start", "worker", "--selector", "role=db")
+        fleet.json("start", "worker", "--agent", web0)
+
+
+def test_reload_rereads_the_conf_d_of_every_agent(fleet: Fleet) -> None:
+    edited, broken = (fleet.members[a] for a in fleet.ids(role="db")[:2])
+    first, second = (str(7_000_000 + uuid.uuid4().int % 1_000_000) for _ in range(2))
+    # The file lives outside conf.d, behind a link: the watcher sees the link made, not the edit,
+    # which only a reload reads.
+    outside = fleet.root / "outside-extra.yaml"
+    outside.write_text(f"services:\n  extra: {{command: [sleep, '{first}']}}\n")
+    link = edited.agent.conf_dir / "extra.yaml"
+    bad = broken.agent.conf_dir / "broken.yaml"
+    try:
+        link.symlink_to(outside)
+        eventually(lambda: edited.agent.pids_of(first), 20, "extra started from the linked file")
+        outside.write_text(f"services:\n  extra: {{command: [sleep, '{second}']}}\n")
+        bad.write_text("services:\n  broken: {command: [sleep, '1'], restart: sometimes}\n")
+        result = fleet.json("reload", code=1)
+        assert sorted(result["agents"]) == sorted(fleet.members) and result["missing"] == []
+        nothing: dict[str, Any] = {"added": [], "changed": [], "removed": [], "errors": {}}
+        assert result["agents"][edited.agent_id]["ok"] is True
+        assert result["agents"][edited.agent_id]["results"] == {**nothing, "changed": ["extra"]}
+        rejected = result["agents"][broken.agent_id]
+        assert rejected["ok"] is False and [Path(f).name for f in rejected["results"]["errors"]] == ["broken.yaml"]
+        assert any("restart" in problem for problem in rejected["results"]["errors"].popitem()[1])
+        for agent_id in set(fleet.members) - {edited.agent_id, broken.agent_id}:
+            assert (result["agents"][agent_id]["ok"], result["agents"][agent_id]["results"]) == (True, nothing)
+        eventually(lambda: edited.agent.pids_of(second) and not edited.agent.pids_of(first), 20,
+                   "extra running its new command")
+        table = fleet.cli("reload")
+        assert table.returncode == 1, table.stdout + table.stderr
+        rows = {line.split()[0]: line for line in table.stdout.splitlines()[1:]}
+        assert sorted(rows) == sorted(fleet.members)
+        assert rows[broken.agent_id].endswith("broken.yaml: rejected")
+        assert all(line.endswith("  -") for agent_id, line in rows.items() if agent_id != broken.agent_id)
+    finally:
+        link.unlink(missing_ok=True)
+        bad.unlink(missing_ok=True)
+    assert fleet.cli("reload").returncode == 0
+    eventually(lambda: not edited.agent.pids_of(second), 20, "extra gone with its file")
 
 
 def test_usage_errors_exit_2(fleet: Fleet, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from suite_agent.fleet.gather import Gathering, Target, batches
 from suite_agent.fleet.render import errors, table
 from suite_agent.fleet.signing import SignatureError, Verifier
 from suite_agent.parts.queue.commands import CommandError
-from suite_agent.parts.queue.heartbeat import beat_data
+from suite_agent.parts.queue.heartbeat import beat_data, following
 from suite_agent.parts.queue.intake import Intake
 from suite_agent.parts.queue.registry import Registry
 
@@ -226,6 +226,14 @@ def test_a_heartbeat_counts_services_by_state() -> None:
                      "unhealthy": 1, "fatal": 1},
         "config_errors": 1,
     }
+
+
+def test_an_early_heartbeat_keeps_the_agents_own_schedule() -> None:
+    # Beating at 100 every 10 s: a newcomer asks at 103, the next beat is still at 110, then 120.
+    assert following(scheduled=110.0, now=103.2, period=10.0, early=True) == 110.0
+    assert following(scheduled=110.0, now=110.0, period=10.0, early=False) == 120.0
+    # Asked so late that the beat on schedule is already due: it counts as that one.
+    assert following(scheduled=110.0, now=110.3, period=10.0, early=True) == 120.3
 
 
 def test_queue_section_fleet_fields() -> None:

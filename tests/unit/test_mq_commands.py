@@ -126,6 +126,19 @@ def test_every_answer_is_rendered_as_it_is_sent() -> None:
     assert commands.reply(reload, ShuttingDown()) == {"ok": False, "results": {"error": "the agent is shutting down"}}
 
 
+def test_a_status_is_answered_from_the_snapshot_unless_it_names_a_service_the_snapshot_lacks() -> None:
+    services = {"web": running("web"), "api": running("api")}
+    every = commands.status_now(Command("status", (), 30.0), services, 1000.0)
+    assert every is not None and list(commands.reply(Command("status", (), 30.0), every)["results"]) == ["api", "web"]
+    one = commands.status_now(Command("status", ("web",), 30.0), services, 1000.0)
+    assert one == ControlResult({"web": Outcome(True, services["web"])}, at=1000.0)
+    assert commands.reply(Command("status", ("web",), 30.0), one)["results"]["web"]["uptime"] == 10.0
+    assert commands.reply(Command("status", (), 30.0), commands.status_now(Command("status", (), 30.0), {}, 0.0)
+                          or Refused(())) == {"ok": True, "results": {}}
+    assert commands.status_now(Command("status", ("web", "nope"), 30.0), services, 1000.0) is None  # the owner refuses
+    assert commands.status_now(Command("stop", ("web",), 30.0), services, 1000.0) is None
+
+
 @pytest.mark.parametrize(("url", "agent_id", "error"), [
     ("kafka://127.0.0.1", "a", "each Kafka broker is HOST:PORT"),
     ("mqtt://127.0.0.1:1883", "a", "unsupported scheme 'mqtt://'"),

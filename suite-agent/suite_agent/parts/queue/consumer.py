@@ -1,4 +1,5 @@
-"""Commands in: the agent's control queue -> the owner's inbox -> a reply, then the ack.
+"""Commands in: the agent's control queue -> the owner's inbox -> a reply, then the ack. A
+status needs no owner: it is answered from the owner's latest snapshot, here.
 
 A kombu ConsumerMixin-style loop in one thread: `drain_events(timeout=...)` turns, a stop
 Event checked between them, and a reconnect with backoff when the connection breaks. The
@@ -158,11 +159,12 @@ class CommandConsumer:
             message.ack()
             return
         command = admitted.command
-        every = self.handle.snapshot().services.keys()
-        if command.verb == "status" and not command.names and not every:
-            self._answer(message, {"ok": True, "results": {}, **self.intake.extra(admitted)}, "ok")
+        services = self.handle.snapshot().services
+        status = commands.status_now(command, services, time.time())
+        if status is not None:  # read-only: nothing to apply again on a redelivery, nothing to remember
+            self._answer(message, {**commands.reply(command, status), **self.intake.extra(admitted)}, "ok")
             return
-        request = commands.to_owner(command, every)
+        request = commands.to_owner(command, services.keys())
         pending = _Pending(command, key, request.reply, time.monotonic() + commands.answer_within(command),
                            [(message, False)], admitted=admitted)
         if key:

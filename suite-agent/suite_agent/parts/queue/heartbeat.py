@@ -53,6 +53,13 @@ def beat_data(agent_id: str, labels: Mapping[str, str], period: float, snap: Sna
     }
 
 
+def following(scheduled: float, now: float, period: float, early: bool) -> float:
+    """When to beat after a beat at `now`. An early one (a newcomer asked) keeps the schedule:
+    were it to restart the period, every agent would beat within the same half second from
+    then on, each period, and each beat goes to every agent."""
+    return scheduled if early and now < scheduled else now + period
+
+
 class Heartbeat:
     """Publishes a heartbeat every `period` seconds (and one soon when asked) in its own thread."""
 
@@ -95,12 +102,13 @@ class Heartbeat:
             self._soon.wait(max(0.0, next_beat - time.monotonic()))
             if self._stop.is_set():
                 break
-            if self._soon.is_set():
+            early = self._soon.is_set()
+            if early:
                 self._soon.clear()
                 if self._stop.wait(random.uniform(0, EARLY_JITTER)):
                     break
             self.bus.publish(self.event(HEARTBEAT))
-            next_beat = time.monotonic() + self.period
+            next_beat = following(next_beat, time.monotonic(), self.period, early)
 
     def stop(self) -> None:
         """Stop beating and say so (the outbox still sends it, before the part closes)."""
