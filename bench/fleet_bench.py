@@ -51,6 +51,7 @@ from typing import Any
 import psutil
 from kombu import Connection, Exchange, Queue, binding
 from queue_bench import kafka_broker, kafka_reachable
+from queue_bench import reachable as kombu_reachable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "suite-agent"))
@@ -321,14 +322,7 @@ def main() -> int:
 
 
 def reachable(url: str) -> bool:
-    if url.startswith("kafka://"):
-        return kafka_reachable(url)
-    try:
-        with Connection(url, connect_timeout=3) as conn:
-            conn.ensure_connection(max_retries=0)
-        return True
-    except Exception:
-        return False
+    return kafka_reachable(url) if url.startswith("kafka://") else kombu_reachable(url)
 
 
 def _args() -> argparse.Namespace:
