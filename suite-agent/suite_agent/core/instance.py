@@ -254,23 +254,18 @@ class Instance:
         if not success:
             self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
                                       pid=pid, exit_code=code, signal=sig, error=how))
-        leftover = self.tracked
-        try:
-            policy = self.spec.restart
-            if policy == "never" or (policy == "on-failure" and success):
-                log.info("%s: %s", self.name, how)
-                self._set(State.EXITED, how)
-                if success and self.spec.health.readiness is None:
-                    self._become_ready(how)  # a finished one-shot counts as ready
-                self._notify_down()
-                return
-            self._restart_after_failure(how)
-        finally:
-            # The leader is gone; what it left in its group goes with it. Looked at once the
-            # successor is on its way: reading and removing the old cgroup costs more than the
-            # spawn's own work here, and the successor has its own group and cgroup.
-            if leftover is not None and self.host.factory.group_alive(leftover):
-                self.host.factory.signal_group(leftover, signal.SIGKILL)
+        if self.tracked is not None and self.host.factory.group_alive(self.tracked):
+            # The leader is gone; what it left in its group goes with it.
+            self.host.factory.signal_group(self.tracked, signal.SIGKILL)
+        policy = self.spec.restart
+        if policy == "never" or (policy == "on-failure" and success):
+            log.info("%s: %s", self.name, how)
+            self._set(State.EXITED, how)
+            if success and self.spec.health.readiness is None:
+                self._become_ready(how)  # a finished one-shot counts as ready
+            self._notify_down()
+            return
+        self._restart_after_failure(how)
 
     def _restart_after_failure(self, why: str) -> None:
         now = self.host.clock.monotonic()
