@@ -10,11 +10,29 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 from suite_agent.keeper import procfs
 from suite_agent.keeper.client import Event, Exit, KeeperClient, start_keeper
 
 from eventually import eventually
+
+
+def native_spawner_or_skip() -> ModuleType:
+    """The keeper's native spawner; a failure under CI=true (`pip install -e .` builds it with the
+    machine's C compiler), elsewhere a skip that says how to build it."""
+    try:
+        from suite_agent.keeper import _spawn
+    except ImportError:
+        message = ("the keeper's native spawner is not built: `pip install -e .` builds it "
+                   "(it needs gcc and the Python headers)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true: it must be there)")
+        pytest.skip(message)
+    return _spawn
+
 
 COUNTER = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.01; done"
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}

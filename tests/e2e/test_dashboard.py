@@ -221,7 +221,8 @@ def test_a_kill_9_shows_up_live_without_a_reload(page: WebDriver, live: tuple[Ag
     (new,) = eventually(lambda: [p for p in agent.pids_of("3801") if p != old], 10, "web respawned")
     # the row's text runs its cells together, so the PIDs cell is read on its own
     pids_cell = "const c = document.querySelector('[data-service=\"web\"] td.pids'); return c ? c.textContent : ''"
-    eventually(lambda: page.execute_script(pids_cell).split() == [str(new)], 5, "the PIDs cell showing the new pid only")
+    eventually(lambda: page.execute_script(pids_cell).split() == [str(new)], 5,
+               "the PIDs cell showing the new pid only")
     text = wait_row(page, "web", "running", timeout=5)
     assert "SIGKILL" in text  # the last exit
     assert load_mark(page) == mark  # the same page: no reload

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from keeper_helpers import COUNTER, ENV, Keeper, gone, group_members, wait_exit
+from keeper_helpers import COUNTER, ENV, Keeper, gone, group_members, native_spawner_or_skip, wait_exit
 
 from suite_agent.keeper import procfs
 from suite_agent.keeper.client import (
@@ -406,14 +406,21 @@ def cgroup_tree() -> Iterator[Tree]:
         eventually(tree.remove, 10, "the test's cgroup tree to empty")
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 def test_a_child_started_inside_a_cgroup_is_there_from_its_first_instruction(
-        cgroup_tree: Tree, keeper: Keeper, tmp_path: Path) -> None:
+        cgroup_tree: Tree, keeper: Keeper, tmp_path: Path, native: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # cgroup_tree first: it is torn down after the keeper's cleanup killed what it started
+    if native:
+        native_spawner_or_skip()
+    else:
+        monkeypatch.setenv("SUITE_AGENT_NATIVE_SPAWN", "0")
     keeper.start()
     client = keeper.connect()
     hello = client.hello()
     if not hello.into_cgroup:
         pytest.skip("this kernel (or a seccomp filter) refuses clone3 with CLONE_INTO_CGROUP")
+    assert hello.native_spawn is native
     leaf = cgroup_tree.leaf("into")
     out = tmp_path / "into.log"
     # What a shell sees of itself at once: its cgroup, directory, group, stdin and SIGPIPE.

@@ -120,7 +120,7 @@ class Children:
             raise OSError(errno.EEXIST, f"{instance} is running as pid {current.pid}")
         if into is not None:
             pid, popen = self._spawn_into(into, argv, cwd, env, stdout, stderr, stdin,
-                                          rlimits), None
+                                          rlimits, user, group), None
         else:
             pid, popen = self._spawn(argv, cwd, env, user, group, stdout, stderr, stdin, rlimits)
         # The child cannot be reaped before this reads it: only this process reaps, and later.
@@ -149,22 +149,30 @@ class Children:
 
     def _spawn_into(self, into: str, argv: list[str], cwd: str | None, env: dict[str, str],
                     stdout: int, stderr: int, stdin: int | None,
-                    rlimits: Limits | None = None) -> int:
+                    rlimits: Limits | None = None, user: str | int | None = None,
+                    group: str | int | None = None) -> int:
         if not clone.available():
             raise OSError(errno.ENOSYS, "this kernel cannot start a process inside a cgroup")
+        account = None
+        if user is not None or group is not None:
+            if os.geteuid() != 0:
+                raise PermissionError(errno.EPERM, "user and group need the keeper to run as root")
+            _check_account(user, group)
+            uid, gid, extra = _login_groups(user, group)
+            account = (_uid(uid) if isinstance(uid, str) else uid,
+                       _gid(gid) if isinstance(gid, str) else gid, extra)
         if cwd is not None and os.path.normpath(cwd) == self._cwd:
             cwd = None
-        prepare = setter(rlimits) if rlimits else None
         path = self._lookup(argv[0], env, fresh=False)
         try:
             return clone.spawn_into(into, path, argv, env, stdin, stdout, stderr, cwd,
-                                    _IGNORED_BY_PYTHON, prepare)
+                                    _IGNORED_BY_PYTHON, rlimits, account)
         except (FileNotFoundError, PermissionError):
             again = self._lookup(argv[0], env, fresh=True)
             if again == path:
                 raise
             return clone.spawn_into(into, again, argv, env, stdin, stdout, stderr, cwd,
-                                    _IGNORED_BY_PYTHON, prepare)
+                                    _IGNORED_BY_PYTHON, rlimits, account)
 
     def _lookup(self, name: str, env: dict[str, str], fresh: bool) -> str:
         """`name` in the child's PATH, remembered for PATH_CACHE_FOR seconds."""

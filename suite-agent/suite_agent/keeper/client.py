@@ -86,6 +86,8 @@ class Hello:
     terminate_pending: int
     shutting_down: bool
     into_cgroup: bool = False  # spawns can start inside a cgroup (clone3); older keepers: no
+    # ... without copying the keeper (its native spawner), also as another user
+    native_spawn: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ class KeeperClient:
         return Hello(r["version"], r["pid"], r["start_time"], r["started_at"], r["state_dir"],
                      r["subreaper"], r["dropped_clients"], r["last_seq"],
                      r["terminate_pending"], r["shutting_down"],
-                     bool(r.get("into_cgroup", False)))
+                     bool(r.get("into_cgroup", False)), bool(r.get("native_spawn", False)))
 
     def spawn(self, instance: str, argv: list[str], *, env: dict[str, str],
               cwd: str | None = None, user: str | int | None = None,
@@ -261,7 +263,8 @@ class KeeperClient:
               rlimits: dict[str, list[int | str]] | None = None) -> Spawned:
         """With `cgroup` (a cgroup v2 directory), the child's stdin is that cgroup's
         cgroup.procs, open for writing: a shim that writes "0" to it moves the child in. With
-        `into` (a keeper whose hello says `into_cgroup`), the child starts inside that cgroup.
+        `into` (a keeper whose hello says `into_cgroup`), the child starts inside that cgroup
+        (with `user` or `group` too when it says `native_spawn`).
         `rlimits`: {"nofile": [soft, hard], ...}, each a number or "unlimited"."""
         fields: dict[str, Any] = {"cgroup": cgroup} if cgroup is not None else {}
         if into is not None:
@@ -290,6 +293,14 @@ class KeeperClient:
 
     def ack(self, exit_ids: list[int]) -> int:
         return int(self.call("ack", exits=exit_ids)["acked"])
+
+    def ack_later(self, exit_ids: list[int]) -> None:
+        """Acknowledge without waiting for the reply (dropped when it comes, as any reply
+        nobody waits for): the keeper handles a connection's requests in order, so a spawn
+        sent next still comes after it, and a respawn need not wait for a round trip."""
+        request_id = self._next_id
+        self._next_id += 1
+        self._send(encode({"id": request_id, "op": "ack", "exits": exit_ids}))
 
     def logs(self, instances: list[str] | None = None, stream: str | None = None,
              lines: int = 100, since: int = 0) -> Lines:

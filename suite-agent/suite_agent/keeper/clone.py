@@ -1,28 +1,36 @@
 """Starting a child directly inside a cgroup v2 directory: clone3 with CLONE_INTO_CGROUP.
 
 Moving a running process into a cgroup (a write to cgroup.procs) makes the writer wait for an
-RCU grace period, about 10-15 ms when nothing else moves processes at that moment: most of a
-respawn's time. A child created inside the cgroup costs nothing extra (Linux 5.7+).
+RCU grace period, 3 to 20 ms: most of a respawn's time. A child created inside the cgroup costs
+nothing extra (Linux 5.7+).
 
-The standard library has no clone3, so this calls it through libc's syscall(). The child is a
-copy of the keeper, as after fork(), and runs a few lines of Python before it execs; that is safe
-because the keeper has a single thread (no lock can be held by a thread that does not exist in
-the child). An exec error reaches the parent through a close-on-exec pipe, as subprocess does.
+Two ways, the first that is there: the native spawner (``_spawn``, C, built with the package when
+a compiler was there) shares the keeper's memory until the exec, as posix_spawn does (0.3 ms);
+without it clone3 is called through libc's syscall() with fork semantics: the child is a copy of
+the keeper and runs a few lines of Python before it execs, and the keeper then takes a page
+fault on every page it writes (about 3.5 ms a spawn). That is safe because the keeper has a
+single thread (no lock can be held by a thread that does not exist in the child). An exec error
+reaches the parent through a close-on-exec pipe, as subprocess does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import signal
 
+from .rlimits import setter
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import ModuleType
+    from typing import Any
 
-__all__ = ["available", "spawn_into"]
+    from .rlimits import Limits
+
+__all__ = ["available", "native", "spawn_into"]
 
 _SYS_CLONE3 = {"x86_64": 435, "aarch64": 435, "riscv64": 435, "ppc64le": 435, "s390x": 435}
 _CLONE_INTO_CGROUP = 0x200000000
@@ -30,29 +38,34 @@ _CLONE_VFORK = 0x4000  # the keeper waits for the exec, as posix_spawn does: no 
 _NOT_OPEN = 0x7FFFFFFF
 
 
-class _CloneArgs(ctypes.Structure):
-    # struct clone_args, CLONE_ARGS_SIZE_VER2 (88 bytes): every field a 64-bit integer.
-    _fields_ = [(name, ctypes.c_uint64) for name in (
-        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
-        "tls", "set_tid", "set_tid_size", "cgroup")]
+_native: ModuleType | None
+try:
+    from . import _spawn as _native
+except ImportError:
+    _native = None
+# SUITE_AGENT_NATIVE_SPAWN=0 in the agent's environment (which the keeper inherits) turns the
+# native spawner off: the way back to the Python path if a kernel or sandbox disagrees with it.
+if _native is not None and (not _native.SUPPORTED
+                            or os.environ.get("SUITE_AGENT_NATIVE_SPAWN", "1") == "0"):
+    _native = None
 
-
-_syscall = None
 _number = _SYS_CLONE3.get(os.uname().machine)
-if _number is not None:
-    try:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _syscall = _libc.syscall
-        _syscall.restype = ctypes.c_long
-    except (OSError, AttributeError):
-        _syscall = None
-
+_syscall: Any = None  # libc's syscall(), through ctypes: loaded only for the Python way
 _available: bool | None = None
 
 
 def _clone3(cgroup_fd: int) -> int:
-    assert _syscall is not None and _number is not None
-    args = _CloneArgs(flags=_CLONE_INTO_CGROUP | _CLONE_VFORK, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
+    global _syscall
+    import ctypes
+
+    assert _number is not None
+    if _syscall is None:
+        _syscall = ctypes.CDLL(None, use_errno=True).syscall
+        _syscall.restype = ctypes.c_long
+    # struct clone_args, CLONE_ARGS_SIZE_VER2 (88 bytes): flags, pidfd, child_tid, parent_tid,
+    # exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+    args = (ctypes.c_uint64 * 11)(_CLONE_INTO_CGROUP | _CLONE_VFORK, 0, 0, 0, signal.SIGCHLD,
+                                  0, 0, 0, 0, 0, cgroup_fd)
     pid = int(_syscall(ctypes.c_long(_number), ctypes.byref(args),
                        ctypes.c_size_t(ctypes.sizeof(args))))
     if pid < 0:
@@ -70,7 +83,14 @@ def available() -> bool:
     """
     global _available
     if _available is None:
-        if _syscall is None:
+        if _native is not None:
+            try:
+                _native.spawn("/", ["/"], [], _NOT_OPEN, 0, 1, 2, None, (), [], -1, -1, None)
+            except OSError as exc:
+                _available = exc.errno == errno.EBADF
+            else:  # cannot happen: the kernel refuses the descriptor before making a process
+                _available = False
+        elif _number is None:
             _available = False
         else:
             try:
@@ -85,17 +105,38 @@ def available() -> bool:
     return _available
 
 
+def native() -> bool:
+    """Whether spawns go through the native spawner (no copy of the keeper)."""
+    return _native is not None and available()
+
+
 def spawn_into(cgroup: str, path: str, argv: list[str], env: dict[str, str], stdin: int | None,
                stdout: int, stderr: int, cwd: str | None, reset: tuple[int, ...],
-               prepare: Callable[[], None] | None = None) -> int:
+               rlimits: Limits | None = None,
+               account: tuple[int | None, int | None, list[int] | None] | None = None) -> int:
     """Start `path` with `argv` and `env` inside the cgroup directory `cgroup`, in a process
     group of its own, stdin on /dev/null (or `stdin`), stdout and stderr on the given fds, the
-    signals `reset` at their default, after `prepare` ran in the child (resource limits).
+    signals `reset` at their default, with the (resource, soft, hard) `rlimits` set, then as
+    `account` (uid, gid, supplementary groups; each None: unchanged; the native spawner only).
     Returns its pid; raises OSError as exec would."""
+    if account is not None and _native is None:
+        raise OSError(errno.ENOSYS, "another user inside a cgroup needs the native spawner")
     group = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if stdin is None else None
     source = stdin if null is None else null
     assert source is not None
+    if _native is not None:
+        try:
+            uid, gid, groups = account or (None, None, None)
+            return int(_native.spawn(path, argv, [f"{k}={v}" for k, v in env.items()], group,
+                                     source, stdout, stderr, cwd, reset, rlimits or [],
+                                     -1 if uid is None else uid, -1 if gid is None else gid,
+                                     groups))
+        finally:
+            os.close(group)
+            if null is not None:
+                os.close(null)
+    prepare = setter(rlimits) if rlimits else None
     report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:

@@ -64,7 +64,8 @@ def hello(keeper: Keeper, conn: Connection, request: Request) -> Reply:
             "started_at": keeper.started_at, "state_dir": keeper.state_dir,
             "subreaper": keeper.subreaper, "dropped_clients": keeper.dropped_clients,
             "last_seq": keeper.pipes.seq, "terminate_pending": keeper.terminate_pending,
-            "shutting_down": keeper.shutting_down, "into_cgroup": clone.available()}
+            "shutting_down": keeper.shutting_down, "into_cgroup": clone.available(),
+            "native_spawn": clone.native()}
 
 
 def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
@@ -83,10 +84,10 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     if joins is not None and not os.path.isabs(joins):
         raise BadRequest(f"cgroup must be an absolute path, not {joins!r}")
     into = _optional_str(request, "into")
-    if into is not None and (not os.path.isabs(into) or joins is not None or user is not None
-                             or group is not None):
-        raise BadRequest(f"into must be an absolute path, without cgroup, user or group, "
-                         f"not {into!r}")
+    if into is not None and (not os.path.isabs(into) or joins is not None or (
+            (user is not None or group is not None) and not clone.native())):
+        raise BadRequest(f"into must be an absolute path, without cgroup (and without user or "
+                         f"group unless the keeper's hello says native_spawn), not {into!r}")
     if keeper.shutting_down or keeper.stopping:
         raise OSError(errno.ESHUTDOWN, "the keeper is shutting down")
     # The child's stdin is the cgroup's cgroup.procs, opened here: writing "0" to it moves the

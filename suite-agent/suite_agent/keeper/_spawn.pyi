@@ -1,0 +1,9 @@
+from collections.abc import Sequence
+
+SUPPORTED: int
+
+def spawn(path: str, argv: Sequence[str], env: Sequence[str], cgroup_fd: int, stdin: int, stdout: int,
+          stderr: int, cwd: str | None, reset: Sequence[int], rlimits: Sequence[tuple[int, int, int]],
+          uid: int, gid: int, groups: Sequence[int] | None) -> int: ...
+def become_subreaper() -> bool: ...
+def trim_heap() -> None: ...
