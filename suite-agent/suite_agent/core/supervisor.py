@@ -245,6 +245,9 @@ class Supervisor:
                 self.waiters.check()
         if self.host.dirty:
             self._publish()
+        flush = getattr(self.factory, "flush", None)
+        if flush is not None:
+            flush()
 
     def _install_signals(self, wake_fd: int) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():

@@ -12,7 +12,7 @@ from .protocol import LineBuffer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket as socket
 
 __all__ = ["MAX_PENDING", "Connection", "TooSlow"]
 

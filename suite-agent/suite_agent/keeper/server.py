@@ -13,16 +13,15 @@ SIGHUP reopens every log file, for logrotate.
 
 from __future__ import annotations
 
+# _socket, not socket: socket.py brings selectors, math, array and enum conversions the keeper
+# never uses (0.4 MB of its resident size).
+import _socket as socket
 import contextlib
 import os
 import select
 import signal
 import sys
 import time
-
-# _socket, not socket: socket.py brings selectors, math, array and enum conversions the keeper
-# never uses (0.4 MB of its resident size).
-import _socket as socket
 
 from . import procfs, statedir
 from .children import Child, Children
@@ -295,7 +294,7 @@ class Keeper:
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
-                fd, _ = listener._accept()
+                fd, _ = listener._accept()  # type: ignore[attr-defined]  # _socket's accept: (fd, address)
             except BlockingIOError:
                 return
             except OSError as exc:  # EMFILE and the like: the client will retry

@@ -167,9 +167,7 @@ class KeptProcessFactory(TrackedSpawns):
         reaped.extend(self._lost)
         self._lost = []
         try:
-            if self._to_ack:
-                acks, self._to_ack = self._to_ack, []
-                self.client.ack_later(acks)
+            self._ack()
             events = self._early + self.client.events()
             self._early = []
         except (KeeperGone, OSError, TimeoutError) as exc:
@@ -189,6 +187,18 @@ class KeptProcessFactory(TrackedSpawns):
         if reaped:
             self._tracker.collect()
         return reaped
+
+    def flush(self) -> None:
+        """After the owner's turn: acknowledge the exits it handled (not before: a respawn's
+        spawn request goes first), then what TrackedSpawns defers."""
+        with contextlib.suppress(KeeperGone, OSError, TimeoutError):  # the next reap sees it
+            self._ack()
+        super().flush()
+
+    def _ack(self) -> None:
+        if self._to_ack:
+            acks, self._to_ack = self._to_ack, []
+            self.client.ack_later(acks)
 
     def settle(self, pid: int, timeout: float = 0.5) -> None:
         """If `pid` has died, wait for the keeper to report it, so that the next reap() has its

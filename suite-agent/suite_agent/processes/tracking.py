@@ -49,6 +49,7 @@ class Tracker:
         self._scan = MarkerScan(MARKER)
         self._tree: Tree | None = None
         self._tree_ready = False
+        self._emptied: list[Cgroup] = []  # leaves to remove once the turn's spawns are out
         if use_cgroups:
             parent, why = cgroups.find_own()
         else:
@@ -177,10 +178,17 @@ class Tracker:
                         len(swept), " ".join(map(str, swept)))
         self.close()
 
+    def tidy(self) -> None:
+        """Remove the leaves that emptied: after a turn, so that a respawn does not wait on it."""
+        emptied, self._emptied = self._emptied, []
+        for leaf in emptied:
+            leaf.remove()
+
     def close(self) -> None:
         """Remove the agent's cgroup subtree (the leaves still there must be empty)."""
         for tracked in list(self._groups.values()):
             self.alive(tracked.id)
+        self.tidy()
         if self._tree is not None and self._tree_ready and not self._tree.remove():
             log.warning("cgroup %s still holds processes; left in place", self._tree.path)
 
@@ -198,7 +206,7 @@ class Tracker:
         del self._groups[tracked.id]
         self._killed.discard(tracked.id)
         if tracked.cgroup is not None:
-            tracked.cgroup.remove()
+            self._emptied.append(tracked.cgroup)
 
     def _leaf(self, name: str) -> Cgroup | None:
         if self._tree is None:
@@ -387,6 +395,10 @@ class TrackedSpawns:
 
     def group_alive(self, tracked: int) -> bool:
         return self._tracker.alive(tracked)
+
+    def flush(self) -> None:
+        """At the end of the owner's turn: what could wait until its spawns were made."""
+        self._tracker.tidy()
 
     def kill_all(self) -> None:
         self._tracker.kill_all()
