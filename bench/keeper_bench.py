@@ -6,7 +6,9 @@
 With --placement, every respawn also gets a fresh cgroup v2 leaf, as the agent gives each spawn
 when it can make cgroups: `shim` moves the child in with a shell that writes to cgroup.procs
 before it execs the service (the way for kernels without clone3), `into` has the keeper start the
-child inside the leaf (clone3 with CLONE_INTO_CGROUP). The leaf's mkdir is inside the timing.
+child inside the leaf (clone3 with CLONE_INTO_CGROUP: through its native spawner when it was
+built, through libc from Python otherwise or with SUITE_AGENT_NATIVE_SPAWN=0). The leaf's mkdir
+is inside the timing.
 
 Respawn latency is measured as a brain would see it: SIGKILL one child, wait for the keeper's
 exit event on the client, ask for a new spawn, stop the clock when its reply is in. The baseline
