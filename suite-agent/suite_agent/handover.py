@@ -7,7 +7,9 @@ systemd's file descriptor store does the same across a service restart.
 A part registers its listening socket when it starts. Just before the re-exec, `pass_on()` dups
 every registered one as inheritable and names them in an environment variable; the new image's
 part `claim()`s the one bound to its address (an address changed in conf.d meanwhile is bound
-anew), and a part that the new configuration leaves off `release()`s its own.
+anew), and a part that the new configuration leaves off `release()`s its own. A socket claimed
+counts as registered at once, and one not claimed yet is passed on as it came: an upgrade that
+comes while the image before it is still starting its parts keeps the socket open too.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def unregister(name: str, sock: socket.socket) -> None:
 
 
 def pass_on() -> None:
-    """Keep every registered socket open across the coming exec (called just before it)."""
+    """Keep every registered socket open across the coming exec (called just before it), and
+    every inherited one no part has claimed yet."""
     passed = []
     with _lock:
         for name, sock in _registered.items():
@@ -49,6 +52,14 @@ def pass_on() -> None:
                 continue  # closed meanwhile: nothing to pass on
             os.set_inheritable(fd, True)
             passed.append(f"{name}={fd}")
+        for name, inherited in _take_inherited().items():
+            if name not in _registered:
+                try:
+                    fd = os.dup(inherited)
+                except OSError:
+                    continue
+                os.set_inheritable(fd, True)
+                passed.append(f"{name}={fd}")
     if passed:
         os.environ[ENV] = ",".join(passed)
     else:
@@ -70,28 +81,46 @@ def _take_inherited() -> dict[str, int]:
 
 def claim(name: str, host: str, port: int) -> socket.socket | None:
     """The listening socket the previous image passed on for `name`, if it is bound to
-    (host, port) (port 0 matches any); else None, and a socket on another address is closed."""
+    (host, port) (port 0 matches any); else None, and a socket on another address is closed.
+
+    The descriptor stays among the inherited ones until it is registered, so that an upgrade
+    at any moment of this passes it on (pass_on dups it)."""
     with _lock:
-        fd = _take_inherited().pop(name, None)
+        fd = _take_inherited().get(name)
     if fd is None:
         return None
     try:
         sock = socket.socket(fileno=fd)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        _drop_inherited(name, fd)
         return None
     try:
         bound = sock.getsockname()
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     except OSError:
+        _forget_inherited(name)
         sock.close()
         return None
     wanted = {info[4][0] for info in _addresses(host, port, sock.family)}
     if listening and bound[0] in wanted and port in (0, bound[1]):
+        with _lock:
+            _take_inherited().pop(name, None)
+            _registered.setdefault(name, sock)
         return sock
+    _forget_inherited(name)
     sock.close()
     return None
+
+
+def _forget_inherited(name: str) -> None:
+    with _lock:
+        _take_inherited().pop(name, None)
+
+
+def _drop_inherited(name: str, fd: int) -> None:
+    _forget_inherited(name)
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def release(name: str) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,6 +209,56 @@ def test_sigusr2_reexecutes_in_place(agents: list[Agent], conf_dir: Path, tmp_pa
     assert lines and lines[-1]["instance"] == "counter"
     assert a1.stop() == 0
     assert_no_gap(counted(conf_dir))
+
+
+def listener_inode(port: int) -> int | None:
+    """The inode of the socket listening on 127.0.0.1:port (a new bind gets a new one)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            return int(fields[9])
+    return None
+
+
+def test_a_second_sigusr2_while_the_new_image_starts_keeps_the_socket(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    # The second upgrade comes before the new image's API part has claimed the socket it was
+    # passed: it must pass it on again, not let the exec close it.
+    api = Api(free_port())
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
+    a1.write("a.yaml", services_yaml("idle: {command: [sleep, '3600']}\n"))
+    a1.start()
+    a1.wait_log(r"api: listening")
+    inode = listener_inode(api.port)
+    assert inode is not None
+    refused: list[float] = []
+    done = threading.Event()
+
+    def connect_all_along() -> None:
+        while not done.is_set():
+            try:
+                socket.create_connection(("127.0.0.1", api.port), timeout=5).close()
+            except ConnectionRefusedError:
+                refused.append(time.monotonic())
+            except OSError:
+                pass
+            time.sleep(0.002)
+
+    knocker = threading.Thread(target=connect_all_along, daemon=True)
+    knocker.start()
+    try:
+        a1.signal(signal.SIGUSR2)
+        a1.wait_log(r"re-executing")
+        a1.signal(signal.SIGUSR2)
+        eventually(lambda: a1.log().count("re-executing") == 2, 30, "the second re-exec")
+        assert api.get("/api/health", timeout=30).status == 200
+    finally:
+        done.set()
+        knocker.join(10)
+    assert refused == [], f"{len(refused)} connections refused during the upgrades"
+    assert listener_inode(api.port) == inode, "the listening socket was closed and bound anew"
+    assert a1.stop() == 0
 
 
 def test_sigusr2_keeps_the_restart_counts(agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
