@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 from keeper_helpers import Keeper
 
+from suite_agent.processes.cgroups import Tree, find_own
+
+from eventually import eventually
+
 
 @pytest.fixture
 def keeper_dir() -> Iterator[Path]:
@@ -28,3 +32,17 @@ def keeper(keeper_dir: Path) -> Iterator[Keeper]:
         yield k
     finally:
         k.cleanup()
+
+
+@pytest.fixture
+def cgroup_tree() -> Iterator[Tree]:
+    """A cgroup v2 subtree of the test's own, removed (once empty) afterwards."""
+    parent, why = find_own()
+    if parent is None:
+        pytest.skip(f"no writable cgroup v2 here: {why}")
+    tree = Tree(parent)
+    tree.create()
+    try:
+        yield tree
+    finally:
+        eventually(tree.remove, 10, "the test's cgroup tree to empty")

@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +37,7 @@ from suite_agent.keeper.survivors import (
     find_survivors,
     stop_survivors,
 )
-from suite_agent.processes.cgroups import Tree, find_own
+from suite_agent.processes.cgroups import Tree
 
 from eventually import eventually
 
@@ -391,19 +390,6 @@ def test_events_of_a_lost_connection_are_not_lost(keeper: Keeper) -> None:
     assert [type(e) for e in events] == [Exit]
     with pytest.raises(KeeperGone):
         client.events(5)
-
-
-@pytest.fixture
-def cgroup_tree() -> Iterator[Tree]:
-    parent, why = find_own()
-    if parent is None:
-        pytest.skip(f"no writable cgroup v2 here: {why}")
-    tree = Tree(parent)
-    tree.create()
-    try:
-        yield tree
-    finally:
-        eventually(tree.remove, 10, "the test's cgroup tree to empty")
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])

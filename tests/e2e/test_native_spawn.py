@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -22,11 +21,10 @@ import psutil
 import pytest
 from keeper_helpers import native_spawner_or_skip
 
-from suite_agent.processes.cgroups import Cgroup, Tree, find_own
-
-from eventually import eventually
+from suite_agent.processes.cgroups import Cgroup, Tree
 
 pytestmark = pytest.mark.e2e
+pytest_plugins = ["keeper_fixtures"]  # cgroup_tree
 
 NOT_OPEN = 0x7FFFFFFF
 ENV = [f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}", "LC_ALL=C"]
@@ -38,16 +36,8 @@ def native() -> ModuleType:
 
 
 @pytest.fixture
-def leaf() -> Iterator[Cgroup]:
-    parent, why = find_own()
-    if parent is None:
-        pytest.skip(f"no writable cgroup v2 here: {why}")
-    tree = Tree(parent)
-    tree.create()
-    try:
-        yield tree.leaf("native")
-    finally:
-        eventually(tree.remove, 10, "the test's cgroup tree to empty")
+def leaf(cgroup_tree: Tree) -> Cgroup:
+    return cgroup_tree.leaf("native")
 
 
 def run(native: ModuleType, argv: list[str], *, cgroup_fd: int = -1, cwd: str | None = None,
