@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import re
@@ -470,6 +471,10 @@ def test_the_keeper_imports_the_standard_library_and_itself_only(keeper_dir: Pat
     assert not {m for m in ours if m.startswith("suite_agent.") and
                 not m.startswith("suite_agent.keeper")}
     assert not [m for m in imported if m.split(".")[0] in FORBIDDEN]
+    if importlib.util.find_spec("suite_agent.keeper._spawn") is not None:
+        # With its native spawner the keeper needs neither ctypes nor socket.py (memory).
+        assert "suite_agent.keeper._spawn" in imported
+        assert not {"ctypes", "socket", "selectors"} & imported
 
 
 def _try_connect(state: Path) -> KeeperClient | None:
