@@ -399,6 +399,7 @@ def test_a_child_started_inside_a_cgroup_is_there_from_its_first_instruction(
     # cgroup_tree first: it is torn down after the keeper's cleanup killed what it started
     if native:
         native_spawner_or_skip()
+        monkeypatch.delenv("SUITE_AGENT_NATIVE_SPAWN", raising=False)
     else:
         monkeypatch.setenv("SUITE_AGENT_NATIVE_SPAWN", "0")
     keeper.start()

@@ -5,6 +5,8 @@ Through the native spawner's module when it was built, else through ctypes.
 
 from __future__ import annotations
 
+import functools
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
@@ -21,18 +23,14 @@ except ImportError:
     _native = None
 
 
-_loaded: list[Any] = []
-
-
+@functools.cache
 def _libc() -> Any:
-    if not _loaded:
-        import ctypes
+    import ctypes
 
-        try:
-            _loaded.append(ctypes.CDLL(None, use_errno=True))
-        except OSError:
-            _loaded.append(None)
-    return _loaded[0]
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def become_subreaper() -> bool:
