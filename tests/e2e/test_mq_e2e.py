@@ -251,6 +251,22 @@ def test_a_slow_command_does_not_hold_up_the_next(broker: Broker, agent: Agent) 
     assert time.monotonic() - began >= 1.0  # it waited for the SIGKILL, as asked
 
 
+def test_a_burst_of_commands_is_answered_in_full(broker: Broker, agent: Agent) -> None:
+    # Commands queued together reach the agent while it waits for the broker to confirm a reply:
+    # each is answered once, none is lost, and the agent takes the next command after them.
+    cmd = broker.commander()
+    agent_id = broker.agent_id()
+    start(agent, broker, agent_id, "web: {command: [sleep, '3761'], autostart: false}\n")
+    for _ in range(5):
+        sent = [cmd.publish("suite.control.status", {"services": ["web"]}) for _ in range(100)]
+        for cid in sent:
+            assert cmd.wait_reply(cid)["results"]["web"]["state"] == "stopped"
+        assert all(cmd.reply_meta[cid]["count"] == 1 for cid in sent)
+    started = cmd.send(f"suite.control.start.{agent_id}", {"services": ["web"], "wait": 5})
+    assert started["ok"] is True and agent.pids_of("3761") == started["results"]["web"]["pids"]
+    assert "connection lost" not in agent.log()
+
+
 def test_commands_sent_while_the_agent_is_down_wait_for_it(broker: Broker, agent: Agent) -> None:
     cmd = broker.commander()
     start(agent, broker, broker.agent_id(), "web: {command: [sleep, '3751'], autostart: false}\n")

@@ -4,14 +4,17 @@ status needs no owner: it is answered from the owner's latest snapshot, here.
 A kombu ConsumerMixin-style loop in one thread: `drain_events(timeout=...)` turns, a stop
 Event checked between them, and a reconnect with backoff when the connection breaks. The
 channel is only ever touched from this thread, so acks and replies are sent from here too.
+The delivery callback only collects: commands are handled between turns, never from inside a
+read, so waiting for a reply's confirm (which reads) cannot start another command's handling.
 
-Waiting for the owner's answer: a command is handed to the inbox and waited for in the
-delivery callback, but only for FAST_WAIT (most answers come within a few milliseconds, and
-answering from the callback is what keeps the round trip short). One that takes longer (a
+Waiting for the owner's answer: a command is handed to the inbox and waited for at once, but
+only for FAST_WAIT (most answers come within a few milliseconds, and answering at once is what
+keeps the round trip short). One that takes longer (a
 stop waiting for a slow service) is parked, and later turns, shortened to PARKED_TURN, pick
 up its answer. So the connection keeps being read, AMQP heartbeats keep flowing, and one
-slow command never holds up the next. The ack comes after the reply, so a connection lost
-in between means a redelivery, which the id memory below answers without applying again.
+slow command never holds up the next. The ack comes after the broker confirmed the reply
+(AMQP), so a connection lost in between means a redelivery, which the id memory below answers
+without applying again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -38,8 +41,9 @@ from suite_agent.core.results import ControlAnswer, ReloadAnswer, SignalAnswer
 from suite_agent.events.bus import Event
 from suite_agent.jsontext import dumps
 from suite_agent.parts.lifecycle import AgentHandle
-from suite_agent.parts.queue import commands
+from suite_agent.parts.queue import commands, topology
 from suite_agent.parts.queue.commands import Command, CommandError
+from suite_agent.parts.queue.confirms import Confirms
 from suite_agent.parts.queue.intake import Admitted, Intake
 from suite_agent.parts.queue.link import Link, release
 
@@ -82,7 +86,10 @@ class CommandConsumer:
         self._stop = stop
         self._recent: OrderedDict[str, _Pending] = OrderedDict()
         self._parked: list[_Pending] = []
+        self._delivered: deque[Message] = deque()  # collected by the callback, handled between turns
         self._producer: Producer | None = None
+        self._conn: Connection | None = None
+        self._confirms: Confirms | None = None
         self._transport_errors: tuple[type[BaseException], ...] = ()
 
     def run(self) -> None:
@@ -96,15 +103,19 @@ class CommandConsumer:
                 self.link.lost(exc, unexpected=not isinstance(exc, self._transport_errors))
             finally:
                 self._orphan_parked()
-                self._producer = None
+                self._delivered.clear()  # unacked: the broker delivers them again
+                self._producer = self._conn = self._confirms = None
                 release(conn)
 
     def _serve(self, conn: Connection) -> None:
         self._transport_errors = conn.connection_errors + conn.channel_errors
         channel = conn.channel()
+        self._conn = conn
         self._producer = Producer(channel)
+        self._confirms = Confirms(channel) if topology.is_amqp(self.link.url) else None
         # on_message: the raw message, never run through a deserializer (no pickle, ever).
-        consumer = Consumer(channel, queues=[self.queue], on_message=self._on_message, prefetch_count=PREFETCH)
+        consumer = Consumer(channel, queues=[self.queue], on_message=self._delivered.append,
+                            prefetch_count=PREFETCH)
         consumer.consume()
         if self.fleet_queue is not None:
             fleet = self.fleet_queue(channel)
@@ -116,9 +127,12 @@ class CommandConsumer:
         if self.on_ready is not None:
             self.on_ready()
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=PARKED_TURN if self._parked else IDLE_TURN)
+            if not self._delivered:  # some may have come in while a parked answer's confirm was awaited
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=PARKED_TURN if self._parked else IDLE_TURN)
             conn.heartbeat_check()
+            while self._delivered:  # more may come in while a reply's confirm is awaited
+                self._on_message(self._delivered.popleft())
             self._settle_parked()
         if self.fleet_queue is not None:
             # On Redis nothing else unbinds it: the other agents would keep filling it.
@@ -239,6 +253,9 @@ class CommandConsumer:
             correlation_id=message.properties.get("correlation_id"),
             content_type="application/json", content_encoding="utf-8", retry=False,
         )
+        if self._confirms is not None and self._conn is not None:
+            self._confirms.published()
+            self._confirms.wait(self._conn, topology.PUBLISH_TIMEOUT)
 
     def _heard(self, message: Message) -> None:
         """A fleet event (a heartbeat, a start, a stop): noted, never answered."""

@@ -21,7 +21,6 @@ import threading
 import time
 from collections import deque
 from contextlib import nullcontext
-from typing import Any
 
 from kombu.connection import Connection
 from kombu.entity import Exchange
@@ -30,6 +29,7 @@ from kombu.messaging import Producer
 from suite_agent.events import cloudevents
 from suite_agent.events.bus import Event, Subscription
 from suite_agent.parts.queue import topology
+from suite_agent.parts.queue.confirms import BrokerRefused, Confirms
 from suite_agent.parts.queue.link import Link, release
 
 log = logging.getLogger("suite_agent.parts.queue")
@@ -40,47 +40,6 @@ BATCH = 256  # events per batch; new events are moved from the bus between batch
 # a binding lookup) whatever its size, so a storm of events is sent in fewer, fuller ones.
 # The first event after a quiet spell goes at once.
 LINGER = 0.005
-
-
-class BrokerRefused(Exception):
-    """The broker nacked a published event (AMQP); the batch is sent again."""
-
-
-class Confirms:
-    """AMQP publisher confirms, awaited for a whole batch at once."""
-
-    def __init__(self, channel: Any) -> None:
-        channel.confirm_select()
-        self._next_tag = 1  # the delivery tag of the next publish on this channel
-        self._waiting: set[int] = set()
-        self._nacked = False
-        channel.events["basic_ack"].add(self._ack)
-        channel.events["basic_nack"].add(self._nack)
-
-    def published(self) -> None:
-        self._waiting.add(self._next_tag)
-        self._next_tag += 1
-
-    def _ack(self, tag: int, multiple: bool) -> None:
-        if multiple:
-            self._waiting = {t for t in self._waiting if t > tag}
-        else:
-            self._waiting.discard(tag)
-
-    def _nack(self, tag: int, multiple: bool) -> None:
-        self._nacked = True
-        self._ack(tag, multiple)
-
-    def wait(self, conn: Connection, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self._waiting:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no publisher confirm within {timeout:g}s")
-            conn.drain_events(timeout=left)
-        if self._nacked:
-            self._nacked = False
-            raise BrokerRefused("the broker refused (nacked) an event")
 
 
 class EventPublisher:

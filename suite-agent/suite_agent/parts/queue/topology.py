@@ -65,11 +65,9 @@ def connection(url: str, role: str) -> Connection:
     """A new, not yet connected kombu connection for one thread (`commands` or `events`)."""
     options: dict[str, Any]
     if is_amqp(url):
-        # Replies are confirmed one by one; events in batches, by the publisher itself.
-        options = {"confirm_publish": role == "commands"}
+        # Publisher confirms are awaited by whoever publishes (confirms.py), not by py-amqp.
         heartbeat = COMMANDS_HEARTBEAT if role == "commands" else 0
-        return Connection(url, heartbeat=heartbeat, connect_timeout=CONNECT_TIMEOUT,
-                          transport_options=options)
+        return Connection(url, heartbeat=heartbeat, connect_timeout=CONNECT_TIMEOUT)
     options = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": REDIS_SOCKET_TIMEOUT,
                "socket_keepalive": True}
     # rediss:// keeps kombu's own transport, which sets its TLS up from the scheme.
