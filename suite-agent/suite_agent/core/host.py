@@ -7,8 +7,9 @@ reads back which pid is whose and which statuses are out of date. Owner thread o
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +20,7 @@ from suite_agent.core.notifications import Notifications
 from suite_agent.core.timers import Clock, Timers
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.output.pump import OutputPump
-from suite_agent.processes.factory import ProcessFactory, Spawned, account_environment
+from suite_agent.processes.factory import ProcessFactory, Spawned, SpawnRequest, account_environment
 
 
 class Probes(Protocol):
@@ -53,9 +54,48 @@ class Host:
         self.notifications: Notifications | None = None  # set by the owner
         # Run after a turn in which something moved (rollouts, scheduled runs), by key.
         self.followers: dict[str, Callable[[], None]] = {}
+        self._batch: list[tuple[Instance, SpawnRequest]] | None = None
 
     def emit(self, event: Event) -> None:
         self._bus.publish(event)
+
+    def spawn(self, instance: Instance, request: SpawnRequest) -> Spawned | None:
+        """Spawn now; or, inside `spawning_together`, later with the others of the batch (None:
+        the instance's `spawned` follows)."""
+        if self._batch is not None:
+            self._batch.append((instance, request))
+            return None
+        argv, cwd, env, user, group, name, limits = request
+        return self.factory.spawn(argv, cwd, env, user, group, name, limits=limits)
+
+    @contextlib.contextmanager
+    def spawning_together(self) -> Iterator[None]:
+        """Spawns asked for meanwhile go to the factory together (its `spawn_many`), at the end
+        or at `flush_spawns`: the keeper starts one while the owner prepares the next."""
+        if self._batch is not None or not hasattr(self.factory, "spawn_many"):
+            yield
+            return
+        self._batch = []
+        try:
+            yield
+        finally:
+            try:
+                self.flush_spawns()
+            finally:
+                self._batch = None
+
+    def flush_spawns(self) -> None:
+        """Make the spawns of the open batch now (what they lead to may queue more: those too)."""
+        while self._batch:
+            batch, self._batch = self._batch, []
+            spawn_many = getattr(self.factory, "spawn_many", None)
+            assert spawn_many is not None  # a batch opens only for a factory that has it
+            try:
+                results: list[Spawned | Exception] = spawn_many([request for _, request in batch])
+            except Exception as exc:  # each instance fails as its own spawn would have
+                results = [exc] * len(batch)
+            for (instance, _), result in zip(batch, results, strict=True):
+                instance.spawned(result)
 
     def attach_output(self, service: str, instance: str, spawned: Spawned) -> None:
         if spawned.stdout is not None:

@@ -17,7 +17,7 @@ from suite_agent.core import backoff
 from suite_agent.core.timers import Clock, Timer, Timers
 from suite_agent.events import bus as events
 from suite_agent.events.bus import Event
-from suite_agent.processes.factory import ProcessFactory, Spawned, decode_status, signal_name
+from suite_agent.processes.factory import ProcessFactory, Spawned, SpawnRequest, decode_status, signal_name
 from suite_agent.states import State as State
 
 log = logging.getLogger("suite_agent")
@@ -50,6 +50,10 @@ class InstanceHost(Protocol):
     def factory(self) -> ProcessFactory: ...
 
     def emit(self, event: Event) -> None: ...
+
+    def spawn(self, instance: Instance, request: SpawnRequest) -> Spawned | None: ...
+
+    def flush_spawns(self) -> None: ...
 
     def attach_output(self, service: str, instance: str, spawned: Spawned) -> None: ...
 
@@ -98,11 +102,12 @@ class Instance:
         self.ready = False
         self.verdicts: dict[str, bool] = {}  # latest probe verdicts of this process
         self._ready_timer: Timer | None = None
+        self._queued = False  # its spawn waits in the owner's batch: spawned() follows
         self._last_run = 0.0  # seconds the last process ran: a long run resets the backoff
 
     # -- commands -------------------------------------------------------------------------
     def start(self) -> None:
-        if self.state in (State.RUNNING, State.STARTING):
+        if self.state in (State.RUNNING, State.STARTING) or self._queued:
             return
         if self.state is State.STOPPING:
             self._when_down.append(self.start)
@@ -120,6 +125,8 @@ class Instance:
         self._when_down.append(then)
 
     def _halt(self, then: Callable[[], None] | None = None) -> None:
+        if self._queued:
+            self.host.flush_spawns()  # its process is made now, and stopped as any other
         if then is not None:
             self._when_down.append(then)
         if self.state is State.STOPPING:
@@ -320,23 +327,43 @@ class Instance:
 
     def _spawn(self) -> None:
         self._timer = None
+        if self._queued:
+            return
         if self._next_spec is not None:
             self.spec, self._next_spec = self._next_spec, None
         spec = self.spec
         try:
-            spawned = self.host.factory.spawn(spec.command, self.host.process_cwd(spec),
-                                              self.host.process_env(spec), spec.user, spec.group, self.name,
-                                              limits=spec.limits if spec.limits != NO_LIMITS else None)
+            spawned = self.host.spawn(self, (
+                spec.command, self.host.process_cwd(spec), self.host.process_env(spec), spec.user,
+                spec.group, self.name, spec.limits if spec.limits != NO_LIMITS else None))
         except Exception as exc:  # whatever the OS or a bad spec throws, this service alone fails
-            self.started_wall = None
-            self._last_run = 0.0
-            why = f"cannot start {spec.command[0]!r}: {exc}"
-            self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name, error=why))
-            if spec.restart == "never":
-                self._give_up(why)
-            else:
-                self._restart_after_failure(why)
+            self._spawn_failed(spec, exc)
             return
+        if spawned is None:
+            self._queued = True
+            return
+        self._started(spawned)
+
+    def spawned(self, result: Spawned | Exception) -> None:
+        """What became of the spawn the owner's batch made for it."""
+        self._queued = False
+        if isinstance(result, Exception):
+            self._spawn_failed(self.spec, result)
+        else:
+            self._started(result)
+
+    def _spawn_failed(self, spec: ServiceSpec, exc: Exception) -> None:
+        self.started_wall = None
+        self._last_run = 0.0
+        why = f"cannot start {spec.command[0]!r}: {exc}"
+        self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name, error=why))
+        if spec.restart == "never":
+            self._give_up(why)
+        else:
+            self._restart_after_failure(why)
+
+    def _started(self, spawned: Spawned) -> None:
+        spec = self.spec
         self.pid, self.tracked = spawned.pid, spawned.tracked  # all it starts, whatever its group
         self.started_at = self.host.clock.monotonic()
         self.started_wall = self.host.clock.time()

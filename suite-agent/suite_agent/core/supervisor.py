@@ -489,24 +489,30 @@ class Supervisor:
         added: list[str] = []
         changed: list[str] = []
         removed: list[str] = []
-        for action in plan(declared.services, actual):
-            origin = declared.origins.get(action.name)
-            match action:
-                case Remove(name):
-                    self._remove(name)
-                    removed.append(name)
-                case Add(name, spec):
-                    self._add(name, spec, origin)
-                    added.append(name)
-                case Replace(name, spec):
-                    self.services[name].replace(spec, origin)
-                    changed.append(name)
-                case Scale(name, spec):
-                    self.services[name].scale(spec, origin)
-                    changed.append(name)
-                case Update(name, spec):
-                    self.services[name].update(spec, origin)
-                    changed.append(name)
+        # The processes of services added together start together (the keeper makes one while
+        # this thread prepares the next); any other action, and a service with dependencies,
+        # sees those before it already started.
+        with self.host.spawning_together():
+            for action in plan(declared.services, actual):
+                if not isinstance(action, Add) or action.spec.depends_on:
+                    self.host.flush_spawns()
+                origin = declared.origins.get(action.name)
+                match action:
+                    case Remove(name):
+                        self._remove(name)
+                        removed.append(name)
+                    case Add(name, spec):
+                        self._add(name, spec, origin)
+                        added.append(name)
+                    case Replace(name, spec):
+                        self.services[name].replace(spec, origin)
+                        changed.append(name)
+                    case Scale(name, spec):
+                        self.services[name].scale(spec, origin)
+                        changed.append(name)
+                    case Update(name, spec):
+                        self.services[name].update(spec, origin)
+                        changed.append(name)
         self.dependencies.reindex()
         for name, svc in self.services.items():
             if not svc.removing and svc.origin != declared.origins.get(name):

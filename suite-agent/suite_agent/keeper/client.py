@@ -266,15 +266,45 @@ class KeeperClient:
         `into` (a keeper whose hello says `into_cgroup`), the child starts inside that cgroup
         (with `user` or `group` too when it says `native_spawn`).
         `rlimits`: {"nofile": [soft, hard], ...}, each a number or "unlimited"."""
-        fields: dict[str, Any] = {"cgroup": cgroup} if cgroup is not None else {}
-        if into is not None:
-            fields["into"] = into
-        if rlimits:
-            fields["rlimits"] = rlimits
-        r = self.call("spawn", instance=instance, argv=argv, env=env, cwd=cwd, user=user,
-                      group=group, stdout=_log_spec(stdout), stderr=_log_spec(stderr),
-                      buffer={"lines": buffer_lines, "bytes": buffer_bytes}, **fields)
+        return self.spawn_with(spawn_fields(
+            instance, argv, env=env, cwd=cwd, user=user, group=group, stdout=stdout,
+            stderr=stderr, buffer_lines=buffer_lines, buffer_bytes=buffer_bytes, cgroup=cgroup,
+            into=into, rlimits=rlimits))
+
+    def spawn_with(self, fields: dict[str, Any]) -> Spawned:
+        """A spawn from the fields :func:`spawn_fields` made."""
+        r = self.call("spawn", **fields)
         return Spawned(r["pid"], r["pgid"], r["start_time"], r["spawned_at"])
+
+    def send_spawn(self, fields: dict[str, Any]) -> int:
+        """Send a spawn request without waiting for its reply; its request id, for
+        :meth:`spawn_replies`. The keeper handles a connection's requests in order."""
+        request_id = self._next_id
+        self._next_id += 1
+        self._send(encode({"id": request_id, "op": "spawn", **fields}))
+        return request_id
+
+    def spawn_replies(self, ids: set[int], wait: bool) -> dict[int, Spawned | KeeperError]:
+        """The replies to these spawn requests that have come (all of them with `wait`, up to
+        the client's timeout); events that come meanwhile are kept."""
+        deadline = time.monotonic() + self._timeout
+        found: dict[int, Spawned | KeeperError] = {}
+        while len(found) < len(ids):
+            messages = self._receive(deadline, wait=wait)
+            for message in messages:
+                if "event" in message:
+                    self._keep(message)
+                elif message.get("id") in ids:
+                    r = message
+                    found[r["id"]] = (Spawned(r["pid"], r["pgid"], r["start_time"], r["spawned_at"])
+                                      if r.get("ok") else
+                                      KeeperError(str(r.get("error")), int(r.get("errno", 0)),
+                                                  str(r.get("message"))))
+            if not wait and not messages:
+                break
+            if wait and len(found) < len(ids) and time.monotonic() >= deadline:
+                raise TimeoutError("the keeper did not answer spawn in time")
+        return found
 
     def signal(self, instance: str, signum: int | str, pid: int | None = None) -> bool:
         """Signal the instance's process group; False if the group is gone. With `pid`, raises
@@ -400,6 +430,26 @@ class KeeperClient:
                 return False
             raise TimeoutError("the keeper did not answer in time")
         return True
+
+
+def spawn_fields(instance: str, argv: list[str], *, env: dict[str, str], cwd: str | None = None,
+                 user: str | int | None = None, group: str | int | None = None,
+                 stdout: LogSpec | None = None, stderr: LogSpec | None = None,
+                 buffer_lines: int = 1000, buffer_bytes: int = 1024 * 1024,
+                 cgroup: str | None = None, into: str | None = None,
+                 rlimits: dict[str, list[int | str]] | None = None) -> dict[str, Any]:
+    """A `spawn` request's fields (see :meth:`KeeperClient.spawn`)."""
+    fields: dict[str, Any] = {
+        "instance": instance, "argv": argv, "env": env, "cwd": cwd, "user": user, "group": group,
+        "stdout": _log_spec(stdout), "stderr": _log_spec(stderr),
+        "buffer": {"lines": buffer_lines, "bytes": buffer_bytes}}
+    if cgroup is not None:
+        fields["cgroup"] = cgroup
+    if into is not None:
+        fields["into"] = into
+    if rlimits:
+        fields["rlimits"] = rlimits
+    return fields
 
 
 def take_brain_lock(state_dir: str) -> int:

@@ -46,6 +46,13 @@ class Spawned:
     tracked: int  # names the process and all it starts, for signal_group and group_alive
 
 
+# What ProcessFactory.spawn takes, in order: argv, cwd, env, user, group, name, limits. A factory
+# that also has `spawn_many(list[SpawnRequest]) -> list[Spawned | Exception]` gets the spawns
+# of the owner's start and reloads together.
+SpawnRequest = tuple[Sequence[str], str | None, Mapping[str, str], str | int | None,
+                     str | int | None, str, Limits | None]
+
+
 class ProcessFactory(Protocol):
     def spawn(
         self,
