@@ -55,16 +55,6 @@ from suite_agent.processes.tracking import MARKER, Tracked, TrackedSpawns, Track
 log = logging.getLogger("suite_agent.processes.kept")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A spawn ready for the keeper: its tracked set (leaf made), the request, how it is placed."""
-
-    tracked: Tracked
-    instance: str
-    fields: dict[str, Any]
-    tight: bool
 LOST_KILL_WAIT = 2.0
 # A keeper with its native spawner starts every child inside its cgroup (0.3 ms, no copy of the
 # keeper, no cgroup move). Without it, only a lone spawn (a respawn) does: clone3 with fork
@@ -76,6 +66,16 @@ LOST_KILL_WAIT = 2.0
 # start 2.2 s (4.2 s with clone3 for all), respawn 10 ms (21 ms with the shim for all).
 BURST_GAP = 0.05
 SPAWN_WINDOW = 64  # spawn requests in flight at most in spawn_many
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A spawn ready for the keeper: its tracked set (leaf made), the request, how it is placed."""
+
+    tracked: Tracked
+    instance: str
+    fields: dict[str, Any]
+    tight: bool
 
 
 class KeptProcessFactory(TrackedSpawns):
