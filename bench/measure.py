@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 from peers import Supervisor, SupervisorDied
-from procfs import ServiceView, cpu_ns, is_gone, own_processes, service_arg
+from procfs import ServiceView, cpu_ns, is_gone, own_processes, parent_of, service_arg
 
 MIB = 1024 * 1024
 
@@ -183,11 +183,18 @@ def respawn_once(sup: Supervisor, view: ServiceView, arg: str, s: Settings) -> f
     root = sup.root_pid()
     assert root is not None
     old = view.snapshot(root)[arg]
+    parent = parent_of(old)
     t0 = time.perf_counter()
     os.kill(old, signal.SIGKILL)
     deadline = t0 + s.respawn_timeout
+    polls = 0
     while time.perf_counter() < deadline:
-        pid = view.snapshot(root).get(arg)
+        # The replacement is looked for under the old one's parent; now and then in the whole
+        # tree too, for a supervisor that starts it elsewhere.
+        pid = view.find_under(parent, arg, old) if parent is not None else None
+        if pid is None:
+            polls += 1
+            pid = view.snapshot(root).get(arg) if parent is None or polls % 50 == 0 else None
         if pid is not None and pid != old:
             return time.perf_counter() - t0
         time.sleep(s.respawn_poll)

@@ -95,6 +95,15 @@ def read_service_arg(pid: int) -> str | None:
     return arg if ARG_RE.match(arg) else None
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+
+
 def is_gone(pid: int) -> bool:
     """True when `pid` no longer exists or is a zombie waiting to be reaped."""
     try:
@@ -138,6 +147,23 @@ class ServiceView:
                 SEEN_SERVICE_PIDS.add(pid)
             by_arg[arg] = pid
         return by_arg
+
+    def find_under(self, parent: int, arg: str, old: int) -> int | None:
+        """The pid other than `old` running service `arg` among the children of `parent`. The respawn loop polls
+        with this: one parent's children file a poll, as cheap whatever the supervisor's process
+        tree looks like (a full snapshot also reads every thread of the supervisor and its helper,
+        so a supervisor with more threads or a helper process would be polled more slowly)."""
+        for pid in children_of(parent):
+            known = self._known.get(pid)
+            if known is None:
+                known = read_service_arg(pid)
+                if known is None:
+                    continue
+                self._known[pid] = known
+                SEEN_SERVICE_PIDS.add(pid)
+            if known == arg and pid != old:
+                return pid
+        return None
 
     def is_service(self, pid: int) -> bool:
         return pid in self._known or read_service_arg(pid) is not None

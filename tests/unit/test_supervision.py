@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -480,6 +481,39 @@ def test_health_events_on_readiness_change(h: Harness) -> None:
     probe(h, "a", "readiness", False)
     checks = [e for e in sub.drain() if e.type == "health_check"]
     assert [(e.data["ready"], e.data["health"]) for e in checks] == [(True, "healthy"), (False, "unhealthy")]
+
+
+def test_a_restart_is_asked_for_before_the_exit_is_reported_and_reports_keep_their_order(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    h.write("services:\n  a: {command: [a], ready_after: 0s}\n")
+    h.load()
+    h.settle()
+    (old,) = h.pids("a")
+    sub = h.sup.bus.subscribe()
+    published_at_spawn: list[list[str]] = []
+    spawn = h.factory.spawn
+
+    def watching_spawn(*args: Any, **kwargs: Any) -> Any:
+        published_at_spawn.append([e.type for e in sub.drain()])
+        return spawn(*args, **kwargs)
+
+    h.factory.spawn = watching_spawn  # type: ignore[method-assign]
+    caplog.set_level("INFO", logger="suite_agent")
+    caplog.clear()
+    h.factory.die(old, code=1)
+    h.settle()
+    (new,) = h.pids("a")
+    assert new != old
+    assert published_at_spawn == [[]]  # nothing reported yet when the spawn was asked for
+    assert [e.type for e in sub.drain()] == ["health_check", "service_stopped", "service_error",
+                                             "service_started", "health_check"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["a: exited with code 1; restarting", f"a: started (pid {new})"]
+    h.factory.die(new, code=1)  # at once again: a restart after a pause, the exit reported meanwhile
+    h.settle()
+    assert [e.type for e in sub.drain()] == ["health_check", "service_stopped", "service_error"]
+    h.advance(0.25)
+    assert len(published_at_spawn) == 2 and published_at_spawn[1] == []
 
 
 def test_commands_are_events_with_their_source(h: Harness) -> None:

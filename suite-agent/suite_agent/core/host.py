@@ -8,7 +8,9 @@ reads back which pid is whose and which statuses are out of date. Owner thread o
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +23,21 @@ from suite_agent.core.timers import Clock, Timers
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.output.pump import OutputPump
 from suite_agent.processes.factory import ProcessFactory, Spawned, SpawnRequest, account_environment
+
+_local = threading.local()  # the owner's log records held back, while it holds them
+_LOG = logging.getLogger("suite_agent")
+
+
+class _Holding(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        records: list[logging.LogRecord] | None = getattr(_local, "records", None)
+        if records is None:
+            return True
+        records.append(record)
+        return False
+
+
+_LOG.addFilter(_Holding())
 
 
 class Probes(Protocol):
@@ -55,9 +72,38 @@ class Host:
         # Run after a turn in which something moved (rollouts, scheduled runs), by key.
         self.followers: dict[str, Callable[[], None]] = {}
         self._batch: list[tuple[Instance, SpawnRequest]] | None = None
+        self._held: list[Event] | None = None
+        self._watched: set[tuple[str, int]] = set()  # instances the prober watches
 
     def emit(self, event: Event) -> None:
-        self._bus.publish(event)
+        if self._held is not None:
+            self._held.append(event)
+        else:
+            self._bus.publish(event)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Events and the owner's log lines wait until the block ends, then go out in order:
+        a restart's spawn request reaches the keeper before the exit is reported."""
+        if self._held is not None:  # the outer block releases them
+            yield
+            return
+        self._held = []
+        _local.records = []
+        try:
+            yield
+        finally:
+            self.release_held()
+
+    def release_held(self) -> None:
+        """Send what is held now (before an answer is given, so whoever got it sees them)."""
+        events, self._held = self._held, None
+        records: list[logging.LogRecord] | None = getattr(_local, "records", None)
+        _local.records = None
+        for record in records or ():
+            _LOG.handle(record)
+        for event in events or ():
+            self._bus.publish(event)
 
     def spawn(self, instance: Instance, request: SpawnRequest) -> Spawned | None:
         """Spawn now; or, inside `spawning_together`, later with the others of the batch (None:
@@ -147,9 +193,12 @@ class Host:
             spec = instance.spec
             if health.startup or health.liveness or health.readiness:
                 self._prober.watch(key, instance.pid, health, self.process_cwd(spec), self.process_env(spec))
+                self._watched.add(key)
             if self.notifications is not None:
                 self.notifications.watch(instance, adopted)
         else:
-            self._prober.unwatch(key)
+            if key in self._watched:  # most services have no probe: no message to the prober
+                self._watched.discard(key)
+                self._prober.unwatch(key)
             if self.notifications is not None:
                 self.notifications.unwatch(instance)

@@ -6,6 +6,7 @@ Owned by the supervisor thread; nothing here blocks. Every state change goes thr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Mapping
@@ -50,6 +51,10 @@ class InstanceHost(Protocol):
     def factory(self) -> ProcessFactory: ...
 
     def emit(self, event: Event) -> None: ...
+
+    def held(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def release_held(self) -> None: ...
 
     def spawn(self, instance: Instance, request: SpawnRequest) -> Spawned | None: ...
 
@@ -249,30 +254,39 @@ class Instance:
             self._notify_down()
 
     def _exited(self, pid: int | None, code: int | None, sig: int | None, how: str) -> None:
-        self._not_ready()
         if self.state is State.STOPPING:
+            self._not_ready()
             self.host.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
                                       pid=pid, exit_code=code, signal=sig, expected=True))
             self._check_group()
             return
         success = sig is None and code in self.spec.success_codes
-        self.host.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
-                                  pid=pid, exit_code=code, signal=sig, expected=False))
-        if not success:
-            self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
-                                      pid=pid, exit_code=code, signal=sig, error=how))
-        if self.tracked is not None and self.host.factory.group_alive(self.tracked):
+        left = self.tracked
+        # A restart's spawn request goes out first; the exit's events and log lines follow it,
+        # still before those of the start, and so does the end of what the process left behind.
+        with self.host.held():
+            self._not_ready()
+            self.host.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
+                                      pid=pid, exit_code=code, signal=sig, expected=False))
+            if not success:
+                self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
+                                          pid=pid, exit_code=code, signal=sig, error=how))
+            policy = self.spec.restart
+            if policy == "never" or (policy == "on-failure" and success):
+                self._kill_leftovers(left)
+                log.info("%s: %s", self.name, how)
+                self._set(State.EXITED, how)
+                if success and self.spec.health.readiness is None:
+                    self._become_ready(how)  # a finished one-shot counts as ready
+                self._notify_down()
+                return
+            self._restart_after_failure(how)
+        self._kill_leftovers(left)
+
+    def _kill_leftovers(self, tracked: int | None) -> None:
+        if tracked is not None and self.host.factory.group_alive(tracked):
             # The leader is gone; what it left in its group goes with it.
-            self.host.factory.signal_group(self.tracked, signal.SIGKILL)
-        policy = self.spec.restart
-        if policy == "never" or (policy == "on-failure" and success):
-            log.info("%s: %s", self.name, how)
-            self._set(State.EXITED, how)
-            if success and self.spec.health.readiness is None:
-                self._become_ready(how)  # a finished one-shot counts as ready
-            self._notify_down()
-            return
-        self._restart_after_failure(how)
+            self.host.factory.signal_group(tracked, signal.SIGKILL)
 
     def _restart_after_failure(self, why: str) -> None:
         now = self.host.clock.monotonic()
@@ -474,6 +488,7 @@ class Instance:
         self._notify_down()
 
     def _notify_down(self) -> None:
+        self.host.release_held()  # whoever hears of it next has its events too
         callbacks, self._when_down = self._when_down, []
         failed, self._failed = self._failed, None
         if failed is not None:
