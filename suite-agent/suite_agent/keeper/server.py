@@ -49,9 +49,14 @@ __all__ = ["Keeper"]
 KILL_GRACE = 5.0
 """Seconds after the SIGKILLs of a stop before the keeper gives up waiting and exits."""
 
+RECEIVE_SIZE = 64 * 1024
 TRIM_AFTER = 64 * 1024
 """A reply this large (an inventory of hundreds of instances, many log lines) left heap behind
 that the keeper hands back to the OS."""
+
+TRIM_WHEN_IDLE = 0.1
+"""After a burst of requests (a start: hundreds of spawns read 64 KiB at a time), the heap is
+handed back once the keeper has been idle this long, not after each read."""
 
 _WAKE_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -73,6 +78,7 @@ class Keeper:
         self.childless = True
         self._stop_phase = 0  # 1: SIGTERM sent, 2: SIGKILL sent
         self._deadline: float | None = None
+        self._trim_when_idle = False
         self._poll = select.epoll()
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._signals: set[int] = set()  # received, not yet acted on
@@ -138,7 +144,13 @@ class Keeper:
             timeout = -1.0
             if self._deadline is not None:
                 timeout = max(0.0, self._deadline - time.monotonic())
-            for fd, mask in self._poll.poll(timeout):
+            if self._trim_when_idle:
+                timeout = TRIM_WHEN_IDLE if timeout < 0 else min(timeout, TRIM_WHEN_IDLE)
+            ready = self._poll.poll(timeout)
+            if not ready and self._trim_when_idle:
+                self._trim_when_idle = False
+                trim_heap()
+            for fd, mask in ready:
                 try:
                     pipe = self.pipes.by_fd.get(fd)  # no handler per pipe: a closure is memory
                     if pipe is not None:
@@ -330,7 +342,7 @@ class Keeper:
         if not mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
             return
         try:
-            data = conn.sock.recv(65536)
+            data = conn.sock.recv(RECEIVE_SIZE)
         except BlockingIOError:
             return
         except OSError:
@@ -338,6 +350,8 @@ class Keeper:
         if not data:
             self._drop(conn)
             return
+        if len(data) == RECEIVE_SIZE:
+            self._trim_when_idle = True
         try:
             messages = conn.reader.feed(data)
         except BadRequest as exc:

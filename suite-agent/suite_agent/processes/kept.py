@@ -65,7 +65,7 @@ LOST_KILL_WAIT = 2.0
 # would serialize the copies in the keeper. Measured at N = 500 without the native spawner:
 # start 2.2 s (4.2 s with clone3 for all), respawn 10 ms (21 ms with the shim for all).
 BURST_GAP = 0.05
-SPAWN_WINDOW = 64  # spawn requests in flight at most in spawn_many
+SPAWN_WINDOW = 16  # spawn requests in flight at most in spawn_many
 
 
 @dataclass(frozen=True)
