@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,6 +108,41 @@ def test_kill9_at_steady_state_adopts_same_pids_and_reports_exits_meanwhile(
     assert a2.stop() == 0
     assert with_marker("4101") == []
     assert_no_gap(counted(conf_dir))
+
+
+def test_a_one_shot_that_ran_to_its_end_is_not_run_again_by_the_next_agent(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    api = Api(free_port())
+
+    def once(name: str, code: int, restart: str) -> str:
+        return (f"{name}: {{command: [sh, -c, 'echo {name} >> {runs}; exit {code}'], "
+                f"restart: {restart}}}\n")
+
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
+    a1.write("a.yaml", services_yaml(once("done", 0, "never") + once("failed", 3, "never")
+                                     + once("fixed", 0, "on-failure") + "sleeper: {command: [sleep, '4121']}\n"))
+    a1.start()
+    for name in ("done", "failed", "fixed"):
+        a1.wait_log(rf"{name}: exited with code")
+    sleeper = one("4121")
+    kill9(a1)
+
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    a2.wait_log(r"api: listening")
+    for name, code in (("done", 0), ("failed", 3), ("fixed", 0)):
+        assert f"{name}: pid" in a2.log() and f"had exited with code {code} before this agent started" in a2.log()
+        status = api.get(f"/api/services/{name}").json
+        assert status["state"] == "exited" and status["pids"] == []
+    assert one("4121") == sleeper
+    # An upgrade in place finds them the same way.
+    a2.signal(signal.SIGUSR2)
+    a2.wait_log(r"re-executing")
+    assert api.get("/api/services/done", timeout=30).json["state"] == "exited"
+    assert sorted(runs.read_text().split()) == ["done", "failed", "fixed"]  # each ran once
+    assert re.search(r"(done|failed|fixed): started", a2.log()) is None
+    assert a2.stop() == 0
 
 
 def test_kill9_in_a_crash_loop_never_runs_two_copies(

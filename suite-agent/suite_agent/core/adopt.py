@@ -31,6 +31,7 @@ from suite_agent.core.inbox import Shutdown
 from suite_agent.core.service import Service
 from suite_agent.health.scheduler import Prober
 from suite_agent.processes.kept import KeptProcessFactory
+from suite_agent.states import State
 
 if TYPE_CHECKING:
     from suite_agent.core.supervisor import Supervisor
@@ -48,6 +49,7 @@ class Continuity:
         self.path = Path(factory.state_dir) / SAVED
         self._saved_key: tuple[Any, ...] | None = None
         self._adopted: set[str] = set()
+        self._finished: set[str] = set()  # instances whose one-shot run ended before this agent
         self._restarts: dict[str, int] = {}  # instance: restarts, as a re-exec left them
         self._watched: tuple[int, ...] = ()
 
@@ -87,6 +89,9 @@ class Continuity:
                 process = inventory.processes.get(inst.name)
                 if process is None or not (process.alive or process.group_alive
                                            or process.pid in pending):
+                    if (process is not None and process.status is not None
+                            and inst.finished(process.pid, process.status)):
+                        self._finished.add(inst.name)
                     continue
                 claimed.add(inst.name)
                 tracked = self.factory.adopt(process)
@@ -125,8 +130,9 @@ class Continuity:
         for svc in list(self.owner.services.values()):
             if svc.removing:
                 continue
-            if svc.wanted:
-                svc.start()
+            if svc.wanted:  # a one-shot that ran to its end is not missing
+                svc.start(done={i.name for i in svc.instances
+                                if i.name in self._finished and i.state is State.EXITED})
             elif not svc.down:
                 svc.stop()
 

@@ -412,6 +412,23 @@ class Instance:
         else:
             self.stop()
 
+    def finished(self, pid: int, status: int) -> bool:
+        """A previous agent saw this instance's last process `pid` exit with `status` and
+        reported it: if that exit ended its run for good (a one-shot done), it stays so, as
+        `exited`, without another report; True then. False: it is to be started again."""
+        code, sig = decode_status(status)
+        success = sig is None and code in self.spec.success_codes
+        if not (self.spec.restart == "never" or (self.spec.restart == "on-failure" and success)):
+            return False
+        self.last_exit_code, self.last_signal = code, sig
+        how = f"exited with code {code}" if sig is None else f"killed by {signal_name(sig)}"
+        log.info("%s: pid %d had %s before this agent started; not started again", self.name, pid, how)
+        self._set(State.EXITED, how)
+        if success and self.spec.health.readiness is None:
+            self.ready = True  # as a finished one-shot is, for those that wait on it
+            self.host.changed(self.service)
+        return True
+
     def respec(self, spec: ServiceSpec) -> None:
         """The spec for the next process; the running one keeps its own stop settings."""
         self._next_spec = spec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -91,15 +91,18 @@ class Service:
         else:
             self.start()
 
-    def start(self) -> None:
+    def start(self, done: Collection[str] = ()) -> None:
+        """Want it and start its instances, but for those named in `done` (one-shots that ran to
+        their end before this agent started)."""
         self.wanted = True
         self._reschedule()
-        self.run_now()
+        self.run_now(done)
 
-    def run_now(self) -> None:
+    def run_now(self, done: Collection[str] = ()) -> None:
         self.host.start_dependencies(self.spec)
         for inst in self.instances:
-            inst.start()
+            if inst.name not in done:
+                inst.start()
 
     def stop(self, then: Callable[[], None] | None = None) -> None:
         self.wanted = False

@@ -75,7 +75,8 @@ class Exit:
 class Child:
     """The last process spawned for an instance; `pgid` is its pid (it leads its own group)."""
 
-    __slots__ = ("alive", "argv", "instance", "pid", "popen", "sid", "spawned_at", "start_time")
+    __slots__ = ("alive", "argv", "instance", "pid", "popen", "sid", "spawned_at", "start_time",
+                 "status")
 
     def __init__(self, instance: str, pid: int, start_time: int, sid: int, argv: list[str],
                  popen: subprocess.Popen[bytes] | None) -> None:
@@ -86,6 +87,7 @@ class Child:
         self.argv = argv
         self.spawned_at = time.time()
         self.alive = True  # not reaped yet
+        self.status: int | None = None  # its wait status, once reaped
         self.popen = popen
 
     @property
@@ -204,6 +206,7 @@ class Children:
                 orphans.append((pid, status))
                 continue
             child.alive = False
+            child.status = status
             if child.popen is not None:
                 child.popen.returncode = os.waitstatus_to_exitcode(status)
                 child.popen = None

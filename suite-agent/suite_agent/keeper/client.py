@@ -122,6 +122,7 @@ class Process:
     argv: tuple[str, ...]
     alive: bool  # not reaped yet
     group_alive: bool  # some process of its group still runs (the leader or what it left)
+    status: int | None = None  # its wait status once reaped (None from an older keeper)
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,7 @@ class KeeperClient:
         r = self.call("inventory")
         processes = {p["instance"]: Process(p["instance"], p["pid"], p["pgid"], p["sid"],
                                             p["start_time"], p["spawned_at"], tuple(p["argv"]),
-                                            p["alive"], p["group_alive"])
+                                            p["alive"], p["group_alive"], p.get("status"))
                      for p in r["instances"]}
         return Inventory(processes, tuple(_exit(e) for e in r["exits"]), r["last_seq"],
                          r["terminate_pending"], r["shutting_down"])

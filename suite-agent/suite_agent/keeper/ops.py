@@ -143,7 +143,7 @@ def signal_(keeper: Keeper, conn: Connection, request: Request) -> Reply:
 def inventory(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     children = keeper.children
     return {
-        "instances": [{**c.record(), "alive": c.alive,
+        "instances": [{**c.record(), "alive": c.alive, "status": c.status,
                        "group_alive": c.alive or children.group_alive(c)}
                       for c in children.by_instance.values()],
         "exits": [e.as_dict() for e in children.exits.values()],
