@@ -137,10 +137,12 @@ def signal_(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     instance = check_instance(request.get("instance"))
     signum = _signal(request.get("signal"))
     pid = _optional_int(request, "pid")
+    keeper.reap()  # what has ended but waits to be reaped is not a group member to signal
     return {"delivered": keeper.children.signal(instance, signum, pid)}
 
 
 def inventory(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    keeper.reap()  # exits the kernel has and the loop has not taken in yet count
     children = keeper.children
     return {
         "instances": [{**c.record(), "alive": c.alive, "status": c.status,
