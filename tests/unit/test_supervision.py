@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from suite_agent.core.adopt import Continuity
 from suite_agent.core.inbox import Control
 from suite_agent.core.results import ControlResult, Refused, ReloadSummary
 from suite_agent.core.supervisor import Supervisor
@@ -514,6 +517,24 @@ def test_a_restart_is_asked_for_before_the_exit_is_reported_and_reports_keep_the
     assert [e.type for e in sub.drain()] == ["health_check", "service_stopped", "service_error"]
     h.advance(0.25)
     assert len(published_at_spawn) == 2 and published_at_spawn[1] == []
+
+
+def test_the_saved_services_are_written_again_only_after_what_they_hold_changed(
+        h: Harness, tmp_path: Path) -> None:
+    h.write("services:\n  a: {command: [a]}\n  b: {command: [b], autostart: false}\n")
+    h.load()
+    saved = Continuity(h.sup, SimpleNamespace(state_dir=str(tmp_path)))  # type: ignore[arg-type]
+    path = tmp_path / "services.json"
+    saved.save(h.sup.services)
+    assert json.loads(path.read_text())["b"]["wanted"] is False
+    path.unlink()
+    h.factory.die(h.pids("a")[0], code=1)  # an exit and a respawn change no spec and no intent
+    h.settle()
+    saved.save(h.sup.services)
+    assert not path.exists()
+    h.sup.services["b"].wanted = True  # an intent alone, no state change: written
+    saved.save(h.sup.services)
+    assert json.loads(path.read_text())["b"]["wanted"] is True
 
 
 def test_commands_are_events_with_their_source(h: Harness) -> None:

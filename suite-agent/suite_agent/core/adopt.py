@@ -143,6 +143,10 @@ class Continuity:
         `final` (before a re-exec): write in any case, with each instance's restart count, which
         the next image carries on from. Counting restarts in every write would rewrite the file
         at each respawn; after a kill -9 the counts start again from the exits met since."""
+        host = self.owner.host
+        if not (host.saved_stale or final):  # nothing it is made of has changed since (O(1))
+            return
+        host.saved_stale = False
         # One being removed is kept, not wanted, until it is gone: a next agent finishes its stop.
         key = tuple((n, id(s.running_spec), s.wanted and not s.removing, s.origin)
                     for n, s in services.items())
@@ -161,6 +165,7 @@ class Continuity:
             os.replace(tmp, self.path)
         except OSError as exc:
             log.warning("cannot save the services' state in %s: %s", self.path, exc)
+            host.saved_stale = True  # tried again at the next publish
             return
         self._saved_key = key
         self._keep = [s.running_spec for s in services.values()]  # ids in the key stay theirs

@@ -73,6 +73,7 @@ class Host:
         self.followers: dict[str, Callable[[], None]] = {}
         self._batch: list[tuple[Instance, SpawnRequest]] | None = None
         self._held: list[Event] | None = None
+        self.saved_stale = True  # see Service.__setattr__ and Continuity.save
         self._watched: set[tuple[str, int]] = set()  # instances the prober watches
 
     def emit(self, event: Event) -> None:

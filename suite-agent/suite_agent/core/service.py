@@ -27,6 +27,8 @@ class ServiceHost(InstanceHost, Protocol):
 
     def start_dependencies(self, spec: ServiceSpec) -> None: ...
 
+    saved_stale: bool  # what core/adopt.py saves of the services may have changed
+
 
 @dataclass(frozen=True)
 class ServiceStatus:
@@ -68,7 +70,16 @@ def _when_all(instances: list[Instance], action: Callable[[Instance, Callable[[]
         action(inst, one_done)
 
 
+# What core/adopt.py saves of a service depends on these (running_spec on spec and rollout).
+_SAVED = frozenset({"spec", "rollout", "wanted", "removing", "origin"})
+
+
 class Service:
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in _SAVED and "host" in self.__dict__:
+            self.host.saved_stale = True
+
     def __init__(self, host: ServiceHost, name: str, spec: ServiceSpec, origin: str | None) -> None:
         self.host = host
         self.name = name

@@ -542,6 +542,7 @@ class Supervisor:
         def forget() -> None:
             if svc.removing and self.services.get(name) is svc:
                 del self.services[name]
+                self.host.saved_stale = True
                 self.pump.forget(name)
                 self.host.changed(name)
 
