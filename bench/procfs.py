@@ -95,24 +95,25 @@ def read_service_arg(pid: int) -> str | None:
     return arg if ARG_RE.match(arg) else None
 
 
-def parent_of(pid: int) -> int | None:
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat after the command name: state, ppid, ... (None when `pid` is gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def parent_of(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 def is_gone(pid: int) -> bool:
     """True when `pid` no longer exists or is a zombie waiting to be reaped."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state in (b"Z", b"X")
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] in (b"Z", b"X")
 
 
 class ServiceView:

@@ -33,6 +33,10 @@ NO_LIMITS = Limits()
 DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL})
 
 
+def _describe(code: int | None, sig: int | None) -> str:
+    return f"exited with code {code}" if sig is None else f"killed by {signal_name(sig)}"
+
+
 def instance_name(service: str, index: int) -> str:
     """`web` for the first replica, `web.1`, `web.2` ... for the others (log files, events)."""
     return service if index == 0 else f"{service}.{index}"
@@ -244,7 +248,7 @@ class Instance:
         self.last_exit_code, self.last_signal = code, sig
         self.exited_at = self.host.clock.monotonic()
         self._last_run = self.exited_at - self.started_at
-        how = f"exited with code {code}" if sig is None else f"killed by {signal_name(sig)}"
+        how = _describe(code, sig)
         try:
             self._exited(pid, code, sig, how)
         except Exception as exc:  # a bug here must not leave a `running` service without a process
@@ -271,8 +275,7 @@ class Instance:
             if not success:
                 self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
                                           pid=pid, exit_code=code, signal=sig, error=how))
-            policy = self.spec.restart
-            if policy == "never" or (policy == "on-failure" and success):
+            if self._ends_run(success):
                 self._kill_leftovers(left)
                 log.info("%s: %s", self.name, how)
                 self._set(State.EXITED, how)
@@ -418,16 +421,19 @@ class Instance:
         `exited`, without another report; True then. False: it is to be started again."""
         code, sig = decode_status(status)
         success = sig is None and code in self.spec.success_codes
-        if not (self.spec.restart == "never" or (self.spec.restart == "on-failure" and success)):
+        if not self._ends_run(success):
             return False
         self.last_exit_code, self.last_signal = code, sig
-        how = f"exited with code {code}" if sig is None else f"killed by {signal_name(sig)}"
+        how = _describe(code, sig)
         log.info("%s: pid %d had %s before this agent started; not started again", self.name, pid, how)
         self._set(State.EXITED, how)
-        if success and self.spec.health.readiness is None:
-            self.ready = True  # as a finished one-shot is, for those that wait on it
-            self.host.changed(self.service)
+        # As a finished one-shot is, for those that wait on it (reported by the agent before).
+        self.ready = success and self.spec.health.readiness is None
         return True
+
+    def _ends_run(self, success: bool) -> bool:
+        """Whether an exit is the end of this instance's run by its restart policy."""
+        return self.spec.restart == "never" or (self.spec.restart == "on-failure" and success)
 
     def respec(self, spec: ServiceSpec) -> None:
         """The spec for the next process; the running one keeps its own stop settings."""

@@ -244,8 +244,7 @@ class KeeperClient:
             if reply is None and time.monotonic() >= deadline:
                 raise TimeoutError(f"the keeper did not answer {op} in time")
         if not reply.get("ok"):
-            raise KeeperError(str(reply.get("error")), int(reply.get("errno", 0)),
-                              str(reply.get("message")))
+            raise _refusal(reply)
         return reply
 
     def hello(self, *, brain: bool = True) -> Hello:
@@ -274,8 +273,7 @@ class KeeperClient:
 
     def spawn_with(self, fields: dict[str, Any]) -> Spawned:
         """A spawn from the fields :func:`spawn_fields` made."""
-        r = self.call("spawn", **fields)
-        return Spawned(r["pid"], r["pgid"], r["start_time"], r["spawned_at"])
+        return _spawned(self.call("spawn", **fields))
 
     def send_spawn(self, fields: dict[str, Any]) -> int:
         """Send a spawn request without waiting for its reply; its request id, for
@@ -296,11 +294,7 @@ class KeeperClient:
                 if "event" in message:
                     self._keep(message)
                 elif message.get("id") in ids:
-                    r = message
-                    found[r["id"]] = (Spawned(r["pid"], r["pgid"], r["start_time"], r["spawned_at"])
-                                      if r.get("ok") else
-                                      KeeperError(str(r.get("error")), int(r.get("errno", 0)),
-                                                  str(r.get("message"))))
+                    found[message["id"]] = _spawned(message) if message.get("ok") else _refusal(message)
             if not wait and not messages:
                 break
             if wait and len(found) < len(ids) and time.monotonic() >= deadline:
@@ -523,6 +517,14 @@ def connect_or_start(state_dir: str, *, stop_timeout: float | None = None,
         if exc.error != "EAGAIN":
             raise  # only a keeper started meanwhile by someone else is fine
     return KeeperClient.connect(state_dir, timeout=timeout)
+
+
+def _spawned(r: dict[str, Any]) -> Spawned:
+    return Spawned(r["pid"], r["pgid"], r["start_time"], r["spawned_at"])
+
+
+def _refusal(r: dict[str, Any]) -> KeeperError:
+    return KeeperError(str(r.get("error")), int(r.get("errno", 0)), str(r.get("message")))
 
 
 def _exited(state_dir: str, code: int) -> KeeperError:

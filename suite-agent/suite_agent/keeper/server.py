@@ -51,12 +51,11 @@ KILL_GRACE = 5.0
 
 RECEIVE_SIZE = 64 * 1024
 TRIM_AFTER = 64 * 1024
-"""A reply this large (an inventory of hundreds of instances, many log lines) left heap behind
-that the keeper hands back to the OS."""
+"""A reply this large (an inventory of hundreds of instances, many log lines), or a full read of
+requests (a start sends hundreds of spawns), leaves heap behind that the keeper hands back to
+the OS once it has been idle for TRIM_WHEN_IDLE seconds: once after a burst, not at each read."""
 
 TRIM_WHEN_IDLE = 0.1
-"""After a burst of requests (a start: hundreds of spawns read 64 KiB at a time), the heap is
-handed back once the keeper has been idle this long, not after each read."""
 
 _WAKE_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -350,7 +349,7 @@ class Keeper:
         if not data:
             self._drop(conn)
             return
-        if len(data) == RECEIVE_SIZE:
+        if len(data) == RECEIVE_SIZE:  # a burst: more is likely waiting
             self._trim_when_idle = True
         try:
             messages = conn.reader.feed(data)
@@ -358,15 +357,13 @@ class Keeper:
             self.send(conn, error_reply(None, exc))
             self._drop(conn)
             return
-        large = False
         for message in messages:
             if conn.fd not in self.clients:
                 break
             data = encode(dispatch(self, conn, message))
-            large = large or len(data) > TRIM_AFTER
+            if len(data) > TRIM_AFTER:
+                self._trim_when_idle = True
             self._send(conn, data)
-        if large:
-            trim_heap()
 
     def send(self, conn: Connection, message: dict[str, Any]) -> None:
         self._send(conn, encode(message))

@@ -38,7 +38,6 @@ from suite_agent.keeper.client import (
     connect_or_start,
     spawn_fields,
 )
-from suite_agent.keeper.client import Spawned as KeeperSpawned
 from suite_agent.output.kept import KeptOutput
 from suite_agent.processes import cgroups
 from suite_agent.processes.factory import (
@@ -117,7 +116,9 @@ class KeptProcessFactory(TrackedSpawns):
     def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
               user: str | int | None, group: str | int | None, name: str = "",
               limits: Limits | None = None) -> Spawned:
-        prepared = self._prepare(argv, cwd, env, user, group, name, limits)
+        return self._spawn_prepared(self._prepare(argv, cwd, env, user, group, name, limits))
+
+    def _spawn_prepared(self, prepared: _Prepared) -> Spawned:
         try:
             got = self._call(lambda c: c.spawn_with(prepared.fields))
         except KeeperError as exc:
@@ -153,16 +154,13 @@ class KeptProcessFactory(TrackedSpawns):
             self._keeper_lost(exc)
             for index, prepared in sent.values():
                 try:
-                    got = self._call(_spawner(prepared.fields))
+                    results[index] = self._spawn_prepared(prepared)
                 except Exception as error:
-                    self._tracker.abandon(prepared.tracked)
                     results[index] = error
-                else:
-                    results[index] = self._finish(prepared, got.pid)
             for index, request in enumerate(requests):
                 if results[index] is None:
                     try:
-                        results[index] = self.spawn(*request[:6], limits=request[6])
+                        results[index] = self.spawn(*request)
                     except Exception as error:
                         results[index] = error
         except TimeoutError as exc:
@@ -416,10 +414,6 @@ class KeptProcessFactory(TrackedSpawns):
         self.reconnected = True
         log.info("keeper started again (pid %d)", hello.pid)
         self._nudge()
-
-
-def _spawner(fields: dict[str, Any]) -> Callable[[KeeperClient], KeeperSpawned]:
-    return lambda client: client.spawn_with(fields)
 
 
 def _reap_own() -> list[tuple[int, int]]:
