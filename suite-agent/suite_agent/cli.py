@@ -171,7 +171,7 @@ def cmd_run(settings: Settings) -> int:
     become_subreaper()
     store = ConfigStore(settings.conf_dir)
     try:
-        factory, output, lock = keep(settings.conf_dir, settings.cgroups == "auto", store)
+        factory, output, locks = keep(settings.conf_dir, settings.cgroups == "auto", store)
     except Locked as exc:
         print(f"suite-agent run: another agent already runs on {settings.conf_dir} ({exc.strerror}, "
               f"{exc.filename})", file=sys.stderr)
@@ -186,7 +186,8 @@ def cmd_run(settings: Settings) -> int:
     finally:
         watcher.stop()
     if supervisor.reexec:
-        os.close(lock)
+        for fd in locks:
+            os.close(fd)
         logging.shutdown()
         carried.hold_for_exec()
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

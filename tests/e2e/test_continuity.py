@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from agent import Agent, agent_command
 from api_helpers import Api, free_port, services_yaml
 from eventually import eventually
 
+SERVICE_PROGRAMS = frozenset({"sh", "dash", "bash", "sleep", "python3"})
 COUNTER = "[sh, -c, 'i=0; while true; do i=$((i+1)); echo $i; sleep 0.02; done; : 4101']"
 
 
@@ -44,11 +46,13 @@ def new_agent(agents: list[Agent], conf_dir: Path, tmp_path: Path) -> Agent:
 
 
 def with_marker(marker: str) -> list[psutil.Process]:
-    """Every process on the machine whose command line holds `marker` (duplicates show here)."""
+    """Every `sleep` or shell on the machine whose command line holds `marker` (duplicates show
+    here; a browser another test runs may hold the same digits in its own arguments)."""
     found = []
-    for proc in psutil.process_iter(["cmdline", "ppid", "status"]):
+    for proc in psutil.process_iter(["cmdline", "ppid", "status", "name"]):
         cmdline = proc.info["cmdline"] or []
-        if any(marker in part for part in cmdline) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+        if (proc.info["name"] in SERVICE_PROGRAMS and any(marker in part for part in cmdline)
+                and proc.info["status"] != psutil.STATUS_ZOMBIE):
             found.append(proc)
     # A shell's child between its fork and its exec still shows the shell's command line.
     pids = {p.pid for p in found}
@@ -217,6 +221,22 @@ def test_a_second_agent_on_the_same_conf_d_refuses(
     assert done.returncode == 1
     assert "another agent already runs on" in done.stderr
     assert len(with_marker("4141")) == 1
+
+
+def test_a_second_agent_refuses_even_when_the_state_directory_was_deleted(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml("web: {command: [sleep, '4142']}\n"))
+    a1.start()
+    one("4142")
+    # Taken for a cache: the brain lock inside goes with it, the conf.d folder's own lock stays.
+    shutil.rmtree(conf_dir.parent / ".suite-agent")
+    done = subprocess.run([*agent_command(), "run", "--conf-dir", str(conf_dir)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "another agent already runs on" in done.stderr
+    assert len(with_marker("4142")) == 1
+    assert a1.proc is not None and a1.proc.poll() is None
 
 
 def test_sigusr2_reexecutes_in_place(agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:

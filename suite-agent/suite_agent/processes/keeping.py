@@ -1,8 +1,10 @@
-"""Starting an agent on its keeper: the state directory, the brain lock, what a killed keeper
-left, and the keeper-backed factory and output the owner is built with."""
+"""Starting an agent on its keeper: the locks, the state directory, what a killed keeper left,
+and the keeper-backed factory and output the owner is built with."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 from suite_agent.config.models import AgentSection
 from suite_agent.config.store import ConfigStore
 from suite_agent.keeper.client import connect_or_start, take_brain_lock
+from suite_agent.keeper.statedir import Locked
 from suite_agent.keeper.survivors import discard_dead_keepers, find_survivors, stop_survivors
 from suite_agent.output.kept import KeptOutput
 from suite_agent.processes.kept import KeptProcessFactory
@@ -23,13 +26,20 @@ def state_dir_of(conf_dir: str | os.PathLike[str], agent: AgentSection) -> Path:
 
 
 def keep(conf_dir: str | os.PathLike[str], cgroups_on: bool,
-         store: ConfigStore | None = None) -> tuple[KeptProcessFactory, KeptOutput, int]:
-    """The factory and output of an agent whose services the keeper holds, and the brain lock's
-    fd (held while it is open). Raises keeper.statedir.Locked if another agent runs here."""
+         store: ConfigStore | None = None
+         ) -> tuple[KeptProcessFactory, KeptOutput, tuple[int, ...]]:
+    """The factory and output of an agent whose services the keeper holds, and the fds of its
+    locks (held while they are open). Raises keeper.statedir.Locked if another agent runs here."""
     # The supervisor's own store, when given: its first load then parses nothing again.
     agent = (store or ConfigStore(conf_dir)).load().agent
     state_dir = str(state_dir_of(conf_dir, agent))
-    lock = take_brain_lock(state_dir)
+    folder = lock_conf_dir(conf_dir)
+    try:
+        lock = take_brain_lock(state_dir)
+    except BaseException:
+        os.close(folder)
+        raise
+    locks = (folder, lock)
     try:
         survivors = find_survivors(state_dir)
         if survivors:
@@ -40,11 +50,28 @@ def keep(conf_dir: str | os.PathLike[str], cgroups_on: bool,
         discard_dead_keepers(state_dir)
         client, hello = connect_or_start(state_dir)
     except BaseException:
-        os.close(lock)
+        for fd in locks:
+            os.close(fd)
         raise
     log.info("keeper pid %d (state in %s)", hello.pid, state_dir)
     base = Path(conf_dir).absolute().parent
     output = KeptOutput(state_dir, base / agent.log_dir, agent.log_max_bytes, agent.log_backups,
                         agent.log_buffer_lines, agent.log_buffer_bytes)
     return KeptProcessFactory(state_dir, client, hello.pid, output, cgroups_on,
-                              hello.into_cgroup, hello.native_spawn), output, lock
+                              hello.into_cgroup, hello.native_spawn), output, locks
+
+
+def lock_conf_dir(conf_dir: str | os.PathLike[str]) -> int:
+    """Hold the conf.d folder itself while the returned fd is open: one agent on it at a time.
+
+    The brain lock lives in the state directory, and a user who deletes that folder as if it were
+    a cache deletes the lock with it; a second agent would then start every service again. The
+    folder's own lock goes only with the folder."""
+    fd = os.open(conf_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Locked(errno.EAGAIN, "the folder is locked by another agent",
+                     os.fspath(conf_dir)) from None
+    return fd
