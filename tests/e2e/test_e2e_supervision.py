@@ -76,6 +76,12 @@ def test_missing_executable_does_not_take_the_agent_down(agent: Agent) -> None:
     agent.wait_log(r"ghost: cannot start '/nonexistent/bin': .*No such file")
     agent.wait_pids("3602")
     assert agent.proc is not None and agent.proc.poll() is None
+    # Tried once, as `restart: never` says: a later edit applied is the sentinel that the start
+    # is over, and still one attempt shows.
+    agent.write("b.yaml", services("later: {command: [sleep, '3609']}\n"))
+    agent.wait_pids("3609")
+    assert len(agent.wait_log(r"ghost: cannot start")) == 1
+    assert agent.log().count("ghost: cannot start") == 1
 
 
 def test_hot_reload_adds_changes_removes_only_what_changed(agent: Agent) -> None:

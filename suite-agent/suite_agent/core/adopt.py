@@ -49,7 +49,6 @@ class Continuity:
         self.path = Path(factory.state_dir) / SAVED
         self._saved_key: tuple[Any, ...] | None = None
         self._adopted: set[str] = set()
-        self._finished: set[str] = set()  # instances whose one-shot run ended before this agent
         self._restarts: dict[str, int] = {}  # instance: restarts, as a re-exec left them
         self._watched: tuple[int, ...] = ()
 
@@ -89,9 +88,8 @@ class Continuity:
                 process = inventory.processes.get(inst.name)
                 if process is None or not (process.alive or process.group_alive
                                            or process.pid in pending):
-                    if (process is not None and process.status is not None
-                            and inst.finished(process.pid, process.status)):
-                        self._finished.add(inst.name)
+                    if process is not None and process.status is not None:
+                        inst.finished(process.pid, process.status)
                     continue
                 claimed.add(inst.name)
                 tracked = self.factory.adopt(process)
@@ -130,9 +128,10 @@ class Continuity:
         for svc in list(self.owner.services.values()):
             if svc.removing:
                 continue
-            if svc.wanted:  # a one-shot that ran to its end is not missing
-                svc.start(done={i.name for i in svc.instances
-                                if i.name in self._finished and i.state is State.EXITED})
+            if svc.wanted:
+                # Missing: never started by this agent. Not a one-shot that ran to its end, nor
+                # one the plan just started (a spawn that failed is not tried a second time).
+                svc.start(done={i.name for i in svc.instances if i.state is not State.STOPPED})
             elif not svc.down:
                 svc.stop()
 

@@ -415,21 +415,20 @@ class Instance:
         else:
             self.stop()
 
-    def finished(self, pid: int, status: int) -> bool:
+    def finished(self, pid: int, status: int) -> None:
         """A previous agent saw this instance's last process `pid` exit with `status` and
         reported it: if that exit ended its run for good (a one-shot done), it stays so, as
-        `exited`, without another report; True then. False: it is to be started again."""
+        `exited`, without another report (else it stays `stopped`, to be started again)."""
         code, sig = decode_status(status)
         success = sig is None and code in self.spec.success_codes
         if not self._ends_run(success):
-            return False
+            return
         self.last_exit_code, self.last_signal = code, sig
         how = _describe(code, sig)
         log.info("%s: pid %d had %s before this agent started; not started again", self.name, pid, how)
         self._set(State.EXITED, how)
         # As a finished one-shot is, for those that wait on it (reported by the agent before).
         self.ready = success and self.spec.health.readiness is None
-        return True
 
     def _ends_run(self, success: bool) -> bool:
         """Whether an exit is the end of this instance's run by its restart policy."""
