@@ -366,6 +366,10 @@ def test_malformed_requests_get_a_clear_error_and_change_nothing(keeper: Keeper)
             client.call(str(request.pop("op")), **request)
         assert caught.value.error == error, request
         assert words in caught.value.message, (request, caught.value.message)
+        if error == "ENOENT":  # the spawn's own error, as it was raised in the keeper
+            raised = caught.value.as_oserror()
+            assert isinstance(raised, FileNotFoundError) and raised.filename == words
+            assert str(raised) == f"[Errno 2] No such file or directory: {words!r}"
     after = client.inventory()
     assert after.processes == before.processes
     assert not after.exits

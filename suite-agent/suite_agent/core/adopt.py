@@ -64,7 +64,7 @@ class Continuity:
             selector.register(fd, selectors.EVENT_READ, lambda: self._on_keeper(selector))
 
     def _on_keeper(self, selector: selectors.BaseSelector) -> None:
-        self.owner.handle_sigchld()
+        self.owner.handle_sigchld(self.factory.reap_kept())
         if self.factory.reconnected:
             self.factory.reconnected = False
             self.watch(selector)

@@ -339,9 +339,10 @@ class Supervisor:
                 message.reply.set_exception(exc)
 
     # -- handlers -------------------------------------------------------------------------
-    def handle_sigchld(self) -> None:
+    def handle_sigchld(self, reaped: list[tuple[int, int]] | None = None) -> None:
+        """Handle the exits `factory.reap()` finds, or those given (`reaped`)."""
         orphans = False
-        for pid, status in self.factory.reap():
+        for pid, status in self.factory.reap() if reaped is None else reaped:
             inst = self.host.by_pid.get(pid)
             if inst is None:
                 orphans = orphans or not self.foreign.deliver(pid, status)

@@ -53,11 +53,20 @@ KEEPER_LOG = "keeper.log"
 class KeeperError(Exception):
     """The keeper refused a request: `error` is an errno name (``ENOENT``, ``EINVAL``...)."""
 
-    def __init__(self, error: str, errno: int, message: str) -> None:
+    def __init__(self, error: str, errno: int, message: str, strerror: str | None = None,
+                 filename: str | None = None) -> None:
         super().__init__(f"{error}: {message}")
         self.error = error
         self.errno = errno
         self.message = message
+        self.strerror = strerror
+        self.filename = filename
+
+    def as_oserror(self) -> OSError:
+        """The OSError the keeper's call raised there (its subclass too: FileNotFoundError...)."""
+        if self.strerror is not None and self.filename is not None:
+            return OSError(self.errno, self.strerror, self.filename)
+        return OSError(self.errno, self.message)
 
 
 class KeeperGone(ConnectionError):
@@ -524,7 +533,10 @@ def _spawned(r: dict[str, Any]) -> Spawned:
 
 
 def _refusal(r: dict[str, Any]) -> KeeperError:
-    return KeeperError(str(r.get("error")), int(r.get("errno", 0)), str(r.get("message")))
+    strerror, filename = r.get("strerror"), r.get("filename")
+    return KeeperError(str(r.get("error")), int(r.get("errno", 0)), str(r.get("message")),
+                       strerror if isinstance(strerror, str) else None,
+                       filename if isinstance(filename, str) else None)
 
 
 def _exited(state_dir: str, code: int) -> KeeperError:

@@ -52,16 +52,22 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def error_reply(request_id: Any, exc: BaseException) -> dict[str, Any]:
+    """A refusal; an OSError's strerror and filename also go apart, so that the brain raises
+    the same error (and message) the spawn raised here."""
+    extra: dict[str, Any] = {}
     if isinstance(exc, OSError) and exc.errno is not None:
         code = exc.errno
         message = exc.strerror or str(exc)
+        extra["strerror"] = message
         if exc.filename is not None:
             message = f"{message}: {exc.filename}"
+            name = exc.filename
+            extra["filename"] = os.fsdecode(name) if isinstance(name, bytes) else str(name)
     else:
         code = errnos.EINVAL
         message = str(exc) or type(exc).__name__
     return {"id": request_id, "ok": False, "error": errnos.errorcode.get(code, str(code)),
-            "errno": code, "message": message}
+            "errno": code, "message": message, **extra}
 
 
 class LineBuffer:

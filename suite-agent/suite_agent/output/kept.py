@@ -34,8 +34,11 @@ class OutputSettings:
     buffer_bytes: int
 
     def files(self, instance: str) -> tuple[LogSpec, LogSpec]:
-        return tuple(LogSpec(str(self.log_dir / f"{instance}.{s}.log"), self.max_bytes,
-                             self.backups) for s in STREAMS)  # type: ignore[return-value]
+        # Asked at each spawn, respawns included: joined as text (a Path per file costs more
+        # than the rest of the request together).
+        folder = os.fspath(self.log_dir)
+        return (LogSpec(f"{folder}/{instance}.stdout.log", self.max_bytes, self.backups),
+                LogSpec(f"{folder}/{instance}.stderr.log", self.max_bytes, self.backups))
 
 
 def belongs(instance: str, service: str) -> bool:

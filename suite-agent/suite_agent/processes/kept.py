@@ -100,6 +100,8 @@ class KeptProcessFactory(TrackedSpawns):
         self.terminate = False  # the keeper was sent SIGTERM/SIGINT and waits for the agent
         self.reconnected = False  # the client changed: its fileno must be watched anew
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._nudged = False  # the wake pipe holds bytes to read
+        self._cwd = os.getcwd()  # the agent never changes directory
         output.forget_instance = self._forget
 
     # -- the owner's selector ---------------------------------------------------------------
@@ -109,6 +111,7 @@ class KeptProcessFactory(TrackedSpawns):
 
     def _nudge(self) -> None:
         if self.client.pending or self._lost:
+            self._nudged = True
             with contextlib.suppress(BlockingIOError):
                 os.write(self._wake_w, b"\0")
 
@@ -123,7 +126,7 @@ class KeptProcessFactory(TrackedSpawns):
             got = self._call(lambda c: c.spawn_with(prepared.fields))
         except KeeperError as exc:
             self._tracker.abandon(prepared.tracked)
-            raise OSError(exc.errno, exc.message) from None
+            raise exc.as_oserror() from None
         except BaseException:
             self._tracker.abandon(prepared.tracked)
             raise
@@ -176,7 +179,7 @@ class KeptProcessFactory(TrackedSpawns):
             index, prepared = sent.pop(request_id)
             if isinstance(reply, KeeperError):
                 self._tracker.abandon(prepared.tracked)
-                results[index] = OSError(reply.errno, reply.message)
+                results[index] = reply.as_oserror()
             else:
                 results[index] = self._finish(prepared, reply.pid)
 
@@ -189,12 +192,11 @@ class KeptProcessFactory(TrackedSpawns):
         _account(user, group)  # an unknown user or group fails here, as it does in-process
         instance = name or os.path.basename(argv[0])
         tracked = self._tracker.new(instance)
-        workdir = os.path.abspath(cwd or os.getcwd())
+        workdir = os.path.abspath(cwd) if cwd else self._cwd
         child_env = {**env, "PWD": workdir, MARKER: tracked.marker}
         command = list(argv)
         shimmed = False
         try:
-            _check_executable(argv[0], cwd, child_env)
             if cwd is not None and not os.path.isdir(cwd):
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cwd)
             into = None
@@ -206,6 +208,11 @@ class KeptProcessFactory(TrackedSpawns):
             elif self._shim and tracked.cgroup is not None:
                 command = [SHIM_SHELL, "-c", SHIM, "suite-agent", *argv]
                 shimmed = True
+            if shimmed:
+                # The shim execs the program: a missing one would show as the shim's exit 127.
+                # Otherwise the keeper's own spawn raises what this would (and it is not looked
+                # up twice on a respawn's path).
+                _check_executable(argv[0], cwd, child_env)
             if limits is not None:
                 self._limit(tracked, limits.memory, limits.cpu)
             stdout, stderr = self.output.settings.files(instance)
@@ -229,11 +236,7 @@ class KeptProcessFactory(TrackedSpawns):
         return Spawned(pid, None, None, prepared.tracked.id)
 
     def reap(self) -> list[tuple[int, int]]:
-        """Exits the keeper reported (acknowledged on the next call, once they were handled),
-        orphans it reaped, and this process's own children (exec probes, the keeper)."""
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._wake_r, 4096):
-                pass
+        """This process's own children (exec probes, the keeper), and what `reap_kept` gives."""
         reaped: list[tuple[int, int]] = []
         while True:
             try:
@@ -245,7 +248,18 @@ class KeptProcessFactory(TrackedSpawns):
             # After the keeper died its children come to the agent, a subreaper above it.
             self._leader_gone(pid)
             reaped.append((pid, status))
-        reaped.extend(self._lost)
+        return reaped + self.reap_kept()
+
+    def reap_kept(self) -> list[tuple[int, int]]:
+        """Exits the keeper reported (acknowledged on the next call, once they were handled)
+        and orphans it reaped: what its connection being readable means (an own child's exit
+        comes with a SIGCHLD, and `reap`)."""
+        if self._nudged:
+            self._nudged = False
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+        reaped = self._lost
         self._lost = []
         try:
             self._ack()
