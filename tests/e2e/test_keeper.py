@@ -25,6 +25,7 @@ from suite_agent.keeper.client import (
     KeeperClient,
     KeeperError,
     LogSpec,
+    spawn_fields,
     take_brain_lock,
 )
 from suite_agent.keeper.logs import CUT_MARK, MAX_LINE, Batch, LogFile, Pending, Ring, flush, split
@@ -439,6 +440,38 @@ def test_cwd_and_user_are_honoured(keeper: Keeper, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         with pytest.raises(KeeperError, match="EPERM"):
             client.spawn("root.1", ["true"], env=ENV, user="root")
+
+
+def test_an_environment_sent_once_is_named_by_later_spawns_of_the_connection(
+        keeper: Keeper, tmp_path: Path) -> None:
+    keeper.start()
+    client = keeper.connect()
+    script = ["sh", "-c", "echo $A $B $C"]
+
+    def run(instance: str, **env_fields: object) -> str:
+        out = tmp_path / f"{instance}.log"
+        fields = spawn_fields(instance, script, cwd="/tmp", stdout=LogSpec(str(out)),
+                              **env_fields)  # type: ignore[arg-type]
+        client.spawn_with(fields)
+        assert wait_exit(client, instance).code == 0
+        return eventually(lambda: out.exists() and out.read_text(), 5, f"{instance} output")
+
+    assert client.hello().env_refs
+    base = {**ENV, "A": "1"}
+    assert run("e.1", env=base, env_ref="e1", env_add={"B": "2", "C": "x"}) == "1 2 x\n"
+    # Named only: the environment kept, and what is added goes on top of it, not into it.
+    assert run("e.2", env=None, env_ref="e1", env_add={"B": "3"}) == "1 3\n"
+    assert run("e.3", env=None, env_ref="e1") == "1\n"
+    # Sent with env_reset: the others are forgotten.
+    assert run("e.4", env={**ENV, "A": "4"}, env_ref="e2", env_reset=True) == "4\n"
+    with pytest.raises(KeeperError) as caught:
+        client.spawn_with(spawn_fields("e.5", script, env=None, env_ref="e1"))
+    assert caught.value.errno == errno.ESTALE and "e1" in caught.value.message
+    # Another connection (a brain started again) has its own names.
+    other = keeper.connect()
+    with pytest.raises(KeeperError, match="ESTALE"):
+        other.spawn_with(spawn_fields("e.6", script, env=None, env_ref="e2"))
+    assert client.inventory().processes.keys().isdisjoint({"e.5", "e.6"})
 
 
 # ---------------------------------------------------------------------------- imports

@@ -428,3 +428,42 @@ def test_a_child_started_inside_a_cgroup_is_there_from_its_first_instruction(
     with pytest.raises(KeeperError, match="ENOENT"):
         client.spawn("into.2", ["/nonexistent/program"], env=ENV, into=str(leaf.path))
     assert "into.2" not in client.inventory().processes
+
+
+def test_a_brain_whose_environment_names_the_keeper_lost_sends_them_again(
+        keeper: Keeper, tmp_path: Path) -> None:
+    """A respawn names its environment (env_ref); a keeper connection that does not know the
+    name (a new keeper, a new connection) gets it sent in full, and the spawn goes through."""
+    from suite_agent.output.kept import KeptOutput
+    from suite_agent.processes.kept import KeptProcessFactory
+
+    keeper.start()
+    client = keeper.connect()
+    output = KeptOutput(str(keeper.state_dir), tmp_path / "logs", 0, 0, 100, 10_000)
+    factory = KeptProcessFactory(str(keeper.state_dir), client, keeper.pid, output,
+                                 cgroups_on=False, env_refs=True)
+    env = {**ENV, "MARK": "3991"}
+
+    def mark(pid: int) -> str | None:
+        # The spawn's reply can come while the child is still in its exec (vfork semantics):
+        # its environment shows once the exec is done.
+        def read() -> str | None:
+            raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            return dict(e.decode().partition("=")[::2] for e in raw if e).get("MARK")
+        return eventually(read, 5, f"the environment of pid {pid}")
+
+    first = factory.spawn(["sleep", "3991"], None, env, None, None, "s")
+    assert mark(first.pid) == "3991"
+    factory.client = keeper.connect()  # names sent on the first connection mean nothing here
+    os.kill(first.pid, signal.SIGKILL)
+    eventually(lambda: (first.pid, signal.SIGKILL) in [
+        (p, os.WTERMSIG(s)) for p, s in factory.reap_kept()], 5, "the exit")
+    again = factory.spawn(["sleep", "3991"], None, env, None, None, "s")
+    assert mark(again.pid) == "3991" and again.pid != first.pid
+    factory.client = keeper.connect()
+    batch = factory.spawn_many([(["sleep", str(n)], None, env, None, None, f"t{n}", None)
+                                for n in range(3992, 3995)])
+    for spawned in batch:
+        assert not isinstance(spawned, Exception), spawned
+        assert mark(spawned.pid) == "3991"
+    factory.kill_all()

@@ -24,16 +24,21 @@ from suite_agent.events.bus import Event, EventBus
 from suite_agent.output.pump import OutputPump
 from suite_agent.processes.factory import ProcessFactory, Spawned, SpawnRequest, account_environment
 
+ENVS_KEPT = 4096  # specs whose process environment is kept (ids are checked: they are reused)
 _local = threading.local()  # the owner's log records held back, while it holds them
 _LOG = logging.getLogger("suite_agent")
 
 
+Held = Event | logging.LogRecord | Callable[[], None]
+"""What waits while the owner holds its reports: an event, a log line, or a report to make."""
+
+
 class _Holding(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        records: list[logging.LogRecord] | None = getattr(_local, "records", None)
-        if records is None:
+        held: list[Held] | None = getattr(_local, "held", None)
+        if held is None:
             return True
-        records.append(record)
+        held.append(record)
         return False
 
 
@@ -63,6 +68,7 @@ class Host:
         self._dependencies = dependencies
         self._base_dir = base_dir
         self._base_env = dict(os.environ)
+        self._envs: dict[int, tuple[ServiceSpec, Mapping[str, str]]] = {}  # by id of the spec
         self.by_pid: dict[int, Instance] = {}
         self.dirty: set[str] = set()  # services whose snapshot entry is out of date
         # Something changed since dependents and waiters last looked; kept apart from `dirty`,
@@ -72,7 +78,7 @@ class Host:
         # Run after a turn in which something moved (rollouts, scheduled runs), by key.
         self.followers: dict[str, Callable[[], None]] = {}
         self._batch: list[tuple[Instance, SpawnRequest]] | None = None
-        self._held: list[Event] | None = None
+        self._held: list[Held] | None = None
         self.saved_stale = True  # see Service.__setattr__ and Continuity.save
         self._watched: set[tuple[str, int]] = set()  # instances the prober watches
 
@@ -82,6 +88,14 @@ class Host:
         else:
             self._bus.publish(event)
 
+    def later(self, report: Callable[[], None]) -> None:
+        """Make a report (an event, a log line) now, or, while reports are held, when they go
+        out: then not even its making delays a restart's spawn request."""
+        if self._held is not None:
+            self._held.append(report)
+        else:
+            report()
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """Events and the owner's log lines wait until the block ends, then go out in order:
@@ -89,22 +103,24 @@ class Host:
         if self._held is not None:  # the outer block releases them
             yield
             return
-        self._held = []
-        _local.records = []
+        self._held = _local.held = []
         try:
             yield
         finally:
             self.release_held()
 
     def release_held(self) -> None:
-        """Send what is held now (before an answer is given, so whoever got it sees them)."""
-        events, self._held = self._held, None
-        records: list[logging.LogRecord] | None = getattr(_local, "records", None)
-        _local.records = None
-        for record in records or ():
-            _LOG.handle(record)
-        for event in events or ():
-            self._bus.publish(event)
+        """Send what is held now, in order (before an answer is given, so whoever got it sees
+        them)."""
+        held, self._held = self._held, None
+        _local.held = None
+        for item in held or ():
+            if isinstance(item, Event):
+                self._bus.publish(item)
+            elif isinstance(item, logging.LogRecord):
+                _LOG.handle(item)
+            else:
+                item()
 
     def spawn(self, instance: Instance, request: SpawnRequest) -> Spawned | None:
         """Spawn now; or, inside `spawning_together`, later with the others of the batch (None:
@@ -166,9 +182,19 @@ class Host:
         return self._process_env(spec)
 
     def _process_env(self, spec: ServiceSpec) -> Mapping[str, str]:
+        """The same object for the same spec (specs are replaced, never changed): the keeper
+        is sent a spawn's environment once, and each respawn names it (processes/kept.py)."""
+        found = self._envs.get(id(spec))
+        if found is not None and found[0] is spec:
+            return found[1]
         if spec.user is not None:
-            return {**self._base_env, **account_environment(spec.user), **spec.environment}
-        return {**self._base_env, **spec.environment} if spec.environment else self._base_env
+            env = {**self._base_env, **account_environment(spec.user), **spec.environment}
+        else:
+            env = {**self._base_env, **spec.environment} if spec.environment else self._base_env
+        if len(self._envs) >= ENVS_KEPT:
+            self._envs.clear()
+        self._envs[id(spec)] = (spec, env)
+        return env
 
     def process_cwd(self, spec: ServiceSpec) -> str | None:
         return str(self._base_dir / spec.directory) if spec.directory else None

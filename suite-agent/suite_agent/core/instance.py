@@ -7,10 +7,12 @@ Owned by the supervisor thread; nothing here blocks. Every state change goes thr
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from suite_agent.config.limits import Limits
 from suite_agent.config.models import ServiceSpec
@@ -59,6 +61,8 @@ class InstanceHost(Protocol):
     def held(self) -> contextlib.AbstractContextManager[None]: ...
 
     def release_held(self) -> None: ...
+
+    def later(self, report: Callable[[], None]) -> None: ...
 
     def spawn(self, instance: Instance, request: SpawnRequest) -> Spawned | None: ...
 
@@ -208,9 +212,15 @@ class Instance:
             log.info("%s: %s, %s (%s)", self.name, "ready" if self.ready else "not ready",
                      self.health, message)
         self.host.changed(self.service)
-        self.host.emit(Event.make(events.HEALTH_CHECK, self.service, instance=self.name, pid=self.pid,
-                                  probe=probe, ok=self.verdicts.get(probe) if probe else None,
-                                  message=message, health=self.health, ready=self.ready))
+        self._report(events.HEALTH_CHECK, pid=self.pid, probe=probe,
+                     ok=self.verdicts.get(probe) if probe else None, message=message,
+                     health=self.health, ready=self.ready)
+
+    def _report(self, type: str, **data: Any) -> None:
+        """An event of this instance as of now, made when it goes out (`host.later`)."""
+        at = time.time()
+        self.host.later(lambda: self.host.emit(
+            Event.make_at(at, type, self.service, instance=self.name, **data)))
 
     def _arm_ready(self) -> None:
         """Without a readiness probe, a running process is ready after `ready_after`."""
@@ -270,11 +280,10 @@ class Instance:
         # still before those of the start, and so does the end of what the process left behind.
         with self.host.held():
             self._not_ready()
-            self.host.emit(Event.make(events.SERVICE_STOPPED, self.service, instance=self.name,
-                                      pid=pid, exit_code=code, signal=sig, expected=False))
+            self._report(events.SERVICE_STOPPED, pid=pid, exit_code=code, signal=sig,
+                         expected=False)
             if not success:
-                self.host.emit(Event.make(events.SERVICE_ERROR, self.service, instance=self.name,
-                                          pid=pid, exit_code=code, signal=sig, error=how))
+                self._report(events.SERVICE_ERROR, pid=pid, exit_code=code, signal=sig, error=how)
             if self._ends_run(success):
                 self._kill_leftovers(left)
                 log.info("%s: %s", self.name, how)
@@ -301,7 +310,7 @@ class Instance:
         self._streak, self._history = decision.streak, decision.history
         self.restarts += 1
         if decision.delay <= 0:
-            log.info("%s: %s; restarting", self.name, why)
+            self.host.later(functools.partial(log.info, "%s: %s; restarting", self.name, why))
             self._begin()
             return
         log.info("%s: %s; restarting in %.3gs", self.name, why, decision.delay)

@@ -51,6 +51,13 @@ class Event:
             data.setdefault("service", service)
         return Event(type=type, service=service, data=MappingProxyType(data))  # `data` is ours already
 
+    @staticmethod
+    def make_at(at: float, type: str, service: str | None = None, **data: Any) -> Event:
+        """As `make`, for something that happened at `at` (time.time()) and is reported now."""
+        if service is not None:
+            data.setdefault("service", service)
+        return Event(type=type, service=service, data=MappingProxyType(data), time=at)
+
 
 class Subscription:
     """A bounded buffer of events for one reader thread."""

@@ -97,6 +97,7 @@ class Hello:
     into_cgroup: bool = False  # spawns can start inside a cgroup (clone3); older keepers: no
     # ... without copying the keeper (its native spawner), also as another user
     native_spawn: bool = False
+    env_refs: bool = False  # a spawn may name an environment sent before (env_ref)
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,8 @@ class KeeperClient:
         return Hello(r["version"], r["pid"], r["start_time"], r["started_at"], r["state_dir"],
                      r["subreaper"], r["dropped_clients"], r["last_seq"],
                      r["terminate_pending"], r["shutting_down"],
-                     bool(r.get("into_cgroup", False)), bool(r.get("native_spawn", False)))
+                     bool(r.get("into_cgroup", False)), bool(r.get("native_spawn", False)),
+                     bool(r.get("env_refs", False)))
 
     def spawn(self, instance: str, argv: list[str], *, env: dict[str, str],
               cwd: str | None = None, user: str | int | None = None,
@@ -436,17 +438,31 @@ class KeeperClient:
         return True
 
 
-def spawn_fields(instance: str, argv: list[str], *, env: dict[str, str], cwd: str | None = None,
-                 user: str | int | None = None, group: str | int | None = None,
-                 stdout: LogSpec | None = None, stderr: LogSpec | None = None,
-                 buffer_lines: int = 1000, buffer_bytes: int = 1024 * 1024,
-                 cgroup: str | None = None, into: str | None = None,
-                 rlimits: dict[str, list[int | str]] | None = None) -> dict[str, Any]:
-    """A `spawn` request's fields (see :meth:`KeeperClient.spawn`)."""
+def spawn_fields(instance: str, argv: list[str], *, env: dict[str, str] | None,
+                 cwd: str | None = None, user: str | int | None = None,
+                 group: str | int | None = None, stdout: LogSpec | None = None,
+                 stderr: LogSpec | None = None, buffer_lines: int = 1000,
+                 buffer_bytes: int = 1024 * 1024, cgroup: str | None = None,
+                 into: str | None = None, rlimits: dict[str, list[int | str]] | None = None,
+                 env_ref: str | None = None, env_add: dict[str, str] | None = None,
+                 env_reset: bool = False) -> dict[str, Any]:
+    """A `spawn` request's fields (see :meth:`KeeperClient.spawn`).
+
+    With `env_ref` (a keeper whose hello says `env_refs`): `env` is remembered under that name
+    on this connection, or, None, the one remembered is used; `env_reset` forgets every other
+    first. `env_add` goes on top."""
     fields: dict[str, Any] = {
-        "instance": instance, "argv": argv, "env": env, "cwd": cwd, "user": user, "group": group,
+        "instance": instance, "argv": argv, "cwd": cwd, "user": user, "group": group,
         "stdout": _log_spec(stdout), "stderr": _log_spec(stderr),
         "buffer": {"lines": buffer_lines, "bytes": buffer_bytes}}
+    if env is not None:
+        fields["env"] = env
+    if env_ref is not None:
+        fields["env_ref"] = env_ref
+        if env_reset:
+            fields["env_reset"] = True
+    if env_add:
+        fields["env_add"] = env_add
     if cgroup is not None:
         fields["cgroup"] = cgroup
     if into is not None:

@@ -24,7 +24,8 @@ class TooSlow(Exception):
 
 
 class Connection:
-    __slots__ = ("brain", "fd", "follow", "follow_all", "out", "reader", "sock", "writing")
+    __slots__ = ("brain", "envs", "fd", "follow", "follow_all", "out", "reader", "sock",
+                 "writing")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -35,6 +36,7 @@ class Connection:
         self.brain = False  # said so in hello: its leaving matters to a pending SIGTERM
         self.follow: set[str] = set()  # instances whose output lines are pushed to it
         self.follow_all = False
+        self.envs: dict[str, dict[str, str]] = {}  # spawn environments by env_ref (ops.spawn)
 
     def follows(self, instance: str) -> bool:
         return self.follow_all or instance in self.follow

@@ -38,6 +38,8 @@ DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_BACKUPS = 3
 DEFAULT_BUFFER_LINES = 1000
 DEFAULT_BUFFER_BYTES = 1024 * 1024
+MAX_ENV_REFS = 8192
+"""Environments a connection may keep by env_ref (the brain starts over well before)."""
 
 
 def dispatch(keeper: Keeper, conn: Connection, message: object) -> Reply:
@@ -65,16 +67,17 @@ def hello(keeper: Keeper, conn: Connection, request: Request) -> Reply:
             "subreaper": keeper.subreaper, "dropped_clients": keeper.dropped_clients,
             "last_seq": keeper.pipes.seq, "terminate_pending": keeper.terminate_pending,
             "shutting_down": keeper.shutting_down, "into_cgroup": clone.available(),
-            "native_spawn": clone.native()}
+            "native_spawn": clone.native(), "env_refs": True}
 
 
 def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
+    # The environment first: one sent with its ref is kept even when the rest is refused.
+    env = _spawn_env(conn, request)
     instance = check_instance(request.get("instance"))
     argv = _argv(request.get("argv"))
     cwd = _optional_str(request, "cwd")
     if cwd is not None and not os.path.isabs(cwd):
         raise BadRequest(f"cwd must be an absolute path, not {cwd!r}")
-    env = _env(request.get("env"))
     user = _account(request, "user")
     group = _account(request, "group")
     files = {name: _log(request, name) for name in STREAMS}
@@ -270,6 +273,30 @@ def _argv(value: object) -> list[str]:
             or not all(isinstance(a, str) and "\0" not in a for a in value) or not value[0]):
         raise BadRequest(f"argv must be a non-empty list of strings, not {value!r}")
     return value
+
+
+def _spawn_env(conn: Connection, request: Request) -> dict[str, str]:
+    """A spawn's environment: `env`; or, with `env_ref`, the one sent before under that name
+    on this connection (`env` with it sends it, and `env_reset` forgets the others first), so
+    that a respawn neither sends nor reads it again; `env_add` on top of either."""
+    ref = request.get("env_ref")
+    if ref is None:
+        env = _env(request.get("env"))
+    elif not isinstance(ref, str):
+        raise BadRequest("env_ref must be a string")
+    elif "env" in request:
+        if _bool(request, "env_reset", False):
+            conn.envs.clear()
+        if ref not in conn.envs and len(conn.envs) >= MAX_ENV_REFS:
+            raise BadRequest(f"more than {MAX_ENV_REFS} env_refs: send env_reset")
+        env = conn.envs[ref] = _env(request["env"])
+    else:
+        found = conn.envs.get(ref)
+        if found is None:
+            raise OSError(errno.ESTALE, f"no env_ref {ref!r} on this connection: send env with it")
+        env = found
+    add = request.get("env_add")
+    return env if add is None else {**env, **_env(add)}
 
 
 def _env(value: object) -> dict[str, str]:

@@ -58,7 +58,7 @@ def keep(conf_dir: str | os.PathLike[str], cgroups_on: bool,
     output = KeptOutput(state_dir, base / agent.log_dir, agent.log_max_bytes, agent.log_backups,
                         agent.log_buffer_lines, agent.log_buffer_bytes)
     return KeptProcessFactory(state_dir, client, hello.pid, output, cgroups_on,
-                              hello.into_cgroup, hello.native_spawn), output, locks
+                              hello.into_cgroup, hello.native_spawn, hello.env_refs), output, locks
 
 
 def lock_conf_dir(conf_dir: str | os.PathLike[str]) -> int:

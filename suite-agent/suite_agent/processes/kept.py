@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +65,7 @@ LOST_KILL_WAIT = 2.0
 # start 2.2 s (4.2 s with clone3 for all), respawn 10 ms (21 ms with the shim for all).
 BURST_GAP = 0.05
 SPAWN_WINDOW = 16  # spawn requests in flight at most in spawn_many
+ENV_REFS = 1024  # environments the keeper keeps for this connection before they start over
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,17 @@ class _Prepared:
     instance: str
     fields: dict[str, Any]
     tight: bool
+    env: Mapping[str, str]  # what `fields` names by env_ref, when it does
+
+    def with_env(self) -> _Prepared:
+        """The request with its environment in it (for a keeper that does not know its ref)."""
+        return replace(self, fields={**self.fields, "env": dict(self.env)})
 
 
 class KeptProcessFactory(TrackedSpawns):
     def __init__(self, state_dir: str, client: KeeperClient, keeper_pid: int,
                  output: KeptOutput, cgroups_on: bool = True, into_cgroup: bool = False,
-                 native_spawn: bool = False) -> None:
+                 native_spawn: bool = False, env_refs: bool = False) -> None:
         self.state_dir = state_dir
         self.client = client
         self.keeper_pid = keeper_pid
@@ -102,6 +108,11 @@ class KeptProcessFactory(TrackedSpawns):
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._nudged = False  # the wake pipe holds bytes to read
         self._cwd = os.getcwd()  # the agent never changes directory
+        # Environments sent by env_ref on this connection, by id (the object kept: ids are
+        # reused); None for a keeper that takes only whole environments.
+        self._env_refs: dict[int, tuple[Mapping[str, str], str]] | None = (
+            {} if env_refs else None)
+        self._env_count = 0
         output.forget_instance = self._forget
 
     # -- the owner's selector ---------------------------------------------------------------
@@ -123,7 +134,12 @@ class KeptProcessFactory(TrackedSpawns):
 
     def _spawn_prepared(self, prepared: _Prepared) -> Spawned:
         try:
-            got = self._call(lambda c: c.spawn_with(prepared.fields))
+            try:
+                got = self._call(lambda c: c.spawn_with(prepared.fields))
+            except KeeperError as exc:
+                if exc.errno != errno.ESTALE or "env" in prepared.fields:
+                    raise
+                got = self._call(lambda c: c.spawn_with(prepared.with_env().fields))
         except KeeperError as exc:
             self._tracker.abandon(prepared.tracked)
             raise exc.as_oserror() from None
@@ -150,7 +166,8 @@ class KeptProcessFactory(TrackedSpawns):
                     self._settle_spawns(sent, results, wait=True)
                 else:
                     self._settle_spawns(sent, results, wait=False)
-            self._settle_spawns(sent, results, wait=True)
+            while sent:
+                self._settle_spawns(sent, results, wait=True)
         except (KeeperGone, BrokenPipeError, ConnectionResetError) as exc:
             # A new keeper: what the lost one started goes with it; the rest is asked for again,
             # one at a time.
@@ -177,7 +194,12 @@ class KeptProcessFactory(TrackedSpawns):
                        results: list[Spawned | Exception | None], wait: bool) -> None:
         for request_id, reply in self.client.spawn_replies(set(sent), wait).items():
             index, prepared = sent.pop(request_id)
-            if isinstance(reply, KeeperError):
+            if (isinstance(reply, KeeperError) and reply.errno == errno.ESTALE
+                    and "env" not in prepared.fields):
+                # The keeper did not know its environment: asked again, with it, in the batch.
+                again = prepared.with_env()
+                sent[self.client.send_spawn(again.fields)] = (index, again)
+            elif isinstance(reply, KeeperError):
                 self._tracker.abandon(prepared.tracked)
                 results[index] = reply.as_oserror()
             else:
@@ -193,7 +215,7 @@ class KeptProcessFactory(TrackedSpawns):
         instance = name or os.path.basename(argv[0])
         tracked = self._tracker.new(instance)
         workdir = os.path.abspath(cwd) if cwd else self._cwd
-        child_env = {**env, "PWD": workdir, MARKER: tracked.marker}
+        added = {"PWD": workdir, MARKER: tracked.marker}
         command = list(argv)
         shimmed = False
         try:
@@ -212,23 +234,45 @@ class KeptProcessFactory(TrackedSpawns):
                 # The shim execs the program: a missing one would show as the shim's exit 127.
                 # Otherwise the keeper's own spawn raises what this would (and it is not looked
                 # up twice on a respawn's path).
-                _check_executable(argv[0], cwd, child_env)
+                _check_executable(argv[0], cwd, env)
             if limits is not None:
                 self._limit(tracked, limits.memory, limits.cpu)
             stdout, stderr = self.output.settings.files(instance)
             settings = self.output.settings
+            if self._env_refs is None:
+                named: dict[str, Any] = {"env": {**env, **added}}
+            else:
+                ref, known, reset = self._env_ref(env)
+                named = {"env": None if known else dict(env), "env_ref": ref, "env_add": added,
+                         "env_reset": reset}
             fields = spawn_fields(
-                instance, command, env=child_env, cwd=workdir, user=user, group=group,
+                instance, command, cwd=workdir, user=user, group=group,
                 stdout=stdout, stderr=stderr, buffer_lines=max(1, settings.buffer_lines),
                 buffer_bytes=max(1, settings.buffer_bytes),
                 rlimits=rlimits_request(limits) if limits is not None and limits.rlimits else None,
                 cgroup=str(tracked.cgroup.path) if shimmed and tracked.cgroup else None,
-                into=into)
+                into=into, **named)
         except BaseException:
             self._tracker.abandon(tracked)
             raise
         tight = into is not None or (shimmed and (user is None or self._shim_as_user))
-        return _Prepared(tracked, instance, fields, tight)
+        return _Prepared(tracked, instance, fields, tight, env)
+
+    def _env_ref(self, env: Mapping[str, str]) -> tuple[str, bool, bool]:
+        """The name this connection's keeper knows `env` by: (ref, known already, the keeper
+        to forget the others first). The owner gives the same object for the same environment
+        (Host.process_env), so a respawn sends a name, not some kilobytes the keeper reads."""
+        assert self._env_refs is not None
+        found = self._env_refs.get(id(env))
+        if found is not None and found[0] is env:
+            return found[1], True, False
+        reset = len(self._env_refs) >= ENV_REFS
+        if reset:
+            self._env_refs.clear()
+        self._env_count += 1
+        ref = f"e{self._env_count}"
+        self._env_refs[id(env)] = (env, ref)
+        return ref, False, reset
 
     def _finish(self, prepared: _Prepared, pid: int) -> Spawned:
         self._placed(prepared.tracked, pid, prepared.tight)
@@ -425,6 +469,7 @@ class KeptProcessFactory(TrackedSpawns):
         self.keeper_pid = hello.pid
         self._into = hello.into_cgroup and self._tracker.uses_cgroups
         self._native = hello.native_spawn and self._into
+        self._env_refs = {} if hello.env_refs else None
         self.reconnected = True
         log.info("keeper started again (pid %d)", hello.pid)
         self._nudge()
