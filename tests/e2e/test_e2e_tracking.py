@@ -197,39 +197,6 @@ def test_each_process_gets_its_own_cgroup_and_the_agent_removes_them(agent: Agen
     assert not tree.exists()
 
 
-@cgroup_only
-def test_a_respawn_reuses_the_emptied_cgroup_and_not_one_still_holding_a_leftover(
-        agent: Agent) -> None:
-    agent.write("a.yaml", services("""\
-        lone: {command: [sleep, '3711']}
-        parent: {command: [sh, -c, 'setsid sleep 3712 & sleep 3713']}
-        """))
-    agent.start()
-    match = re.search(r"under (\S+),", agent.wait_log(r"process tracking: a cgroup ")[0])
-    assert match is not None
-    tree = Path(match[1])
-    (lone,) = eventually(lambda: sleepers(agent, "3711"), 10, "sleep 3711")
-    leaf = cgroup_of(lone.pid)
-    lone.kill()
-    (again,) = eventually(lambda: [p for p in sleepers(agent, "3711") if p.pid != lone.pid], 10,
-                          "sleep 3711 respawned")
-    # Its leaf had emptied: the new process starts in it, and no other leaf is left behind.
-    assert cgroup_of(again.pid) == leaf
-    (leftover,) = eventually(lambda: sleepers(agent, "3712"), 10, "sleep 3712")
-    (leader,) = eventually(lambda: sleepers(agent, "3713"), 10, "sleep 3713")
-    held = cgroup_of(leader.pid)
-    leader.kill()
-    (respawned,) = eventually(lambda: [p for p in sleepers(agent, "3713") if p.pid != leader.pid],
-                              10, "sleep 3713 respawned")
-    # The old leaf still held the leftover when the respawn came: a new leaf, the leftover killed.
-    assert cgroup_of(respawned.pid) != held
-    eventually(lambda: gone(leftover), 5, "the leftover killed")
-    eventually(lambda: len([p for p in tree.iterdir() if p.is_dir()]) == 2, 5,
-               "one leaf per running service")
-    assert agent.stop() == 0
-    assert not tree.exists()
-
-
 def test_cgroups_setting_is_checked(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUITE_AGENT_CGROUPS", "sometimes")
     agent.start(ready=False)

@@ -38,8 +38,6 @@ class Tracked:
     tight: bool = False  # the cgroup holds every process: the child joined it before its exec
     pgid: int | None = None
     leader: int | None = None  # the spawned pid until it is reaped
-    limited: bool = False  # memory.max or cpu.max was written to its cgroup
-    label: str = ""
 
 
 class Tracker:
@@ -52,7 +50,6 @@ class Tracker:
         self._tree: Tree | None = None
         self._tree_ready = False
         self._emptied: list[Cgroup] = []  # leaves to remove once the turn's spawns are out
-        self._last: dict[str, Tracked] = {}  # label: its latest set, whose leaf a respawn reuses
         if use_cgroups:
             parent, why = cgroups.find_own()
         else:
@@ -81,13 +78,9 @@ class Tracker:
         """A tracked set for a spawn about to happen (its cgroup made, if any)."""
         ident = self._next
         self._next += 1
-        cgroup = self._reclaim(label)
-        if cgroup is None:
-            # The tree may hold leaves of an earlier agent (services it left to the keeper).
-            cgroup = self._leaf(f"{label}@{ident}.{self.token.rsplit('-', 1)[-1]}")
-        tracked = Tracked(ident, f"{self.token}.{ident}", cgroup, label=label)
-        self._last[label] = tracked
-        return tracked
+        # The tree may hold leaves of an earlier agent (services it left to the keeper).
+        leaf = f"{label}@{ident}.{self.token.rsplit('-', 1)[-1]}"
+        return Tracked(ident, f"{self.token}.{ident}", self._leaf(leaf))
 
     def started(self, tracked: Tracked, pid: int, tight: bool) -> None:
         tracked.pgid = tracked.leader = pid
@@ -109,8 +102,6 @@ class Tracker:
 
     def abandon(self, tracked: Tracked) -> None:
         """The spawn failed: nothing runs in it."""
-        if self._last.get(tracked.label) is tracked:
-            del self._last[tracked.label]
         if tracked.cgroup is not None:
             tracked.cgroup.remove()
 
@@ -211,22 +202,8 @@ class Tracker:
             return True
         return not tracked.tight and self._scan.any_holder(tracked.marker)
 
-    def _reclaim(self, label: str) -> Cgroup | None:
-        """The leaf of `label`'s previous set if that set has ended: a respawn then makes no
-        cgroup (a mkdir is a tenth of a millisecond on the respawn's path) and leaves none to
-        remove. Only a tight set's leaf (it held every process) with no limits written to it."""
-        old = self._last.pop(label, None)
-        if (old is None or old.cgroup is None or not old.tight or old.limited
-                or old.leader is not None or self._any_left(old)):
-            return None
-        cgroup, old.cgroup = old.cgroup, None
-        self._release(old)
-        return cgroup
-
     def _release(self, tracked: Tracked) -> None:
         del self._groups[tracked.id]
-        if self._last.get(tracked.label) is tracked:
-            del self._last[tracked.label]
         self._killed.discard(tracked.id)
         if tracked.cgroup is not None:
             self._emptied.append(tracked.cgroup)
@@ -401,7 +378,6 @@ class TrackedSpawns:
     def _limit(self, tracked: Tracked, memory: int | None, cpu: float | None) -> None:
         """memory.max and cpu.max of the spawn's cgroup, before the child is in it."""
         leaf = tracked.cgroup.path if tracked.cgroup is not None else None
-        tracked.limited = tracked.limited or memory is not None or cpu is not None
         self._cgroup_limits.apply(leaf, memory, cpu, self._tracker.why_no_cgroups)
 
     def _placed(self, tracked: Tracked, pid: int, tight: bool) -> None:
