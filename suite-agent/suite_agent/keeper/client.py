@@ -455,20 +455,11 @@ def spawn_fields(instance: str, argv: list[str], *, env: dict[str, str] | None,
         "instance": instance, "argv": argv, "cwd": cwd, "user": user, "group": group,
         "stdout": _log_spec(stdout), "stderr": _log_spec(stderr),
         "buffer": {"lines": buffer_lines, "bytes": buffer_bytes}}
-    if env is not None:
-        fields["env"] = env
-    if env_ref is not None:
-        fields["env_ref"] = env_ref
-        if env_reset:
-            fields["env_reset"] = True
-    if env_add:
-        fields["env_add"] = env_add
-    if cgroup is not None:
-        fields["cgroup"] = cgroup
-    if into is not None:
-        fields["into"] = into
-    if rlimits:
-        fields["rlimits"] = rlimits
+    optional = {"env": env, "env_ref": env_ref,
+                "env_reset": True if env_reset and env_ref is not None else None,
+                "env_add": env_add or None, "cgroup": cgroup, "into": into,
+                "rlimits": rlimits or None}
+    fields.update((name, value) for name, value in optional.items() if value is not None)
     return fields
 
 
