@@ -467,3 +467,80 @@ def test_a_brain_whose_environment_names_the_keeper_lost_sends_them_again(
         assert not isinstance(spawned, Exception), spawned
         assert mark(spawned.pid) == "3991"
     factory.kill_all()
+
+
+@pytest.mark.parametrize("tracking", ["cgroup", "marker"])
+def test_a_keeper_lost_in_the_middle_of_a_batch_leaves_every_spawn_made_once(
+        keeper: Keeper, tmp_path: Path, tracking: str) -> None:
+    """The start's spawns go to the keeper together; if it dies after some were sent, what it
+    started goes with it, and every request is made again under a new keeper: each service
+    runs once, and each result is a process of the new keeper."""
+    from suite_agent.keeper.client import KeeperGone as Gone
+    from suite_agent.output.kept import KeptOutput
+    from suite_agent.processes.cgroups import find_own
+    from suite_agent.processes.kept import KeptProcessFactory
+
+    if tracking == "cgroup" and find_own()[0] is None:
+        pytest.skip(f"no writable cgroup2 here: {find_own()[1]}")
+    keeper.start()
+    client = keeper.connect()
+    output = KeptOutput(str(keeper.state_dir), tmp_path / "logs", 0, 0, 100, 10_000)
+    # A spawn the lost keeper started but did not answer is found by its cgroup, or, without
+    # one, by the marker in its environment.
+    on = tracking == "cgroup"
+    factory = KeptProcessFactory(str(keeper.state_dir), client, keeper.pid, output,
+                                 cgroups_on=on, into_cgroup=on, native_spawn=on, env_refs=True)
+    marks = [str(n) for n in range(3995, 4001)]
+    real_send, real_replies = client.send_spawn, client.spawn_replies
+    sent: list[int] = []
+
+    def send_then_die(fields: dict[str, object]) -> int:
+        if len(sent) == 3:  # the keeper died after it started the third, before its answer
+            raise Gone("keeper connection lost")
+        sent.append(real_send(fields))
+        if len(sent) == 3:
+            third = marks[2]
+            eventually(lambda: any(
+                s.ppid == keeper.pid and Path(f"/proc/{s.pid}/cmdline").read_bytes()
+                == f"sleep\0{third}\0".encode() for s in procfs.scan()), 5, "the third started")
+            os.kill(keeper.pid, signal.SIGKILL)
+            assert keeper.popen is not None
+            keeper.popen.wait(5)
+        return sent[-1]
+
+    def unanswered_third(ids: set[int], wait: bool) -> dict[int, object]:
+        return {i: r for i, r in real_replies(ids - set(sent[2:3]), wait).items()}
+
+    client.send_spawn = send_then_die  # type: ignore[method-assign]
+    client.spawn_replies = unanswered_third  # type: ignore[method-assign,assignment]
+    try:
+        results = factory.spawn_many([(["sleep", m], None, ENV, None, None, f"b{m}", None)
+                                      for m in marks])
+        keeper.sessions.add(factory.keeper_pid)  # the fixture ends the new keeper's session too
+        assert factory.keeper_pid != keeper.pid
+        # Those answered before the keeper was lost were killed with it, and their exits are
+        # reported (the owner restarts them); every other one runs under the new keeper.
+        lost = {pid for pid, _ in factory.reap_kept()}
+        expected = {}
+        for mark, result in zip(marks, results, strict=True):
+            assert not isinstance(result, Exception), result
+            if result.pid in lost:
+                expected[mark] = 0
+            else:
+                assert procfs.stat(result.pid).ppid == factory.keeper_pid  # type: ignore[union-attr]
+                expected[mark] = 1
+        assert 1 in expected.values()
+
+        def running() -> dict[str, int]:
+            found = dict.fromkeys(marks, 0)
+            for s in procfs.scan():
+                if s.state != "Z" and s.sid in keeper.sessions:
+                    argv = Path(f"/proc/{s.pid}/cmdline").read_bytes().split(b"\0")
+                    if argv[:1] == [b"sleep"] and argv[1].decode() in found:
+                        found[argv[1].decode()] += 1
+            return found
+
+        # None twice (a reply can come while its child is still in its exec: wait for it).
+        eventually(lambda: running() == expected, 5, "each service running once at most")
+    finally:
+        factory.close(timeout=2.0)

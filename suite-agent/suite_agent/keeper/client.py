@@ -522,17 +522,26 @@ def start_keeper(state_dir: str, *, stop_timeout: float | None = None, timeout: 
 
 def connect_or_start(state_dir: str, *, stop_timeout: float | None = None,
                      timeout: float = 10.0) -> tuple[KeeperClient, Hello]:
-    """Connect as the brain to the keeper of `state_dir`, starting one if none runs."""
-    try:
+    """Connect as the brain to the keeper of `state_dir`, starting one if none runs.
+
+    A keeper that was just killed can still accept a connection and then reset it, and still
+    hold its lock for a moment: both mean "wait for it to be gone", up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return KeeperClient.connect(state_dir, timeout=timeout)
+        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, KeeperGone):
+            pass
+        try:
+            start_keeper(state_dir, stop_timeout=stop_timeout, timeout=timeout)
+        except KeeperError as exc:
+            # Another keeper holds the directory: one started meanwhile by someone else (connect
+            # to it), or one that is still ending (try again).
+            if exc.error != "EAGAIN" or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+            continue
         return KeeperClient.connect(state_dir, timeout=timeout)
-    except (FileNotFoundError, ConnectionRefusedError):
-        pass
-    try:
-        start_keeper(state_dir, stop_timeout=stop_timeout, timeout=timeout)
-    except KeeperError as exc:
-        if exc.error != "EAGAIN":
-            raise  # only a keeper started meanwhile by someone else is fine
-    return KeeperClient.connect(state_dir, timeout=timeout)
 
 
 def _spawned(r: dict[str, Any]) -> Spawned:

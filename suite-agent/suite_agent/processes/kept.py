@@ -169,14 +169,15 @@ class KeptProcessFactory(TrackedSpawns):
             while sent:
                 self._settle_spawns(sent, results, wait=True)
         except (KeeperGone, BrokenPipeError, ConnectionResetError) as exc:
-            # A new keeper: what the lost one started goes with it; the rest is asked for again,
-            # one at a time.
+            # A new keeper: what the lost one started goes with it (those sent but not answered
+            # too: their cgroups are killed, and _keeper_lost sweeps their marker); the rest is
+            # asked for again, one at a time.
+            for _, prepared in sent.values():
+                if prepared.tracked.cgroup is not None:
+                    prepared.tracked.cgroup.kill()
             self._keeper_lost(exc)
-            for index, prepared in sent.values():
-                try:
-                    results[index] = self._spawn_prepared(prepared)
-                except Exception as error:
-                    results[index] = error
+            for _, prepared in sent.values():
+                self._tracker.abandon(prepared.tracked)  # prepared for the lost keeper's tree
             for index, request in enumerate(requests):
                 if results[index] is None:
                     try:
@@ -454,6 +455,12 @@ class KeptProcessFactory(TrackedSpawns):
                   "restarted under a new keeper", self.keeper_pid, why)
         self.client.close()
         self._tracker.kill_all()
+        # A spawn sent but not answered yet (a batch in flight) is in no tracked set: the marker
+        # in its environment finds it.
+        swept = self._tracker.sweep()
+        if swept:
+            log.warning("killed %d process(es) the lost keeper left: %s",
+                        len(swept), " ".join(map(str, swept)))
         deadline = time.monotonic() + LOST_KILL_WAIT
         while self._tracker.busy and time.monotonic() < deadline:
             for pid, status in _reap_own():
@@ -467,6 +474,9 @@ class KeptProcessFactory(TrackedSpawns):
         self._names.clear()
         self.client, hello = connect_or_start(self.state_dir)
         self.keeper_pid = hello.pid
+        # The cgroup subtree is named after who holds the children: one named after a dead
+        # keeper is what any agent starting here sweeps away once it looks empty.
+        self._tracker.move_tree(hello.pid)
         self._into = hello.into_cgroup and self._tracker.uses_cgroups
         self._native = hello.native_spawn and self._into
         self._env_refs = {} if hello.env_refs else None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from suite_agent.processes import cgroups
-from suite_agent.processes.cgroups import Cgroup, Tree
+from suite_agent.processes.cgroups import TREE_PREFIX, Cgroup, Tree
 from suite_agent.processes.resources import CgroupLimits
 
 log = logging.getLogger("suite_agent.processes.factory")
@@ -99,6 +99,13 @@ class Tracker:
         self._scan.spawned()
         self._groups[ident] = tracked
         return ident
+
+    def move_tree(self, tree_pid: int) -> None:
+        """New leaves go to the subtree of another holder (a new keeper); the old one is swept
+        once empty, as any dead holder's is."""
+        if self._tree is not None and self._tree.path.name != f"{TREE_PREFIX}{tree_pid}":
+            self._tree = Tree(str(self._tree.parent), tree_pid)
+            self._tree_ready = False
 
     def abandon(self, tracked: Tracked) -> None:
         """The spawn failed: nothing runs in it."""
