@@ -338,7 +338,7 @@ def test_reload_rereads_the_conf_d_of_every_agent(fleet: Fleet) -> None:
         rows = {line.split()[0]: line for line in table.stdout.splitlines()[1:]}
         assert sorted(rows) == sorted(fleet.members)
         assert rows[broken.agent_id].endswith("broken.yaml: rejected")
-        assert all(line.endswith("  -") for agent_id, line in rows.items() if agent_id != broken.agent_id)
+        assert all(line.endswith("  -") for agent_id, line in rows.items() if agent_id != broken.agent_id), table.stdout
     finally:
         link.unlink(missing_ok=True)
         bad.unlink(missing_ok=True)
