@@ -89,7 +89,8 @@ class Fleet:
         member = Member(agent_id, labels, Agent(home / "conf.d", home), marker, self.signals_file(agent_id))
         self.members[agent_id] = member
         if start:
-            member.agent.start(ready=False)
+            # Debug on Kafka: each command in and answered, and what librdkafka reported.
+            member.agent.start(*(("--log-level", "debug") if self.kafka else ()), ready=False)
         return member
 
     def wait_started(self, members: list[Member] | None = None) -> None:
@@ -118,14 +119,38 @@ class Fleet:
         return env
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "suite_agent", "fleet", *args], capture_output=True,
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "suite_agent", "fleet", *args], capture_output=True,
                               text=True, env=env or self.env(), timeout=180)
+        silent = [line.split()[0] for line in done.stdout.splitlines() if "MISSING:" in line]
+        if silent and "--json" not in args:
+            # Shown by pytest when the test then fails: what each silent agent was doing.
+            print(f"fleet {' '.join(args)}: missing after {time.monotonic() - started:.1f}s\n{self.logs_of(silent)}")
+        return done
 
     def json(self, *args: str, code: int = 0) -> dict[str, Any]:
+        started = time.monotonic()
         done = self.cli(*args, "--json")
-        assert done.returncode == code, f"exit {done.returncode}, expected {code}: {done.stdout}\n{done.stderr}"
+        took = time.monotonic() - started
+        assert done.returncode == code, (f"exit {done.returncode}, expected {code} after {took:.1f}s: "
+                                         f"{done.stdout}\n{done.stderr}\n{self.logs_of(self.missing_in(done.stdout))}")
         result: dict[str, Any] = json.loads(done.stdout)
+        if result.get("missing"):
+            # Shown by pytest when the test then fails: what each silent agent was doing.
+            print(f"fleet {' '.join(args)}: missing after {took:.1f}s\n{self.logs_of(result['missing'])}")
         return result
+
+    @staticmethod
+    def missing_in(stdout: str) -> list[str]:
+        try:
+            missing = json.loads(stdout).get("missing")
+        except (ValueError, AttributeError):
+            return []
+        return missing if isinstance(missing, list) else []
+
+    def logs_of(self, agent_ids: list[str], tail: int = 3000) -> str:
+        return "\n".join(f"--- {a}'s log, its end:\n{self.members[a].agent.log()[-tail:]}"
+                         for a in agent_ids if a in self.members)
 
     def wait_all_known(self, timeout: float = 60.0) -> None:
         """Until a status round is answered by every member and misses nobody (views complete)."""

@@ -163,6 +163,7 @@ class CommandConsumer:
                 self._answer(message, seen.answer, "duplicate")
             return
         routing_key = str(message.delivery_info.get("routing_key", ""))
+        log.debug("queue: command %s in (id %s)", routing_key, key)
         try:
             admitted = self.intake.admit(routing_key, message.body)
         except CommandError as exc:
@@ -229,6 +230,7 @@ class CommandConsumer:
         self.link.stats.commands[result] += 1  # before the reply, so whoever got it sees it counted
         self._reply(message, body)
         message.ack()
+        log.debug("queue: command %s answered (%s)", message.delivery_info.get("routing_key", ""), result)
 
     def _reject(self, message: Message, routing_key: str, error: str,
                 body: dict[str, Any] | None = None) -> None:
