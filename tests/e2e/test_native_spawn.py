@@ -162,3 +162,28 @@ def test_a_thousand_spawns_leave_this_interpreter_sound(native: ModuleType) -> N
     gc.collect()
     assert len(gc.get_objects()) - before < 100
     assert kept == [{"n": i, "text": "x" * i} for i in range(200)]
+
+
+def test_the_child_gets_0_to_2_only_and_the_spawner_keeps_its_own(native: ModuleType, tmp_path: Path) -> None:
+    # In a process of its own: the spawner's 0-2 carry the child's for the time of the clone.
+    listing = tmp_path / "fds"
+    script = textwrap.dedent(f"""
+        import json, os
+        from suite_agent.keeper import _spawn
+        extra = os.open(os.devnull, os.O_RDONLY)
+        os.set_inheritable(extra, True)  # a descriptor the child must not get all the same
+        pipes = [os.pipe() for _ in range(100)]
+        os.set_inheritable(2, False)
+        before = [(os.fstat(i).st_ino, os.get_inheritable(i)) for i in range(3)]
+        out = os.open({str(listing)!r}, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC)
+        pid = _spawn.spawn("/bin/sh", ["sh", "-c", "exec ls /proc/self/fd"], [], -1, pipes[0][0], out,
+                           out, None, (), [], -1, -1, None)
+        os.waitpid(pid, 0)
+        after = [(os.fstat(i).st_ino, os.get_inheritable(i)) for i in range(3)]
+        print(json.dumps(before == after))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], check=True, timeout=30, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL)
+    assert done.stdout.strip() == "true", done.stdout + done.stderr
+    # ls lists its own descriptor of /proc/self/fd (3) beside the three it was given
+    assert sorted(listing.read_text().split()) == ["0", "1", "2", "3"]
