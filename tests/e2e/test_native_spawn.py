@@ -122,6 +122,10 @@ def test_failures_come_back_as_oserror_and_leave_no_child(native: ModuleType, le
     with pytest.raises(OSError) as bad_fd:
         run(native, ["/bin/true"], cgroup_fd=NOT_OPEN)
     assert bad_fd.value.errno == 9  # EBADF: the kernel refused before making a process
+    for stdout in (-1, NOT_OPEN):  # a child's descriptor that is not open: EBADF, nothing run
+        with pytest.raises(OSError) as bad_out:
+            native.spawn("/bin/true", ["true"], ENV, -1, 0, stdout, 2, None, (), [], -1, -1, None)
+        assert bad_out.value.errno == 9
     # each failed child was reaped by the spawner itself: no new child, not even a zombie
     assert {c.pid for c in psutil.Process().children()} == before
     assert leaf.pids() == []

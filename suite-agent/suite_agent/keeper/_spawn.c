@@ -188,7 +188,7 @@ static int park(struct parking *p, const int fds[3]) {
         if (p->flags[i] >= 0 && p->saved[i] < 0) goto undo;
     }
     for (int i = 0; i < 3; i++) {
-        src[i] = fds[i] < 3 ? p->saved[fds[i]] : fds[i];
+        src[i] = fds[i] < 0 ? -1 : fds[i] < 3 ? p->saved[fds[i]] : fds[i];
         if (src[i] < 0) goto undo; /* a source that is not open: the usual path says EBADF */
     }
     for (int i = 0; i < 3; i++)
