@@ -191,3 +191,27 @@ def test_the_child_gets_0_to_2_only_and_the_spawner_keeps_its_own(native: Module
     assert done.stdout.strip() == "true", done.stdout + done.stderr
     # ls lists its own descriptor of /proc/self/fd (3) beside the three it was given
     assert sorted(listing.read_text().split()) == ["0", "1", "2", "3"]
+
+
+def test_a_kernel_that_refuses_close_range_gets_the_copy_of_the_table(native: ModuleType, tmp_path: Path) -> None:
+    # In a process of its own: the spawner remembers the refusal for good.
+    listing = tmp_path / "fds"
+    script = textwrap.dedent(f"""
+        import json, os
+        from suite_agent.keeper import _spawn
+        shared = _spawn._shares_files(1 << 30)  # flags no kernel takes: close_range says EINVAL
+        out = os.open({str(listing)!r}, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        statuses = []
+        for _ in range(2):
+            pid = _spawn.spawn("/bin/sh", ["sh", "-c", "exec ls /proc/self/fd"], [], -1, null, out, out, None,
+                               (), [], -1, -1, None)
+            statuses.append(os.waitpid(pid, 0)[1])
+        print(json.dumps([shared, statuses, _spawn._shares_files()]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], check=True, timeout=30, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL)
+    # Shared until the first child's close_range failed; that child never ran the program, the
+    # spawn was made again the usual way, and so was the next.
+    assert done.stdout.strip() == "[true, [0, 0], false]", done.stdout + done.stderr
+    assert sorted(listing.read_text().split()) == ["0", "0", "1", "1", "2", "2", "3", "3"]

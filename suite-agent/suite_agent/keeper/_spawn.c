@@ -62,6 +62,9 @@ enum stage { STAGE_NONE, STAGE_PGID, STAGE_CWD, STAGE_FDS, STAGE_RLIMIT, STAGE_U
 /* Whether the child may share the keeper's descriptor table (below); cleared for good the first
  * time the kernel refuses close_range(CLOSE_RANGE_UNSHARE) (before 5.9). */
 static int share_files = 1;
+/* The flags the child gives close_range: a seam for the tests, which pass one the kernel refuses
+ * to see the fallback taken. */
+static unsigned int close_range_flags = SPAWN_CLOSE_RANGE_UNSHARE;
 
 struct spawn_ctx {
     const char *path;
@@ -135,7 +138,7 @@ static void __attribute__((noinline, noreturn)) child_exec(struct spawn_ctx *c) 
         sigaction(sig, &sa, NULL);
     }
     /* A table of our own holding only 0-2: nothing else to copy, nothing else for exec to close. */
-    if (c->parked && syscall(SPAWN_SYS_CLOSE_RANGE, 3U, ~0U, SPAWN_CLOSE_RANGE_UNSHARE) != 0)
+    if (c->parked && syscall(SPAWN_SYS_CLOSE_RANGE, 3U, ~0U, close_range_flags) != 0)
         child_fail(c, STAGE_FILES);
     if (setpgid(0, 0) != 0) child_fail(c, STAGE_PGID);
     if (c->cwd != NULL && chdir(c->cwd) != 0) child_fail(c, STAGE_CWD);
@@ -440,8 +443,19 @@ static PyObject *trim_heap(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *shares_files(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned int flags = close_range_flags;
+    if (!PyArg_ParseTuple(args, "|I:_shares_files", &flags)) return NULL;
+    close_range_flags = flags;
+    return PyBool_FromLong(share_files);
+}
+
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"_shares_files", shares_files, METH_VARARGS,
+     "_shares_files([close_range_flags]) -> whether children share the descriptor table until "
+     "close_range unshares it (False once the kernel refused); for the tests."},
     {"become_subreaper", become_subreaper, METH_NOARGS,
      "Make orphaned descendants come back to this process to be reaped; True if done."},
     {"trim_heap", trim_heap, METH_NOARGS, "Hand free heap memory back to the OS (malloc_trim)."},
