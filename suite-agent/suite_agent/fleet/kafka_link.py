@@ -8,6 +8,12 @@ id. Every partition of it is assigned at its end, the high watermark asked for b
 command goes out, so no reply is skipped, and without a consumer group: a group join takes
 seconds, an assignment none. Fetches wait at most 10 ms (FETCH_WAIT_MS): some Kafka-protocol
 brokers (Tansu) answer a fetch only when its wait is over, and the command line is short-lived.
+
+Some Kafka-protocol brokers (Tansu) let a record become readable after a later one when several
+producers write at once: the consumer, already past it, never hands it over, and an agent that did
+answer would be reported missing. So while the gathering waits and nothing comes in, the link reads
+the topic again from where it started, at most once a second (REWIND_EVERY); the gathering keeps the
+first reply of each agent, so a reply read twice counts once.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ SEND_TIMEOUT = 5.0
 FETCH_WAIT_MS = 10
 REPLY_RETENTION_MS = 3_600_000
 BATCH = 1000  # replies taken at once once the first is in
+REWIND_EVERY = 1.0
 INSTALL = "pip install 'suite-agent[kafka]'"
 
 
@@ -75,6 +82,8 @@ class KafkaFleetLink:
         self._producer: Any = None
         self._consumer: Any = None
         self._errors: list[Any] = []
+        self._start: list[Any] = []  # where each partition was assigned: where a rewind goes
+        self._rewound_at = time.monotonic()
         try:
             common = {**client_settings(kafka_servers(url), "suite-agent.fleet", options),
                       "log_level": 0, "error_cb": self._errors.append}
@@ -145,6 +154,7 @@ class KafkaFleetLink:
             _, high = self._consumer.get_watermark_offsets(tp, timeout=CONNECT_TIMEOUT, cached=False)
             assignment.append(ck.TopicPartition(self.reply_topic, partition, high))
         self._consumer.assign(assignment)
+        self._start = assignment
 
     def send(self, verb: str, body: Mapping[str, Any], agents: tuple[str, ...] = ()) -> str:
         cid = uuid.uuid4().hex
@@ -169,6 +179,7 @@ class KafkaFleetLink:
     def receive(self, wait: float) -> list[Reply]:
         first = self._consumer.poll(wait)
         if first is None:
+            self._rewind_if_due()
             return []
         records = [first, *self._consumer.consume(BATCH, timeout=0)]
         replies = []
@@ -180,6 +191,17 @@ class KafkaFleetLink:
             if reply is not None:
                 replies.append(reply)
         return replies
+
+    def _rewind_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._rewound_at < REWIND_EVERY:
+            return
+        self._rewound_at = now
+        for start in self._start:
+            try:
+                self._consumer.seek(start)
+            except self._ck.KafkaException as exc:  # not fetching yet: the next turn tries again
+                log.debug("fleet: replies: cannot read again from %s: %s", start.offset, exc)
 
     def close(self) -> None:
         if self._consumer is not None:
