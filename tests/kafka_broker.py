@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -124,7 +125,37 @@ def _headers(message: Any) -> dict[str, str]:
     return {name: (value or b"").decode() for name, value in (message.headers() or [])}
 
 
-class EventReader:
+class _Rereading:
+    """A consumer read as the command line reads its replies: Tansu may make a record readable
+    after a later one when several producers write at once, and a consumer already past it never
+    gets it. So when a read brings nothing, the topic is read again from where this reader began
+    (at most once a second); each record is taken once, by its partition and offset."""
+
+    consumer: Any
+    _start: list[Any]
+
+    def _begin(self, start: list[Any]) -> None:
+        self._start = start
+        self._seen: set[tuple[int, int]] = set()
+        self._rewound_at = time.monotonic()
+        self.consumer.assign(start)
+
+    def _fresh(self, seconds: float) -> list[Any]:
+        messages = self.consumer.consume(100, timeout=min(seconds, 0.2))
+        if not messages and time.monotonic() - self._rewound_at >= 1.0:
+            self._rewound_at = time.monotonic()
+            for tp in self._start:
+                with suppress(Exception):  # not fetching yet: the next read tries again
+                    self.consumer.seek(tp)
+        fresh = []
+        for message in messages:
+            if message.error() is None and (message.partition(), message.offset()) not in self._seen:
+                self._seen.add((message.partition(), message.offset()))
+                fresh.append(message)
+        return fresh
+
+
+class EventReader(_Rereading):
     """A plain confluent-kafka consumer of the events topic, every partition from its start; or,
     given routing keys, only the records with those keys, from the end of the topic as it is now."""
 
@@ -144,7 +175,7 @@ class EventReader:
         if self.keys:  # the end, asked for now: OFFSET_END would be looked up later, after what came meanwhile
             for tp in start:
                 tp.offset = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-        self.consumer.assign(start)
+        self._begin(start)
 
     def reopen(self) -> None:
         """After a broker restart: the topic from its start again (the agent made it anew)."""
@@ -153,12 +184,11 @@ class EventReader:
         self._open()
 
     def read(self, seconds: float) -> None:
-        for message in self.consumer.consume(100, timeout=min(seconds, 0.2)):
-            if message.error() is None:
-                headers = _headers(message)
-                if self.keys and headers.get("routing_key") not in self.keys:
-                    continue
-                self.received.append(Record((message.key() or b"").decode(), headers, json.loads(message.value())))
+        for message in self._fresh(seconds):
+            headers = _headers(message)
+            if self.keys and headers.get("routing_key") not in self.keys:
+                continue
+            self.received.append(Record((message.key() or b"").decode(), headers, json.loads(message.value())))
 
     def wait(self, until: Callable[[list[Record]], Any], timeout: float = 10.0, what: str = "events") -> Any:
         try:
@@ -190,7 +220,7 @@ class EventReader:
 
 
 # -- sending commands -------------------------------------------------------------------------
-class Commander:
+class Commander(_Rereading):
     """A plain confluent-kafka producer of commands, and a reader of its own reply topic."""
 
     def __init__(self, servers: str, exchange: str, reply_topic: str) -> None:
@@ -203,7 +233,7 @@ class Commander:
         partitions = ensure_topic(servers, reply_topic)
         self.consumer = ck.Consumer({"bootstrap.servers": servers, "group.id": f"replies-{uuid.uuid4().hex}",
                                      "enable.auto.commit": False, "log_level": 0})
-        self.consumer.assign([ck.TopicPartition(reply_topic, p, ck.OFFSET_BEGINNING) for p in range(partitions)])
+        self._begin([ck.TopicPartition(reply_topic, p, ck.OFFSET_BEGINNING) for p in range(partitions)])
         self.replies: dict[str, dict[str, Any]] = {}  # the first reply to each correlation id
         self.all_replies: dict[str, list[dict[str, Any]]] = {}
 
@@ -221,12 +251,11 @@ class Commander:
         return cid
 
     def read(self, seconds: float) -> None:
-        for message in self.consumer.consume(100, timeout=min(seconds, 0.2)):
-            if message.error() is None:
-                cid = _headers(message).get("correlation_id", "")
-                body = json.loads(message.value())
-                self.replies.setdefault(cid, body)
-                self.all_replies.setdefault(cid, []).append(body)
+        for message in self._fresh(seconds):
+            cid = _headers(message).get("correlation_id", "")
+            body = json.loads(message.value())
+            self.replies.setdefault(cid, body)
+            self.all_replies.setdefault(cid, []).append(body)
 
     def wait_reply(self, cid: str, timeout: float = 15.0) -> dict[str, Any]:
         eventually(lambda: cid in self.replies, timeout, f"the reply to {cid}", self.read)
