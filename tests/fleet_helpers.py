@@ -122,30 +122,25 @@ class Fleet:
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "suite_agent", "fleet", *args], capture_output=True,
                               text=True, env=env or self.env(), timeout=180)
-        silent = [line.split()[0] for line in done.stdout.splitlines() if "MISSING:" in line]
-        if silent and "--json" not in args:
+        silent = self.missing_in(done.stdout)
+        if silent:
             # Shown by pytest when the test then fails: what each silent agent was doing.
             print(f"fleet {' '.join(args)}: missing after {time.monotonic() - started:.1f}s\n{self.logs_of(silent)}")
         return done
 
     def json(self, *args: str, code: int = 0) -> dict[str, Any]:
-        started = time.monotonic()
         done = self.cli(*args, "--json")
-        took = time.monotonic() - started
-        assert done.returncode == code, (f"exit {done.returncode}, expected {code} after {took:.1f}s: "
-                                         f"{done.stdout}\n{done.stderr}\n{self.logs_of(self.missing_in(done.stdout))}")
+        assert done.returncode == code, f"exit {done.returncode}, expected {code}: {done.stdout}\n{done.stderr}"
         result: dict[str, Any] = json.loads(done.stdout)
-        if result.get("missing"):
-            # Shown by pytest when the test then fails: what each silent agent was doing.
-            print(f"fleet {' '.join(args)}: missing after {took:.1f}s\n{self.logs_of(result['missing'])}")
         return result
 
     @staticmethod
     def missing_in(stdout: str) -> list[str]:
+        """The agents a command's output (its JSON or its table) says are missing."""
         try:
             missing = json.loads(stdout).get("missing")
         except (ValueError, AttributeError):
-            return []
+            return [line.split()[0] for line in stdout.splitlines() if "MISSING:" in line]
         return missing if isinstance(missing, list) else []
 
     def logs_of(self, agent_ids: list[str], tail: int = 3000) -> str:

@@ -184,7 +184,16 @@ def test_the_child_gets_0_to_2_only_and_the_spawner_keeps_its_own(native: Module
                            out, None, (), [], -1, -1, None)
         os.waitpid(pid, 0)
         after = [(os.fstat(i).st_ino, os.get_inheritable(i)) for i in range(3)]
-        print(json.dumps(before == after))
+        os.close(0)  # a spawner whose stdin is closed gets it back closed, not on the child's
+        pid = _spawn.spawn("/bin/true", ["true"], [], -1, pipes[1][0], out, out, None, (), [], -1, -1, None)
+        os.waitpid(pid, 0)
+        try:
+            os.fstat(0)
+        except OSError:
+            closed = True
+        else:
+            closed = False
+        print(json.dumps(before == after and closed))
     """)
     done = subprocess.run([sys.executable, "-c", script], check=True, timeout=30, capture_output=True,
                           text=True, stdin=subprocess.DEVNULL)

@@ -9,7 +9,8 @@
  *
  * The child shares the keeper's descriptor table too (CLONE_FILES): the keeper holds two pipe
  * ends a service, and copying thousands of them into each child, for its exec to close them all
- * again, made a spawn 0.1 ms slower at 1000 services even warm. The child's stdin, stdout and
+ * again, made a spawn about 0.1 ms slower at 1000 services with the CPU caches cold, as a respawn
+ * finds them. The child's stdin, stdout and
  * stderr are put on the keeper's own 0-2 for the time of the clone, and the child's first call,
  * close_range(3, ~0U, CLOSE_RANGE_UNSHARE), gives it a table of its own with those three alone
  * (Linux 5.9; before it, the copy as before). Only for a single-threaded caller: the keeper.
@@ -183,8 +184,12 @@ struct parking {
  * that the child, sharing the table (CLONE_FILES), keeps only those: copying a table of thousands
  * of pipe ends into every child, then closing them all at its exec, is what a spawn costs most
  * once many services run. The keeper has one thread: nothing else uses 0-2 meanwhile. */
+static void unpark(const struct parking *p);
+
 static int park(struct parking *p, const int fds[3]) {
     int src[3];
+    for (int i = 0; i < 3; i++)
+        p->saved[i] = -1;
     for (int i = 0; i < 3; i++) {
         p->flags[i] = fcntl(i, F_GETFD);
         p->saved[i] = p->flags[i] < 0 ? -1 : fcntl(i, F_DUPFD_CLOEXEC, 3);
@@ -194,18 +199,13 @@ static int park(struct parking *p, const int fds[3]) {
         src[i] = fds[i] < 0 ? -1 : fds[i] < 3 ? p->saved[fds[i]] : fds[i];
         if (src[i] < 0) goto undo; /* a source that is not open: the usual path says EBADF */
     }
-    for (int i = 0; i < 3; i++)
-        if (dup2(src[i], i) < 0) goto restore;
-    return 1;
-restore:
     for (int i = 0; i < 3; i++) {
-        if (p->saved[i] >= 0) {
-            dup2(p->saved[i], i);
-            fcntl(i, F_SETFD, p->flags[i]);
-        } else {
-            close(i);
+        if (dup2(src[i], i) < 0) {
+            unpark(p);
+            return 0;
         }
     }
+    return 1;
 undo:
     for (int i = 0; i < 3; i++)
         if (p->saved[i] >= 0) close(p->saved[i]);
@@ -380,20 +380,14 @@ again:
     cargs.flags = c.parked ? cargs.flags | SPAWN_CLONE_FILES : cargs.flags & ~SPAWN_CLONE_FILES;
     c.stage = STAGE_NONE;
     c.err = 0;
-    if (c.parked) { /* the GIL kept: no other Python thread may write to 0-2 meanwhile */
-        pthread_sigmask(SIG_SETMASK, &all, &c.mask);
-        pid = raw_clone3(&cargs);
-        if (pid == 0) child_exec(&c);
-        pthread_sigmask(SIG_SETMASK, &c.mask, NULL);
-        unpark(&parking);
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        pthread_sigmask(SIG_SETMASK, &all, &c.mask);
-        pid = raw_clone3(&cargs);
-        if (pid == 0) child_exec(&c);
-        pthread_sigmask(SIG_SETMASK, &c.mask, NULL);
-        Py_END_ALLOW_THREADS
-    }
+    /* Parked, the GIL is kept: no other Python thread may write to 0-2 meanwhile. */
+    PyThreadState *released = c.parked ? NULL : PyEval_SaveThread();
+    pthread_sigmask(SIG_SETMASK, &all, &c.mask);
+    pid = raw_clone3(&cargs);
+    if (pid == 0) child_exec(&c);
+    pthread_sigmask(SIG_SETMASK, &c.mask, NULL);
+    if (c.parked) unpark(&parking);
+    if (released != NULL) PyEval_RestoreThread(released);
     if (pid > 0 && c.stage == STAGE_FILES) { /* a kernel before 5.9: the usual way from now on */
         int status;
         while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR) {
