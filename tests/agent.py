@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from suite_agent.keeper.client import KEEPER_MAIN
+
 from eventually import eventually
 
 TOKEN_VAR = "SUITE_TEST_TOKEN"
@@ -37,7 +39,8 @@ def processes_with_token(token: str) -> list[psutil.Process]:
 
 def is_keeper(proc: psutil.Process) -> bool:
     try:
-        return "suite_agent.keeper" in proc.cmdline()
+        cmdline = proc.cmdline()
+        return "suite_agent.keeper" in cmdline or KEEPER_MAIN in cmdline
     except psutil.Error:
         return False
 

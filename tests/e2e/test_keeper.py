@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from keeper_helpers import ENV, Keeper, wait_exit
 
-from suite_agent.keeper import ops, procfs, statedir
+from suite_agent.keeper import ops, procfs, protocol, statedir
 from suite_agent.keeper.children import Child, Children
 from suite_agent.keeper.client import (
+    KEEPER_MAIN,
     KeeperClient,
     KeeperError,
     LogSpec,
@@ -53,6 +54,45 @@ def test_messages_are_put_together_across_reads() -> None:
 def test_a_line_that_is_not_json_is_refused() -> None:
     with pytest.raises(BadRequest, match="not JSON"):
         LineBuffer().feed(b"{nope\n")
+
+
+SAMPLES: list[object] = [
+    {"id": 7, "ok": True, "pid": 12345, "at": 1796238937.345340, "none": None, "f": False},
+    {"argv": ["sh", "-c", "echo 'x' \"y\" \\ \t"], "env": {"LANG": "C.UTF-8", "É": "ü€😀"}},
+    {"lines": [[1, 0.5, "a\u0000b\u001f"], [2, -1e100, ""]], "nested": {"a": {"b": [[], {}]}}},
+    [1, -2, 3.25, 10**30, float("inf"), float("-inf")], "text", 0, -0.0, True, None,
+]
+
+
+@pytest.mark.parametrize("value", SAMPLES)
+def test_the_wire_writes_and_reads_what_json_does(value: object) -> None:
+    # The keeper's codec calls the json module's C parts itself (for memory): same text as
+    # json.dumps with these separators, same values back as json.loads.
+    assert protocol.dumps(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(value, indent=1)
+    assert json.dumps(protocol.loads(f" \n{text}\r\n")) == json.dumps(json.loads(text))
+
+
+@pytest.mark.parametrize("text", ["", "  ", "{", "nul", "{} x", '{"a":1}}', "[1,]", "'a'", "NaNa"])
+def test_the_wire_refuses_what_json_refuses(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(ValueError) as got:
+        protocol.loads(text)
+    assert str(got.value) == str(expected.value)
+
+
+def test_the_wire_refuses_what_json_cannot_write() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        protocol.dumps({"a": object()})
+
+
+def test_without_the_c_parts_the_wire_is_the_json_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "_json", None)  # import _json now raises ImportError
+    dumps, loads = protocol._codec()
+    assert dumps.__self__.__class__ is json.JSONEncoder  # type: ignore[attr-defined]
+    assert loads is json.loads
+    assert dumps({"é": [1, None]}) == '{"é":[1,null]}'
 
 
 def test_a_line_without_end_is_refused_past_the_bound() -> None:
@@ -228,6 +268,14 @@ def test_a_journal_keeps_the_last_spawn_of_each_instance_not_forgotten(tmp_path:
     with open(journal.path, "ab") as f:
         f.write(b'{"spawn": {"instance": "c.1", "pi')  # cut short by a crash
     assert statedir.read_journal(journal.path) == {"a.1": {"instance": "a.1", "pid": 12}}
+
+
+def test_a_journal_gives_back_any_argv_as_it_was_written(tmp_path: Path) -> None:
+    # A file name that is not UTF-8 reaches Python as lone surrogates (surrogateescape).
+    argv = ["/opt/caf\udce9/run", "--name=é😀", "\ud800", "a\nb\u0000"]
+    journal = statedir.Journal(str(tmp_path), 1, 2)
+    journal.spawned({"instance": "a.1", "pid": 10, "argv": argv}, list)
+    assert statedir.read_journal(journal.path)["a.1"]["argv"] == argv
 
 
 def test_a_journal_is_compacted_to_its_live_records(tmp_path: Path) -> None:
@@ -484,9 +532,9 @@ FORBIDDEN = ("pydantic", "ruamel", "bottle", "kombu", "psutil", "stevedore", "wa
 def test_the_keeper_imports_the_standard_library_and_itself_only(keeper_dir: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1] / "suite-agent"), env.get("PYTHONPATH", "")])
+        [str(Path(__file__).resolve().parents[2] / "suite-agent"), env.get("PYTHONPATH", "")])
     popen = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "suite_agent.keeper", "--state-dir",
+        [sys.executable, "-S", "-X", "importtime", "-c", KEEPER_MAIN, "--state-dir",
          str(keeper_dir)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, env=env, start_new_session=True)
     try:
@@ -508,6 +556,10 @@ def test_the_keeper_imports_the_standard_library_and_itself_only(keeper_dir: Pat
     assert not {m for m in ours if m.startswith("suite_agent.") and
                 not m.startswith("suite_agent.keeper")}
     assert not [m for m in imported if m.split(".")[0] in FORBIDDEN]
+    # Pure-Python modules the keeper does without, for its resident size: it uses their C
+    # parts (_json, _signal, _collections) and runs with -c rather than through runpy.
+    assert not {"json", "re", "enum", "signal", "contextlib", "functools", "collections",
+                "runpy", "importlib.util"} & imported
     if importlib.util.find_spec("suite_agent.keeper._spawn") is not None:
         # With its native spawner the keeper needs neither ctypes nor socket.py (memory).
         assert "suite_agent.keeper._spawn" in imported

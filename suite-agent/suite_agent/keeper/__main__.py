@@ -48,5 +48,10 @@ def main(argv: list[str]) -> int:
     return Keeper(options["--state-dir"], stop_timeout).run()
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Run the keeper with this process's arguments and exit with its status."""
     sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import time
 
 from . import clone, procfs
@@ -22,11 +21,15 @@ from .rlimits import setter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     import subprocess
     from collections.abc import Callable
     from typing import Any
 
     from .rlimits import Limits
+else:
+    # The C module: signal.py wraps it in enums, and enum costs the keeper half a megabyte.
+    import _signal as signal
 
 __all__ = ["Child", "Children", "Exit", "check_instance", "decode_status"]
 

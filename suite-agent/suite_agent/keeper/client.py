@@ -26,6 +26,7 @@ from . import statedir
 from .protocol import EXIT_LOCKED, VERSION, LineBuffer, encode, short_path, socket_path
 
 __all__ = [
+    "KEEPER_MAIN",
     "Event",
     "Exit",
     "Hello",
@@ -470,6 +471,11 @@ def take_brain_lock(state_dir: str) -> int:
     return statedir.lock(state_dir, BRAIN_LOCK)
 
 
+KEEPER_MAIN = "from suite_agent.keeper.__main__ import run; run()"
+"""What start_keeper has Python run (``-c``): ``-m`` would have runpy import contextlib, functools,
+collections and importlib.util first, most of a megabyte of the keeper's resident size."""
+
+
 def start_keeper(state_dir: str, *, stop_timeout: float | None = None, timeout: float = 10.0,
                  cwd: str | None = None, python: str = sys.executable
                  ) -> subprocess.Popen[bytes]:
@@ -480,15 +486,16 @@ def start_keeper(state_dir: str, *, stop_timeout: float | None = None, timeout: 
     or with this one, starts there by the fast path (posix_spawn); another directory costs a
     fork through subprocess.
 
-    It runs without site-packages (``python -S``) and finds this package through PYTHONPATH: the
-    keeper imports nothing else, and a site's .pth files would cost it memory. Raises KeeperError
+    It runs without site-packages (``python -S -c``, see KEEPER_MAIN) and finds this package
+    through PYTHONPATH: the keeper imports nothing else, and a site's .pth files would cost it
+    memory. Raises KeeperError
     if it exits first (EAGAIN if another keeper holds the directory)."""
     state_dir = os.path.abspath(state_dir)
     statedir.prepare(state_dir)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    argv = [python, "-S", "-m", "suite_agent.keeper", "--state-dir", state_dir]
+    argv = [python, "-S", "-c", KEEPER_MAIN, "--state-dir", state_dir]
     if stop_timeout is not None:
         argv += ["--stop-timeout", str(stop_timeout)]
     log = os.open(os.path.join(state_dir, KEEPER_LOG),

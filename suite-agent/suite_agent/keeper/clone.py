@@ -15,20 +15,22 @@ reaches the parent through a close-on-exec pipe, as subprocess does.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import signal
 
 from .rlimits import setter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     from collections.abc import Callable
     from types import ModuleType
     from typing import Any
 
     from .rlimits import Limits
+else:
+    # The C module: signal.py wraps it in enums, and enum costs the keeper half a megabyte.
+    import _signal as signal
 
 __all__ = ["available", "native", "spawn_into"]
 
@@ -187,11 +189,15 @@ def _child(path: str, argv: list[str], env: dict[str, str], stdin: int, stdout: 
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.execve(path, argv, env)
     except OSError as exc:
-        with contextlib.suppress(OSError):
+        try:
             os.write(report, f"{exc.errno or errno.EIO}:{name}".encode(errors="replace"))
+        except OSError:
+            pass
     except BaseException:
-        with contextlib.suppress(OSError):
+        try:
             os.write(report, f"{errno.EIO}:{name}".encode())
+        except OSError:
+            pass
     finally:
         os._exit(127)
 

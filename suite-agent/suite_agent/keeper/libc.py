@@ -5,8 +5,6 @@ Through the native spawner's module when it was built, else through ctypes.
 
 from __future__ import annotations
 
-import functools
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
@@ -23,14 +21,18 @@ except ImportError:
     _native = None
 
 
-@functools.cache
-def _libc() -> Any:
-    import ctypes
+_loaded: list[Any] = []  # libc once loaded (None if it cannot be); functools would cost memory
 
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
+
+def _libc() -> Any:
+    if not _loaded:
+        import ctypes
+
+        try:
+            _loaded.append(ctypes.CDLL(None, use_errno=True))
+        except OSError:
+            _loaded.append(None)
+    return _loaded[0]
 
 
 def become_subreaper() -> bool:

@@ -14,16 +14,18 @@ after seq N" and knows from the numbers whether any were pushed out before it as
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections import deque
 
 from .diag import say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections import deque
     from collections.abc import Iterable
+else:
+    # collections/__init__ brings operator, keyword, reprlib and heapq along: the C type alone.
+    from _collections import deque
 
 __all__ = ["CUT_MARK", "MAX_LINE", "RETRY_AFTER", "Batch", "Line", "LogFile", "Pending", "Ring", "flush", "split"]
 
@@ -90,8 +92,10 @@ class LogFile:
     def close(self) -> None:
         """Close the file; the next write opens the path again (which is what `reopen` is)."""
         if self._fd >= 0:
-            with contextlib.suppress(OSError):
+            try:
                 os.close(self._fd)
+            except OSError:
+                pass
             self._fd = -1
 
     def _open(self) -> bool:

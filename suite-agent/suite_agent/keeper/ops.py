@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 
 from . import clone
 from .children import check_instance
@@ -20,6 +19,7 @@ from .rlimits import check as check_rlimits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     from collections.abc import Callable
     from typing import Any
 
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
     Request = dict[str, Any]
     Reply = dict[str, Any]
+else:
+    # The C module: signal.py wraps it in enums, and enum costs the keeper half a megabyte.
+    import _signal as signal
 
 __all__ = ["MAX_REPLY_TEXT", "OPS", "dispatch"]
 
@@ -340,10 +343,10 @@ def _signal(value: object) -> int:
             return value
     elif isinstance(value, str):
         name = value.upper()
-        try:
-            return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
-        except KeyError:
-            pass
+        name = name if name.startswith("SIG") else "SIG" + name
+        number = getattr(signal, name, None)
+        if type(number) is int and not name.startswith("SIG_"):  # SIG_IGN and the like are no signals
+            return number
     raise BadRequest(f"no such signal: {value!r}")
 
 

@@ -14,7 +14,6 @@ never blocks: a child's pipe is emptied as fast as the disk takes the bytes.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import heapq
 import os
@@ -119,8 +118,10 @@ class Pipes:
     def close(self, pipe: Pipe) -> None:
         if self.by_fd.pop(pipe.fd, None) is None:
             return
-        with contextlib.suppress(OSError):
+        try:
             os.close(pipe.fd)
+        except OSError:
+            pass
         stream = pipe.stream
         stream.pipes -= 1
         if stream.pipes == 0 and stream.file is not None:

@@ -9,11 +9,11 @@ sends on its own carry ``event`` and no ``id``. docs/keeper.md lists every op an
 from __future__ import annotations
 
 import errno as errnos
-import json
 import os
 
 TYPE_CHECKING = False  # typing costs the keeper a megabyte of resident memory
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 __all__ = [
@@ -22,8 +22,10 @@ __all__ = [
     "VERSION",
     "BadRequest",
     "LineBuffer",
+    "dumps",
     "encode",
     "error_reply",
+    "loads",
     "short_path",
     "socket_path",
 ]
@@ -40,7 +42,67 @@ SOCKET = "keeper.sock"
 EXIT_LOCKED = 3
 """Exit status of a keeper that found another one holding its state directory."""
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_WHITESPACE = " \t\n\r"
+
+
+def _unserializable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+class _Decoding:
+    """What the C scanner reads off its context object: json.loads's defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return float(name.replace("Infinity", "inf"))
+
+
+def _codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
+    """dumps and loads, compact and without ASCII escaping.
+
+    Straight from the json module's C accelerator when it is there: the module itself brings
+    re, enum and its regular expressions, a megabyte and a half of the keeper's resident size.
+    A Python without it (or whose C functions take other arguments) gets the json module."""
+    try:
+        import _json
+
+        encoder = _json.make_encoder(None, _unserializable, _json.encode_basestring, None, ":",
+                                     ",", False, False, True)
+        scanner = _json.make_scanner(_Decoding)  # type: ignore[arg-type]  # any object with its attributes
+        if ("".join(encoder({"a": [1, 0.5, None, True, "\u00e9"]}, 0))
+                != '{"a":[1,0.5,null,true,"\u00e9"]}' or scanner('{"a":[1]}', 0) != ({"a": [1]}, 9)):
+            raise ValueError("another _json")
+    except (ImportError, AttributeError, TypeError, ValueError):
+        import json
+
+        return (json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                                 check_circular=False).encode, json.loads)
+
+    def dumps(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    def loads(text: str) -> Any:
+        try:
+            value, end = scanner(text, len(text) - len(text.lstrip(_WHITESPACE)))
+            if end == len(text.rstrip(_WHITESPACE)):
+                return value
+        except Exception:  # the scanner reports errors through json.decoder, maybe not loaded
+            pass
+        import json  # only for what is not JSON: the json module says why, as json.loads does
+
+        return json.loads(text)
+
+    return dumps, loads
+
+
+dumps, loads = _codec()
+"""json.dumps with separators (",", ":") and ensure_ascii=False, and json.loads of a str."""
 
 
 class BadRequest(ValueError):
@@ -48,7 +110,7 @@ class BadRequest(ValueError):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return (_encoder.encode(message) + "\n").encode("utf-8", "surrogateescape")
+    return (dumps(message) + "\n").encode("utf-8", "surrogateescape")
 
 
 def error_reply(request_id: Any, exc: BaseException) -> dict[str, Any]:
@@ -95,7 +157,7 @@ class LineBuffer:
             if len(line) > MAX_LINE:
                 raise BadRequest(f"line longer than {MAX_LINE} bytes")
             try:
-                messages.append(json.loads(line))
+                messages.append(loads(line.decode("utf-8", "surrogatepass")))
             except ValueError as exc:
                 raise BadRequest(f"not JSON: {exc}") from None
         return messages

@@ -16,10 +16,8 @@ from __future__ import annotations
 # _socket, not socket: socket.py brings selectors, math, array and enum conversions the keeper
 # never uses (0.4 MB of its resident size).
 import _socket as socket
-import contextlib
 import os
 import select
-import signal
 import sys
 import time
 
@@ -41,8 +39,12 @@ from .protocol import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     from collections.abc import Callable
     from typing import Any
+else:
+    # The C module: signal.py wraps it in enums, and enum costs the keeper half a megabyte.
+    import _signal as signal
 
 __all__ = ["Keeper"]
 
@@ -112,8 +114,10 @@ class Keeper:
         except statedir.Locked as exc:
             say(f"not starting: another keeper runs on {self.state_dir} ({exc.strerror})")
             return EXIT_LOCKED
-        with contextlib.suppress(PermissionError):  # already a group leader: stays in its session
+        try:
             os.setsid()
+        except PermissionError:  # already a group leader: stays in its session
+            pass
         self.subreaper = become_subreaper()
         if not self.subreaper:
             say("cannot become a child subreaper: orphaned grandchildren go to init")
@@ -176,8 +180,10 @@ class Keeper:
 
     def _listen(self) -> socket.socket:
         path = socket_path(self.state_dir)
-        with contextlib.suppress(FileNotFoundError):  # left by a killed keeper: the lock says none runs now
-            os.unlink(path)
+        try:
+            os.unlink(path)  # left by a killed keeper: the lock says none runs now
+        except FileNotFoundError:
+            pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -209,8 +215,10 @@ class Keeper:
             except OSError:
                 pass
             self._drop(conn)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(socket_path(self.state_dir))
+        except FileNotFoundError:
+            pass
         listener.close()
         if self.journal is not None:
             try:
@@ -227,8 +235,10 @@ class Keeper:
 
     def _unwatch(self, fd: int) -> None:
         self._handlers.pop(fd, None)
-        with contextlib.suppress(OSError, ValueError):
+        try:
             self._poll.unregister(fd)
+        except (OSError, ValueError):
+            pass
 
     def _drain_signals(self, fd: int) -> None:
         try:
@@ -277,8 +287,10 @@ class Keeper:
             _killpg(pgid, signal.SIGKILL)
         # Orphans that came here and started groups or sessions of their own.
         for pid in procfs.children_of(self.pid):
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._deadline = time.monotonic() + KILL_GRACE
 
     # -- pipes ----------------------------------------------------------------------------
@@ -426,5 +438,7 @@ def _bug(what: str, exc: Exception) -> None:
 
 
 def _killpg(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:
         os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass

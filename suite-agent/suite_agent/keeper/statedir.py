@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
+
+from .protocol import dumps, loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def read_journal(path: str) -> dict[str, dict[str, Any]]:
     with open(path, "rb") as f:
         for raw in f:
             try:
-                entry = json.loads(raw)
+                entry = loads(raw.decode("utf-8", "surrogatepass"))
             except ValueError:
                 continue
             if not isinstance(entry, dict):
@@ -143,4 +144,4 @@ def _open_append(path: str) -> int:
 
 
 def _line(entry: dict[str, Any]) -> bytes:
-    return (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+    return (dumps(entry) + "\n").encode("utf-8", "surrogatepass")  # any str comes back as it was
