@@ -47,6 +47,12 @@ __all__ = [
     "take_brain_lock",
 ]
 
+RECEIVE_SIZE = 64 * 1024
+"""Bytes asked of one read. Python allocates the whole buffer before the read: one above glibc's
+mmap threshold (128 KiB) costs an mmap and a munmap per read, and in a process with threads the
+munmap interrupts every CPU they ran on; an event is a hundred bytes, and a large reply (an
+inventory) takes a few reads."""
+
 BRAIN_LOCK = "brain.lock"
 KEEPER_LOG = "keeper.log"
 
@@ -413,7 +419,7 @@ class KeeperClient:
         """Messages that arrive until one read gives some (or the deadline passes)."""
         while True:
             try:
-                data = self._sock.recv(1 << 20)
+                data = self._sock.recv(RECEIVE_SIZE)
             except BlockingIOError:
                 if not wait:
                     return []
