@@ -213,6 +213,26 @@ def test_proc_stat_is_parsed_whatever_the_command_name() -> None:
     assert me is not None and me.pgid == os.getpgid(0) and me.sid == os.getsid(0)
 
 
+def test_an_exit_is_announced_before_the_walk_that_finds_no_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    # waitpid(-1) walks every child of the keeper: the brain hears of an exit before the last,
+    # empty, walk of a reap.
+    kids = Children()
+    kids.by_pid[4242] = kids.by_instance["a.1"] = Child("a.1", 4242, 1, 1, ["x"], None)
+    results = [(4242, 9 << 8), (0, 0)]
+    calls: list[str] = []
+
+    def waitpid(pid: int, options: int) -> tuple[int, int]:
+        assert (pid, options) == (-1, os.WNOHANG)
+        calls.append("waitpid")
+        return results.pop(0)
+
+    monkeypatch.setattr(os, "waitpid", waitpid)
+    exits, orphans, childless = kids.reap(lambda e: calls.append(f"announce {e.instance} {e.pid}"))
+    assert calls == ["waitpid", "announce a.1 4242", "waitpid"]
+    assert [(e.instance, e.status) for e in exits] == [("a.1", 9 << 8)]
+    assert (orphans, childless) == ([], False)
+
+
 def test_a_reused_group_number_is_not_signalled() -> None:
     children = Children()
     me = procfs.stat(os.getpid())

@@ -192,9 +192,14 @@ class Children:
         self._paths[key] = (path, now)
         return path
 
-    def reap(self) -> tuple[list[Exit], list[tuple[int, int]], bool]:
+    def reap(self, announce: Callable[[Exit], None] | None = None
+             ) -> tuple[list[Exit], list[tuple[int, int]], bool]:
         """Reap every child that has exited: the exits of instances, the (pid, status) of
-        orphans that came to the keeper as subreaper, and whether no child at all is left."""
+        orphans that came to the keeper as subreaper, and whether no child at all is left.
+
+        `announce` is called with each exit as soon as it is reaped: ``waitpid(-1)`` walks every
+        child of the keeper (50 us at 1000 children), and the call that finds no more is such a
+        walk, which the brain need not wait for."""
         exits: list[Exit] = []
         orphans: list[tuple[int, int]] = []
         while True:
@@ -217,6 +222,8 @@ class Children:
             self._next_exit += 1
             self.exits[record.exit_id] = record
             exits.append(record)
+            if announce is not None:
+                announce(record)
 
     def get(self, instance: str) -> Child:
         child = self.by_instance.get(instance)

@@ -22,7 +22,7 @@ import sys
 import time
 
 from . import procfs, statedir
-from .children import Child, Children
+from .children import Child, Children, Exit
 from .connections import Connection, TooSlow
 from .diag import say
 from .libc import become_subreaper, trim_heap
@@ -257,11 +257,12 @@ class Keeper:
         self.reap()
 
     def reap(self) -> None:
-        exits, orphans, self.childless = self.children.reap()
-        for record in exits:
-            self.broadcast({"event": "exit", **record.as_dict()})
+        _exits, orphans, self.childless = self.children.reap(self._announce_exit)
         for pid, status in orphans:
             self.broadcast({"event": "orphan", "pid": pid, "status": status})
+
+    def _announce_exit(self, record: Exit) -> None:
+        self.broadcast({"event": "exit", **record.as_dict()})
 
     def _on_terminate(self, signum: int) -> None:
         if self._stop_phase:
