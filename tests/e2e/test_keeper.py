@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -231,6 +232,37 @@ def test_an_exit_is_announced_before_the_walk_that_finds_no_more(monkeypatch: py
     assert calls == ["waitpid", "announce a.1 4242", "waitpid"]
     assert [(e.instance, e.status) for e in exits] == [("a.1", 9 << 8)]
     assert (orphans, childless) == ([], False)
+
+
+def test_a_child_s_exit_is_reaped_by_its_pid_once_its_pidfd_says_so() -> None:
+    kids = Children()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        child = kids.spawn("p.1", ["sleep", "3600"], None, ENV, None, None, null, null)
+    finally:
+        os.close(null)
+    try:
+        assert kids.by_pidfd == {child.pidfd: child}
+        watcher = select.poll()
+        watcher.register(child.pidfd, select.POLLIN)
+        assert watcher.poll(0) == []  # running: nothing to reap
+        assert kids.reap_one(child) is None
+        os.kill(child.pid, signal.SIGKILL)
+        assert watcher.poll(10_000) != []
+        pidfd = child.pidfd
+        record = kids.reap_one(child)
+        assert record is not None
+        assert (record.instance, record.pid, os.WIFSIGNALED(record.status)) == ("p.1", child.pid, True)
+        assert not child.alive and child.pid not in kids.by_pid and kids.by_pidfd == {}
+        with pytest.raises(OSError) as closed:
+            os.fstat(pidfd)
+        assert closed.value.errno == errno.EBADF
+        assert kids.reap_one(child) is None  # once
+        assert list(kids.exits.values()) == [record]
+    finally:
+        if child.alive:
+            os.kill(child.pid, signal.SIGKILL)
+            os.waitpid(child.pid, 0)
 
 
 def test_a_reused_group_number_is_not_signalled() -> None:

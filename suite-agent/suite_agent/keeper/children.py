@@ -78,8 +78,8 @@ class Exit:
 class Child:
     """The last process spawned for an instance; `pgid` is its pid (it leads its own group)."""
 
-    __slots__ = ("alive", "argv", "instance", "pid", "popen", "sid", "spawned_at", "start_time",
-                 "status")
+    __slots__ = ("alive", "argv", "instance", "pid", "pidfd", "popen", "sid", "spawned_at",
+                 "start_time", "status")
 
     def __init__(self, instance: str, pid: int, start_time: int, sid: int, argv: list[str],
                  popen: subprocess.Popen[bytes] | None) -> None:
@@ -92,6 +92,7 @@ class Child:
         self.alive = True  # not reaped yet
         self.status: int | None = None  # its wait status, once reaped
         self.popen = popen
+        self.pidfd = -1  # readable once it has exited (-1: none, or reaped)
 
     @property
     def pgid(self) -> int:
@@ -107,6 +108,7 @@ class Children:
     def __init__(self) -> None:
         self.by_instance: dict[str, Child] = {}
         self.by_pid: dict[int, Child] = {}  # not reaped yet
+        self.by_pidfd: dict[int, Child] = {}  # not reaped yet, with a pidfd the keeper watches
         self.exits: dict[int, Exit] = {}  # not acknowledged yet, oldest first
         self._next_exit = 1
         self._sid = os.getsid(0)
@@ -133,6 +135,12 @@ class Children:
         child = Child(instance, pid, found.start_time if found else 0, self._sid, argv, popen)
         self.by_instance[instance] = child
         self.by_pid[pid] = child
+        try:
+            child.pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # before Linux 5.3, or refused: SIGCHLD alone says it
+            pass
+        else:
+            self.by_pidfd[child.pidfd] = child
         return child
 
     def _spawn(self, argv: list[str], cwd: str | None, env: dict[str, str],
@@ -209,21 +217,42 @@ class Children:
                 return exits, orphans, True
             if pid == 0:
                 return exits, orphans, False
-            child = self.by_pid.pop(pid, None)
+            child = self.by_pid.get(pid)
             if child is None:
                 orphans.append((pid, status))
                 continue
-            child.alive = False
-            child.status = status
-            if child.popen is not None:
-                child.popen.returncode = os.waitstatus_to_exitcode(status)
-                child.popen = None
-            record = Exit(self._next_exit, child.instance, pid, status, time.time())
-            self._next_exit += 1
-            self.exits[record.exit_id] = record
+            record = self._reaped(child, status)
             exits.append(record)
             if announce is not None:
                 announce(record)
+
+    def reap_one(self, child: Child) -> Exit | None:
+        """Reap `child` if it has exited (its pidfd said so): one waitpid for its pid, which,
+        unlike waitpid(-1), does not walk every child of the keeper."""
+        if not child.alive:
+            return None
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (a Popen); the sweep has it otherwise
+            return None
+        return self._reaped(child, status) if pid == child.pid else None
+
+    def _reaped(self, child: Child, status: int) -> Exit:
+        del self.by_pid[child.pid]
+        child.alive = False
+        child.status = status
+        if child.pidfd >= 0:
+            # Closing it takes it out of the keeper's epoll too.
+            del self.by_pidfd[child.pidfd]
+            os.close(child.pidfd)
+            child.pidfd = -1
+        if child.popen is not None:
+            child.popen.returncode = os.waitstatus_to_exitcode(status)
+            child.popen = None
+        record = Exit(self._next_exit, child.instance, child.pid, status, time.time())
+        self._next_exit += 1
+        self.exits[record.exit_id] = record
+        return record
 
     def get(self, instance: str) -> Child:
         child = self.by_instance.get(instance)

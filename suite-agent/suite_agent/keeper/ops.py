@@ -116,6 +116,7 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
         if procs is not None:
             os.close(procs)
     keeper.childless = False
+    keeper.watch_exit(child)
     unwatched = {"stdout": out_r, "stderr": err_r}
     try:
         for name in STREAMS:

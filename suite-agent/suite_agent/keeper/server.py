@@ -1,8 +1,11 @@
-"""The keeper's loop: one epoll over its socket, its clients, every child's pipes and a signal fd.
+"""The keeper's loop: one epoll over its socket, its clients, every child's pipes and pidfd, and a
+signal fd.
 
 Signal handlers do nothing but let Python write the signal number to the wake-up pipe; the loop
 does the work. In each turn the pipes are read before children are reaped, so the output a child
-wrote before it died is in its log file and ring before its exit is announced.
+wrote before it died is in its log file and ring before its exit is announced. A child whose pidfd
+turned readable is reaped by its pid; SIGCHLD then sweeps with waitpid(-1) for the rest (orphans
+that came to the keeper as subreaper, a child without a pidfd).
 
 On SIGTERM (or SIGINT) with a brain connected the keeper announces it (event ``terminate``) and
 waits for the brain's orders, the brain being the one that knows in which order services stop.
@@ -153,17 +156,29 @@ class Keeper:
             if not ready and self._trim_when_idle:
                 self._trim_when_idle = False
                 trim_heap()
+            exited: list[Child] = []
             for fd, mask in ready:
                 try:
                     pipe = self.pipes.by_fd.get(fd)  # no handler per pipe: a closure is memory
                     if pipe is not None:
                         self._read_pipe(pipe)
                         continue
+                    child = self.children.by_pidfd.get(fd)
+                    if child is not None:
+                        exited.append(child)  # reaped once this turn's pipes are read
+                        continue
                     handler = self._handlers.get(fd)
                     if handler is not None:
                         handler(mask)
                 except Exception as exc:
                     _bug(f"handling fd {fd}", exc)
+            for child in exited:
+                try:
+                    record = self.children.reap_one(child)
+                    if record is not None:
+                        self._announce_exit(record)
+                except Exception as exc:
+                    _bug(f"reaping {child.instance}", exc)
             if self._signals:
                 try:
                     self._on_signals()
@@ -297,6 +312,15 @@ class Keeper:
     # -- pipes ----------------------------------------------------------------------------
     def add_pipe(self, pipe: Pipe) -> None:
         self._watch(pipe.fd, None)
+
+    def watch_exit(self, child: Child) -> None:
+        """Hear of the child's exit through its pidfd: the exit is then reaped with a waitpid of
+        its pid, where SIGCHLD leaves only waitpid(-1), which walks every child."""
+        if child.pidfd >= 0:
+            try:
+                self._watch(child.pidfd, None)
+            except OSError as exc:  # SIGCHLD still says it
+                say(f"cannot watch the pidfd of {child.instance}: {exc}")
 
     def _read_pipe(self, pipe: Pipe) -> None:
         lines, eof = self.pipes.read(pipe)
