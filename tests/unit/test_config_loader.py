@@ -6,10 +6,12 @@ import dataclasses
 import itertools
 import os
 import random
+import shlex
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from suite_agent.config import store as loader
 from suite_agent.config.models import AgentSection
@@ -125,6 +127,17 @@ def test_string_command_is_split_like_a_shell(conf: Conf) -> None:
     services = ConfigStore("conf.d").load().services
     assert services["a"].command == ("sh", "-c", "echo hello; sleep 1", "--name", "x y")
     assert services["b"].command == ("echo", "a b")
+
+
+@pytest.mark.parametrize(
+    "quoted",  # YAML double-quoted text: its escapes give a form feed, a unit separator, ...
+    [r"sleep 1", r"  sleep\t 1 \n", r"a\fb c", r"a\x1fb", r"caf\u00e9 1", r"a\u00a0b", r"don't' stop",
+     r"say \"hi there\"", r"echo a\\ b", r"x # y", r"a\rb c\vd"],
+)
+def test_every_string_command_is_split_as_shlex_splits_it(conf: Conf, quoted: str) -> None:
+    conf.write("a.yaml", f'services:\n  a: {{command: "{quoted}"}}\n')
+    text = yaml.safe_load(f'"{quoted}"')
+    assert ConfigStore("conf.d").load().services["a"].command == tuple(shlex.split(text))
 
 
 def test_environment_numbers_and_booleans_become_strings(conf: Conf) -> None:
@@ -928,6 +941,53 @@ def test_comment_only_edit_keeps_the_file_in_force(conf: Conf) -> None:
     assert [str(p) for p in declared.rejected["conf.d/b.yaml"]] == [
         "conf.d/b.yaml:1: services: service 'db' is no longer defined, but 'web' in conf.d/a.yaml:4 depends on it"
     ]
+
+
+def test_a_reload_that_finds_nothing_changed_gives_what_is_in_force_again(conf: Conf) -> None:
+    conf.write("a.yaml", "services:\n  web: {command: x, depends_on: [db]}\n")
+    conf.write("b.yaml", "services:\n  db: {command: b}\n")
+    store = ConfigStore("conf.d")
+    first = store.load()
+    assert store.load() is first  # nothing read, nothing merged again
+    conf.write("b.yaml", "services:\n  database: {command: b}\n")  # refused: web needs db
+    refused = store.load()
+    assert refused is not first and sorted(refused.services) == ["db", "web"]
+    again = store.load()
+    assert again is refused and list(again.rejected) == ["conf.d/b.yaml"]
+    conf.write("c.yaml", "services:\n  api: {command: c}\n")
+    assert sorted(store.load().services) == ["api", "db", "web"]
+
+
+def test_a_reload_that_finds_nothing_changed_sees_an_account_created_since(
+    conf: Conf, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from suite_agent.config import accounts
+
+    users: set[str] = set()
+
+    def getpwnam(name: str) -> str:
+        if name not in users:
+            raise KeyError(name)
+        return name
+
+    monkeypatch.setattr(accounts, "_LOOKUPS", (("user", getpwnam),))
+    conf.write("a.yaml", "services:\n  a: {command: x, user: deploy}\n")
+    store = ConfigStore("conf.d")
+    assert [p.line for p in store.load().warnings["conf.d/a.yaml"]] == [2]
+    users.add("deploy")  # useradd, then a reload with no file changed
+    declared = store.load()
+    assert dict(declared.warnings) == {} and sorted(declared.services) == ["a"]
+
+
+@pytest.mark.parametrize(("conf_dir", "inside", "file"),
+                         [(".", True, "a.yaml"), ("./conf.d/", False, "conf.d/a.yaml"),
+                          ("conf.d//", False, "conf.d/a.yaml")])
+def test_files_are_named_as_the_folder_is_given(conf: Conf, conf_dir: str, inside: bool, file: str) -> None:
+    conf.write("a.yaml", "services:\n  a: {command: x}\n  a: {command: y}\n")
+    if inside:
+        os.chdir(conf.dir)
+    declared = ConfigStore(conf_dir).load()
+    assert declared.files == (file,) and list(declared.rejected) == [file]
 
 
 def test_removing_a_service_others_depend_on_is_rejected(conf: Conf) -> None:

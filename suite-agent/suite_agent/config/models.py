@@ -42,8 +42,16 @@ SERVICE_NAME_MAX = 63
 ServiceName = Annotated[str, StringConstraints(pattern=SERVICE_NAME_PATTERN, max_length=SERVICE_NAME_MAX)]
 
 
+# shlex.split splits an ASCII command with no quote or backslash at spaces, tabs and newlines,
+# as str.split() does where the string holds no other whitespace, for a fraction of the time
+# (a start with 1000 services splits 1000 commands).
+_NOT_PLAIN = frozenset("'\"\\\x0b\x0c\x1c\x1d\x1e\x1f")
+
+
 def _split_command(value: object) -> object:
     if isinstance(value, str):
+        if value.isascii() and _NOT_PLAIN.isdisjoint(value):
+            return value.split()
         try:
             return shlex.split(value)
         except ValueError as exc:
