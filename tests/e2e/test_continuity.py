@@ -402,3 +402,29 @@ def test_a_killed_keeper_leaves_no_duplicates(
     eventually(lambda: len(with_marker("4161")) == 2, 10, "two replicas again")
     assert not old & {p.pid for p in with_marker("4161")}
     assert a1.stop() == 0
+
+
+def test_a_keeper_stopped_past_the_spawn_timeout_leaves_no_unsupervised_copy(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without cgroups the keeper can start a request the agent gave up on (with them, the leaf
+    # the agent removed makes that start fail): the agent's next try is refused and takes it over.
+    monkeypatch.setenv("SUITE_AGENT_CGROUPS", "off")
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml("web: {command: [sleep, '4171']}\n"))
+    a1.start()
+    one("4171")
+    keeper = int((conf_dir.parent / ".suite-agent" / "keeper.lock").read_text())
+    os.kill(keeper, signal.SIGSTOP)  # a debugger, a stall: for longer than the agent waits
+    try:
+        a1.write("b.yaml", services_yaml("api: {command: [sleep, '4172']}\n"))
+        a1.wait_log(r"api: cannot start 'sleep': the keeper did not answer spawn in time", timeout=20)
+    finally:
+        os.kill(keeper, signal.SIGCONT)
+    (line,) = a1.wait_log(r"api: started \(pid \d+\)")
+    pid = int(re.search(r"pid (\d+)", line).group(1))  # type: ignore[union-attr]
+    assert one("4172") == pid  # the one the keeper started late, or a new one: never two
+    os.kill(pid, signal.SIGKILL)  # supervised: respawned
+    a1.wait_log(r"api: started \(pid \d+\)", count=2)
+    assert one("4172") != pid
+    assert a1.stop() == 0
+    assert with_marker("4172") == []

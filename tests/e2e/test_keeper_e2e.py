@@ -546,3 +546,59 @@ def test_a_keeper_lost_in_the_middle_of_a_batch_leaves_every_spawn_made_once(
         eventually(lambda: running() == expected, 5, "each service running once at most")
     finally:
         factory.close(timeout=2.0)
+
+
+@pytest.mark.parametrize("tracking", ["cgroup", "marker"])
+def test_a_spawn_the_keeper_makes_after_the_agent_gave_up_on_its_answer_is_taken_over(
+        keeper: Keeper, tmp_path: Path, tracking: str) -> None:
+    """A stopped keeper (SIGSTOP, a stall) answers no spawn: the agent gives up after its
+    timeout and tries again later. The keeper, running again, may first start what it was
+    asked before: the next request is then refused (EEXIST) and the agent takes that process
+    over. Each service runs once, and as the agent's own (a signal to its group reaches it)."""
+    from suite_agent.output.kept import KeptOutput
+    from suite_agent.processes.cgroups import find_own
+    from suite_agent.processes.kept import KeptProcessFactory
+
+    if tracking == "cgroup" and find_own()[0] is None:
+        pytest.skip(f"no writable cgroup2 here: {find_own()[1]}")
+    keeper.start()
+    client, _ = KeeperClient.connect(str(keeper.state_dir), timeout=1.0)
+    keeper.clients.append(client)
+    output = KeptOutput(str(keeper.state_dir), tmp_path / "logs", 0, 0, 100, 10_000)
+    on = tracking == "cgroup"
+    factory = KeptProcessFactory(str(keeper.state_dir), client, keeper.pid, output,
+                                 cgroups_on=on, into_cgroup=on, native_spawn=on, env_refs=True)
+    marks = ["3981", "3982", "3983"]
+
+    def sleeping() -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {m: [] for m in marks}
+        for pid in procfs.children_of(keeper.pid):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[:1] == [b"sleep"] and argv[1].decode() in found and procfs.stat(pid).state != "Z":  # type: ignore[union-attr]
+                found[argv[1].decode()].append(pid)
+        return found
+
+    try:
+        os.kill(keeper.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError):
+                factory.spawn(["sleep", marks[0]], None, ENV, None, None, "a")
+            batch = factory.spawn_many([(["sleep", m], None, ENV, None, None, f"b{m}", None)
+                                        for m in marks[1:]])
+            assert all(isinstance(r, TimeoutError) for r in batch), batch
+        finally:
+            os.kill(keeper.pid, signal.SIGCONT)
+        # The keeper takes its requests in order: the late ones first, then these.
+        one = factory.spawn(["sleep", marks[0]], None, ENV, None, None, "a")
+        more = factory.spawn_many([(["sleep", m], None, ENV, None, None, f"b{m}", None)
+                                   for m in marks[1:]])
+        pids = [one.pid] + [r.pid for r in more if not isinstance(r, Exception)]
+        assert len(pids) == 3, more
+        assert sleeping() == {m: [pid] for m, pid in zip(marks, pids, strict=True)}
+        for spawned in (one, *more):
+            assert not isinstance(spawned, Exception)
+            factory.signal_group(spawned.tracked, signal.SIGTERM)
+        eventually(lambda: sleeping() == {m: [] for m in marks}, 5, "every service stopped")
+    finally:
+        os.kill(keeper.pid, signal.SIGCONT)
+        factory.close(timeout=2.0)

@@ -113,6 +113,9 @@ class KeptProcessFactory(TrackedSpawns):
         self._env_refs: dict[int, tuple[Mapping[str, str], str]] | None = (
             {} if env_refs else None)
         self._env_count = 0
+        # Instances whose spawn request went unanswered in time (a stopped or stalled keeper):
+        # the keeper may have started them since, and then refuses the next request (EEXIST).
+        self._in_doubt: set[str] = set()
         output.forget_instance = self._forget
 
     # -- the owner's selector ---------------------------------------------------------------
@@ -142,11 +145,35 @@ class KeptProcessFactory(TrackedSpawns):
                 got = self._call(lambda c: c.spawn_with(prepared.with_env().fields))
         except KeeperError as exc:
             self._tracker.abandon(prepared.tracked)
-            raise exc.as_oserror() from None
+            return self._taken_over(prepared.instance, exc)
+        except TimeoutError:
+            self._in_doubt.add(prepared.instance)
+            self._tracker.abandon(prepared.tracked)
+            raise
         except BaseException:
             self._tracker.abandon(prepared.tracked)
             raise
+        self._in_doubt.discard(prepared.instance)
         return self._finish(prepared, got.pid)
+
+    def _taken_over(self, instance: str, refused: KeeperError) -> Spawned:
+        """What a refused spawn gives: the instance's running process when the refusal says it
+        runs (EEXIST) and an earlier request for it went unanswered (the keeper started it
+        after the agent had given up on the answer: it is the process asked for, not a second
+        one to start); otherwise the refusal, as an OSError."""
+        if refused.errno != errno.EEXIST or instance not in self._in_doubt:
+            raise refused.as_oserror() from None
+        try:
+            process = self.inventory().processes.get(instance)
+        except (KeeperError, OSError):
+            raise refused.as_oserror() from None
+        if process is None or not process.alive:
+            raise refused.as_oserror() from None  # gone since: the next try starts it
+        self._in_doubt.discard(instance)
+        tracked = self.adopt(process)
+        log.warning("%s: the keeper started it (pid %d) after its spawn request had gone unanswered; "
+                    "taken over", instance, process.pid)
+        return Spawned(process.pid, None, None, tracked)
 
     def spawn_many(self, requests: Sequence[SpawnRequest]) -> list[Spawned | Exception]:
         """Several spawns at once, in order, each with what spawn() would return or raise (the
@@ -154,6 +181,7 @@ class KeptProcessFactory(TrackedSpawns):
         waiting for the replies before it: the keeper starts one while this prepares the next."""
         results: list[Spawned | Exception | None] = [None] * len(requests)
         sent: dict[int, tuple[int, _Prepared]] = {}  # request id: (index, prepared)
+        refused: dict[int, tuple[str, KeeperError]] = {}  # index: (instance, the keeper's refusal)
         try:
             for index, request in enumerate(requests):
                 try:
@@ -163,11 +191,18 @@ class KeptProcessFactory(TrackedSpawns):
                     continue
                 sent[self.client.send_spawn(prepared.fields)] = (index, prepared)
                 if len(sent) >= SPAWN_WINDOW:  # bound what is in flight
-                    self._settle_spawns(sent, results, wait=True)
+                    self._settle_spawns(sent, results, refused, wait=True)
                 else:
-                    self._settle_spawns(sent, results, wait=False)
+                    self._settle_spawns(sent, results, refused, wait=False)
             while sent:
-                self._settle_spawns(sent, results, wait=True)
+                self._settle_spawns(sent, results, refused, wait=True)
+            # A refusal is settled once no request is in flight: asking the keeper's inventory
+            # (to take over) in between would read past the other replies.
+            for index, (instance, refusal) in refused.items():
+                try:
+                    results[index] = self._taken_over(instance, refusal)
+                except OSError as exc:
+                    results[index] = exc
         except (KeeperGone, BrokenPipeError, ConnectionResetError) as exc:
             # A new keeper: what the lost one started goes with it (those sent but not answered
             # too: their cgroups are killed, and _keeper_lost sweeps their marker); the rest is
@@ -186,13 +221,17 @@ class KeptProcessFactory(TrackedSpawns):
                         results[index] = error
         except TimeoutError as exc:
             for index, prepared in sent.values():
+                self._in_doubt.add(prepared.instance)
                 self._tracker.abandon(prepared.tracked)
                 results[index] = exc
+            for index, (_, refusal) in refused.items():
+                results[index] = refusal.as_oserror()
         self._nudge()
         return [r if r is not None else OSError(errno.EIO, "not spawned") for r in results]
 
     def _settle_spawns(self, sent: dict[int, tuple[int, _Prepared]],
-                       results: list[Spawned | Exception | None], wait: bool) -> None:
+                       results: list[Spawned | Exception | None],
+                       refused: dict[int, tuple[str, KeeperError]], wait: bool) -> None:
         for request_id, reply in self.client.spawn_replies(set(sent), wait).items():
             index, prepared = sent.pop(request_id)
             if (isinstance(reply, KeeperError) and reply.errno == errno.ESTALE
@@ -202,8 +241,9 @@ class KeptProcessFactory(TrackedSpawns):
                 sent[self.client.send_spawn(again.fields)] = (index, again)
             elif isinstance(reply, KeeperError):
                 self._tracker.abandon(prepared.tracked)
-                results[index] = reply.as_oserror()
+                refused[index] = (prepared.instance, reply)
             else:
+                self._in_doubt.discard(prepared.instance)
                 results[index] = self._finish(prepared, reply.pid)
 
     def _prepare(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
