@@ -185,7 +185,27 @@ class _Cheroot(wsgi.Server):
         # First, so that nothing is handed over to workers that are being stopped.
         if self.intake is not None:
             self.intake.stop(1.0)
+        connections = getattr(self, "_connections", None)
+        if self.ready and connections is not None:
+            # cheroot's selector loop looks for a stop request between its waits, 0.5 s when no
+            # connection is open, and its stop() waits for the loop: ask first, then wake the
+            # loop with a connection to the listening socket (it accepts it, then ends). An
+            # agent that stops or re-executes with the API on saves those 0.5 s.
+            connections._stop_requested = True
+            _touch(self.socket)
         super().stop()
+
+
+def _touch(listening: socket.socket | None) -> None:
+    if listening is None:
+        return
+    try:
+        address = listening.getsockname()
+        with socket.socket(listening.family, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            s.connect(address)
+    except OSError:
+        pass  # the loop then notices at its next wake-up, as without this
 
 
 def yielding(app: WsgiApp, niceness: int = THREAD_NICENESS) -> WsgiApp:
