@@ -428,3 +428,37 @@ def test_a_keeper_stopped_past_the_spawn_timeout_leaves_no_unsupervised_copy(
     assert one("4172") != pid
     assert a1.stop() == 0
     assert with_marker("4172") == []
+
+
+def test_a_state_directory_removed_under_a_running_agent_is_made_again(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    # `git clean -xdf` in the checkout holding conf.d, or a sweep of what looks like a cache.
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml(f"""\
+        counter: {{command: {COUNTER}}}
+        idle: {{command: [sleep, '4181']}}
+        """))
+    a1.start()
+    counter, idle = one("4101"), one("4181")
+    state = conf_dir.parent / ".suite-agent"
+    keeper = int((state / "keeper.lock").read_text())
+    shutil.rmtree(state)
+    a1.signal(signal.SIGUSR2)  # the new image finds the keeper by /proc, which makes it again
+    a1.wait_log(r"adopted the running processes of 2 service")
+    assert one("4101") == counter and one("4181") == idle
+    assert int((state / "keeper.lock").read_text()) == keeper
+    assert (state / "keeper.sock").exists() and (state / "services.json").exists()
+    # Its journal names them again: a brain finds them even if this keeper is killed now.
+    journals = list((state / "keepers").glob("*/journal"))
+    assert len(journals) == 1 and f'"pid":{idle}' in journals[0].read_text().replace(" ", "")
+    kill9(a1)
+    shutil.rmtree(state)  # and once more, with no agent running
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    # What it lost with services.json (the specs the processes were started with) it cannot
+    # check: each service is started again, once, under the same keeper.
+    a2.wait_log(r"idle: started")
+    eventually(lambda: len(with_marker("4181")) == 1 and with_marker("4181")[0].pid != idle, 10,
+               "idle running once, a new process")
+    assert int((state / "keeper.lock").read_text()) == keeper
+    assert a2.stop() == 0
+    assert with_marker("4101") == [] and with_marker("4181") == []

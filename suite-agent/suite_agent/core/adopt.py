@@ -30,6 +30,7 @@ from suite_agent.config.models import ServiceSpec
 from suite_agent.core.inbox import Shutdown
 from suite_agent.core.service import Service
 from suite_agent.health.scheduler import Prober
+from suite_agent.keeper import statedir
 from suite_agent.processes.kept import KeptProcessFactory
 from suite_agent.states import State
 
@@ -160,7 +161,11 @@ class Continuity:
                 data[n]["restarts"] = {i.name: i.restarts for i in s.instances if i.restarts}
         tmp = self.path.with_name(SAVED + ".tmp")
         try:
-            tmp.write_text(json.dumps(data))
+            try:
+                tmp.write_text(json.dumps(data))
+            except FileNotFoundError:  # the state directory was removed: made again, mode 0700
+                statedir.prepare(str(self.path.parent))
+                tmp.write_text(json.dumps(data))
             os.replace(tmp, self.path)
         except OSError as exc:
             log.warning("cannot save the services' state in %s: %s", self.path, exc)

@@ -12,8 +12,12 @@ the standard library only, like the keeper.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import itertools
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Self
 
-from . import statedir
+from . import procfs, statedir
 from .protocol import EXIT_LOCKED, VERSION, LineBuffer, encode, short_path, socket_path
 
 __all__ = [
@@ -54,7 +58,7 @@ munmap interrupts every CPU they ran on; an event is a hundred bytes, and a larg
 inventory) takes a few reads."""
 
 BRAIN_LOCK = "brain.lock"
-KEEPER_LOG = "keeper.log"
+KEEPER_LOG = statedir.LOG
 
 
 class KeeperError(Exception):
@@ -538,13 +542,28 @@ def connect_or_start(state_dir: str, *, stop_timeout: float | None = None,
     """Connect as the brain to the keeper of `state_dir`, starting one if none runs.
 
     A keeper that was just killed can still accept a connection and then reset it, and still
-    hold its lock for a moment: both mean "wait for it to be gone", up to `timeout`."""
+    hold its lock for a moment: both mean "wait for it to be gone", up to `timeout`. A keeper
+    that runs while its socket is gone (the state directory was removed) is told to make it
+    again (SIGHUP), never replaced: a second keeper would start a second copy of everything."""
     deadline = time.monotonic() + timeout
+    told: set[int] = set()
     while True:
         try:
             return KeeperClient.connect(state_dir, timeout=timeout)
         except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, KeeperGone):
             pass
+        running = running_keepers(state_dir)
+        if running:
+            for pid in running - told:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGHUP)
+            told |= running
+            if time.monotonic() >= deadline:
+                raise KeeperError("EEXIST", errno.EEXIST, f"a keeper runs on {state_dir} (pid "
+                                  f"{', '.join(map(str, sorted(running)))}) but does not answer on "
+                                  "its socket")
+            time.sleep(0.01)
+            continue
         try:
             start_keeper(state_dir, stop_timeout=stop_timeout, timeout=timeout)
         except KeeperError as exc:
@@ -555,6 +574,28 @@ def connect_or_start(state_dir: str, *, stop_timeout: float | None = None,
             time.sleep(0.01)
             continue
         return KeeperClient.connect(state_dir, timeout=timeout)
+
+
+def running_keepers(state_dir: str) -> set[int]:
+    """The pids of the keepers that run on `state_dir` (by their command line, as
+    start_keeper makes it, or `python -m suite_agent.keeper`), whether their socket is there
+    or not."""
+    wanted = os.path.abspath(state_dir).encode()
+    found: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if (KEEPER_MAIN.encode() in argv or b"suite_agent.keeper" in argv) and any(
+                flag == b"--state-dir" and value == wanted for flag, value in itertools.pairwise(argv)):
+            stat = procfs.stat(int(name))
+            if stat is not None and stat.state != "Z":
+                found.add(int(name))
+    return found
 
 
 def _spawned(r: dict[str, Any]) -> Spawned:

@@ -87,6 +87,9 @@ class Keeper:
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._signals: set[int] = set()  # received, not yet acted on
         self.journal: statedir.Journal | None = None
+        self._lock = -1  # the fd holding keeper.lock
+        self._listener: socket.socket | None = None
+        self._socket_ino = 0  # the socket file's inode: gone or another one means made again
 
     @property
     def stopping(self) -> bool:
@@ -126,14 +129,15 @@ class Keeper:
             say("cannot become a child subreaper: orphaned grandchildren go to init")
         _raise_open_file_limit()
         self.journal = statedir.Journal(self.state_dir, self.pid, self.start_time)
-        listener = self._listen()
+        self._lock = lock
+        listener = self._listener = self._listen()
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for signum in _WAKE_SIGNALS:
             # The C-level handler writes the signal number to the wake-up fd; this one has
             # nothing left to do, and the loop does the work.
             signal.signal(signum, _ignore)
         signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
-        self._watch(listener.fileno(), lambda _mask: self._accept(listener))
+        self._watch(listener.fileno(), self._accept_listening)
         self._watch(sig_r, lambda _mask: self._drain_signals(sig_r))
         say(f"keeping {self.state_dir} (pid {self.pid})")
         trim_heap()
@@ -141,8 +145,8 @@ class Keeper:
         try:
             status = self._loop()
         finally:
-            self._finish(listener)
-            os.close(lock)
+            self._finish(self._listener or listener)
+            os.close(self._lock)
         return status
 
     def _loop(self) -> int:
@@ -207,6 +211,7 @@ class Keeper:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+        self._socket_ino = os.stat(path).st_ino
         sock.listen(64)
         sock.setblocking(False)
         return sock
@@ -265,11 +270,54 @@ class Keeper:
     def _on_signals(self) -> None:
         received, self._signals = self._signals, set()
         if signal.SIGHUP in received:
+            self._keep_state_dir()
             say(f"SIGHUP: reopened {len(self.pipes.reopen())} log files")
         for signum in (signal.SIGTERM, signal.SIGINT):
             if signum in received:
                 self._on_terminate(signum)
         self.reap()
+
+    def _keep_state_dir(self) -> None:
+        """Make the state directory's files again if they were removed while this keeper runs
+        (a `git clean`, a sweep of what looks like a cache): a brain finds this keeper by its
+        socket, and what it started by its journal; without them a brain started now would
+        start a second keeper and a second copy of every service. A brain that finds no socket
+        but this keeper running sends SIGHUP. Nothing is done while the socket is this one."""
+        path = socket_path(self.state_dir)
+        try:
+            if os.stat(path).st_ino == self._socket_ino:
+                return
+        except OSError:
+            pass
+        try:
+            statedir.prepare(self.state_dir)
+            lock = statedir.lock(self.state_dir)
+        except OSError as exc:  # Locked: another keeper took the new directory; it stays its
+            say(f"cannot make {self.state_dir} again: {exc}")
+            return
+        os.close(self._lock)
+        self._lock = lock
+        try:
+            log = os.open(os.path.join(self.state_dir, statedir.LOG),
+                          os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.dup2(log, 2)  # this keeper's stderr, which start_keeper had opened there
+            os.close(log)
+        except OSError:
+            pass
+        listener, old = self._listen(), self._listener
+        if old is not None:
+            self._unwatch(old.fileno())
+            old.close()
+        self._listener = listener
+        self._watch(listener.fileno(), self._accept_listening)
+        if self.journal is not None:
+            try:
+                self.journal.close(remove=False)
+            except OSError:
+                pass
+            self.journal = statedir.Journal(self.state_dir, self.pid, self.start_time)
+            self.journal.rewrite(self._live_records())
+        say(f"made {self.state_dir} again: it was removed while this keeper ran")
 
     def reap(self) -> None:
         _exits, orphans, self.childless = self.children.reap(self._announce_exit)
@@ -339,6 +387,10 @@ class Keeper:
                     self._send(conn, data)
 
     # -- clients --------------------------------------------------------------------------
+    def _accept_listening(self, _mask: int) -> None:
+        if self._listener is not None:
+            self._accept(self._listener)
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:

@@ -28,9 +28,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
 
-__all__ = ["JOURNAL", "KEEPERS", "LOCK", "Journal", "Locked", "lock", "prepare", "read_journal"]
+__all__ = ["JOURNAL", "KEEPERS", "LOCK", "LOG", "Journal", "Locked", "lock", "prepare", "read_journal"]
 
 LOCK = "keeper.lock"
+LOG = "keeper.log"
 KEEPERS = "keepers"
 JOURNAL = "journal"
 COMPACT_AFTER = 4096
@@ -106,6 +107,10 @@ class Journal:
         self._lines += 1
         if self._lines > COMPACT_AFTER:
             self._compact(list(live()))
+
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """The journal with these records only (a journal made again after its folder went)."""
+        self._compact(records)
 
     def _compact(self, records: list[dict[str, Any]]) -> None:
         temporary = os.path.join(self.folder, f".{JOURNAL}.tmp")
