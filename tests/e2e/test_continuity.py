@@ -462,3 +462,21 @@ def test_a_state_directory_removed_under_a_running_agent_is_made_again(
     assert int((state / "keeper.lock").read_text()) == keeper
     assert a2.stop() == 0
     assert with_marker("4101") == [] and with_marker("4181") == []
+
+
+def test_the_logs_route_reads_on_after_the_state_directory_was_removed(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    api = Api(free_port())
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
+    a1.write("a.yaml", services_yaml("hello: {command: [sh, -c, 'echo hello-4191; sleep 4191']}\n"))
+    a1.start()
+    a1.wait_log(r"api: listening")
+    one("4191")
+    state = conf_dir.parent / ".suite-agent"
+    shutil.rmtree(state)
+    lines = eventually(lambda: api.get("/api/services/hello/logs?lines=5").json["lines"], 10,
+                       "the service's output")
+    assert [line["text"] for line in lines] == ["hello-4191"]
+    assert (state / "keeper.sock").exists()
+    assert a1.stop() == 0

@@ -576,6 +576,30 @@ def connect_or_start(state_dir: str, *, stop_timeout: float | None = None,
         return KeeperClient.connect(state_dir, timeout=timeout)
 
 
+def connect_running(state_dir: str, *, brain: bool = False, wait: float = 2.0
+                    ) -> tuple[KeeperClient, Hello]:
+    """Connect to the keeper of `state_dir`, which is known to run. If its socket is gone (the
+    state directory was removed under it), have it made again (SIGHUP, see connect_or_start)
+    and wait up to `wait` seconds for it; raises what connecting raised otherwise."""
+    try:
+        return KeeperClient.connect(state_dir, brain=brain)
+    except FileNotFoundError:
+        running = running_keepers(state_dir)
+        if not running:
+            raise
+    for pid in running:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return KeeperClient.connect(state_dir, brain=brain)
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def running_keepers(state_dir: str) -> set[int]:
     """The pids of the keepers that run on `state_dir` (by their command line, as
     start_keeper makes it, or `python -m suite_agent.keeper`), whether their socket is there

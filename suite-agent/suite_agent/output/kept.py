@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from suite_agent.keeper.client import KeeperClient, KeeperError, Lines, LogSpec, Output
+from suite_agent.keeper.client import KeeperClient, KeeperError, Lines, LogSpec, Output, connect_running
 from suite_agent.output.lines import LogLine
 
 log = logging.getLogger("suite_agent.output.kept")
@@ -100,7 +100,7 @@ class KeptOutput:
             # Not spawned yet: nothing to follow; the caller waits out its slice.
             return []
         try:
-            client, _ = KeeperClient.connect(self.state_dir, brain=False)
+            client, _ = connect_running(self.state_dir)
         except (OSError, KeeperError):
             return []
         with client:
@@ -134,7 +134,7 @@ class KeptOutput:
             client: KeeperClient | None = getattr(self._local, "client", None)
             try:
                 if client is None:
-                    client, _ = KeeperClient.connect(self.state_dir, brain=False)
+                    client, _ = connect_running(self.state_dir)
                     self._local.client = client
                 return client.reopen_paths()
             except (OSError, KeeperError) as exc:
@@ -154,7 +154,7 @@ class KeptOutput:
             client: KeeperClient | None = getattr(self._local, "client", None)
             try:
                 if client is None:
-                    client, _ = KeeperClient.connect(self.state_dir, brain=False)
+                    client, _ = connect_running(self.state_dir)
                     self._local.client = client
                 return request(client)
             except (OSError, KeeperError) as exc:
