@@ -1,6 +1,6 @@
 """An agent with only `services` loads none of the optional parts' libraries, nor psutil (only
-health probes and usage figures need it: 1.5 MB of the brain's resident size), and `suite-agent
-fleet` only the client of its broker."""
+health probes and usage figures need it: 1.5 MB of the brain's resident size) nor ctypes (when
+the native module was built), and `suite-agent fleet` only the client of its broker."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ def report():
         time.sleep(0.01)
     optional = ("bottle", "kombu", "stevedore", "prometheus_client", "redis", "confluent_kafka",
                 "psutil")
+    from suite_agent.keeper import libc
+    if libc._native is not None:  # the native module does libc's two calls: no ctypes (memory)
+        optional += ("ctypes",)
     print(",".join(m for m in optional if m in sys.modules))
     sys.stdout.flush()
     os.kill(os.getpid(), signal.SIGTERM)

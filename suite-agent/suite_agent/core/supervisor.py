@@ -8,7 +8,6 @@ reach it only through the inbox and read only the snapshots and events it publis
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -52,6 +51,7 @@ from suite_agent.core.waiters import Waiters
 from suite_agent.events import bus as events
 from suite_agent.events.bus import Event, EventBus
 from suite_agent.health.scheduler import Prober
+from suite_agent.keeper.libc import trim_heap
 from suite_agent.output.pump import OutputPump
 from suite_agent.parts.lifecycle import AgentHandle, IntegrationManager
 from suite_agent.processes.factory import ForeignChildren, PosixProcessFactory, ProcessFactory
@@ -68,8 +68,7 @@ def _mib(size: int) -> str:
 def release_memory() -> None:
     """Hand the heap left over from parsing back to the OS (glibc keeps it otherwise)."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+    trim_heap()
 
 
 # Services added, changed or removed by a reload past which the heap it left is handed back.

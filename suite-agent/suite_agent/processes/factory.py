@@ -9,7 +9,6 @@ starts, in any session or process group, is found through tracking.py.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import grp
 import logging
@@ -29,7 +28,6 @@ from suite_agent.processes.tracking import MARKER, TrackedSpawns, Tracker
 
 log = logging.getLogger("suite_agent.processes.factory")
 
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 # The shim joins the cgroup through the descriptor it was given as stdin, before the service's
@@ -77,11 +75,11 @@ class ProcessFactory(Protocol):
 
 
 def become_subreaper() -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    """Orphaned descendants come back to this process (see keeper.libc: without ctypes when the
+    native module was built)."""
+    from suite_agent.keeper.libc import become_subreaper as become
+
+    return become()
 
 
 def rlimits_request(limits: Limits) -> dict[str, list[int | str]]:
