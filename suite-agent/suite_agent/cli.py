@@ -169,6 +169,7 @@ def cmd_run(settings: Settings) -> int:
     # from a busy thread (the REST server, the queue publisher) within a millisecond, not after
     # CPython's default 5 ms switch interval.
     sys.setswitchinterval(0.001)
+    from suite_agent.keeper.client import KeeperError
     from suite_agent.keeper.statedir import Locked
     from suite_agent.processes.factory import become_subreaper
     from suite_agent.processes.keeping import keep
@@ -180,6 +181,15 @@ def cmd_run(settings: Settings) -> int:
     except Locked as exc:
         print(f"suite-agent run: another agent already runs on {settings.conf_dir} ({exc.strerror}, "
               f"{exc.filename})", file=sys.stderr)
+        return 1
+    except (OSError, KeeperError) as exc:
+        # A read-only parent of conf.d (a ConfigMap, readOnlyRootFilesystem), a file in the way,
+        # a keeper that would not start: one line, not a traceback.
+        reason = getattr(exc, "strerror", None) or str(exc)
+        where = getattr(exc, "filename", None)
+        print(f"suite-agent run: cannot keep the agent's state{f' in {where}' if where else ''}: {reason} "
+              "(agent.state_dir in a conf.d file sets the folder; its default is .suite-agent beside "
+              "conf.d)", file=sys.stderr)
         return 1
     supervisor = Supervisor(settings.conf_dir, factory=factory, pump=output,  # type: ignore[arg-type]
                             store=store)

@@ -204,3 +204,27 @@ def test_api_config_shows_env_file_values_but_masks_secret_names(agent: Agent, t
     web = config.json["services"]["web"]
     assert web["env_file"] == ["app.env"]
     assert web["environment"] == {"API_TOKEN": MASK, "DB_PASSWORD": MASK, "LOG_LEVEL": "info"}
+
+
+def test_a_state_folder_that_cannot_be_made_is_one_line_and_exit_1(conf_dir: Path, tmp_path: Path) -> None:
+    # As with conf.d in a read-only mount (a ConfigMap, readOnlyRootFilesystem): the default
+    # state folder beside it cannot be made. A file in the way fails the same way, even for root.
+    (tmp_path / "blocker").write_text("")
+    (conf_dir / "a.yaml").write_text("agent: {state_dir: blocker/state}\nservices:\n  a: {command: [sleep, '4711']}\n")
+    done = subprocess.run([*agent_command(), "run", "--conf-dir", str(conf_dir)], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (f"suite-agent run: cannot keep the agent's state in {tmp_path}/blocker/state: Not a directory "
+            "(agent.state_dir in a conf.d file sets the folder") in done.stderr
+
+
+def test_an_output_folder_that_cannot_be_written_is_said_at_start(agent: Agent, conf_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("")
+    agent.write("a.yaml", "agent: {log_dir: blocker/logs}\n"
+                          "services:\n  a: {command: [sh, -c, 'echo out-4712; sleep 4712']}\n")
+    agent.start()
+    agent.wait_log(rf"service output cannot be written to {tmp_path}/blocker/logs \(Not a directory\); "
+                   r"the recent lines stay readable")
+    agent.wait_pids("4712")

@@ -142,6 +142,7 @@ class Supervisor:
         self._shutting_down = False
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
         self.reexec = False  # SIGUSR2: leave the services to the keeper and re-execute
+        self._log_dir_checked: str | None = None  # the output folder last checked for writing
         self.continuity = continuity_for(self)
 
     def _notify_socket(self) -> Receiver:
@@ -466,11 +467,30 @@ class Supervisor:
                  len(summary.added), len(summary.changed), len(summary.removed))
         if first:
             log.info("service output goes to %s", self.pump.log_dir)
+            self._check_log_dir()
         if first or len(summary.added) + len(summary.changed) + len(summary.removed) >= RELEASE_AFTER:
             release_memory()
         self.host.emit(Event.make(events.CONFIG_RELOADED, None, source=msg.source, **summary.json()))
         for reply in msg.replies:
             reply.set_result(summary)
+
+    def _check_log_dir(self) -> None:
+        """Say once per folder when service output cannot be written there (a read-only mount
+        beside a ConfigMap's conf.d, say): the keeper would only say so in its own log."""
+        folder = str(self.pump.log_dir)
+        if folder == self._log_dir_checked:
+            return
+        self._log_dir_checked = folder
+        try:
+            os.makedirs(folder, exist_ok=True)
+            writable = os.access(folder, os.W_OK)
+            why = "" if writable else "not writable"
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        if why:
+            log.warning("service output cannot be written to %s (%s); the recent lines stay readable "
+                        "through `suite-agent logs` and the API (agent.log_dir in a conf.d file sets the "
+                        "folder)", folder, why)
 
     # -- reconcile ------------------------------------------------------------------------
     def apply(self, declared: Declared) -> ReloadSummary:
@@ -481,6 +501,8 @@ class Supervisor:
             self.pump.reconfigure(self._log_dir(self.agent), self.agent.log_max_bytes,
                                   self.agent.log_backups, self.agent.log_buffer_lines,
                                   self.agent.log_buffer_bytes)
+            if self._log_dir_checked is not None:  # not before the first load's own check
+                self._check_log_dir()
         for section in ("api", "queue", "plugins"):
             self.integrations.configure(section, getattr(declared, section))
         if any(spec.restart_on is not None for spec in declared.services.values()):
