@@ -75,6 +75,29 @@ def assert_no_gap(numbers: list[int]) -> None:
     assert numbers == list(range(1, len(numbers) + 1)), "a gap or a repeat in the counter's output"
 
 
+def counter_and_sleeper(agents: list[Agent], conf_dir: Path, tmp_path: Path, name: str,
+                        marker: str) -> tuple[Agent, int, int]:
+    """A first agent running the counter and `name` (sleep MARKER): it, and their pids."""
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml(f"""\
+        counter: {{command: {COUNTER}}}
+        {name}: {{command: [sleep, '{marker}']}}
+        """))
+    a1.start()
+    return a1, one("4101"), one(marker)
+
+
+def with_api(agents: list[Agent], conf_dir: Path, tmp_path: Path, services: str) -> tuple[Agent, Api]:
+    """A first agent with the API on a free port and these services, once it listens."""
+    api = Api(free_port())
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
+    a1.write("a.yaml", services_yaml(services))
+    a1.start()
+    a1.wait_log(r"api: listening")
+    return a1, api
+
+
 def kill9(agent: Agent) -> None:
     assert agent.proc is not None
     agent.proc.kill()
@@ -169,14 +192,7 @@ def test_kill9_in_a_crash_loop_never_runs_two_copies(
 
 def test_kill9_during_a_reload_applies_the_edit_once(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
-    a1 = new_agent(agents, conf_dir, tmp_path)
-    a1.write("a.yaml", services_yaml(f"""\
-        counter: {{command: {COUNTER}}}
-        web: {{command: [sleep, '4121']}}
-        """))
-    a1.start()
-    counter = one("4101")
-    one("4121")
+    a1, counter, _ = counter_and_sleeper(agents, conf_dir, tmp_path, "web", "4121")
     a1.write("a.yaml", services_yaml(f"""\
         counter: {{command: {COUNTER}}}
         web: {{command: [sleep, '4122']}}
@@ -240,12 +256,7 @@ def test_a_second_agent_refuses_even_when_the_state_directory_was_deleted(
 
 
 def test_sigusr2_reexecutes_in_place(agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
-    api = Api(free_port())
-    a1 = new_agent(agents, conf_dir, tmp_path)
-    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
-    a1.write("a.yaml", services_yaml(f"counter: {{command: {COUNTER}}}\n"))
-    a1.start()
-    a1.wait_log(r"api: listening")
+    a1, api = with_api(agents, conf_dir, tmp_path, f"counter: {{command: {COUNTER}}}\n")
     counter = one("4101")
     assert a1.proc is not None
     began = time.monotonic()
@@ -280,12 +291,7 @@ def test_a_second_sigusr2_while_the_new_image_starts_keeps_the_socket(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
     # The second upgrade comes before the new image's API part has claimed the socket it was
     # passed: it must pass it on again, not let the exec close it.
-    api = Api(free_port())
-    a1 = new_agent(agents, conf_dir, tmp_path)
-    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
-    a1.write("a.yaml", services_yaml("idle: {command: [sleep, '3600']}\n"))
-    a1.start()
-    a1.wait_log(r"api: listening")
+    a1, api = with_api(agents, conf_dir, tmp_path, "idle: {command: [sleep, '3600']}\n")
     inode = listener_inode(api.port)
     assert inode is not None
     refused: list[float] = []
@@ -433,13 +439,7 @@ def test_a_keeper_stopped_past_the_spawn_timeout_leaves_no_unsupervised_copy(
 def test_a_state_directory_removed_under_a_running_agent_is_made_again(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
     # `git clean -xdf` in the checkout holding conf.d, or a sweep of what looks like a cache.
-    a1 = new_agent(agents, conf_dir, tmp_path)
-    a1.write("a.yaml", services_yaml(f"""\
-        counter: {{command: {COUNTER}}}
-        idle: {{command: [sleep, '4181']}}
-        """))
-    a1.start()
-    counter, idle = one("4101"), one("4181")
+    a1, counter, idle = counter_and_sleeper(agents, conf_dir, tmp_path, "idle", "4181")
     state = conf_dir.parent / ".suite-agent"
     keeper = int((state / "keeper.lock").read_text())
     shutil.rmtree(state)
@@ -466,12 +466,7 @@ def test_a_state_directory_removed_under_a_running_agent_is_made_again(
 
 def test_the_logs_route_reads_on_after_the_state_directory_was_removed(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
-    api = Api(free_port())
-    a1 = new_agent(agents, conf_dir, tmp_path)
-    a1.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n')
-    a1.write("a.yaml", services_yaml("hello: {command: [sh, -c, 'echo hello-4191; sleep 4191']}\n"))
-    a1.start()
-    a1.wait_log(r"api: listening")
+    a1, api = with_api(agents, conf_dir, tmp_path, "hello: {command: [sh, -c, 'echo hello-4191; sleep 4191']}\n")
     one("4191")
     state = conf_dir.parent / ".suite-agent"
     shutil.rmtree(state)
