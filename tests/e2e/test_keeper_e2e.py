@@ -602,3 +602,35 @@ def test_a_spawn_the_keeper_makes_after_the_agent_gave_up_on_its_answer_is_taken
     finally:
         os.kill(keeper.pid, signal.SIGCONT)
         factory.close(timeout=2.0)
+
+
+@pytest.mark.parametrize("removed", ["socket", "directory"])
+def test_a_keeper_makes_its_state_directory_again_on_sighup(keeper: Keeper, removed: str) -> None:
+    """What a brain that finds no socket does (connect_or_start, connect_running): the keeper it
+    finds in /proc is sent SIGHUP and makes its socket, lock and journal again; it is never
+    replaced by a second keeper."""
+    import shutil
+
+    from suite_agent.keeper.client import connect_running, running_keepers
+
+    keeper.start()
+    client = keeper.connect()
+    pid = client.spawn("s.1", ["sleep", "3997"], env=ENV).pid
+    state = keeper.state_dir
+    if removed == "socket":
+        (state / "keeper.sock").unlink()
+    else:
+        shutil.rmtree(state)
+    assert running_keepers(str(state)) == {keeper.pid}
+    again, hello = connect_running(str(state))
+    keeper.clients.append(again)
+    assert hello.pid == keeper.pid
+    assert again.inventory().processes["s.1"].pid == pid
+    assert int((state / "keeper.lock").read_text()) == keeper.pid
+    with pytest.raises(KeeperError, match="EAGAIN"):  # the lock is held again: no second keeper
+        start_keeper(str(state))
+    (journal,) = (state / "keepers").glob("*/journal")
+    assert '"s.1"' in journal.read_text()
+    brain, _ = connect_or_start(str(state))  # what a brain started now finds
+    keeper.clients.append(brain)
+    assert brain.hello().pid == keeper.pid

@@ -291,12 +291,17 @@ class Keeper:
             pass
         try:
             statedir.prepare(self.state_dir)
-            lock = statedir.lock(self.state_dir)
+            try:  # the socket alone removed: the lock file is still the one this keeper holds
+                held = os.stat(os.path.join(self.state_dir, statedir.LOCK)).st_ino == os.fstat(self._lock).st_ino
+            except OSError:
+                held = False
+            if not held:
+                lock = statedir.lock(self.state_dir)
+                os.close(self._lock)
+                self._lock = lock
         except OSError as exc:  # Locked: another keeper took the new directory; it stays its
             say(f"cannot make {self.state_dir} again: {exc}")
             return
-        os.close(self._lock)
-        self._lock = lock
         try:
             log = os.open(os.path.join(self.state_dir, statedir.LOG),
                           os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
