@@ -140,6 +140,21 @@ def _settings(args: argparse.Namespace) -> Settings | ClientSettings:
     return Settings(**flags)
 
 
+# What `run` imports beyond this module: SIGUSR2 has a new interpreter import them from the
+# installed code before it re-executes (core/upgrade.py).
+RUN_MODULES = ("suite_agent.settings", "suite_agent.config.store", "suite_agent.config.watcher",
+               "suite_agent.core.carried", "suite_agent.core.supervisor", "suite_agent.keeper.client",
+               "suite_agent.keeper.statedir", "suite_agent.processes.factory",
+               "suite_agent.processes.keeping")
+
+
+def import_run() -> None:
+    import importlib
+
+    for name in RUN_MODULES:
+        importlib.import_module(name)
+
+
 def cmd_run(settings: Settings) -> int:
     from suite_agent.config.store import ConfigStore
     from suite_agent.config.watcher import ConfigWatcher

@@ -16,6 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+import suite_agent
+
 from agent import Agent, agent_command
 from api_helpers import Api, free_port, services_yaml
 from eventually import eventually
@@ -474,4 +476,30 @@ def test_the_logs_route_reads_on_after_the_state_directory_was_removed(
                        "the service's output")
     assert [line["text"] for line in lines] == ["hello-4191"]
     assert (state / "keeper.sock").exists()
+    assert a1.stop() == 0
+
+
+def test_sigusr2_with_broken_installed_code_runs_on_as_it_is(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The agent runs from a copy of the package, as from an installation that `pip install -U`
+    # then replaces with something that does not import.
+    installed = tmp_path / "site"
+    shutil.copytree(Path(suite_agent.__file__).parent, installed / "suite_agent",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", f"{installed}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    a1, api = with_api(agents, conf_dir, tmp_path, "idle: {command: [sleep, '4201']}\n")
+    idle = one("4201")
+    plan = installed / "suite_agent" / "core" / "plan.py"
+    good = plan.read_text()
+    plan.write_text(good + "\nthis is not python(\n")
+    a1.signal(signal.SIGUSR2)
+    a1.wait_log(rf"SIGUSR2: the installed code does not start \(SyntaxError: '\(' was never closed, "
+                rf"at {re.escape(str(plan))}:\d+\); the agent runs on as it is", timeout=30)
+    assert a1.proc is not None and a1.proc.poll() is None
+    assert "re-executing" not in a1.log()
+    assert api.get("/api/services/idle").json["pids"] == [idle]
+    plan.write_text(good)  # the fixed release
+    a1.signal(signal.SIGUSR2)
+    a1.wait_log(r"adopted the running processes of 1 service", timeout=30)
+    assert a1.proc.poll() is None and one("4201") == idle
     assert a1.stop() == 0

@@ -96,7 +96,16 @@ class Measured:
     rss: Mapping[int, int]
 
 
-Message = Control | Shutdown | Call | ProbeChanged | Loaded | Measured | SignalServices | Notified
+@dataclass(frozen=True)
+class UpgradeChecked:
+    """SIGUSR2: whether the installed code starts in a new interpreter (core/upgrade.py)."""
+
+    ok: bool
+    detail: str  # why not: the end of what the check printed
+
+
+Message = (Control | Shutdown | Call | ProbeChanged | Loaded | Measured | SignalServices | Notified
+           | UpgradeChecked)
 
 
 class Inbox:

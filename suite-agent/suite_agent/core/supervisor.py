@@ -38,6 +38,7 @@ from suite_agent.core.inbox import (
     ProbeChanged,
     Shutdown,
     SignalServices,
+    UpgradeChecked,
 )
 from suite_agent.core.memory import MemoryWatch
 from suite_agent.core.notifications import Notifications, Receiver
@@ -142,6 +143,7 @@ class Supervisor:
         self._shutting_down = False
         self._reported_errors: Mapping[str, tuple[Any, ...]] = {}
         self.reexec = False  # SIGUSR2: leave the services to the keeper and re-execute
+        self._upgrade_check: threading.Thread | None = None  # SIGUSR2's check of the installed code
         self._log_dir_checked: str | None = None  # the output folder last checked for writing
         self.continuity = continuity_for(self)
 
@@ -293,9 +295,15 @@ class Supervisor:
             self._contained(self.reopen_logs)
         stopping = signal.SIGTERM in received or signal.SIGINT in received
         if signal.SIGUSR2 in received and not self._shutting_down and not stopping:
-            self.reexec = self.continuity is not None
-            if not self.reexec:
+            if self.continuity is None:
                 log.warning("SIGUSR2: only an agent whose services the keeper holds re-executes")
+            elif self._upgrade_check is not None and self._upgrade_check.is_alive():
+                log.info("SIGUSR2: the installed code is being checked already")
+            else:
+                from suite_agent.core.upgrade import check_upgrade
+
+                log.info("SIGUSR2: checking that the installed code starts, before the re-exec")
+                self._upgrade_check = check_upgrade(self.foreign, self.inbox.put)
         if stopping:
             self.handle_shutdown(Shutdown(reason="signal"))
 
@@ -331,6 +339,8 @@ class Supervisor:
                     self.handle_signal(message)
                 case Notified():
                     self.notify.receive(message)
+                case UpgradeChecked():
+                    self.handle_upgrade_checked(message)
                 case _:
                     assert_never(message)
         except Exception as exc:  # one bad message must not take the owner down
@@ -403,6 +413,15 @@ class Supervisor:
                 f"memory (RSS) {_mib(msg.rss[pid])} above restart_on.memory_above {_mib(rule.memory_above)} "
                 f"for {rule.for_:g}s", reason="memory_above", rss_bytes=msg.rss[pid],
                 memory_above=rule.memory_above)
+
+    def handle_upgrade_checked(self, msg: UpgradeChecked) -> None:
+        if self._shutting_down:
+            return
+        if msg.ok:
+            self.reexec = True  # the loop ends after this turn
+        else:
+            log.error("SIGUSR2: the installed code does not start (%s); the agent runs on as it is",
+                      msg.detail)
 
     def handle_call(self, msg: Call) -> None:
         msg.reply.set_result(msg.fn(self))
