@@ -348,11 +348,12 @@ def test_sigusr2_keeps_the_restart_counts(agents: list[Agent], conf_dir: Path, t
     assert a1.stop() == 0
 
 
-@pytest.mark.parametrize("when", ["with", "after"])
+@pytest.mark.parametrize("when", ["with", "checking", "after"])
 def test_sigterm_during_an_upgrade_stops_everything(agents: list[Agent], conf_dir: Path, tmp_path: Path,
                                                     when: str) -> None:
-    """SIGTERM together with SIGUSR2, or while the new image starts: every service stops, exit 0
-    (the signal is carried across the exec instead of killing the brain halfway)."""
+    """SIGTERM together with SIGUSR2, while the installed code is checked, or while the new image
+    starts: every service stops, exit 0 (the signal is carried across the exec instead of killing
+    the brain halfway; a check cut short ends quietly)."""
     a1 = new_agent(agents, conf_dir, tmp_path)
     a1.write("a.yaml", services_yaml(f"counter: {{command: {COUNTER}}}\n"))
     a1.start()
@@ -361,6 +362,10 @@ def test_sigterm_during_an_upgrade_stops_everything(agents: list[Agent], conf_di
     if when == "with":
         os.kill(a1.proc.pid, signal.SIGUSR2)
         os.kill(a1.proc.pid, signal.SIGTERM)
+    elif when == "checking":
+        a1.signal(signal.SIGUSR2)
+        a1.wait_log(r"SIGUSR2: checking that the installed code starts")
+        a1.signal(signal.SIGTERM)
     else:
         a1.signal(signal.SIGUSR2)
         a1.wait_log(r"re-executing")
@@ -369,6 +374,7 @@ def test_sigterm_during_an_upgrade_stops_everything(agents: list[Agent], conf_di
     assert not psutil.pid_exists(counter) or psutil.Process(counter).status() == psutil.STATUS_ZOMBIE
     assert with_marker("4101") == []
     assert "all services stopped" in a1.log()
+    assert "Traceback" not in a1.log()
 
 
 def test_the_operators_intent_survives_a_restart(

@@ -44,6 +44,8 @@ def _check(children: ForeignChildren, put: Callable[[UpgradeChecked], None], tim
             return
         try:
             status = exited.result(timeout)
+        except ReaperGone:  # the agent is stopping: the child was killed, nobody waits for this
+            return
         except FutureTimeout:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
