@@ -573,8 +573,12 @@ def test_a_spawn_the_keeper_makes_after_the_agent_gave_up_on_its_answer_is_taken
     def sleeping() -> dict[str, list[int]]:
         found: dict[str, list[int]] = {m: [] for m in marks}
         for pid in procfs.children_of(keeper.pid):
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if argv[:1] == [b"sleep"] and argv[1].decode() in found and procfs.stat(pid).state != "Z":  # type: ignore[union-attr]
+            try:  # one that ends between the listing and the read is not sleeping
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            stat = procfs.stat(pid)
+            if argv[:1] == [b"sleep"] and argv[1].decode() in found and stat is not None and stat.state != "Z":
                 found[argv[1].decode()].append(pid)
         return found
 
