@@ -85,7 +85,8 @@ def test_a_bad_signature_and_a_replay_are_refused(fleet: Fleet) -> None:
     assert member.web_pids() == before
 
     signed = signing.sign(KEY.encode(), routing_key, {"services": ["web"]})
-    reply = cmd.send(routing_key, signed, message_id=uuid.uuid4().hex)
+    signed_id = uuid.uuid4().hex
+    reply = cmd.send(routing_key, signed, message_id=signed_id)
     assert reply["ok"] is True
     restarted = member.web_pids()
     assert restarted != before
@@ -95,10 +96,15 @@ def test_a_bad_signature_and_a_replay_are_refused(fleet: Fleet) -> None:
     stale = signing.sign(KEY.encode(), routing_key, {"services": ["web"]}, now=signed["signature"]["timestamp"] - 600)
     reply = cmd.send(routing_key, stale, message_id=uuid.uuid4().hex)
     assert reply["ok"] is False and "old" in reply["error"]
+    # An unsigned command under the signed one's message id is no resend of it: refused, not
+    # answered with the signed command's reply.
+    reply = cmd.send(f"suite.control.stop.{target}", {"services": ["web"]}, message_id=signed_id)
+    assert reply["ok"] is False and reply["error"].startswith("unsigned command")
     assert member.web_pids() == restarted
 
-    rejected = reader.wait_for("suite.command_rejected", count=4, timeout=15)
-    assert [e["data"]["error"].split(":")[0].split(" ")[0] for e in rejected] == ["bad", "bad", "replayed", "signed"]
+    rejected = reader.wait_for("suite.command_rejected", count=5, timeout=15)
+    assert [e["data"]["error"].split(":")[0].split(" ")[0] for e in rejected] == [
+        "bad", "bad", "replayed", "signed", "unsigned"]
     assert {e["source"] for e in rejected} == {f"suite-agent/{target}"}
 
 

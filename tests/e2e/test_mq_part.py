@@ -52,6 +52,10 @@ class StandInOwner:
         self.inbox = inbox
         self.known = known
         self.handled: list[Any] = []
+        # Verbs answered only once `release` is set, as a stop waiting for a slow service is.
+        self.hold: set[str] = set()
+        self.release = threading.Event()
+        self._held: list[Control] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stand-in-owner", daemon=True)
         self._thread.start()
@@ -59,9 +63,15 @@ class StandInOwner:
     def _run(self) -> None:
         while not self._stop.is_set():
             select.select([self.inbox.fileno], [], [], 0.1)
+            if self.release.is_set():
+                for held in self._held:
+                    held.reply.set_result(ControlResult({n: Outcome(True, None) for n in held.names}))
+                self._held.clear()
             for message in self.inbox.drain():
                 self.handled.append(message)
-                if isinstance(message, Control):
+                if isinstance(message, Control) and message.verb in self.hold and not self.release.is_set():
+                    self._held.append(message)
+                elif isinstance(message, Control):
                     unknown = [n for n in message.names if n not in self.known]
                     if unknown:
                         message.reply.set_result(Refused(tuple(unknown)))
@@ -174,3 +184,98 @@ def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
         server.kill()
         inbox.close()
     assert not queue_threads()
+
+
+def queue_on(manager: IntegrationManager, broker: Broker, agent_id: str, url: str | None = None) -> Integration:
+    applied = manager.configure("queue", QueueSection(url=url or broker.url, exchange=broker.exchange,
+                                                      agent_id=agent_id))
+    assert applied.wait(15), "the queue section applied"
+    part = manager.parts()["queue"]
+    eventually(lambda: value(part, "suite_agent_queue_connected") == 1, 10, "connected")
+    return part
+
+
+def test_a_status_is_answered_at_once_behind_commands_the_owner_is_slow_to_answer(
+    broker: Broker, seam: tuple[IntegrationManager, StandInOwner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However long the consumer looks for a quick answer, a command behind is not kept waiting.
+    monkeypatch.setattr("suite_agent.parts.queue.consumer.FAST_WAIT", 600.0)
+    manager, owner = seam
+    owner.hold = {"restart"}
+    cmd = broker.commander()
+    queue_on(manager, broker, broker.agent_id())
+    restarts = [cmd.publish("suite.control.restart", {"services": ["web"]}) for _ in range(5)]
+    status = cmd.send("suite.control.status", {"services": ["web"]})
+    assert status["ok"] is True and list(status["results"]) == ["web"]
+    assert not any(cid in cmd.replies for cid in restarts)  # still held: the status did not wait for them
+    assert sum(isinstance(m, Control) and m.verb == "restart" for m in owner.handled) == 5  # all handed over
+    owner.release.set()
+    for cid in restarts:
+        assert cmd.wait_reply(cid)["ok"] is True
+
+
+def test_an_id_reused_with_another_command_is_that_command_not_a_duplicate(
+    broker: Broker, seam: tuple[IntegrationManager, StandInOwner]
+) -> None:
+    manager, owner = seam
+    cmd = broker.commander()
+    part = queue_on(manager, broker, broker.agent_id())
+    first = cmd.send("suite.control.restart", {"services": ["web"]}, message_id="m-1")
+    assert first["ok"] is True
+    assert cmd.send("suite.control.restart", {"services": ["web"]}, message_id="m-1") == first  # a resend
+    other = cmd.send("suite.control.stop", {"services": ["web"]}, message_id="m-1")
+    assert other["ok"] is False and other["results"]["web"]["ok"] is False  # the stand-in fails stops
+    assert [m.verb for m in owner.handled if isinstance(m, Control)] == ["restart", "stop"]
+    assert value(part, "suite_agent_queue_commands_total", result="duplicate") == 1
+
+
+def test_a_command_nested_too_deeply_or_too_big_is_refused_with_an_error_of_bounded_size(
+    broker: Broker, seam: tuple[IntegrationManager, StandInOwner]
+) -> None:
+    manager, _ = seam
+    reader = broker.events("suite." + COMMAND_REJECTED)
+    cmd = broker.commander()
+    part = queue_on(manager, broker, broker.agent_id())
+    deep = cmd.wait_reply(cmd.publish("suite.control.start", raw="[" * 100_000 + "]" * 100_000))
+    assert deep["ok"] is False and "nested too deeply" in deep["error"]
+    huge = cmd.send("suite.control.start", {"services": ["x" * 1_000_000]})
+    assert huge["ok"] is False and huge["error"].startswith("unknown service: xxx")
+    assert len(huge["error"]) < 1000 and len(huge["unknown"][0]) == 1_000_000  # quoted in part; the name is the data
+    fields = cmd.send("suite.control.start", {"services": ["web"], "y" * 1_000_000: 1})
+    assert "unknown field(s)" in fields["error"] and len(fields["error"]) < 1000
+    events = reader.wait_for("suite." + COMMAND_REJECTED, count=3)
+    assert [len(e["data"]["error"]) < 1000 for e in events] == [True] * 3
+    assert cmd.send("suite.control.status")["ok"] is True  # and the agent goes on
+    assert value(part, "suite_agent_queue_commands_total", result="rejected") == 3
+    assert value(part, "suite_agent_queue_commands_total", result="error") == 0  # no "internal error"
+
+
+def test_an_agent_id_as_long_as_allowed_names_queues_the_broker_takes(
+    broker: Broker, seam: tuple[IntegrationManager, StandInOwner]
+) -> None:
+    manager, _ = seam
+    agent_id = broker.agent_id().ljust(200, "x")
+    broker.track(agent_id)
+    cmd = broker.commander()
+    queue_on(manager, broker, agent_id)
+    assert cmd.send(f"suite.control.status.{agent_id}", {"services": ["web"]})["agent"] == agent_id
+
+
+def test_new_queue_settings_send_the_events_the_old_ones_could_not(
+    broker: Broker, seam: tuple[IntegrationManager, StandInOwner]
+) -> None:
+    manager, _ = seam
+    reader = broker.events("suite.tick")
+    agent_id = broker.agent_id()
+    bus = manager.handle.bus
+    nowhere = "redis://127.0.0.1:9/0" if broker.kind == "redis" else "amqp://guest:guest@127.0.0.1:9//"
+    manager.configure("queue", QueueSection(url=nowhere, exchange=broker.exchange, agent_id=agent_id))
+    part = eventually(lambda: manager.parts().get("queue"), 10, "the queue part")
+    for n in range(3):
+        bus.publish(Event.make("tick", None, n=n))
+    eventually(lambda: value(part, "suite_agent_queue_outbox_size") == 3, 5, "3 events waiting")
+
+    queue_on(manager, broker, agent_id)  # the URL fixed
+    bus.publish(Event.make("tick", None, n=999))  # a sentinel: sent after the others
+    reader.wait(lambda received: received and received[-1].body["data"]["n"] == 999, 10, "the sentinel")
+    assert [r.body["data"]["n"] for r in reader.received] == [0, 1, 2, 999]

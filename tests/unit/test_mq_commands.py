@@ -53,10 +53,13 @@ def test_status_and_reload_need_no_body(body: bytes) -> None:
     ("suite.control.start", b'{"services": {"web": 1}}', "not an object"),
     ("suite.control.start", b'{"services": [null]}', "list of strings"),
     ("suite.control.start", b'{"services": ["web"], "wait": true}', "not a boolean"),
-    ("suite.control.start", b'{"services": ["web"], "wait": NaN}', "number of seconds"),
-    ("suite.control.start", b'{"services": ["web"], "wait": Infinity}', "number of seconds"),
+    ("suite.control.start", b'{"services": ["web"], "wait": NaN}', '"wait" must be a finite number of seconds'),
+    ("suite.control.start", b'{"services": ["web"], "wait": Infinity}', '"wait" must be a finite number of seconds'),
+    ("suite.control.start", b'{"services": ["web"], "wait": 1e400}', '"wait" must be a finite number of seconds'),
     ("suite.control.start", b'{"services": ["web"], "wait": 301}', "between 0 and 300 seconds"),
     ("suite.control.start", b'{"services": ["web"], "force": true}', "unknown field(s) 'force'"),
+    ("suite.control.start", b'{"force": true}', "'signal', and for the fleet 'selector', 'peers' and 'signature'"),
+    pytest.param("suite.control.start", b"[" * 100_000 + b"]" * 100_000, "nested too deeply", id="nested-deeply"),
     ("suite.control.kill", b'{"services": ["web"]}', "unknown verb 'kill'"),
     ("suite.control", b"{}", "is not a command"),
     ("suite.control..a", b"{}", "unknown verb ''"),
@@ -118,6 +121,12 @@ def test_every_answer_is_rendered_as_it_is_sent() -> None:
     assert commands.refused(refused) and not commands.refused(Refused(()))
     assert commands.reply(start, refused) == {"ok": False, "error": "unknown service: x", "unknown": ["x"]}
     assert commands.reply(start, Refused(())) == {"ok": False, "error": "no service named", "unknown": []}
+    # A command naming a million unknown services gets a reply of a few kilobytes.
+    many = Refused(tuple(f"svc-{n:07d}" for n in range(1_000_000)))
+    answer = commands.reply(start, many)
+    assert answer["unknown"] == [f"svc-{n:07d}" for n in range(commands.UNKNOWN_MAX)]
+    assert answer["error"].startswith("unknown service: svc-0000000, svc-0000001")
+    assert answer["error"].endswith(f"({len(many.error)} characters in all)") and len(answer["error"]) < 400
     assert commands.reply(start, ShuttingDown()) == {"ok": False, "error": "the agent is shutting down"}
     summary = ReloadSummary(added=("x",), errors={"f.yaml": ("bad",)})
     assert commands.reply(reload, summary) == {
@@ -148,6 +157,9 @@ def test_a_status_is_answered_from_the_snapshot_unless_it_names_a_service_the_sn
     ("redis://127.0.0.1:6379/0", "a b", "queue.agent_id"),
     ("redis://127.0.0.1:6379/0", "", "queue.agent_id"),
     ("amqp://guest:guest@127.0.0.1:5672//", ".a", "queue.agent_id"),
+    # Queue names and routing keys are made of it, and the brokers cap those at 255 bytes.
+    pytest.param("amqp://guest:guest@127.0.0.1:5672//", "a" * 201, "201 bytes long, at most 200", id="long-id"),
+    pytest.param("redis://127.0.0.1:6379/0", "\u00e9" * 101, "202 bytes long, at most 200", id="long-utf8-id"),
 ])
 def test_sections_that_cannot_work_are_refused(url: str, agent_id: str, error: str) -> None:
     with pytest.raises(IntegrationError) as info:

@@ -108,18 +108,34 @@ def kafka_servers(url: str) -> str:
     return ",".join(hosts)
 
 
+# The brokers cap names and routing keys at 255 bytes (AMQP's short strings; Kafka's topics at
+# 249 characters). The longest made from these: `suite.control.restart.<agent_id>` and the
+# Kafka control topic `<exchange>.control`.
+AGENT_ID_MAX = 200
+EXCHANGE_MAX = 240
+
+
 def check_exchange(name: str) -> str:
     if not name.strip():
         raise ValueError("cannot be empty")
+    _short(name, EXCHANGE_MAX, "it names the exchange, or the Kafka topics")
     return name
 
 
 def check_agent_id(agent_id: str) -> str:
     # It becomes part of routing keys, where `*`, `#` and dots at the ends mean something else.
     if not agent_id or any(c in agent_id for c in "*# \t\r\n") or agent_id.strip(".") != agent_id:
-        raise ValueError(f"{agent_id!r}: use letters, digits, '-', '_' and inner dots "
+        raise ValueError(f"{agent_id[:60]!r}: use letters, digits, '-', '_' and inner dots "
                          "(it becomes part of routing keys)")
+    _short(agent_id, AGENT_ID_MAX, "it becomes part of queue names and routing keys")
     return agent_id
+
+
+def _short(name: str, limit: int, why: str) -> None:
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise ValueError(f"{name[:40]!r}... is {size} bytes long, at most {limit}: {why}, whose names the "
+                         "brokers cap at 255 bytes")
 
 
 def redact_url(url: str) -> str:

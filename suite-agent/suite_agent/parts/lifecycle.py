@@ -102,6 +102,7 @@ class IntegrationManager:
         self._sections: dict[str, Any] = {}
         self._failed: set[str] = set()  # parts whose last start failed: a reload tries again
         self._since: dict[str, float] = {}
+        self._carried: dict[str, tuple[Any, ...]] = {}  # what a stopped part handed over (_apply)
         self._queue: queue.SimpleQueue[tuple[str, Any, threading.Event] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # configure() from the owner, ensure() from the loader
         self._thread = threading.Thread(target=self._run, name="integrations", daemon=True)
@@ -170,15 +171,22 @@ class IntegrationManager:
             self._stop_part(name)
 
     def _apply(self, name: str, section: Any) -> None:
-        self._stop_part(name)
+        # Kept through settings that fail to start, for the next that start.
+        carried = self._carried.pop(name, ()) + self._stop_part(name, replaced=section is not None)
         if section is None:
+            if carried:
+                log.warning("%s: turned off with %d event(s) not sent", name, len(carried))
             with self._lock:
                 self._failed.discard(name)
             return
+        self._carried[name] = carried
         try:
             module_name, func = FACTORIES[name].split(":")
             create = getattr(importlib.import_module(module_name), func)
             part: Integration = create(self.handle, section)
+            take_over = getattr(part, "take_over", None)
+            if carried and take_over is not None:
+                take_over(carried)
             part.start()
         except IntegrationError as exc:
             self._fail(name, str(exc))
@@ -188,19 +196,27 @@ class IntegrationManager:
             self._fail(name, f"{type(exc).__name__}: {exc}")
             return
         self._parts[name] = part
+        self._carried.pop(name, None)
         with self._lock:
             self._failed.discard(name)
         log.info("%s: on", name)
 
-    def _stop_part(self, name: str) -> None:
+    def _stop_part(self, name: str, replaced: bool = False) -> tuple[Any, ...]:
+        """Stop the part; what it hands over to its replacement (the queue's unsent events)."""
         part = self._parts.pop(name, None)
         if part is None:
-            return
+            return ()
+        carried: tuple[Any, ...] = ()
         try:
-            part.stop()
+            hand_over = getattr(part, "hand_over", None)
+            if replaced and hand_over is not None:
+                carried = tuple(hand_over())
+            else:
+                part.stop()
         except Exception:
             log.exception("%s: error while stopping", name)
         log.info("%s: off", name)
+        return carried
 
     def _fail(self, name: str, reason: str) -> None:
         with self._lock:

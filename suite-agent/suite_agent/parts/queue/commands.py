@@ -31,6 +31,7 @@ from suite_agent.core.results import (
 )
 from suite_agent.core.service import ServiceStatus
 from suite_agent.core.signalling import UnknownSignal, parse_signal
+from suite_agent.fleet import signing
 from suite_agent.parts.queue.topology import COMMAND_PREFIX
 
 # The event published (and answered) when a command is refused: suite.command_rejected.
@@ -39,6 +40,11 @@ COMMAND_REJECTED = "command_rejected"
 QueueVerb = Literal["start", "stop", "restart", "reload", "status", "signal"]
 VERBS: tuple[str, ...] = get_args(QueueVerb)
 FIELDS = ("services", "wait", "rolling", "signal")
+FLEET_FIELDS = ("selector", "peers", signing.FIELD)  # read by intake.py, never passed to parse
+# An error quoting the command (a name, a key, a field) quotes this much of it: a command of
+# megabytes must not come back whole in the reply, the log and the event.
+QUOTE_MAX = 300
+UNKNOWN_MAX = 50  # unknown service names listed in a reply
 
 
 class CommandError(ValueError):
@@ -60,7 +66,8 @@ def parse(routing_key: str, body: bytes | str, agent_id: str) -> Command:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise CommandError(f"unknown field(s) {', '.join(map(repr, unknown))}; a command body may have "
-                           f"{', '.join(map(repr, FIELDS[:-1]))} and {FIELDS[-1]!r}")
+                           f"{', '.join(map(repr, FIELDS))}, and for the fleet "
+                           f"{', '.join(map(repr, FLEET_FIELDS[:-1]))} and {FLEET_FIELDS[-1]!r}")
     rolling = data.get("rolling", False)
     if not isinstance(rolling, bool) or (rolling and verb != "restart"):
         raise CommandError('"rolling" is true or false, for restart only')
@@ -100,6 +107,8 @@ def _object(body: bytes | str) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise CommandError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise CommandError("body is nested too deeply to be a command") from None
     if not isinstance(data, dict):
         raise CommandError(f'body must be a JSON object like {{"services": ["web"]}}, not {_json_type(data)}')
     return data
@@ -122,7 +131,9 @@ def _names(verb: QueueVerb, services: Any) -> tuple[str, ...]:
 def _wait(wait: Any) -> float:
     if wait is None:
         return DEFAULT_WAIT
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or not math.isfinite(wait):
+    if isinstance(wait, float) and not math.isfinite(wait):
+        raise CommandError('"wait" must be a finite number of seconds')
+    if isinstance(wait, bool) or not isinstance(wait, int | float):
         raise CommandError(f'"wait" must be a number of seconds, not {_json_type(wait)}')
     if not 0 <= wait <= MAX_WAIT:
         raise CommandError(f'"wait" must be between 0 and {MAX_WAIT:g} seconds')
@@ -181,7 +192,7 @@ def reply(command: Command, answer: ControlAnswer | ReloadAnswer | SignalAnswer)
         case Signalled():
             return answer.json()
         case Refused():
-            return {**error(answer.error), "unknown": list(answer.unknown)}
+            return {**error(answer.error), "unknown": list(answer.unknown[:UNKNOWN_MAX])}
         case ShuttingDown() if command.verb == "reload":
             return {"ok": False, "results": {"error": answer.error}}
         case ShuttingDown():
@@ -191,7 +202,12 @@ def reply(command: Command, answer: ControlAnswer | ReloadAnswer | SignalAnswer)
 
 
 def error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
+    return {"ok": False, "error": clip(message)}
+
+
+def clip(text: str, limit: int = QUOTE_MAX) -> str:
+    """At most `limit` characters of `text`, saying how long it was when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters in all)"
 
 
 def refused(answer: ControlAnswer | ReloadAnswer | SignalAnswer) -> TypeGuard[Refused]:

@@ -7,19 +7,20 @@ channel is only ever touched from this thread, so acks and replies are sent from
 The delivery callback only collects: commands are handled between turns, never from inside a
 read, so waiting for a reply's confirm (which reads) cannot start another command's handling.
 
-Waiting for the owner's answer: a command is handed to the inbox and waited for at once, but
-only for FAST_WAIT (most answers come within a few milliseconds, and answering at once is what
-keeps the round trip short). One that takes longer (a
-stop waiting for a slow service) is parked, and later turns, shortened to PARKED_TURN, pick
-up its answer. So the connection keeps being read, AMQP heartbeats keep flowing, and one
-slow command never holds up the next. The ack comes after the broker confirmed the reply
-(AMQP), so a connection lost in between means a redelivery, which the id memory below answers
-without applying again.
+Waiting for the owner's answer: a command is handed to the inbox and never waited for there;
+it is parked, and the turns pick up its answer. For FAST_WAIT after a command was handed over
+the turns are FRESH_TURN short (most answers come within a few milliseconds, and answering at
+once is what keeps the round trip short), then PARKED_TURN. So the connection keeps being
+read, AMQP heartbeats keep flowing, and a slow command (a stop waiting for a slow service)
+never holds up the commands behind it, a status least of all. The ack comes after the broker
+confirmed the reply (AMQP), so a connection lost in between means a redelivery, which the id
+memory below answers without applying again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import threading
@@ -27,7 +28,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,8 @@ from suite_agent.parts.queue.link import Link, release
 log = logging.getLogger("suite_agent.parts.queue")
 
 PREFETCH = 16  # commands in flight at once (parked ones count)
-FAST_WAIT = 0.25
+FAST_WAIT = 0.25  # a command handed over this recently has its answer looked for every FRESH_TURN
+FRESH_TURN = 0.002
 IDLE_TURN = 0.25  # bounds how late stop() is noticed
 PARKED_TURN = 0.02
 RECENT_IDS = 1024  # message ids remembered against redelivery and resends
@@ -61,9 +62,10 @@ class _Pending:
     """One command being handled, and every delivery waiting for its answer."""
 
     command: Command
-    key: str | None  # message_id, else correlation_id
+    key: str | None  # see _key
     future: Future[ControlAnswer] | Future[ReloadAnswer] | Future[SignalAnswer]
     deadline: float
+    handed: float  # when it went to the owner (monotonic)
     deliveries: list[tuple[Message, bool]] = field(default_factory=list)  # (message, is a duplicate)
     answer: dict[str, Any] | None = None
     admitted: Admitted | None = None
@@ -129,7 +131,7 @@ class CommandConsumer:
         while not self._stop.is_set():
             if not self._delivered:  # some may have come in while a parked answer's confirm was awaited
                 with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=PARKED_TURN if self._parked else IDLE_TURN)
+                    conn.drain_events(timeout=self._turn_for())
             conn.heartbeat_check()
             while self._delivered:  # more may come in while a reply's confirm is awaited
                 self._on_message(self._delivered.popleft())
@@ -163,7 +165,7 @@ class CommandConsumer:
                 self._answer(message, seen.answer, "duplicate")
             return
         routing_key = str(message.delivery_info.get("routing_key", ""))
-        log.debug("queue: command %s in (id %s)", routing_key, key)
+        log.debug("queue: command %s in (id %s)", commands.clip(routing_key), _id(message))
         try:
             admitted = self.intake.admit(routing_key, message.body)
         except CommandError as exc:
@@ -180,7 +182,8 @@ class CommandConsumer:
             self._answer(message, {**commands.reply(command, status), **self.intake.extra(admitted)}, "ok")
             return
         request = commands.to_owner(command, services.keys())
-        pending = _Pending(command, key, request.reply, time.monotonic() + commands.answer_within(command),
+        now = time.monotonic()
+        pending = _Pending(command, key, request.reply, now + commands.answer_within(command), now,
                            [(message, False)], admitted=admitted)
         if key:
             self._remember(key, pending)
@@ -188,12 +191,13 @@ class CommandConsumer:
             self.handle.reload(request)
         else:
             self.handle.inbox.put(request)
-        try:
-            request.reply.exception(FAST_WAIT)  # a wait only: _finish reads the answer or failure
-        except FutureTimeout:
-            self._parked.append(pending)
-            return
-        self._finish(pending)
+        self._parked.append(pending)  # the turns pick its answer up; the next delivery goes on now
+
+    def _turn_for(self) -> float:
+        """How long the next read may wait: briefly while an answer may come any moment."""
+        if not self._parked:
+            return IDLE_TURN
+        return FRESH_TURN if time.monotonic() - self._parked[-1].handed < FAST_WAIT else PARKED_TURN
 
     def _settle_parked(self) -> None:
         if not self._parked:
@@ -234,6 +238,7 @@ class CommandConsumer:
 
     def _reject(self, message: Message, routing_key: str, error: str,
                 body: dict[str, Any] | None = None) -> None:
+        routing_key, error = commands.clip(routing_key), commands.clip(error)
         log.warning("queue: command %s rejected: %s", routing_key or "(no routing key)", error)
         self.link.stats.commands["rejected"] += 1
         self._reply(message, body or commands.error(error))
@@ -288,7 +293,22 @@ class CommandConsumer:
         self._parked = [p for p in self._parked if p.key is not None]
 
 
-def _key(message: Message) -> str | None:
+def _id(message: Message) -> str | None:
     props = message.properties
     key = props.get("message_id") or props.get("correlation_id")
-    return str(key) if key else None
+    return commands.clip(str(key)) if key else None
+
+
+def _key(message: Message) -> str | None:
+    """What makes a delivery the same command again: its id (message_id, else correlation_id),
+    and its routing key and body. A redelivery or a resend has all three the same; a message
+    that reuses an id with a body of its own is a command of its own (an unsigned one reusing a
+    signed command's id is refused, not answered with that command's reply)."""
+    props = message.properties
+    key = props.get("message_id") or props.get("correlation_id")
+    if not key:
+        return None
+    body = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8", "surrogatepass")
+    routing_key = str(message.delivery_info.get("routing_key", "")).encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(routing_key + b"\0" + body, digest_size=16).hexdigest()
+    return f"{key}\0{digest}"

@@ -15,11 +15,8 @@ from typing import Any
 from suite_agent import jsontext
 from suite_agent.fleet import selector, signing
 from suite_agent.parts.queue import commands
-from suite_agent.parts.queue.commands import Command, CommandError
+from suite_agent.parts.queue.commands import FLEET_FIELDS, Command, CommandError
 from suite_agent.parts.queue.registry import Registry
-
-# Body fields read here and not passed on to commands.parse.
-FLEET_FIELDS = ("selector", "peers", signing.FIELD)
 
 
 @dataclass(frozen=True)
@@ -75,6 +72,6 @@ def _object(body: bytes | str) -> dict[str, Any] | None:
     try:
         text = bytes(body).decode("utf-8") if isinstance(body, bytes | bytearray | memoryview) else body
         data = json.loads(text) if text.strip() else {}
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None

@@ -28,7 +28,7 @@ from typing import Any
 from kombu.message import Message
 from kombu.messaging import Producer
 
-from suite_agent.parts.queue.consumer import IDLE_TURN, PARKED_TURN, CommandConsumer
+from suite_agent.parts.queue.consumer import CommandConsumer
 from suite_agent.parts.queue.kafka_fleet import FleetReader
 from suite_agent.parts.queue.kafka_link import (
     KafkaError,
@@ -230,7 +230,7 @@ class KafkaCommandConsumer(CommandConsumer):
     def _turn(self) -> None:
         if self._fleet is not None:
             self._fleet.drain()
-        record = self._consumer.poll(PARKED_TURN if self._parked else IDLE_TURN)
+        record = self._consumer.poll(self._turn_for())
         if self._assign_failed is not None:
             failed, self._assign_failed = self._assign_failed, None
             # Join the group again from the next probe, once the brokers answer in time.

@@ -58,13 +58,11 @@ class KafkaEventPublisher(EventPublisher):
             log.error("queue: events: the Kafka publisher stopped", exc_info=exc)
         finally:
             self._take()
-            if self.outbox:
-                log.warning("queue: stopping with %d event(s) not sent (%s)", len(self.outbox),
-                            "the broker is unreachable" if self.link.state != "up" else "no time left")
             if self._producer is not None:
                 self._producer.purge()
                 self._producer.flush(0)
             self._sub.close()
+            self.left_behind()
 
     def _new_producer(self) -> Any:
         self._generation += 1  # reports from the one before are ignored

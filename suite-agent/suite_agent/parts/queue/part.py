@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from suite_agent.config.endpoints import is_kafka, redact_url
 from suite_agent.config.models import QueueSection
-from suite_agent.events.bus import EventBus
+from suite_agent.events.bus import Event, EventBus
 from suite_agent.fleet import signing
 from suite_agent.parts.lifecycle import AgentHandle, IntegrationError, Sample
 from suite_agent.parts.queue import topology
@@ -19,7 +19,7 @@ from suite_agent.parts.queue.heartbeat import Heartbeat
 from suite_agent.parts.queue.intake import Intake
 from suite_agent.parts.queue.link import Link
 from suite_agent.parts.queue.publisher import EventPublisher
-from suite_agent.parts.queue.registry import STARTED, Registry
+from suite_agent.parts.queue.registry import HEARTBEAT, STARTED, Registry
 from suite_agent.parts.queue.stats import Stats
 
 log = logging.getLogger("suite_agent.parts.queue")
@@ -36,6 +36,8 @@ class QueuePart:
         self._stop_commands = threading.Event()
         self._stop_events = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._publisher: EventPublisher | None = None
+        self._carried: tuple[Event, ...] = ()
         # The fleet's part: heartbeats out (through this part's outbox only), the peers heard.
         self.fleet_bus = EventBus(history=0)
         self.registry = Registry()
@@ -59,7 +61,9 @@ class QueuePart:
         self.fleet_bus.attach(subscription)
         publisher = publisher_type(link("events"), subscription, topology.exchange(section),
                                    section.agent_id, self.outbox_max, self._stop_events,
-                                   content_type=topology.event_content_type(section))
+                                   content_type=topology.event_content_type(section), carried=self._carried)
+        self._carried = ()
+        self._publisher = publisher
         intake = Intake(section.agent_id, section.labels, verifier, self.registry)
         consumer = consumer_type(link("commands"), topology.control_queue(section),
                                  self.handle, section.agent_id, self._stop_commands, intake=intake,
@@ -108,6 +112,22 @@ class QueuePart:
 
             return kafka_transport.transport(self.section, self.stats)
         return (lambda role: Link(self.section.url, role, self.stats)), EventPublisher, CommandConsumer
+
+    def take_over(self, events: Sequence[Event]) -> None:
+        """Before start: events the part this one replaces could not send, to be sent first."""
+        self._carried = tuple(events)
+
+    def hand_over(self, timeout: float = 5.0) -> tuple[Event, ...]:
+        """Stop, for new queue settings: the events not sent (but heartbeats, news of a moment)
+        for the part that takes over, rather than lost. A broker unreachable with these settings
+        (a wrong password, say) may well be reached with the next."""
+        if self._publisher is not None:
+            self._publisher.handing_over = True
+        self.stop(timeout)
+        events_thread = self._threads[0] if self._threads else None
+        if self._publisher is None or events_thread is None or events_thread.is_alive():
+            return ()
+        return tuple(event for event in self._publisher.outbox if event.type != HEARTBEAT)
 
     def stop(self, timeout: float = 5.0) -> None:
         # Commands first: a command refused on the way out still gets its event sent.

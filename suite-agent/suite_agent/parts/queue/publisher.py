@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 from kombu.connection import Connection
@@ -45,7 +46,7 @@ LINGER = 0.005
 class EventPublisher:
     def __init__(self, link: Link, subscription: Subscription, exchange: Exchange, agent_id: str,
                  outbox_max: int, stop: threading.Event, flush_for: float = 3.0,
-                 content_type: str = cloudevents.JSON_CONTENT_TYPE) -> None:
+                 content_type: str = cloudevents.JSON_CONTENT_TYPE, carried: Sequence[Event] = ()) -> None:
         self.link = link
         self.content_type = content_type
         self.exchange = exchange
@@ -57,8 +58,24 @@ class EventPublisher:
         self._stop = stop
         self._dropped = 0
         self._warned_full = False
+        # At stop: what is left in the outbox goes to the publisher of the queue settings that
+        # replace these (handed_over), else it is lost, and said so.
+        self.handing_over = False
         link.stats.outbox_size = lambda: len(self.outbox)
         link.stats.dropped = lambda: self._dropped + self._sub.dropped
+        if carried:
+            self._carry(carried)
+
+    def _carry(self, carried: Sequence[Event]) -> None:
+        """Begin with the events the publisher before this one could not send (the queue section
+        changed while the broker was unreachable), older than anything the bus has since."""
+        self._take()  # the bus's replay from when the section changed, which may repeat some of them
+        replayed = {event.id for event in self.outbox}
+        older = [event for event in carried if event.id not in replayed]
+        self.outbox.extendleft(reversed(older))
+        while len(self.outbox) > self.outbox_max:
+            self.outbox.popleft()
+            self._dropped += 1
 
     def run(self) -> None:
         try:
@@ -75,10 +92,17 @@ class EventPublisher:
                     release(conn)
         finally:
             self._take()
-            if self.outbox:
-                log.warning("queue: stopping with %d event(s) not sent (%s)", len(self.outbox),
-                            "the broker is unreachable" if self.link.state != "up" else "no time left")
             self._sub.close()
+            self.left_behind()
+
+    def left_behind(self) -> None:
+        if not self.outbox:
+            return
+        if self.handing_over:
+            log.info("queue: %d event(s) not sent yet go on with the new queue settings", len(self.outbox))
+            return
+        log.warning("queue: stopping with %d event(s) not sent (%s)", len(self.outbox),
+                    "the broker is unreachable" if self.link.state != "up" else "no time left")
 
     def _serve(self, conn: Connection) -> None:
         channel = conn.channel()
