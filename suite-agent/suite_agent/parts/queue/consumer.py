@@ -7,14 +7,15 @@ channel is only ever touched from this thread, so acks and replies are sent from
 The delivery callback only collects: commands are handled between turns, never from inside a
 read, so waiting for a reply's confirm (which reads) cannot start another command's handling.
 
-Waiting for the owner's answer: a command is handed to the inbox and never waited for there;
-it is parked, and the turns pick up its answer. For FAST_WAIT after a command was handed over
-the turns are FRESH_TURN short (most answers come within a few milliseconds, and answering at
-once is what keeps the round trip short), then PARKED_TURN. So the connection keeps being
-read, AMQP heartbeats keep flowing, and a slow command (a stop waiting for a slow service)
-never holds up the commands behind it, a status least of all. The ack comes after the broker
-confirmed the reply (AMQP), so a connection lost in between means a redelivery, which the id
-memory below answers without applying again.
+Waiting for the owner's answer: a command is handed to the inbox and parked, and the turns
+pick up its answer: FRESH_TURN short for FAST_WAIT after it was handed over (most answers come
+within a few milliseconds, and answering at once is what keeps the round trip short), then
+PARKED_TURN. Only when it is the one command in hand is its answer waited for, up to HOLD,
+which is quicker still. So the connection keeps being read, AMQP heartbeats keep flowing, and a
+slow command (a stop waiting for a slow service) holds up the commands behind it by HOLD at
+most, a status included. The ack comes after the broker confirmed the reply (AMQP), so a
+connection lost in between means a redelivery, which the id memory below answers without
+applying again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +54,7 @@ log = logging.getLogger("suite_agent.parts.queue")
 PREFETCH = 16  # commands in flight at once (parked ones count)
 FAST_WAIT = 0.25  # a command handed over this recently has its answer looked for every FRESH_TURN
 FRESH_TURN = 0.002
+HOLD = 0.02  # with no other command in hand, how long to wait for an answer before parking it
 IDLE_TURN = 0.25  # bounds how late stop() is noticed
 PARKED_TURN = 0.02
 RECENT_IDS = 1024  # message ids remembered against redelivery and resends
@@ -191,7 +194,12 @@ class CommandConsumer:
             self.handle.reload(request)
         else:
             self.handle.inbox.put(request)
-        self._parked.append(pending)  # the turns pick its answer up; the next delivery goes on now
+        self._parked.append(pending)  # the turns pick its answer up
+        if len(self._parked) == 1 and not self._delivered:
+            # Nothing else in hand: the answer most often comes within HOLD, and waiting for it
+            # here answers at once. A command that comes meanwhile waits at most that long.
+            with contextlib.suppress(FutureTimeout):
+                pending.future.exception(HOLD)
 
     def _turn_for(self) -> float:
         """How long the next read may wait: briefly while an answer may come any moment."""
