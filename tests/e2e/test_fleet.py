@@ -101,6 +101,10 @@ def test_a_selector_acts_on_exactly_the_matching_agents(fleet: Fleet) -> None:
                 timeout=20, what="a start of worker from every agent")
     restarted = sorted(sources[r.body["source"]] for r in reader.received if r.body["data"].get("verb") == "restart")
     assert restarted == chosen
+    # A selector no live agent matches: said at once, by the agents' views, not as a timeout.
+    nobody = fleet.cli("status", "--selector", "role=nobody", "--timeout", "30s")
+    assert nobody.returncode == 1
+    assert f"no live agent matches --selector role=nobody ({len(fleet.members)} live)" in nobody.stderr
     if fleet.kafka:
         # The agents the selector left out took the command off the topic all the same: their
         # groups' offsets moved past it, so it is not read again after a restart.

@@ -204,9 +204,55 @@ def test_agents_are_live_until_they_stop_or_miss_three_beats() -> None:
     clock.advance(1.5)  # b: 3 periods of 1 s and 2 s of grace
     assert set(registry.live()) == {"a"}
     registry.heard(event("agent_stopped", "a", {}))
-    assert registry.view() == {"agents": {}, "complete": True}
+    assert registry.view() == {"agents": {}, "complete": True, "duplicates": {}}
     registry.restart()
     assert not registry.complete()
+
+
+def beat(registry: Registry, instance: str, host: str, kind: str = "agent_heartbeat", agent_id: str = "web-1") -> None:
+    registry.heard({"type": f"suite.{kind}", "data": {"agent_id": agent_id, "instance": instance, "hostname": host,
+                                                      "labels": {}, "heartbeat": 10.0}})
+
+
+def test_two_agents_beating_under_one_agent_id_show_as_duplicates() -> None:
+    clock = FakeClock()
+    registry = Registry(clock=clock.time, monotonic=clock.monotonic)
+    for _ in range(5):
+        beat(registry, "aaa", "host-a")
+        clock.advance(10)
+    beat(registry, "bbb", "host-b", "agent_started")  # a clone starts
+    beat(registry, "aaa", "host-a")
+    assert registry.duplicates() == {}  # not yet: each must be heard twice since the other appeared
+    beat(registry, "bbb", "host-b")
+    beat(registry, "aaa", "host-a")
+    assert registry.duplicates() == {"web-1": ["host-a", "host-b"]}
+    assert registry.view()["duplicates"] == {"web-1": ["host-a", "host-b"]}
+    assert registry.peers()["duplicates"] == {"web-1": ["host-a", "host-b"]}
+    beat(registry, "bbb", "host-b", "agent_stopped")  # the clone stops
+    assert registry.duplicates() == {} and "duplicates" not in registry.peers()
+    assert set(registry.live()) == {"web-1"}  # the other is still there
+    beat(registry, "ccc", "host-c")
+    beat(registry, "ccc", "host-c")
+    beat(registry, "aaa", "host-a")
+    beat(registry, "aaa", "host-a")
+    assert registry.duplicates() == {"web-1": ["host-a", "host-c"]}
+    clock.advance(33)  # ccc silent for three periods and the grace (32 s); aaa beats on
+    beat(registry, "aaa", "host-a")
+    assert registry.duplicates() == {}
+
+
+def test_an_agent_restarted_is_not_its_own_duplicate() -> None:
+    clock = FakeClock()
+    registry = Registry(clock=clock.time, monotonic=clock.monotonic)
+    for _ in range(5):
+        beat(registry, "old", "host-a")
+        clock.advance(1)
+    beat(registry, "new", "host-a", "agent_started")  # killed -9 and started again: no agent_stopped
+    beat(registry, "old", "host-a")  # its last beat, delivered late
+    for _ in range(5):
+        beat(registry, "new", "host-a")
+        clock.advance(1)
+    assert registry.duplicates() == {}
 
 
 # -- heartbeat data ------------------------------------------------------------------------------
@@ -218,9 +264,9 @@ def test_a_heartbeat_counts_services_by_state() -> None:
     snap = Snapshot(services={"a": status("a", "running"), "b": status("b", "running", health="unhealthy"),
                               "c": status("c", "fatal", ready=False), "d": status("d", "stopped", ready=False)},
                     declared=Declared(rejected={"bad.yaml": ()}), generation=7, started_at=100.0)
-    data = beat_data("web-1", {"role": "web"}, 10.0, snap, now=160.5, hostname="h1")
+    data = beat_data("web-1", {"role": "web"}, 10.0, snap, now=160.5, hostname="h1", instance="i-1")
     assert data == {
-        "agent_id": "web-1", "hostname": "h1", "labels": {"role": "web"}, "version": data["version"],
+        "agent_id": "web-1", "instance": "i-1", "hostname": "h1", "labels": {"role": "web"}, "version": data["version"],
         "uptime": 60.5, "heartbeat": 10.0, "generation": 7,
         "services": {"total": 4, "states": {"fatal": 1, "running": 2, "stopped": 1}, "running": 2, "ready": 2,
                      "unhealthy": 1, "fatal": 1},
@@ -302,6 +348,20 @@ def test_a_failed_reply_fails_the_gathering() -> None:
     text = table(g, 5)
     assert "unknown service: web" in text.splitlines()[2]
     assert Gathering(Target()).ok() is False  # nobody answered
+
+
+def test_an_agent_id_two_agents_share_fails_the_gathering_and_is_reported() -> None:
+    g = Gathering(Target(selector={"role": "web"}))
+    shared = reply("a", peers=FLEET)
+    shared["peers"]["duplicates"] = {"a": ["h1", "h2"], "c": ["h3", "h4"]}
+    g.add(shared)
+    g.add(reply("b", peers=FLEET))
+    assert g.done() and not g.ok()
+    assert g.duplicates() == {"a": ["h1", "h2"]}  # c is not one the selector picks
+    assert g.result()["duplicates"] == {"a": ["h1", "h2"]}
+    plain = Gathering(Target())
+    plain.add(reply("a", peers=FLEET))
+    assert "duplicates" not in plain.result()
 
 
 def test_missing_agents_show_in_the_table() -> None:

@@ -169,7 +169,15 @@ def show(opts: Options, gathering: Gathering) -> None:
         print(json.dumps(gathering.result(), indent=2, sort_keys=True))
     else:
         print(render.table(gathering, opts.timeout))
-    if not gathering.replies:
+    for agent, hosts in gathering.duplicates().items():
+        print(f"suite-agent fleet: {len(hosts)} agents run with agent_id {agent!r} (hosts: {', '.join(hosts)}): "
+              "one answered for all; give each its own queue.agent_id", file=sys.stderr)
+    if gathering.replies:
+        return
+    if gathering.trusted and not gathering.expected():
+        print(f"suite-agent fleet: no live agent matches {render.target_text(gathering.target)} "
+              f"({len(gathering.known)} live)", file=sys.stderr)
+    else:
         print(f"suite-agent fleet: no agent answered within {opts.timeout:g}s", file=sys.stderr)
 
 

@@ -34,6 +34,7 @@ class Gathering:
         self.known: dict[str, Mapping[str, str]] = {}  # live agents from complete views -> labels
         self.hosts: dict[str, str] = {}
         self.trusted = False  # a complete view arrived
+        self.shared: dict[str, list[str]] = {}  # agent_id -> hosts, for ids two agents are using
 
     def add(self, reply: Mapping[str, Any]) -> bool:
         """Take in one reply; False when it is not one of ours (no agent, or an agent not asked)."""
@@ -47,6 +48,10 @@ class Gathering:
     def learn(self, reply: Mapping[str, Any]) -> None:
         """Take in the agent's view of the fleet, if the reply has one it can trust."""
         peers = reply.get("peers")
+        if isinstance(peers, dict) and isinstance(peers.get("duplicates"), dict):
+            for agent, hosts in peers["duplicates"].items():
+                if isinstance(hosts, list):
+                    self.shared[str(agent)] = [str(h) for h in hosts]
         if isinstance(peers, dict) and peers.get("complete") is True and isinstance(peers.get("agents"), dict):
             self.trusted = True
             for peer, info in peers["agents"].items():
@@ -73,13 +78,21 @@ class Gathering:
     def failed(self) -> list[str]:
         return sorted(a for a, r in self.replies.items() if r.get("ok") is not True)
 
+    def duplicates(self) -> dict[str, list[str]]:
+        """The ids of this gathering that two agents are using: of each, one answered for both."""
+        ours = self.replies.keys() | self.expected()
+        return {a: hosts for a, hosts in sorted(self.shared.items()) if a in ours}
+
     def ok(self) -> bool:
-        return bool(self.replies) and not self.missing() and not self.failed()
+        return bool(self.replies) and not self.missing() and not self.failed() and not self.duplicates()
 
     def result(self) -> dict[str, Any]:
         """`{"agents": {ID: reply}, "missing": [...]}` (CONTRACT.md, Fleet)."""
-        return {"agents": {a: _without_peers(self.replies[a]) for a in sorted(self.replies)},
-                "missing": self.missing()}
+        result: dict[str, Any] = {"agents": {a: _without_peers(self.replies[a]) for a in sorted(self.replies)},
+                                  "missing": self.missing()}
+        if self.duplicates():
+            result["duplicates"] = self.duplicates()
+        return result
 
 
 def _without_peers(reply: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from suite_agent.fleet.gather import Gathering
+from suite_agent.fleet.gather import Gathering, Target
 
 HEADER = ("AGENT", "HOST", "LABELS", "RUNNING", "UNHEALTHY", "FATAL", "ERRORS")
 
@@ -64,3 +64,13 @@ def table(gathering: Gathering, timeout: float) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
              for r in rows]
     return "\n".join(lines)
+
+
+def target_text(target: Target) -> str:
+    """`--selector role=web` / `--agent a,b` as given."""
+    parts = []
+    if target.agents:
+        parts.append(f"--agent {','.join(target.agents)}")
+    if target.selector:
+        parts.append(f"--selector {labels_text(dict(target.selector))}")
+    return " ".join(parts) or "the fleet"

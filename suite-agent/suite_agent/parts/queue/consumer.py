@@ -78,7 +78,8 @@ class CommandConsumer:
     def __init__(self, link: Link, queue: Queue, handle: AgentHandle, agent_id: str,
                  stop: threading.Event, intake: Intake | None = None, fleet_queue: Queue | None = None,
                  on_fleet: Callable[[dict[str, Any]], None] | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None,
+                 fleet_shared: Callable[[], bool] = lambda: False) -> None:
         self.link = link
         self.queue = queue
         self.handle = handle
@@ -88,6 +89,8 @@ class CommandConsumer:
         self.fleet_queue = fleet_queue
         self.on_fleet = on_fleet
         self.on_ready = on_ready
+        # Another agent runs with this agent_id, and so reads the same fleet queue.
+        self.fleet_shared = fleet_shared
         self._stop = stop
         self._recent: OrderedDict[str, _Pending] = OrderedDict()
         self._parked: list[_Pending] = []
@@ -139,8 +142,9 @@ class CommandConsumer:
             while self._delivered:  # more may come in while a reply's confirm is awaited
                 self._on_message(self._delivered.popleft())
             self._settle_parked()
-        if self.fleet_queue is not None:
-            # On Redis nothing else unbinds it: the other agents would keep filling it.
+        if self.fleet_queue is not None and not self.fleet_shared():
+            # On Redis nothing else unbinds it: the other agents would keep filling it. Unless
+            # the agent sharing this id still reads it (it deletes it when it stops).
             with contextlib.suppress(*self._transport_errors):
                 self.fleet_queue(channel).delete()
 

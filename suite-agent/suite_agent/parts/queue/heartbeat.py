@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import socket
 import threading
 import time
@@ -25,16 +26,19 @@ from suite_agent.parts.queue.registry import HEARTBEAT, STARTED, STOPPED
 log = logging.getLogger("suite_agent.parts.queue")
 
 EARLY_JITTER = 0.5  # seconds: a newcomer hears every agent within this, not all at the same instant
+# This agent process, told apart from another given the same agent_id (see registry.py).
+INSTANCE = secrets.token_hex(8)
 
 
 def beat_data(agent_id: str, labels: Mapping[str, str], period: float, snap: Snapshot, now: float,
-              hostname: str | None = None) -> dict[str, Any]:
+              hostname: str | None = None, instance: str = INSTANCE) -> dict[str, Any]:
     """What every heartbeat carries: who, where, and the services counted by state."""
     statuses = list(snap.services.values())
     states = Counter(s.state for s in statuses)
     declared = snap.declared
     return {
         "agent_id": agent_id,
+        "instance": instance,
         "hostname": hostname or socket.gethostname(),
         "labels": dict(labels),
         "version": __version__,
@@ -64,10 +68,11 @@ class Heartbeat:
     """Publishes a heartbeat every `period` seconds (and one soon when asked) in its own thread."""
 
     def __init__(self, bus: EventBus, snapshot: Callable[[], Snapshot], agent_id: str,
-                 labels: Mapping[str, str], period: float) -> None:
+                 labels: Mapping[str, str], period: float, instance: str = INSTANCE) -> None:
         self.bus = bus
         self.snapshot = snapshot
         self.agent_id = agent_id
+        self.instance = instance
         self.labels = dict(labels)
         self.period = period
         self._stop = threading.Event()
@@ -77,12 +82,14 @@ class Heartbeat:
 
     def event(self, kind: str) -> Event:
         try:
-            data = beat_data(self.agent_id, self.labels, self.period, self.snapshot(), time.time())
+            data = beat_data(self.agent_id, self.labels, self.period, self.snapshot(), time.time(),
+                             instance=self.instance)
         except Exception as exc:  # a bug here must not keep the agent from the fleet, nor stop commands
             if not self._warned:
                 log.error("queue: cannot count the services for the heartbeat", exc_info=exc)
                 self._warned = True
-            data = {"agent_id": self.agent_id, "hostname": socket.gethostname(), "labels": self.labels,
+            data = {"agent_id": self.agent_id, "instance": self.instance, "hostname": socket.gethostname(),
+                    "labels": self.labels,
                     "version": __version__, "heartbeat": self.period}
         return Event.make(kind, **data)
 

@@ -25,6 +25,7 @@ from suite_agent.parts.queue.stats import Stats
 log = logging.getLogger("suite_agent.parts.queue")
 
 OUTBOX_MAX = 10_000
+AGENT_ID_CONFLICT = "agent_id_conflict"  # suite.agent_id_conflict: another agent uses this agent_id
 
 
 class QueuePart:
@@ -44,6 +45,7 @@ class QueuePart:
         self.heartbeat = Heartbeat(self.fleet_bus, handle.snapshot, section.agent_id, section.labels,
                                    section.heartbeat)
         self._listened = False
+        self._twin = False  # another agent runs with this agent_id
 
     def start(self) -> None:
         topology.check(self.section)
@@ -68,7 +70,7 @@ class QueuePart:
         consumer = consumer_type(link("commands"), topology.control_queue(section),
                                  self.handle, section.agent_id, self._stop_commands, intake=intake,
                                  fleet_queue=topology.fleet_queue(section), on_fleet=self._heard,
-                                 on_ready=self._listening)
+                                 on_ready=self._listening, fleet_shared=lambda: self._twin)
         self._threads = [threading.Thread(target=publisher.run, name="queue-events", daemon=True),
                          threading.Thread(target=consumer.run, name="queue-commands", daemon=True)]
         for thread in self._threads:
@@ -98,8 +100,25 @@ class QueuePart:
     def _heard(self, event: dict[str, Any]) -> None:
         kind = self.registry.heard(event)
         data = event.get("data")
-        if kind == STARTED and isinstance(data, dict) and data.get("agent_id") != self.section.agent_id:
+        if not isinstance(data, dict):
+            return
+        if kind == STARTED and data.get("agent_id") != self.section.agent_id:
             self.heartbeat.soon()
+        elif kind is not None and data.get("agent_id") == self.section.agent_id:
+            self._check_twin()
+
+    def _check_twin(self) -> None:
+        """Say so, once, when another agent runs with this agent_id; and when it is gone."""
+        hosts = self.registry.duplicates().get(self.section.agent_id)
+        if hosts and not self._twin:
+            log.error("queue: another agent runs with agent_id %r (hosts: %s): commands for this id reach "
+                      "one of the two, and the fleet sees one; give each its own queue.agent_id",
+                      self.section.agent_id, ", ".join(hosts))
+            self.handle.bus.publish(Event.make(AGENT_ID_CONFLICT, None, agent_id=self.section.agent_id,
+                                               hosts=hosts))
+        elif not hosts and self._twin:
+            log.warning("queue: agent_id %r is this agent's alone again", self.section.agent_id)
+        self._twin = bool(hosts)
 
     def fleet(self) -> dict[str, Any]:
         """The agents heard from (GET /api/fleet)."""

@@ -5,6 +5,13 @@ bodies, whoever the transport), read by `GET /api/fleet` and by replies that ask
 agent's view of its peers (`suite-agent fleet` uses it to know whom to wait for). An agent is
 live until it says it stopped or stays silent for three of its heartbeat periods. Pure but for
 a lock: written by the command thread, read by the API's.
+
+Two agents given the same agent_id (a cloned VM keeps its host name, the default id) share one
+control queue: each command reaches one of them, and the fleet sees one agent. Each heartbeat
+carries the agent's `instance`, drawn at random when it starts, so two live instances under one
+id show. Beats of a single instance that stopped or died (its last beat may still arrive after
+its successor's first) do not: a duplicate is two instances each heard at least twice since the
+other appeared.
 """
 
 from __future__ import annotations
@@ -23,6 +30,16 @@ ROUTING_KEYS = tuple(f"suite.{t}" for t in TYPES)
 MISSED_BEATS = 3  # silent for this many periods: no longer counted as live
 SILENT_GRACE = 2.0  # seconds on top, for a busy broker or agent
 NO_BEAT_LIFETIME = 3600.0  # an agent without heartbeats (heartbeat: 0) is live this long after its last word
+
+
+TWICE = 2  # beats of each instance since the other appeared that make two agents of one id
+
+
+@dataclass
+class _Instance:
+    hostname: str
+    mono: float  # last heard
+    since_other: int  # beats heard since another instance of the same agent_id appeared
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,7 @@ class Registry:
         self.settle = settle  # listening this long, the view holds every live agent
         self._since = monotonic()
         self._peers: dict[str, Peer] = {}
+        self._instances: dict[str, dict[str, _Instance]] = {}  # agent_id -> instance -> what was heard
         self._lock = threading.Lock()
 
     def restart(self) -> None:
@@ -66,18 +84,56 @@ class Registry:
         agent_id = data.get("agent_id")
         if not isinstance(agent_id, str) or not agent_id:
             return None
+        instance = data.get("instance")
         with self._lock:
+            now = self.monotonic()
             if kind == STOPPED:
-                self._peers.pop(agent_id, None)
-            else:
-                self._peers[agent_id] = Peer(agent_id, data, self.clock(), self.monotonic())
+                instances = self._instances.get(agent_id, {})
+                if isinstance(instance, str):
+                    instances.pop(instance, None)
+                else:  # an agent from before instances: all of it
+                    instances.clear()
+                if not instances:
+                    self._instances.pop(agent_id, None)
+                    self._peers.pop(agent_id, None)
+                return kind
+            peer = Peer(agent_id, data, self.clock(), now)
+            self._peers[agent_id] = peer
+            if isinstance(instance, str):
+                self._count(agent_id, instance, str(data.get("hostname", "")), peer.expires() - now, now)
         return kind
+
+    def _count(self, agent_id: str, instance: str, hostname: str, lifetime: float, now: float) -> None:
+        instances = self._instances.setdefault(agent_id, {})
+        for gone in [i for i, seen in instances.items() if seen.mono + lifetime < now]:
+            del instances[gone]
+        seen = instances.get(instance)
+        if seen is None:
+            for other in instances.values():
+                other.since_other = 0
+            instances[instance] = _Instance(hostname, now, 1)
+        else:
+            seen.hostname, seen.mono, seen.since_other = hostname, now, seen.since_other + 1
+
+    def duplicates(self) -> dict[str, list[str]]:
+        """agent_id -> the hosts of its instances, for each id two live agents are using."""
+        now = self.monotonic()
+        with self._lock:
+            out = {}
+            for agent_id, instances in self._instances.items():
+                peer = self._peers.get(agent_id)
+                lifetime = peer.expires() - peer.mono if peer is not None else 0.0
+                live = [seen for seen in instances.values() if seen.mono + lifetime >= now]
+                if sum(seen.since_other >= TWICE for seen in live) >= 2:
+                    out[agent_id] = sorted(seen.hostname for seen in live)
+            return out
 
     def live(self) -> dict[str, Peer]:
         now = self.monotonic()
         with self._lock:
             for agent_id in [a for a, p in self._peers.items() if p.expires() < now]:
                 del self._peers[agent_id]
+                self._instances.pop(agent_id, None)
             return dict(self._peers)
 
     def complete(self) -> bool:
@@ -88,11 +144,17 @@ class Registry:
         """For GET /api/fleet: every live agent with its last heartbeat."""
         now = self.monotonic()
         peers = self.live()
-        return {"agents": {a: peers[a].json(now) for a in sorted(peers)}, "complete": self.complete()}
+        return {"agents": {a: peers[a].json(now) for a in sorted(peers)}, "complete": self.complete(),
+                "duplicates": self.duplicates()}
 
     def peers(self) -> dict[str, Any]:
         """For a reply: who is live and their labels, compact (every agent sends one)."""
         peers = self.live()
-        return {"complete": self.complete(),
-                "agents": {a: {"labels": peers[a].data.get("labels", {}), "host": peers[a].data.get("hostname")}
-                           for a in sorted(peers)}}
+        view: dict[str, Any] = {
+            "complete": self.complete(),
+            "agents": {a: {"labels": peers[a].data.get("labels", {}), "host": peers[a].data.get("hostname")}
+                       for a in sorted(peers)}}
+        duplicates = self.duplicates()
+        if duplicates:
+            view["duplicates"] = duplicates
+        return view

@@ -1,0 +1,71 @@
+"""Two real agents given one agent_id (a cloned VM keeps its host name, the default id) on Redis,
+RabbitMQ and Kafka: both say so in their log and as a `suite.agent_id_conflict` event, and
+`suite-agent fleet` reports it and fails, since only one of them answers for the id."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import Agent
+from eventually import eventually
+from fleet_helpers import KINDS, Fleet, Member, fleet_broker
+
+pytest_plugins = ["brokers", "kafka_broker"]
+
+CONFLICT = r"queue: another agent runs with agent_id '(\S+)'"
+
+
+@pytest.fixture(params=KINDS)
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    broker = fleet_broker(request, request.param)
+    f = Fleet(broker, tmp_path)
+    try:
+        yield f
+    finally:
+        leftovers = f.shutdown()
+        broker.cleanup()
+        assert leftovers == [], f"processes outlived the agents: {leftovers}"
+
+
+def test_two_agents_with_one_agent_id_are_reported_by_both_and_by_the_cli(fleet: Fleet) -> None:
+    events = fleet.broker.events("suite.agent_id_conflict")
+    other = fleet.add("other", {"role": "db"})
+    first = fleet.add("web", {"role": "web"})
+    fleet.wait_started()
+    # The clone: another home, the same conf.d text, so the same agent_id.
+    home = fleet.root / "clone"
+    (home / "conf.d").mkdir(parents=True)
+    (home / "conf.d" / "fleet.yaml").write_text(
+        (fleet.root / "web" / "conf.d" / "fleet.yaml").read_text().replace(first.marker, first.marker + "1"))
+    clone = Agent(home / "conf.d", home)
+    fleet.members["clone"] = Member("clone", first.labels, clone, first.marker + "1", first.signals_file)
+    clone.start(ready=False)
+    fleet.wait_started([fleet.members["clone"]])
+
+    for agent in (first.agent, clone):
+        (line,) = agent.wait_log(CONFLICT, timeout=30)
+        assert first.agent_id in line and "give each its own queue.agent_id" in line
+    assert "another agent runs" not in other.agent.log()
+    conflicts = events.wait_for("suite.agent_id_conflict", count=2, timeout=30)
+    assert {e["data"]["agent_id"] for e in conflicts} == {first.agent_id}
+    assert all(len(e["data"]["hosts"]) == 2 for e in conflicts)
+
+    def reported() -> dict[str, Any] | None:
+        done = fleet.cli("status", "--json", "--timeout", "3s")
+        result = json.loads(done.stdout)
+        return result if done.returncode == 1 and first.agent_id in result.get("duplicates", {}) else None
+
+    result = eventually(reported, 30, "fleet status reporting the shared id")
+    assert sorted(result["agents"]) == sorted([first.agent_id, other.agent_id])  # one answered for both
+    done = fleet.cli("status", "--agent", other.agent_id)
+    assert done.returncode == 0 and "agent_id" not in done.stderr  # a target without the shared id is fine
+    done = fleet.cli("status", "--selector", "role=web")
+    assert done.returncode == 1 and f"2 agents run with agent_id '{first.agent_id}'" in done.stderr
+
+    clone.shutdown()
+    first.agent.wait_log(r"queue: agent_id '\S+' is this agent's alone again", timeout=30)
