@@ -107,6 +107,15 @@ def test_a_signal_goes_to_every_replicas_group(h: Harness) -> None:
     assert events[-1].data["verb"] == "signal" and events[-1].data["signal"] == "SIGHUP"
 
 
+def test_the_command_event_comes_before_the_events_it_causes(h: Harness) -> None:
+    h.load("services:\n  idle: {command: [idle], autostart: false}\n")
+    h.events.drain()
+    msg = Control("start", ("idle",), source="queue")
+    h.sup.dispatch(msg)
+    types = [e.type for e in h.events.drain()]
+    assert types[:2] == ["command", "service_started"]
+
+
 def test_a_signal_to_a_stopped_service_is_sent_nowhere_and_not_ok(h: Harness) -> None:
     h.load("services:\n  idle: {command: [idle], autostart: false}\n")
     msg = SignalServices(("idle",), signal.SIGUSR1)

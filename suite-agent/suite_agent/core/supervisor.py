@@ -434,6 +434,9 @@ class Supervisor:
         if self._shutting_down and msg.verb != "status":
             msg.reply.set_result(ShuttingDown())
             return
+        if msg.verb != "status":  # before what it causes (a service_started, a service_stopped)
+            self.host.emit(Event.make(events.COMMAND, None, verb=msg.verb, services=list(msg.names),
+                                      source=msg.source))
         for name in dict.fromkeys(msg.names):
             svc = self.services[name]
             if msg.verb == "start":
@@ -443,9 +446,6 @@ class Supervisor:
             elif msg.verb == "restart":
                 svc.restart(rolling=msg.rolling)
             log.info("%s: %s requested (%s)", name, msg.verb, msg.source)
-        if msg.verb != "status":
-            self.host.emit(Event.make(events.COMMAND, None, verb=msg.verb, services=list(msg.names),
-                                      source=msg.source))
         self.waiters.add(msg)
 
     def handle_signal(self, msg: SignalServices) -> None:
