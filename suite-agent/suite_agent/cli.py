@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from suite_agent.settings import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-# The client commands read their settings without pydantic-settings (see client_settings).
+# The client commands read their settings from client_settings, which imports nothing of the agent's.
 CLIENT_COMMANDS = ("status", "start", "stop", "restart", "reload", "logs", "signal")
 STREAMS = ("stdout", "stderr")  # suite_agent.output.lines.STREAMS, not imported: it costs a client 2 ms
 # Options every client command takes; the help says where their defaults come from.
@@ -136,8 +136,7 @@ def _settings(args: argparse.Namespace) -> Settings | ClientSettings:
         return ClientSettings.from_flags(args.url, args.token)
     from suite_agent.settings import Settings
 
-    flags = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
-    return Settings(**flags)
+    return Settings.from_flags(vars(args))
 
 
 # What `run` imports beyond this module: SIGUSR2 has a new interpreter import them from the

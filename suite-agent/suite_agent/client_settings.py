@@ -1,7 +1,6 @@
 """The settings of the client commands (status, start, ...): flags, then SUITE_AGENT_* variables,
-then defaults, the same precedence as the agent's pydantic-settings (names matched without regard
-to case), read without importing pydantic-settings: it pulls in pydantic, asyncio and ssl, which
-would cost a short command most of its time.
+then defaults, the same precedence as the agent's settings.py (names matched without regard to
+case), kept apart from it so that a short command imports nothing of the agent's.
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from suite_agent import wire
 from suite_agent.client_settings import ClientSettings
+from suite_agent.settings import Settings
 
 
 class FakeSock:
@@ -75,3 +78,18 @@ def test_settings_flags_then_environment_then_defaults() -> None:
     assert (from_env.url, from_env.token) == ("http://env:1", "from-env")
     flags = ClientSettings.from_flags("http://flag:2", "from-flag", environ=env)
     assert (flags.url, flags.token) == ("http://flag:2", "from-flag")
+
+
+def test_the_agents_settings_flags_then_environment_then_defaults() -> None:
+    defaults = Settings.from_flags({}, environ={})
+    assert (defaults.conf_dir, defaults.log_level, defaults.cgroups, defaults.exchange, defaults.broker) == (
+        Path("conf.d"), "INFO", "auto", "suite_events", None)
+    env = {"SUITE_AGENT_CONF_DIR": "/etc/suite/conf.d", "suite_agent_log_level": "debug",
+           "SUITE_AGENT_CGROUPS": "off", "SUITE_AGENT_COMMAND_KEY_FILE": "/k", "SUITE_AGENT_OTHER": "x"}
+    from_env = Settings.from_flags({}, environ=env)
+    assert (from_env.conf_dir, from_env.log_level, from_env.cgroups, from_env.command_key_file) == (
+        Path("/etc/suite/conf.d"), "debug", "off", Path("/k"))
+    flags = Settings.from_flags({"conf_dir": "here", "log_level": None, "verbose": True}, environ=env)
+    assert (flags.conf_dir, flags.log_level) == (Path("here"), "debug")  # a flag not given: the variable
+    with pytest.raises(ValueError, match="SUITE_AGENT_CGROUPS: 'on' is not one of auto, off"):
+        Settings.from_flags({}, environ={"SUITE_AGENT_CGROUPS": "on"})
