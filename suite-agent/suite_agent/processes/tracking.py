@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ class Tracked:
 
 class Tracker:
     def __init__(self, use_cgroups: bool = True, tree_pid: int | None = None) -> None:
-        self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.token = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._groups: dict[int, Tracked] = {}
         self._killed: set[int] = set()  # SIGKILL was asked for: what turns up later gets it too
         self._next = 1
