@@ -12,6 +12,12 @@ ENV_PREFIX = "SUITE_AGENT_"
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
+def variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The SUITE_AGENT_* variables of `environ` (default os.environ), their names upper-cased."""
+    return {k.upper(): v for k, v in (os.environ if environ is None else environ).items()
+            if k.upper().startswith(ENV_PREFIX)}
+
+
 class ClientSettings:
     """A plain class: dataclasses imports inspect, a few milliseconds more per command."""
 
@@ -24,8 +30,7 @@ class ClientSettings:
     @classmethod
     def from_flags(cls, url: str | None = None, token: str | None = None,
                    environ: Mapping[str, str] | None = None) -> ClientSettings:
-        env = {k.upper(): v for k, v in (os.environ if environ is None else environ).items()
-               if k.upper().startswith(ENV_PREFIX)}
+        env = variables(environ)
         return cls(
             url=url if url is not None else env.get(f"{ENV_PREFIX}URL", DEFAULT_URL),
             token=token if token is not None else env.get(f"{ENV_PREFIX}TOKEN"),

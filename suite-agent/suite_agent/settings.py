@@ -8,12 +8,11 @@ memory and a tenth of a second of every start, for nine flat fields.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from suite_agent.client_settings import DEFAULT_URL, ENV_PREFIX
+from suite_agent.client_settings import DEFAULT_URL, ENV_PREFIX, variables
 
 CGROUPS = ("auto", "off")  # off: track service processes without cgroups
 
@@ -47,8 +46,7 @@ class Settings:
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
         """The flags given (None: not given), else the variables, else the defaults."""
-        env = {k.upper(): v for k, v in (os.environ if environ is None else environ).items()
-               if k.upper().startswith(ENV_PREFIX)}
+        env = variables(environ)
         values: dict[str, Any] = {}
         for name in cls.FIELDS:
             flag = flags.get(name)
