@@ -3,7 +3,8 @@ without regard to case), then defaults.
 
 Read here by hand, as client_settings.py reads the client commands': pydantic-settings imports
 asyncio and ssl (for command-line apps of its own), 3.8 MB of the running agent's resident
-memory and a tenth of a second of every start, for nine flat fields.
+memory and about 0.2 s of every start (0.29-0.31 s to import the CLI with its settings, 0.10 s
+now), for nine flat fields.
 """
 
 from __future__ import annotations
