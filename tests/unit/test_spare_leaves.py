@@ -38,20 +38,20 @@ def end(tracker: Tracker, tracked: Tracked) -> None:
 def test_a_respawn_takes_the_spare_made_after_the_turn(tracker: Tracker) -> None:
     first = run(tracker, "web.1")
     assert first.cgroup is not None
-    assert leaves(tracker) == {first.cgroup.path.name}
+    assert leaves(tracker) == {first.cgroup.name}
     tracker.tidy()
-    (spare,) = leaves(tracker) - {first.cgroup.path.name}
+    (spare,) = leaves(tracker) - {first.cgroup.name}
     assert spare.startswith("web.1@")
     second = tracker.new("web.1")  # the exit's respawn, before the old set is released
-    assert second.cgroup is not None and second.cgroup.path.name == spare
+    assert second.cgroup is not None and second.cgroup.name == spare
     assert len(leaves(tracker)) == 2  # no leaf made on the respawn's path
     tracker.started(second, NO_SUCH_GROUP, tight=True)
     end(tracker, first)
     tracker.tidy()
     (next_spare,) = leaves(tracker) - {spare}  # the first's leaf is gone, a new spare is there
-    assert next_spare.startswith("web.1@") and next_spare != first.cgroup.path.name
+    assert next_spare.startswith("web.1@") and next_spare != first.cgroup.name
     third = tracker.new("web.1")
-    assert third.cgroup is not None and third.cgroup.path.name == next_spare
+    assert third.cgroup is not None and third.cgroup.name == next_spare
 
 
 def test_a_spare_goes_once_nothing_of_its_instance_runs(tracker: Tracker) -> None:
@@ -63,7 +63,7 @@ def test_a_spare_goes_once_nothing_of_its_instance_runs(tracker: Tracker) -> Non
     tracker.tidy()
     assert other.cgroup is not None
     assert {n.split("@")[0] for n in leaves(tracker)} == {"web.1"}
-    assert other.cgroup.path.name in leaves(tracker)
+    assert other.cgroup.name in leaves(tracker)
 
 
 def test_closing_removes_the_spares_and_the_tree(tracker: Tracker) -> None:
@@ -86,5 +86,5 @@ def test_empty_leaves_another_agent_left_are_swept_once(tracker: Tracker) -> Non
     tracked = run(tracker, "web.1")
     assert tracked.cgroup is not None
     tracker.tidy()
-    assert {"old.2@6.deadbeef", "old.3@7.deadbeef", tracked.cgroup.path.name} < leaves(tracker)
+    assert {"old.2@6.deadbeef", "old.3@7.deadbeef", tracked.cgroup.name} < leaves(tracker)
     assert "old.1@5.deadbeef" not in leaves(tracker)

@@ -94,27 +94,36 @@ def kernel_checks_opener() -> bool:
 class Cgroup:
     """One leaf cgroup: a service process and all it starts."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    # A start keeps two of these an instance (its leaf and a spare): a str path and no __dict__
+    # take a third of what a pathlib.Path in a __dict__ did.
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
 
     def open_procs(self) -> int:
         """A write-only descriptor of cgroup.procs: writing "0" to it moves the writer in."""
-        return os.open(self.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        return os.open(f"{self.path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
 
     def add(self, pid: int) -> None:
-        (self.path / "cgroup.procs").write_text(str(pid))
+        _write(f"{self.path}/cgroup.procs", str(pid))
 
     def pids(self) -> list[int]:
         try:
-            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+            with open(f"{self.path}/cgroup.procs") as f:
+                return [int(p) for p in f.read().split()]
         except FileNotFoundError:
             return []
 
     def populated(self) -> bool:
-        try:  # os rather than pathlib: asked before each respawn, half the cost
+        try:  # os rather than open(): asked before each respawn, half the cost
             fd = os.open(f"{self.path}/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return bool(self.pids()) if self.path.exists() else False
+            return bool(self.pids()) if os.path.exists(self.path) else False
         try:
             events = os.read(fd, 4096)
         finally:
@@ -131,9 +140,9 @@ class Cgroup:
     def kill(self) -> None:
         try:
             # The kernel kills every member at once, forks in progress included.
-            (self.path / "cgroup.kill").write_text("1")
+            _write(f"{self.path}/cgroup.kill", "1")
         except FileNotFoundError:  # before Linux 5.14
-            if self.path.exists():
+            if os.path.exists(self.path):
                 self.signal(signal.SIGKILL)
 
     def remove(self) -> bool:
@@ -148,6 +157,11 @@ class Cgroup:
         return True
 
 
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
 class Tree:
     """The agent's own subtree, `<its cgroup>/suite-agent.<pid>/`, holding one leaf per process."""
 
@@ -160,8 +174,8 @@ class Tree:
         self.path.mkdir(exist_ok=True)
 
     def leaf(self, name: str) -> Cgroup:
-        path = self.path / name
-        path.mkdir()
+        path = f"{self.path}/{name}"
+        os.mkdir(path)
         return Cgroup(path)
 
     def remove(self) -> bool:

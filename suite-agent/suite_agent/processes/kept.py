@@ -267,7 +267,7 @@ class KeptProcessFactory(TrackedSpawns):
             lone, self._last_spawn = now - self._last_spawn >= BURST_GAP, now
             if tracked.cgroup is not None and (self._native or (
                     self._into and lone and user is None and group is None)):
-                into = str(tracked.cgroup.path)
+                into = tracked.cgroup.path
             elif self._shim and tracked.cgroup is not None:
                 command = [SHIM_SHELL, "-c", SHIM, "suite-agent", *argv]
                 shimmed = True
@@ -291,7 +291,7 @@ class KeptProcessFactory(TrackedSpawns):
                 stdout=stdout, stderr=stderr, buffer_lines=max(1, settings.buffer_lines),
                 buffer_bytes=max(1, settings.buffer_bytes),
                 rlimits=rlimits_request(limits) if limits is not None and limits.rlimits else None,
-                cgroup=str(tracked.cgroup.path) if shimmed and tracked.cgroup else None,
+                cgroup=tracked.cgroup.path if shimmed and tracked.cgroup else None,
                 into=into, **named)
         except BaseException:
             self._tracker.abandon(tracked)

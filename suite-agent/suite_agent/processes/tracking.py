@@ -107,7 +107,7 @@ class Tracker:
         `pid` None when its leader has exited already."""
         ident = self._next
         self._next += 1
-        leaf = Cgroup(Path(cgroup)) if cgroup is not None else None
+        leaf = Cgroup(cgroup) if cgroup is not None else None
         tracked = Tracked(ident, marker or f"{self.token}.{ident}", leaf, tight=False,
                           pgid=pgid, leader=pid)
         self._scan.spawned()
@@ -231,7 +231,7 @@ class Tracker:
         # removed them. One that holds a process cannot be removed (EBUSY): it stays.
         assert self._tree is not None
         suffix = "." + self.token.rsplit("-", 1)[-1]
-        known = {t.cgroup.path.name for t in self._groups.values() if t.cgroup is not None}
+        known = {t.cgroup.name for t in self._groups.values() if t.cgroup is not None}
         try:
             leaves = [p for p in self._tree.path.iterdir() if p.is_dir()]
         except OSError:
@@ -439,7 +439,7 @@ class TrackedSpawns:
 
     def _limit(self, tracked: Tracked, memory: int | None, cpu: float | None) -> None:
         """memory.max and cpu.max of the spawn's cgroup, before the child is in it."""
-        leaf = tracked.cgroup.path if tracked.cgroup is not None else None
+        leaf = Path(tracked.cgroup.path) if tracked.cgroup is not None else None
         self._cgroup_limits.apply(leaf, memory, cpu, self._tracker.why_no_cgroups)
 
     def _placed(self, tracked: Tracked, pid: int, tight: bool) -> None:
