@@ -397,7 +397,8 @@ def test_the_operators_intent_survives_a_restart(
     a2 = new_agent(agents, conf_dir, tmp_path).start()
     a2.wait_log(rf"on: adopted \(pid {started}\)")
     a2.wait_log(r"api: listening")
-    assert api.get("/api/services/off").json["state"] == "stopped"
+    off = api.get("/api/services/off").json
+    assert (off["state"], off["detail"]) == ("stopped", "stopped by an operator (`start` runs it)")
     assert with_marker("4151") == [] and one("4152") == started
     assert a2.stop() == 0
 

@@ -450,3 +450,15 @@ def test_the_api_answers_a_signal() -> None:
     with pytest.raises(ApiError) as refused:
         signal_reply(Refused(("nope",)))
     assert refused.value.status == 404
+
+
+def test_a_stopped_service_says_why_it_is_not_running(h: Harness) -> None:
+    h.load("services:\n  web: {command: [web]}\n  idle: {command: [idle], autostart: false}\n")
+    assert h.sup.services["idle"].status().detail == "autostart: false"
+    h.sup.dispatch(Control("stop", ("web",), wait=0))
+    h.settle()
+    web = h.sup.services["web"]
+    assert (web.status().state, web.status().detail) == ("stopped", "stopped")
+    for inst in web.instances:  # as an agent that adopted the saved intent finds them
+        inst.detail = ""
+    assert web.status().detail == "stopped by an operator (`start` runs it)"

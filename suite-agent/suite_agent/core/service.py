@@ -18,6 +18,9 @@ _PRIORITY = (State.FATAL, State.BACKOFF, State.STOPPING, State.STARTING,
              State.RUNNING, State.EXITED, State.STOPPED)
 
 
+HELD_STOPPED = "stopped by an operator (`start` runs it)"
+
+
 class ServiceHost(InstanceHost, Protocol):
     """All a service may use of the owner: what its instances may, starting its dependencies, and
     being looked at again after each turn in which something moved (a rollout)."""
@@ -308,6 +311,10 @@ class Service:
         insts = self.all_instances
         state = self.state
         detail = next((i.detail for i in insts if i.state is state), "")
+        if not detail and state is State.STOPPED and not self.wanted:
+            # An operator's stop held across agent restarts leaves no detail of its own: without
+            # this, an `autostart` service is simply not running after the agent came back.
+            detail = HELD_STOPPED if self.spec.autostart else "autostart: false"
         running = [i for i in insts if i.state is State.RUNNING]
         starts = [i.started_wall for i in running if i.started_wall is not None]
         last = max((i for i in insts if i.exited_at is not None),
