@@ -653,7 +653,8 @@ def test_one_bad_file_does_not_take_down_the_others(conf: Conf) -> None:
          "      liveness: {exec: {command: [x]}, failure_threshold: true}\n",
          "5: services.a.health.liveness.failure_threshold: Input should be a valid integer"),
         ("agent:\n  log_backups: true\n", "2: agent.log_backups: Input should be a valid integer"),
-        ("agent:\n  log_max_bytes: false\n", "2: agent.log_max_bytes: Input should be a valid integer"),
+        ("agent:\n  log_max_bytes: false\n", "2: agent.log_max_bytes: a size is a number of bytes or a "
+         "string like 512MiB, 1G"),
         ("agent:\n  log_buffer_lines: true\n", "2: agent.log_buffer_lines: Input should be a valid integer"),
     ],
     ids=["replicas", "replicas-str", "success-codes", "burst", "factor", "user", "port", "status", "threshold",
@@ -661,6 +662,14 @@ def test_one_bad_file_does_not_take_down_the_others(conf: Conf) -> None:
 )
 def test_counts_are_strict_integers(conf: Conf, text: str, expected: str) -> None:
     assert one_problem(conf, "a.yaml", text) == f"conf.d/a.yaml:{expected}"
+
+
+def test_log_sizes_take_units_as_limits_do(conf: Conf) -> None:
+    conf.write("a.yaml", "agent:\n  log_max_bytes: 1MB\n  log_buffer_bytes: 64KiB\n")
+    agent = ConfigStore("conf.d").load().agent
+    assert (agent.log_max_bytes, agent.log_buffer_bytes) == (1_000_000, 65_536)
+    assert one_problem(conf, "a.yaml", "agent:\n  log_max_bytes: 1KB\n") == (
+        "conf.d/a.yaml:2: agent.log_max_bytes: Input should be greater than or equal to 1024")
 
 
 @pytest.mark.parametrize(

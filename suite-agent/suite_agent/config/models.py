@@ -36,6 +36,7 @@ from .endpoints import (
     needs_token,
 )
 from .limits import Limits, RestartOn
+from .sizes import Size
 
 SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 SERVICE_NAME_MAX = 63
@@ -459,10 +460,11 @@ class AgentSection(Model):
     state_dir: str = Field(".suite-agent", description="where the keeper (the parent of every service) and the "
                            "agent keep their state: socket, locks, journal, saved intents; relative paths are "
                            "relative to the conf.d folder's parent. Read when the agent starts")
-    log_max_bytes: StrictInt = Field(10 * 1024 * 1024, ge=1024)
+    log_max_bytes: Size = Field(10 * 1024 * 1024, ge=1024, description="a service's log file is rotated "
+                                "past this size (bytes, or 10MiB, 1G...)")
     log_backups: StrictInt = Field(3, ge=0)
     log_buffer_lines: StrictInt = Field(1000, ge=0, description="recent lines kept in memory per service and stream")
-    log_buffer_bytes: StrictInt = Field(1024 * 1024, ge=0, description="bytes of recent lines kept in memory per "
+    log_buffer_bytes: Size = Field(1024 * 1024, ge=0, description="bytes of recent lines kept in memory per "
                                         "service and stream; a line is kept cut to 64 KiB (the log files keep "
                                         "everything)")
 
