@@ -118,3 +118,24 @@ def test_a_configmap_update_is_applied(agent: Agent, conf_dir: Path) -> None:
     assert agent.pids_of("3842") == [db]  # unchanged: not restarted
     assert app not in agent.pids_of("3843")
     assert " ERROR " not in agent.log()  # hidden entries are never read as files of their own
+
+
+def test_conf_d_removed_and_made_again_keeps_its_services_and_is_watched_again(
+        agent: Agent, conf_dir: Path, tmp_path: Path) -> None:
+    agent.write("a.yaml", "services:\n  app: {command: [sleep, '3861']}\n")
+    agent.start()
+    (app,) = agent.wait_pids("3861")
+    agent.write("sentinel.yaml", "services:\n  sentinel: {command: [sleep, '3862']}\n")
+    agent.wait_pids("3862")  # the watch is armed
+    copy = tmp_path / "conf.new"
+    shutil.copytree(conf_dir, copy)
+    shutil.rmtree(conf_dir)  # as `rm -rf conf.d; cp -r new conf.d` does, in two steps
+    agent.wait_log(r"cannot read the configuration folder: No such file or directory; "
+                   r"the configuration in force stays")
+    agent.wait_log(r"cannot watch .*conf\.d .*retrying every 1s")
+    os.rename(copy, conf_dir)
+    agent.wait_log(r"watching .*conf\.d again")
+    agent.write("b.yaml", "services:\n  added: {command: [sleep, '3863']}\n")
+    agent.wait_pids("3863")  # seen in the new folder
+    assert agent.pids_of("3861") == [app] and len(agent.pids_of("3862")) == 1  # nothing stopped
+    assert agent.log().count("cannot watch") == 1  # said once, not every second

@@ -456,16 +456,6 @@ def test_missing_conf_dir_is_one_problem_and_nothing_declared(tmp_path: Path) ->
     assert [str(p) for p in validate_dir(missing)] == [str(problems[0])]
 
 
-def test_conf_dir_removed_after_a_good_load(conf: Conf) -> None:
-    conf.write("a.yaml", "services: {a: {command: x}}\n")
-    store = ConfigStore("conf.d")
-    assert list(store.load().services) == ["a"]
-    (conf.dir / "a.yaml").unlink()
-    conf.dir.rmdir()
-    declared = store.load()
-    assert dict(declared.services) == {} and list(declared.rejected) == ["conf.d"]
-
-
 def test_problem_str() -> None:
     problem = Problem("conf.d/web.yaml", 7, "services.web.restart: nope")
     assert str(problem) == "conf.d/web.yaml:7: services.web.restart: nope"
@@ -1080,3 +1070,26 @@ def test_store_api_shape() -> None:
         "files",
         "warnings",
     ]
+
+
+def test_a_folder_gone_after_a_good_load_keeps_what_is_in_force(conf: Conf) -> None:
+    conf.write("a.yaml", "services:\n  web: {command: [web]}\n")
+    store = ConfigStore("conf.d")
+    first = store.load()
+    moved = conf.dir.with_name("elsewhere")
+    conf.dir.rename(moved)
+    gone = store.load()
+    assert gone.services == first.services and gone.origins == first.origins
+    assert [str(p) for p in gone.rejected["conf.d"]] == [
+        "conf.d:1: cannot read the configuration folder: No such file or directory; the configuration in force stays"]
+    moved.rename(conf.dir)
+    back = store.load()
+    assert back.services["web"] is first.services["web"] and dict(back.rejected) == {}
+
+
+def test_a_folder_missing_at_the_first_load_declares_nothing(conf: Conf) -> None:
+    conf.dir.rmdir()
+    declared = ConfigStore("conf.d").load()
+    assert dict(declared.services) == {}
+    assert [str(p) for p in declared.rejected["conf.d"]] == [
+        "conf.d:1: cannot read the configuration folder: No such file or directory"]

@@ -170,15 +170,15 @@ class ConfigStore:
             with os.scandir(self.conf_dir) as entries:
                 names = sorted(entry.name for entry in entries if is_config_file(entry.name))
         except OSError as exc:
-            self._read.clear()
-            self._in_force.clear()
-            self._last = None
             where = str(self.conf_dir)
-            return Declared(
-                rejected=_frozen(
-                    {where: (Problem(where, 1, f"cannot read the configuration folder: {exc.strerror or exc}"),)}
-                )
-            )
+            problem = Problem(where, 1, f"cannot read the configuration folder: {exc.strerror or exc}")
+            if self._last is None:
+                return Declared(rejected=_frozen({where: (problem,)}))
+            # The folder itself gone (`rm -rf conf.d` before a copy puts it back, a volume being
+            # remounted) says nothing about what should run: what is in force stays, as for a
+            # bad file, and the files read before are compared with what comes back.
+            problem = Problem(where, 1, f"{problem.message}; the configuration in force stays")
+            return replace(self._last, rejected=_frozen({**self._last.rejected, where: (problem,)}))
 
         # The strings str(Path(conf_dir) / name) gives, made without two Paths a file: those took
         # half of a reload that finds nothing changed (500 files).

@@ -16,6 +16,10 @@ files, whose inode an editor's or Ansible's rename replaces), for changes to tho
 When the loader finds another set of env files, the watch is armed again over the new folders,
 with a catch-up reload as at the start. A folder that does not exist yet is looked for once a
 second.
+
+The folder itself may be removed and made again, or moved away: the watch follows the folder it
+was armed on, so the thread checks at each wake-up (at most IDLE ms apart) that conf.d still
+names that folder, and arms again over the new one (with a catch-up reload) once there is one.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class ConfigWatcher:
         self.request = request  # the loader's: reloads never go through the owner
         self.env_paths = env_paths  # the env files the last load found named (any thread)
         self._stop = threading.Event()
+        self._failing = ""  # why the last arming failed, until one succeeds
         self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
 
     def start(self) -> None:
@@ -99,17 +104,24 @@ class ConfigWatcher:
             try:
                 self._watch()
             except Exception as exc:  # e.g. conf.d removed: keep trying, the agent runs on
-                log.warning("cannot watch %s (%s); retrying", self.conf_dir, exc)
-                self._stop.wait(1.0)
+                if str(exc) != self._failing:  # said once, not every second while it lasts
+                    self._failing = str(exc)
+                    log.warning("cannot watch %s (%s); retrying every %gs", self.conf_dir, exc,
+                                MISSING_RECHECK)
+                self._stop.wait(MISSING_RECHECK)
 
     def _watch(self) -> None:
         from watchfiles._rust_notify import RustNotify
 
+        armed = _identity(self.conf_dir)  # raises while conf.d is missing: retried by _run
         scope = _Scope(self.conf_dir, self.env_paths())
         looked = time.monotonic()
         force_polling = os.environ.get("WATCHFILES_FORCE_POLLING", "").lower() not in ("", "0", "false")
         with RustNotify([str(self.conf_dir), *scope.folders], False, force_polling, 300, False, False) as notify:
             self.request(Reload(source="watch"))  # armed: catch up with what changed before
+            if self._failing:
+                self._failing = ""
+                log.info("watching %s again", self.conf_dir)
             while not self._stop.is_set():
                 raw = notify.watch(DEBOUNCE_MS, STEP_MS, IDLE_MS, None)
                 if raw in ("stop", "signal"):
@@ -118,7 +130,23 @@ class ConfigWatcher:
                     self.request(Reload(source="file"))
                 if self.env_paths() != scope.env_paths:
                     return  # armed again over the new folders
+                if _replaced(self.conf_dir, armed):
+                    # inotify watches the folder, not its name: one removed and made again
+                    # (`rm -rf conf.d; cp -r new conf.d`) or moved away would never be seen again.
+                    return
                 if scope.missing and time.monotonic() - looked >= MISSING_RECHECK:
                     looked = time.monotonic()
                     if scope.appeared():
                         return
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def _replaced(path: str | os.PathLike[str], armed: tuple[int, int]) -> bool:
+    try:
+        return _identity(path) != armed
+    except OSError:
+        return True
