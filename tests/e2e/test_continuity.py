@@ -192,6 +192,32 @@ def test_kill9_in_a_crash_loop_never_runs_two_copies(
     assert a2.stop() == 0
 
 
+def test_a_file_broken_while_no_agent_ran_keeps_its_services_running(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml("""\
+        keep: {command: [sleep, '4161']}
+        """))
+    a1.write("b.yaml", services_yaml("""\
+        other: {command: [sleep, '4162']}
+        """))
+    a1.start()
+    kept, other = one("4161"), one("4162")
+    kill9(a1)
+    (conf_dir / "a.yaml").write_text("services:\n  keep: {command: [sleep, '4161'], bogus: 1}\n")
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    a2.wait_log(r"a\.yaml:2: services\.keep\.bogus: unknown key")
+    a2.wait_log(r"configuration loaded \(start\): added 0, changed 0, removed 0")
+    # As a running agent keeps a bad file's last good version: what its processes run with.
+    assert one("4161") == kept and one("4162") == other
+    a2.write("a.yaml", services_yaml("""\
+        keep: {command: [sleep, '4163']}
+        """))
+    eventually(lambda: len(with_marker("4163")) == 1, 10, "the fixed file's process")
+    eventually(lambda: with_marker("4161") == [], 10, "the old spec's process to stop")
+    assert a2.stop() == 0
+
+
 def test_kill9_during_a_reload_applies_the_edit_once(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
     a1, counter, _ = counter_and_sleeper(agents, conf_dir, tmp_path, "web", "4121")

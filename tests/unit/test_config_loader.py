@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from suite_agent.config import store as loader
-from suite_agent.config.models import AgentSection
+from suite_agent.config.models import AgentSection, ServiceSpec
 from suite_agent.config.store import (
     ConfigStore,
     Declared,
@@ -1093,3 +1093,21 @@ def test_a_folder_missing_at_the_first_load_declares_nothing(conf: Conf) -> None
     assert dict(declared.services) == {}
     assert [str(p) for p in declared.rejected["conf.d"]] == [
         "conf.d:1: cannot read the configuration folder: No such file or directory"]
+
+
+def test_a_file_rejected_at_the_first_load_keeps_what_the_last_agent_ran(conf: Conf) -> None:
+    conf.write("a.yaml", "services:\n  web: {command: [web]}\n")
+    conf.write("b.yaml", "services:\n  extra: {command: [extra], bogus: 1}\n")
+    store = ConfigStore("conf.d")
+    store.load()
+    ran = ServiceSpec(command=("extra",))
+    store.carry({"extra": (ran, "/somewhere/else/conf.d/b.yaml"),  # the folder named otherwise
+                 "web": (ServiceSpec(command=("old-web",)), "conf.d/a.yaml"),
+                 "gone": (ServiceSpec(command=("gone",)), "conf.d/c.yaml")})
+    declared = store.load()
+    assert declared.services["extra"] is ran and declared.origins["extra"] == "conf.d/b.yaml"
+    assert declared.services["web"].command == ("web",)  # a valid file is in force as it is
+    assert "gone" not in declared.services  # its file was removed meanwhile
+    assert list(declared.rejected) == ["conf.d/b.yaml"]
+    conf.write("b.yaml", "services:\n  extra: {command: [fixed]}\n")
+    assert store.load().services["extra"].command == ("fixed",)

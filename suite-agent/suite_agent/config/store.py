@@ -160,6 +160,22 @@ class ConfigStore:
         self.env_paths: frozenset[str] = frozenset()
         self._last: Declared | None = None  # what the last load returned
 
+    def carry(self, saved: Mapping[str, tuple[ServiceSpec, str | None]]) -> None:
+        """The specs the processes of a previous agent run with, by name, with the file each came
+        from: a file still there that its first load rejected keeps them in force, as a running
+        agent keeps a bad file's last good version (an edit that broke a file while no agent ran,
+        a new version that refuses what the old one took). Before the first load that is applied."""
+        folder = str(Path(self.conf_dir))
+        by_file: dict[str, dict[str, ServiceSpec]] = {}
+        for name, (spec, origin) in saved.items():
+            if origin is not None:  # the same file however the folder was named last time
+                file = os.path.basename(origin)
+                by_file.setdefault(file if folder == "." else os.path.join(folder, file), {})[name] = spec
+        for file, services in by_file.items():
+            if file not in self._in_force:  # a valid file is in force as it is now
+                self._in_force[file] = Version(file, ConfigFile(services=services), Lines())
+        self._last = None  # merged again at the next load
+
     def load(self) -> Declared:
         """(Re)reads conf.d; only files whose (mtime_ns, size, inode) changed are parsed again."""
         with _no_cyclic_gc():  # merging a big configuration builds a big heap too

@@ -78,6 +78,7 @@ class Continuity:
         """Take over what the keeper still runs, before the first configuration is applied."""
         inventory = self.factory.inventory()
         saved = self._load()
+        self.owner.store.carry({name: (spec, origin) for name, (spec, _, origin) in saved.items()})
         claimed: set[str] = set()
         pending = {e.pid for e in inventory.exits}
         for name, (spec, wanted, origin) in saved.items():
