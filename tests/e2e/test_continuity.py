@@ -403,6 +403,26 @@ def test_sigterm_during_an_upgrade_stops_everything(agents: list[Agent], conf_di
     assert "Traceback" not in a1.log()
 
 
+def test_sigusr2_with_installed_code_that_cannot_read_conf_d_runs_on_as_it_is(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = tmp_path / "site"
+    shutil.copytree(Path(suite_agent.__file__).parent, installed / "suite_agent",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", f"{installed}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    a1, api = with_api(agents, conf_dir, tmp_path, "idle: {command: [sleep, '4211']}\n")
+    idle = one("4211")
+    store = installed / "suite_agent" / "config" / "store.py"
+    good = store.read_text()
+    # Imports fine; fails at its first read of conf.d.
+    store.write_text(good + "\n\ndef _broken(self):\n    return {}['no such key']\n\n\nConfigStore._load = _broken\n")
+    a1.signal(signal.SIGUSR2)
+    a1.wait_log(rf"SIGUSR2: the installed code does not start \(KeyError: 'no such key', "
+                rf"at {re.escape(str(store))}:\d+\); the agent runs on as it is", timeout=30)
+    assert a1.proc is not None and a1.proc.poll() is None and "re-executing" not in a1.log()
+    assert api.get("/api/services/idle").json["pids"] == [idle]
+    assert a1.stop() == 0
+
+
 def test_the_operators_intent_survives_a_restart(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
     api = Api(free_port())

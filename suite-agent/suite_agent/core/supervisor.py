@@ -303,7 +303,7 @@ class Supervisor:
                 from suite_agent.core.upgrade import check_upgrade
 
                 log.info("SIGUSR2: checking that the installed code starts, before the re-exec")
-                self._upgrade_check = check_upgrade(self.foreign, self.inbox.put)
+                self._upgrade_check = check_upgrade(self.foreign, self.inbox.put, self.conf_dir)
         if stopping:
             self.handle_shutdown(Shutdown(reason="signal"))
 

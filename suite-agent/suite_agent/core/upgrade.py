@@ -1,10 +1,13 @@
 """SIGUSR2's check before the re-exec: the installed code must start in a new interpreter.
 
 An upgrade that installed something broken (a syntax error, a missing dependency) would make the
-re-executed agent die at its first import: the services run on in the keeper, but nothing
-supervises them and the API is gone. So the owner first has a child interpreter import what
-`suite-agent run` imports, from the same installation and environment, in a thread of its own;
-the owner re-executes only on its success, and otherwise says why and runs on as it is.
+re-executed agent die at its first import, or at its first read of conf.d: the services run on in
+the keeper, but nothing supervises them and the API is gone. So the owner first has a child
+interpreter import what `suite-agent run` imports, from the same installation and environment,
+and read conf.d with it as `suite-agent validate` does, in a thread of its own; the owner
+re-executes only on its success, and otherwise says why and runs on as it is. Problems the new
+code finds in the files are not a failure: it keeps what runs of a file it rejects, as any agent
+does.
 """
 
 from __future__ import annotations
@@ -22,23 +25,26 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from suite_agent.core.inbox import UpgradeChecked
 from suite_agent.processes.factory import ForeignChildren, ReaperGone
 
-CHECK = "import suite_agent.cli as cli; cli.import_run()"
+CHECK = ("import sys; import suite_agent.cli as cli; cli.import_run(); "
+         "from suite_agent.config.store import validate_dir; validate_dir(sys.argv[1])")
 CHECK_TIMEOUT = 60.0
 
 
 def check_upgrade(children: ForeignChildren, put: Callable[[UpgradeChecked], None],
-                  timeout: float = CHECK_TIMEOUT) -> threading.Thread:
+                  conf_dir: str | os.PathLike[str], timeout: float = CHECK_TIMEOUT) -> threading.Thread:
     """Start the check; its verdict goes to `put`. The owner reaps the child (`children`)."""
-    thread = threading.Thread(target=_check, args=(children, put, timeout), name="upgrade-check",
-                              daemon=True)
+    thread = threading.Thread(target=_check, args=(children, put, os.fspath(conf_dir), timeout),
+                              name="upgrade-check", daemon=True)
     thread.start()
     return thread
 
 
-def _check(children: ForeignChildren, put: Callable[[UpgradeChecked], None], timeout: float) -> None:
+def _check(children: ForeignChildren, put: Callable[[UpgradeChecked], None], conf_dir: str,
+           timeout: float) -> None:
     with tempfile.TemporaryFile() as output:
         try:
-            pid, exited = children.spawn([sys.executable, "-c", CHECK], None, os.environ, output.fileno())
+            pid, exited = children.spawn([sys.executable, "-c", CHECK, conf_dir], None, os.environ,
+                                         output.fileno())
         except (OSError, ReaperGone) as exc:
             put(UpgradeChecked(False, f"cannot run the check: {exc}"))
             return
@@ -49,7 +55,7 @@ def _check(children: ForeignChildren, put: Callable[[UpgradeChecked], None], tim
         except FutureTimeout:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-            put(UpgradeChecked(False, f"importing it took more than {timeout:g}s"))
+            put(UpgradeChecked(False, f"importing it and reading conf.d took more than {timeout:g}s"))
             return
         output.seek(0)
         said = output.read()[-4000:].decode("utf-8", "replace").strip().splitlines()
