@@ -118,9 +118,10 @@ class SseEvent:
 class SseReader:
     """Reads an event stream in a thread; `events` and `comments` fill as they arrive."""
 
-    def __init__(self, api: Api, query: str = "", token: str | None = "default") -> None:
+    def __init__(self, api: Api, query: str = "", token: str | None = "default",
+                 extra: Mapping[str, str] | None = None) -> None:
         self.conn = http.client.HTTPConnection(api.host, api.port, timeout=30)
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", **(extra or {})}
         token = api.token if token == "default" else token
         if token:
             headers["Authorization"] = f"Bearer {token}"

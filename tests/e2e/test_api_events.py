@@ -31,6 +31,38 @@ def test_sse_sends_cloudevents_with_type_and_id(agent: Agent) -> None:
         reader.close()
 
 
+def test_a_stream_replays_recent_events_and_resumes_after_the_last_event_id(agent: Agent) -> None:
+    api = start_with_api(agent, "web: {command: [sleep, '3603']}\n")
+    agent.wait_pids("3603")
+    assert api.post("/api/services/web/restart").status == 200
+    recent = SseReader(api, "?since=1h")
+    try:
+        recent.wait_event("service_started", "web")  # the restart's, from before the stream opened
+        ids = [e.id for e in recent.events]
+    finally:
+        recent.close()
+    assert len(ids) == len(set(ids)) >= 4  # the start's events and the restart's
+    middle = len(ids) // 2
+    resumed = SseReader(api, extra={"Last-Event-ID": ids[middle]})  # as an EventSource reconnects
+    gone = SseReader(api, "?after=not-an-id-we-keep")
+    try:
+        # A sentinel: once the stop's event is here, everything replayed before it is here too.
+        assert api.post("/api/services/web/stop").status == 200
+        def stop_seen(reader: SseReader) -> bool:
+            return any(e.event == "service_stopped" and e.id not in ids for e in reader.events)
+
+        eventually(lambda: stop_seen(resumed) and stop_seen(gone), 10, "the stop's event on both streams")
+        assert [e.id for e in resumed.events][:len(ids) - middle - 1] == ids[middle + 1:]
+        assert not any("missed" in c for c in resumed.comments)
+        assert [e.id for e in gone.events][:len(ids)] == ids  # all it holds, and it says so
+        assert "missed: events after not-an-id-we-keep are no longer kept" in gone.comments
+    finally:
+        resumed.close()
+        gone.close()
+    assert api.get("/api/events?since=soon").status == 400
+    assert api.get("/api/events?after=" + "x" * 65).status == 400
+
+
 def test_sse_type_filter_and_heartbeats(agent: Agent) -> None:
     api = start_with_api(agent, "web: {command: [sleep, '3601']}\n")
     reader = SseReader(api, "?types=suite.service_stopped,service_error&heartbeat=200ms")

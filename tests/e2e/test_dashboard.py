@@ -396,6 +396,35 @@ def test_a_scheduled_service_shows_its_last_exit_and_next_run(page: WebDriver, a
     wait_row(page, "nightly", "exited", "next run", "code 3")
 
 
+def timeline_ids(driver: WebDriver) -> list[str]:
+    ids: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#timeline li')].map(li => li.dataset.id)")
+    return ids
+
+
+def test_the_timeline_shows_what_came_before_the_page_and_resumes_after_a_cut(
+        page: WebDriver, agent: Agent) -> None:
+    api = start_with_api(agent, 'early: {command: [sleep, "3831"]}\n')
+    (first,) = agent.wait_pids("3831")
+    os.kill(first, signal.SIGKILL)
+    eventually(lambda: [p for p in agent.pids_of("3831") if p != first], 10, "early respawned")
+    open_dashboard(page, api, "early")
+    wait_text(page, "#timeline", f"pid {first} ended (SIGKILL)")  # it happened before the page opened
+    # A change to the api section restarts the server: the stream is cut, and the page opens a
+    # new one after the last event it showed. What happens meanwhile is shown once.
+    agent.write("api.yaml", f'api:\n  listen: "127.0.0.1:{api.port}"\n'
+                            f'  webhooks: [{{url: "http://127.0.0.1:9/hook"}}]\n')
+    agent.wait_log(r"api: stopped listening")
+    (second,) = agent.wait_pids("3831")
+    os.kill(second, signal.SIGKILL)
+    wait_text(page, "#timeline", f"pid {second} ended (SIGKILL)", timeout=20)
+    eventually(lambda: page.find_element(By.ID, "conn").text == "live", 20, "the stream to be live again")
+    ids = timeline_ids(page)
+    assert len(ids) == len(set(ids)) and all(ids)
+    assert any("/api/events?" in u and "after=" in u for u in requested_urls(page))
+    assert console_errors(page) == []
+
+
 def test_the_fleet_panel_lists_the_agents_heard_on_the_queue(page: WebDriver, agent: Agent) -> None:
     url = require("redis")
     agent_id = f"dash-{uuid.uuid4().hex[:8]}"

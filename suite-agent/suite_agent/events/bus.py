@@ -68,6 +68,7 @@ class Subscription:
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0
+        self.gap = False  # it started after events it was asked for that were no longer kept
 
     def _offer(self, event: Event) -> None:
         with self._cond:
@@ -105,14 +106,26 @@ class EventBus:
         # sees the events since then (the first services' starts, the first reload).
         self._history: deque[Event] = deque(maxlen=history)
 
-    def subscribe(self, maxlen: int = 10_000, since: float | None = None) -> Subscription:
-        """A new subscription; with `since`, it starts with the recent events from that time on."""
+    def subscribe(self, maxlen: int = 10_000, since: float | None = None,
+                  after: str | None = None, fit: bool = False) -> Subscription:
+        """A new subscription; with `since`, it starts with the recent events from that time on;
+        with `after` (an event id), with those that came after that event (`sub.gap` is set when
+        that id is no longer kept). More than `maxlen` of them count as dropped, as events a
+        slow reader lost do; with `fit`, only the newest `maxlen` are kept and `sub.gap` is set."""
         sub = Subscription(self, maxlen)
         with self._lock:
-            if since is not None:
-                for event in self._history:
-                    if event.time >= since:
-                        sub._offer(event)
+            replay: list[Event] = []
+            if after is not None:
+                history = list(self._history)
+                found = next((i for i in range(len(history) - 1, -1, -1) if history[i].id == after), None)
+                replay = history if found is None else history[found + 1:]
+                sub.gap = found is None
+            elif since is not None:
+                replay = [event for event in self._history if event.time >= since]
+            if fit and len(replay) > maxlen:
+                replay, sub.gap = replay[-maxlen:], True
+            for event in replay:
+                sub._offer(event)
             self._subscriptions = (*self._subscriptions, sub)
         return sub
 

@@ -28,7 +28,7 @@ DURATION = {"type": "string", "pattern": PATTERN_UP_TO_300S, "examples": ["10s",
 @dataclass(frozen=True)
 class Param:
     name: str
-    where: str  # query | path
+    where: str  # query | path | header
     schema: Mapping[str, Any]
     description: str
     required: bool = False
@@ -160,6 +160,12 @@ ROUTES: tuple[Route, ...] = (
           params=(Param("types", "query", {"type": "string"},
                         "comma-separated event types to receive, e.g. service_started,service_error"),
                   Param("heartbeat", "query", DURATION, "seconds between heartbeat comments (default 15s)"),
+                  Param("since", "query", DURATION, "start with the events of this recent past that the "
+                        "agent still holds (its last 1024), e.g. 1h"),
+                  Param("after", "query", {"type": "string", "maxLength": 64},
+                        "start with every event held that came after this event id"),
+                  Param("Last-Event-ID", "header", {"type": "string", "maxLength": 64},
+                        "as `after` (what an EventSource sends when it reconnects)"),
                   Param("status", "query", {"type": "string", "enum": ["0", "1", "false", "true"]},
                         "1: also `services` (every status, first), `service_status` (one service's status, "
                         "each time it changes), `service_removed` and `service_usage` (CPU %, RSS) events"),

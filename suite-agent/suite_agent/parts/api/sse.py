@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from suite_agent.events import cloudevents
 from suite_agent.events.bus import Event
 from suite_agent.parts.api.context import ApiContext, Reply
+from suite_agent.parts.api.errors import bad_request
 from suite_agent.parts.api.live import LiveStatus
 from suite_agent.parts.api.params import Req
 
@@ -20,6 +21,8 @@ DEFAULT_HEARTBEAT = 15.0
 STOP_CHECK = 0.5  # how often a quiet stream checks whether the server is stopping
 RETRY_MS = 3000
 LIVE_CHECK = 0.1  # how often a stream with `status` looks for changed statuses
+MAX_SINCE = 7 * 24 * 3600.0  # `since=` reaches back at most this far (the history is shorter anyway)
+MAX_EVENT_ID = 64
 
 
 def events(ctx: ApiContext, req: Req) -> Reply:
@@ -27,10 +30,17 @@ def events(ctx: ApiContext, req: Req) -> Reply:
     heartbeat = max(heartbeat, 0.1)
     raw = req.query.get("types", "")
     types = frozenset(t.strip().removeprefix("suite.") for t in raw.split(",") if t.strip()) or None
+    # Resuming: the standard Last-Event-ID header (an EventSource sends it when it reconnects) or
+    # `after=` (a page that opens a new stream with a new ticket); `since=` for recent history.
+    after = (req.query.get("after") or req.header("Last-Event-ID") or "").strip() or None
+    if after is not None and (len(after) > MAX_EVENT_ID or not after.isprintable()):
+        raise bad_request(f"after: not an event id (at most {MAX_EVENT_ID} printable characters)")
+    since = req.duration("since", 0.0, MAX_SINCE)
     live = None
     if req.choice("status", ("0", "1", "false", "true")) in ("1", "true"):
         live = LiveStatus(ctx.handle.snapshot, ctx.usage)
-    stream = EventStream(ctx, types, heartbeat, live)
+    stream = EventStream(ctx, types, heartbeat, live, after=after,
+                         since=time.time() - since if since > 0 and after is None else None)
     return Reply(200, stream, content_type="text/event-stream",
                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -42,14 +52,16 @@ def format_event(event: Event, agent_id: str) -> bytes:
 
 class EventStream(Iterator[bytes]):
     def __init__(self, ctx: ApiContext, types: frozenset[str] | None, heartbeat: float,
-                 live: LiveStatus | None = None) -> None:
+                 live: LiveStatus | None = None, after: str | None = None,
+                 since: float | None = None) -> None:
         ctx.slots.take()
         self._ctx = ctx
         self._types = types
         self._heartbeat = heartbeat
         self._live = live
         self._check = STOP_CHECK if live is None else LIVE_CHECK
-        self._sub = ctx.handle.bus.subscribe(ctx.sse_buffer)
+        self._sub = ctx.handle.bus.subscribe(ctx.sse_buffer, since=since, after=after, fit=True)
+        self._after = after
         self._opened = False
         self._closed = False
         self._cut = False
@@ -60,7 +72,11 @@ class EventStream(Iterator[bytes]):
             raise StopIteration
         if not self._opened:
             self._opened = True
-            return f"retry: {RETRY_MS}\n: connected\n\n".encode()
+            gap = ""
+            if self._sub.gap:  # the client knows to look elsewhere (GET /api/services) for what it missed
+                gap = (f": missed: events after {self._after} are no longer kept\n" if self._after
+                       else ": missed: older events are no longer kept\n")
+            return f"retry: {RETRY_MS}\n: connected\n{gap}\n".encode()
         beat_at = time.monotonic() + self._heartbeat
         while not self._ctx.stopping.is_set():
             if self._sub.dropped:

@@ -27,6 +27,10 @@
   let source = null;
   let retryTimer = null;
   let retryDelay = 500;
+  // The newest agent event shown: a new stream resumes after it (the first starts with the last
+  // hour the agent still holds); ids shown, so an event sent again is not listed twice.
+  let lastEventId = null;
+  const shownIds = new Set();
   let session = 0; // bumped when the token is dropped: late answers of the old one are ignored
   let config = null;
   let layoutQueued = false;
@@ -525,9 +529,12 @@
   }
 
   function onAgentEvent(ce) {
+    if (shownIds.has(ce.id)) return;
+    shownIds.add(ce.id);
     const type = ce.type.replace(/^suite\./, "");
     const [text, kind] = eventText(type, ce.data || {});
     const li = el("li", kind);
+    li.dataset.id = ce.id;
     const when = new Date(ce.time);
     const time = el("time", "", clockTime(when));
     time.dateTime = ce.time;
@@ -535,7 +542,10 @@
     li.append(time, what, el("span", "text", text));
     const list = $("timeline");
     list.prepend(li);
-    while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+    while (list.children.length > MAX_EVENTS) {
+      shownIds.delete(list.lastElementChild.dataset.id);
+      list.lastElementChild.remove();
+    }
     setText($("events-count"), `${list.children.length}`);
     if (type === "config_reloaded" || type === "config_error") loadConfig();
   }
@@ -634,7 +644,8 @@
       return;
     }
     if (mine !== session) return;
-    const es = new EventSource(`/api/events?status=1&heartbeat=10s&ticket=${encodeURIComponent(ticket)}`);
+    const resume = lastEventId ? `after=${encodeURIComponent(lastEventId)}` : "since=1h";
+    const es = new EventSource(`/api/events?status=1&heartbeat=10s&${resume}&ticket=${encodeURIComponent(ticket)}`);
     source = es;
     es.onopen = () => { retryDelay = 500; setConn("live"); };
     // The browser would retry with the spent ticket: close, and come back with a new one.
@@ -649,7 +660,12 @@
     es.addEventListener("service_status", (m) => applyOne(JSON.parse(m.data).data));
     es.addEventListener("service_removed", (m) => { remove(JSON.parse(m.data).subject); queueLayout(); });
     es.addEventListener("service_usage", (m) => applyUsage(JSON.parse(m.data).data));
-    for (const type of AGENT_EVENTS) es.addEventListener(type, (m) => onAgentEvent(JSON.parse(m.data)));
+    for (const type of AGENT_EVENTS) {
+      es.addEventListener(type, (m) => {
+        if (m.lastEventId) lastEventId = m.lastEventId;
+        onAgentEvent(JSON.parse(m.data));
+      });
+    }
   }
 
   // -- token and start ----------------------------------------------------------------------
@@ -673,6 +689,8 @@
     setConn("off", "offline");
     for (const name of [...rows.keys()]) remove(name);
     $("timeline").replaceChildren();
+    shownIds.clear();
+    lastEventId = null;
     clearTimeout(fleetTimer);
     $("fleet").hidden = true;
     $("fleet-body").replaceChildren();
