@@ -20,9 +20,11 @@ from suite_agent.parts.api.params import Req
 Handler = Callable[..., Reply]
 
 NAME = {"type": "string", "pattern": SERVICE_NAME_PATTERN, "maxLength": SERVICE_NAME_MAX}
-# Every duration parameter takes at most 300 s (MAX_WAIT of control and services, the SSE
-# heartbeat), and says so.
+# Every duration parameter but `since` takes at most 300 s (MAX_WAIT of control and services, the
+# SSE heartbeat), and says so.
 DURATION = {"type": "string", "pattern": PATTERN_UP_TO_300S, "examples": ["10s", "500ms", "2m", "0"]}
+SINCE = {"type": "string", "examples": ["10m", "1h", "3600"],
+         "description": "a duration (250ms, 10s, 2m, 1h or a number of seconds), at most 7 days"}
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ ROUTES: tuple[Route, ...] = (
           params=(Param("types", "query", {"type": "string"},
                         "comma-separated event types to receive, e.g. service_started,service_error"),
                   Param("heartbeat", "query", DURATION, "seconds between heartbeat comments (default 15s)"),
-                  Param("since", "query", DURATION, "start with the events of this recent past that the "
+                  Param("since", "query", SINCE, "start with the events of this recent past that the "
                         "agent still holds (its last 1024), e.g. 1h"),
                   Param("after", "query", {"type": "string", "maxLength": 64},
                         "start with every event held that came after this event id"),
