@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from keeper_helpers import ENV, Keeper, wait_exit
 
-from suite_agent.keeper import ops, procfs, protocol, statedir
+from suite_agent.keeper import logs, ops, procfs, protocol, statedir
 from suite_agent.keeper.children import Child, Children
 from suite_agent.keeper.client import (
     KEEPER_MAIN,
@@ -200,6 +200,21 @@ def test_a_closed_log_file_is_opened_again_at_its_path(tmp_path: Path) -> None:
     log.close()
     assert (tmp_path / "x.log.old").read_text() == "before\nstill old\n"
     assert path.read_text() == "after\n"
+
+
+def test_a_log_file_moved_or_removed_is_followed_to_its_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "LOOK_AGAIN_AFTER", 0.0)  # looked at on every write
+    path = tmp_path / "logs" / "x.log"
+    log = LogFile(str(path), max_bytes=0, backups=0)
+    log.write(b"one\n")
+    path.rename(tmp_path / "logs" / "x.log.1")  # a logrotate with no postrotate signal
+    log.write(b"two\n")
+    (tmp_path / "logs" / "x.log.1").unlink()
+    path.unlink()
+    (tmp_path / "logs").rmdir()  # the folder cleaned away
+    log.write(b"three\n")
+    log.close()
+    assert path.read_text() == "three\n"
 
 
 # ---------------------------------------------------------------------------- /proc and groups

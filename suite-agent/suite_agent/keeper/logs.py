@@ -27,9 +27,15 @@ else:
     # collections/__init__ brings operator, keyword, reprlib and heapq along: the C type alone.
     from _collections import deque
 
-__all__ = ["CUT_MARK", "MAX_LINE", "RETRY_AFTER", "Batch", "Line", "LogFile", "Pending", "Ring", "flush", "split"]
+__all__ = ["CUT_MARK", "LOOK_AGAIN_AFTER", "MAX_LINE", "RETRY_AFTER", "Batch", "Line", "LogFile", "Pending",
+           "Ring", "flush", "split"]
 
 RETRY_AFTER = 5.0
+LOOK_AGAIN_AFTER = 2.0
+"""A file being written is checked at most this often to still be the one at its path: one moved
+away (a logrotate without a postrotate signal) or removed with its folder is closed, and the next
+write opens the path again, as ``tail -F`` follows a name. One stat per file and interval, and
+only while it is written to."""
 MAX_LINE = 64 * 1024
 """A pending line that grows past this many bytes without a newline is handed on cut to this length
 (where the cut does not split a UTF-8 character) and marked with CUT_MARK; the rest of it, up to its
@@ -54,7 +60,8 @@ Line = tuple[int, float, str, int]
 class LogFile:
     """One rotated log file; see the module docstring."""
 
-    __slots__ = ("_failing", "_fd", "_retry_at", "_size", "backups", "max_bytes", "path")
+    __slots__ = ("_failing", "_fd", "_file_id", "_looked_at", "_retry_at", "_size", "backups", "max_bytes",
+                 "path")
 
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
         self.path = path
@@ -64,6 +71,8 @@ class LogFile:
         self._size = 0
         self._retry_at = 0.0
         self._failing = False
+        self._file_id = (0, 0)  # st_dev, st_ino of the open file
+        self._looked_at = 0.0
 
     def configure(self, path: str, max_bytes: int, backups: int) -> None:
         """New settings; a new path takes effect at once (the old file is closed)."""
@@ -75,6 +84,12 @@ class LogFile:
     def write(self, data: bytes) -> None:
         if not data:
             return
+        if self._fd >= 0:
+            now = time.monotonic()
+            if now - self._looked_at >= LOOK_AGAIN_AFTER:
+                self._looked_at = now
+                if not self._still_at_path():
+                    self.close()
         if self._fd < 0:
             if time.monotonic() < self._retry_at:
                 return
@@ -106,11 +121,21 @@ class LogFile:
             self._failed("cannot open", exc)
             return False
         self._fd = fd
-        self._size = os.fstat(fd).st_size
+        found = os.fstat(fd)
+        self._size = found.st_size
+        self._file_id = (found.st_dev, found.st_ino)
+        self._looked_at = time.monotonic()
         if self._failing:
             self._failing = False
             say(f"log file {self.path} is writable again")
         return True
+
+    def _still_at_path(self) -> bool:
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return False
+        return (found.st_dev, found.st_ino) == self._file_id
 
     def _write(self, view: memoryview) -> None:
         if self.max_bytes <= 0:
