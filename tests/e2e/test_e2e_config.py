@@ -139,3 +139,33 @@ def test_conf_d_removed_and_made_again_keeps_its_services_and_is_watched_again(
     agent.wait_pids("3863")  # seen in the new folder
     assert agent.pids_of("3861") == [app] and len(agent.pids_of("3862")) == 1  # nothing stopped
     assert agent.log().count("cannot watch") == 1  # said once, not every second
+
+
+DEEP = {
+    "flow sequences": "services: " + "[" * 50_000 + "]" * 50_000 + "\n",
+    "flow mappings": "a: " + "{a: " * 50_000 + "}" * 50_000 + "\n",
+    "block sequences on one line": "- " * 200_000 + "x\n",
+    "complex keys": "? " * 200_000 + "x\n",
+}
+
+
+def test_a_file_nested_tens_of_thousands_deep_is_refused_not_a_crash(tmp_path: Path) -> None:
+    # libyaml composes by recursion on the C stack: these small files used to kill the process.
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    for i, text in enumerate(DEEP.values()):
+        (conf / f"deep{i}.yaml").write_text(text)
+    done = validate(conf)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines() == [f"{conf}/deep{i}.yaml:1: YAML: nested too deeply" for i in range(len(DEEP))]
+
+
+def test_the_agent_keeps_running_when_such_a_file_arrives(agent: Agent) -> None:
+    agent.write("a.yaml", "services:\n  app: {command: [sleep, '3871']}\n")
+    agent.start()
+    (app,) = agent.wait_pids("3871")
+    agent.write("deep.yaml", DEEP["flow sequences"])
+    agent.wait_log(r"deep\.yaml:1: YAML: nested too deeply")
+    agent.write("b.yaml", "services:\n  more: {command: [sleep, '3872']}\n")
+    agent.wait_pids("3872")  # still supervising
+    assert agent.pids_of("3871") == [app]

@@ -64,6 +64,30 @@ _CONSTANTS: dict[str, Any] = {
 _UNSURE_TEXT = re.compile("[\t\x85\u2028\u2029]|^%", re.M)
 
 
+# libyaml composes nested nodes by recursion on the C stack: a small file nested a few ten
+# thousand levels deep (`[[[[...`, `- - - -...`) overflows it and the process dies with SIGSEGV
+# before the walk's MAX_DEPTH is looked at. A file that might nest deeper than this takes the
+# round-trip way, which refuses it with its line. The bound is generous (a line's indentation
+# and indicators, plus every unclosed bracket, quoted or not): a real file is far below it.
+SAFE_DEPTH = 4 * MAX_DEPTH
+_LINE_PREFIX = re.compile(r"^[ ?:-]*", re.M)
+_BRACKET = re.compile(r"[][{}]")
+
+
+def _may_nest_deeper(text: str, limit: int = SAFE_DEPTH) -> bool:
+    indent = max(map(len, _LINE_PREFIX.findall(text)), default=0)
+    if indent + text.count("[") + text.count("{") <= limit:
+        return False
+    depth = deepest = 0
+    for match in _BRACKET.finditer(text):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif depth:
+            depth -= 1
+    return indent + deepest > limit
+
+
 class _Unsure(Exception):
     """The walk cannot promise the round-trip loader's reading."""
 
@@ -93,7 +117,7 @@ def available() -> bool:
 
 def load(text: str) -> tuple[Any, Lines] | None:
     """(plain data, its Lines) as the round-trip path gives them for a valid file, or None."""
-    if CParser is None or _UNSURE_TEXT.search(text):
+    if CParser is None or _UNSURE_TEXT.search(text) or _may_nest_deeper(text):
         return None
     try:
         parser = _Parser(text)

@@ -60,7 +60,7 @@ class Survivor:
 
 
 def dead_keeper_folders(state_dir: str) -> list[str]:
-    """The records folders of keepers that no longer run (their pid is gone or reused)."""
+    """The records folders of keepers that no longer run (their pid is gone, reused or a zombie)."""
     root = Path(state_dir) / KEEPERS
     if not root.is_dir():
         return []
@@ -69,7 +69,11 @@ def dead_keeper_folders(state_dir: str) -> list[str]:
         pid, _, start = folder.name.partition("-")
         if not (pid.isdigit() and start.isdigit()):
             continue
-        if procfs.start_time(int(pid)) != int(start):
+        found = procfs.stat(int(pid))
+        # A zombie is dead, only not reaped yet (a slow init, a subreaper busy elsewhere): its
+        # pid and start time still match, and taking it for alive would leave what it held
+        # running beside what the next keeper starts.
+        if found is None or found.start_time != int(start) or found.state == "Z":
             dead.append(str(folder))
     return dead
 
