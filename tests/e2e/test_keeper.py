@@ -34,7 +34,7 @@ from suite_agent.keeper.logs import CUT_MARK, MAX_LINE, Batch, LogFile, Pending,
 from suite_agent.keeper.pipes import Pipes
 from suite_agent.keeper.protocol import BadRequest, LineBuffer, encode
 from suite_agent.keeper.server import Keeper as KeeperServer
-from suite_agent.keeper.survivors import discard_dead_keepers, find_survivors
+from suite_agent.keeper.survivors import dead_keeper_folders, discard_dead_keepers, find_survivors
 
 from eventually import eventually
 
@@ -215,6 +215,21 @@ def test_a_log_file_moved_or_removed_is_followed_to_its_path(tmp_path: Path, mon
     log.write(b"three\n")
     log.close()
     assert path.read_text() == "three\n"
+
+
+def test_a_zombie_keeper_counts_as_dead(tmp_path: Path) -> None:
+    # A keeper killed and not yet reaped (a slow init) keeps its pid and start time: what it
+    # held must still be found and stopped before a new keeper starts the services again.
+    zombie = subprocess.Popen(["true"])
+    try:
+        eventually(lambda: (s := procfs.stat(zombie.pid)) is not None and s.state == "Z", 10, "a zombie")
+        found = procfs.stat(zombie.pid)
+        assert found is not None
+        folder = tmp_path / statedir.KEEPERS / f"{zombie.pid}-{found.start_time}"
+        folder.mkdir(parents=True)
+        assert dead_keeper_folders(str(tmp_path)) == [str(folder)]
+    finally:
+        zombie.wait()
 
 
 # ---------------------------------------------------------------------------- /proc and groups
