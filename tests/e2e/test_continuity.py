@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 import suite_agent
+from suite_agent.processes import cgroups
 
 from agent import Agent, agent_command
 from api_helpers import Api, free_port, services_yaml
@@ -463,6 +464,26 @@ def test_a_killed_keeper_leaves_no_duplicates(
     eventually(lambda: len(with_marker("4161")) == 2, 10, "two replicas again")
     assert not old & {p.pid for p in with_marker("4161")}
     assert a1.stop() == 0
+
+
+def test_agent_and_keeper_killed_together_leave_no_grandchild_behind(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    if cgroups.find_own()[0] is None:
+        pytest.skip("no writable cgroup v2 here: a grandchild in a session of its own is found by its cgroup")
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml("gc: {command: [sh, -c, 'setsid sleep 4172 & exec sleep 4171']}\n"))
+    a1.start()
+    leader, grandchild = one("4171"), one("4172")
+    keeper = int((conf_dir.parent / ".suite-agent" / "keeper.lock").read_text())
+    kill9(a1)
+    os.kill(keeper, signal.SIGKILL)
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    a2.wait_log(r"stopping 1 process\(es\) a killed keeper left: gc")
+    a2.wait_log(r"killed what 1 cgroup\(s\) of a killed keeper still held: gc@1\.")
+    a2.wait_log(r"gc: started")
+    assert one("4171") != leader and one("4172") != grandchild  # one of each: the new ones
+    assert a2.stop() == 0
+    assert with_marker("4171") == [] and with_marker("4172") == []
 
 
 def test_a_keeper_stopped_past_the_spawn_timeout_leaves_no_unsupervised_copy(

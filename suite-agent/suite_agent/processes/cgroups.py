@@ -15,7 +15,8 @@ import os
 import platform
 import re
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 log = logging.getLogger("suite_agent.processes.cgroups")
@@ -203,6 +204,29 @@ class Tree:
             pid = name[len(TREE_PREFIX):]
             if pid.isdigit() and not _pid_exists(int(pid)):
                 Tree(str(self.parent), int(pid)).remove()
+
+
+def kill_trees_of(parent: str, holders: Iterable[int], timeout: float = 5.0) -> list[str]:
+    """Kill what still runs in the subtrees of holders (keepers) known to be dead, wait for their
+    leaves to empty (up to `timeout`), and remove them; the names of the leaves that held
+    something. What a killed keeper's services left there (a grandchild in a session of its own,
+    say) is found by its cgroup, whatever its process group."""
+    killed: list[str] = []
+    trees = [Tree(parent, pid) for pid in holders]
+    for tree in trees:
+        try:
+            leaves = [Cgroup(p) for p in tree.path.iterdir() if p.is_dir()]
+        except OSError:
+            continue
+        for leaf in leaves:
+            if leaf.populated():
+                leaf.kill()
+                killed.append(leaf.name)
+    deadline = time.monotonic() + timeout
+    for tree in trees:
+        while not tree.remove() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return killed
 
 
 def kill_pid(pid: int, signum: int) -> None:

@@ -13,8 +13,9 @@ from suite_agent.config.models import AgentSection
 from suite_agent.config.store import ConfigStore
 from suite_agent.keeper.client import connect_or_start, take_brain_lock
 from suite_agent.keeper.statedir import Locked
-from suite_agent.keeper.survivors import discard_dead_keepers, find_survivors, stop_survivors
+from suite_agent.keeper.survivors import dead_keeper_folders, discard_dead_keepers, find_survivors, stop_survivors
 from suite_agent.output.kept import KeptOutput
+from suite_agent.processes import cgroups
 from suite_agent.processes.kept import KeptProcessFactory
 
 log = logging.getLogger("suite_agent")
@@ -47,6 +48,7 @@ def keep(conf_dir: str | os.PathLike[str], cgroups_on: bool,
             log.warning("stopping %d process(es) a killed keeper left: %s", len(survivors),
                         ", ".join(f"{s.instance} (pid {s.pid})" for s in survivors))
             stop_survivors(survivors)
+        _kill_what_dead_keepers_left(state_dir, cgroups_on)
         discard_dead_keepers(state_dir)
         client, hello = connect_or_start(state_dir)
     except BaseException:
@@ -59,6 +61,21 @@ def keep(conf_dir: str | os.PathLike[str], cgroups_on: bool,
                         agent.log_buffer_lines, agent.log_buffer_bytes)
     return KeptProcessFactory(state_dir, client, hello.pid, output, cgroups_on,
                               hello.into_cgroup, hello.native_spawn, hello.env_refs), output, locks
+
+
+def _kill_what_dead_keepers_left(state_dir: str, cgroups_on: bool) -> None:
+    """What their services started beyond their process groups (a grandchild that made a
+    session of its own) is still in the killed keepers' cgroups, under this agent's own."""
+    if not cgroups_on:
+        return
+    holders = [int(os.path.basename(f).partition("-")[0]) for f in dead_keeper_folders(state_dir)]
+    parent, _ = cgroups.find_own()
+    if not holders or parent is None:
+        return
+    killed = cgroups.kill_trees_of(parent, holders)
+    if killed:
+        log.warning("killed what %d cgroup(s) of a killed keeper still held: %s", len(killed),
+                    ", ".join(killed))
 
 
 def lock_conf_dir(conf_dir: str | os.PathLike[str]) -> int:
