@@ -424,6 +424,34 @@ def test_sigusr2_with_installed_code_that_cannot_read_conf_d_runs_on_as_it_is(
     assert a1.stop() == 0
 
 
+def test_sigusr2_while_a_client_waits_for_a_stop_answers_it_and_does_not_wait_for_it(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    a1, api = with_api(agents, conf_dir, tmp_path, """\
+        slow: {command: [sh, -c, "trap '' TERM; while true; do sleep 0.05; done; : 4221"],
+               stop: {timeout: 60s}}
+        """)
+    one("4221")
+    client = subprocess.Popen([*agent_command(), "stop", "slow", "--url", api.url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        a1.wait_log(r"slow: stop requested")
+        a1.signal(signal.SIGUSR2)
+        out, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    # Answered with where things stood, well before the 60 s stop timeout: the upgrade went on.
+    assert client.returncode == 1 and "not settled yet: slow" in err, (out, err)
+    a1.wait_log(r"adopted the running processes of 1 service", timeout=30)
+    assert with_marker("4221") != []  # still stopping: the answer did not wait for it
+    assert "re-executing" in a1.log()
+    a1.signal(signal.SIGTERM)
+    a1.wait_log(r"shutting down")
+    a1.signal(signal.SIGTERM)  # the second one kills what is left at once
+    assert a1.proc is not None and a1.proc.wait(timeout=15) == 0
+
+
 def test_the_operators_intent_survives_a_restart(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
     api = Api(free_port())

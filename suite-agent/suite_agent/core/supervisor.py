@@ -185,6 +185,7 @@ class Supervisor:
             self._kill_everything()
             raise
         finally:
+            self.waiters.flush()
             self.inbox.end_calls(RuntimeError("the supervision loop has ended"))
             if self.reexec:
                 self._carry_signals(sig_r)

@@ -65,6 +65,13 @@ class Waiters:
         waiter.timer = self._timers.call_later(msg.wait, lambda: self._reply(waiter, final=False))
         self._waiting.append(waiter)
 
+    def flush(self) -> None:
+        """The loop ends (a stop, a re-exec): every client still waiting gets where things stand
+        now, with what has not settled, instead of waiting out its deadline on a loop that will
+        not answer (and holding a server thread the API's stop then waits for)."""
+        for waiter in list(self._waiting):
+            self._reply(waiter, final=False)
+
     def check(self) -> None:
         for waiter in list(self._waiting):
             if self._settled(waiter):
