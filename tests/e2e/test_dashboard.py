@@ -422,7 +422,9 @@ def test_the_timeline_shows_what_came_before_the_page_and_resumes_after_a_cut(
     ids = timeline_ids(page)
     assert len(ids) == len(set(ids)) and all(ids)
     assert any("/api/events?" in u and "after=" in u for u in requested_urls(page))
-    assert console_errors(page) == []
+    # While the server was down, the page's requests were refused: the browser logs each; the
+    # page itself raised nothing.
+    assert [e for e in console_errors(page) if "ERR_CONNECTION_REFUSED" not in e["message"]] == []
 
 
 def test_the_fleet_panel_lists_the_agents_heard_on_the_queue(page: WebDriver, agent: Agent) -> None:
