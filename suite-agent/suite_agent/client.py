@@ -27,7 +27,11 @@ class ClientError(Exception):
 
 class Api:
     def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
+        try:
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+            parts.port  # noqa: B018 - raises for a port out of range or not a number
+        except ValueError as exc:
+            raise ClientError(f"{url!r} is not an http(s) URL: {exc} (set --url or SUITE_AGENT_URL)") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientError(f"{url!r} is not an http(s) URL (set --url or SUITE_AGENT_URL)")
         self.url = f"{parts.scheme}://{parts.netloc}"
