@@ -237,9 +237,11 @@ def test_no_token_needed_without_one(agent: Agent) -> None:
 
 
 
-@pytest.mark.parametrize(("url", "why"), [("http://127.0.0.1:99999", "Port out of range 0-65535"),
-                                          ("http://[::1", "Invalid IPv6 URL"),
-                                          ("http://127.0.0.1:http", "Port could not be cast to integer value as 'http'")])
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://127.0.0.1:99999", "Port out of range 0-65535"),
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("http://127.0.0.1:http", "Port could not be cast to integer value as 'http'"),
+])
 def test_a_malformed_url_is_one_line_not_a_traceback(url: str, why: str) -> None:
     done = cli(None, "status", env={"SUITE_AGENT_URL": url})
     assert done.returncode == 1
