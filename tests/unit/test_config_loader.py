@@ -671,7 +671,7 @@ def test_log_sizes_take_units_as_limits_do(conf: Conf) -> None:
         ("services:\n  a:\n    command: x\n    environment:\n      \"\": x\n",
          "5: services.a.environment.: bad key '': an environment variable name cannot be empty"),
         ("services:\n  a:\n    command: x\n    environment:\n      \"A\\0\": x\n",
-         "5: services.a.environment.A\x00: bad key 'A\\x00': an environment variable name cannot be empty"),
+         "5: services.a.environment.A\\x00: bad key 'A\\x00': an environment variable name cannot be empty"),
         ("services:\n  a:\n    command: x\n    environment:\n      A: \"x\\0y\"\n",
          "5: services.a.environment.A: cannot contain a NUL character"),
         ("services:\n  a:\n    command:\n      - x\n      - \"y\\0\"\n",
@@ -1111,3 +1111,10 @@ def test_a_file_rejected_at_the_first_load_keeps_what_the_last_agent_ran(conf: C
     assert list(declared.rejected) == ["conf.d/b.yaml"]
     conf.write("b.yaml", "services:\n  extra: {command: [fixed]}\n")
     assert store.load().services["extra"].command == ("fixed",)
+
+
+def test_a_problem_is_one_line_whatever_the_names_hold(conf: Conf) -> None:
+    found = one_problem(conf, "a.yaml", 'services:\n  "a\\e[31mred\\nfake.yaml:1: ok":\n    command: [x]\n')
+    assert "\n" not in found and "\x1b" not in found
+    assert found.startswith("conf.d/a.yaml:2: services.a\\x1b[31mred\\nfake.yaml:1: ok: invalid service name")
+    assert str(Problem("conf.d/we\nird\x1b.yaml", 1, "x")) == "conf.d/we\\nird\\x1b.yaml:1: x"

@@ -27,7 +27,16 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+        return f"{_shown(self.file)}:{self.line}: {_shown(self.message)}"
+
+
+def _shown(text: str) -> str:
+    """`text` with what cannot be printed escaped: one problem stays one line, so a file or a
+    service name holding a newline cannot forge a second FILE:LINE, nor an escape sequence drive
+    the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
