@@ -243,7 +243,12 @@ def cmd_validate(settings: Settings) -> int:
 def cmd_schema(out: str) -> int:
     from suite_agent.config.schema import write_schemas
 
-    for path in write_schemas(Path(out)):
+    try:
+        written = write_schemas(Path(out))
+    except OSError as exc:
+        print(f"suite-agent schema: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    for path in written:
         print(path)
     return 0
 

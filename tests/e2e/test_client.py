@@ -247,3 +247,11 @@ def test_a_malformed_url_is_one_line_not_a_traceback(url: str, why: str) -> None
     assert done.returncode == 1
     assert done.stderr.splitlines() == [f"suite-agent status: {url!r} is not an http(s) URL: {why} "
                                         "(set --url or SUITE_AGENT_URL)"]
+
+
+def test_schema_into_a_place_it_cannot_write_is_one_line(tmp_path: Path) -> None:
+    taken = tmp_path / "afile"
+    taken.write_text("")
+    done = cli(None, "schema", "--out", str(taken))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"suite-agent schema: cannot write to {taken}: File exists"]
