@@ -255,3 +255,20 @@ def test_schema_into_a_place_it_cannot_write_is_one_line(tmp_path: Path) -> None
     done = cli(None, "schema", "--out", str(taken))
     assert done.returncode == 1
     assert done.stderr.splitlines() == [f"suite-agent schema: cannot write to {taken}: File exists"]
+
+
+def test_logs_follow_ends_when_its_service_is_removed(agent: Agent) -> None:
+    api = start_with_api(agent, "gone: {command: [sh, -c, 'while true; do echo x; sleep 0.2; done']}\n")
+    eventually(lambda: api.get("/api/services/gone/logs").json["lines"], 10, "its output")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SUITE_AGENT_")}
+    follow = subprocess.Popen([*agent_command(), "logs", "gone", "-n", "1", "-f", "--url", api.url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+    try:
+        assert follow.stdout is not None and follow.stdout.readline().strip() == "x"
+        agent.write("services.yaml", "services:\n  other: {command: [sleep, '3881']}\n")
+        _, err = follow.communicate(timeout=10)  # a long poll waits 25 s: it ends before
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert follow.returncode == 1 and err.splitlines() == ["suite-agent logs: unknown service: gone"]

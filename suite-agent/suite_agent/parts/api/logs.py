@@ -31,8 +31,8 @@ def logs(ctx: ApiContext, req: Req, name: str) -> Reply:
             deadline = time.monotonic() + wait
             while not found and not ctx.stopping.is_set():
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+                if left <= 0 or name not in ctx.handle.snapshot().services:
+                    break  # a service removed meanwhile: the next poll is told so (404)
                 began, step = time.monotonic(), min(left, POLL_SLICE)
                 found = pump.wait_for_lines(name, after, step, stream)[-lines:]
                 if not found:  # a stopped pump or an empty buffer answers at once: no spinning
