@@ -1118,3 +1118,10 @@ def test_a_problem_is_one_line_whatever_the_names_hold(conf: Conf) -> None:
     assert "\n" not in found and "\x1b" not in found
     assert found.startswith("conf.d/a.yaml:2: services.a\\x1b[31mred\\nfake.yaml:1: ok: invalid service name")
     assert str(Problem("conf.d/we\nird\x1b.yaml", 1, "x")) == "conf.d/we\\nird\\x1b.yaml:1: x"
+
+
+def test_a_quoted_number_as_user_or_group_is_an_id(conf: Conf) -> None:
+    conf.write("a.yaml", 'services:\n  web: {command: [x], user: "4242", group: "0"}\n')
+    web = ConfigStore("conf.d").load().services["web"]
+    assert (web.user, web.group) == (4242, 0)
+    assert conf.problems() == []  # an id is not looked up on the host

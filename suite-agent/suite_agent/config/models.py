@@ -267,6 +267,14 @@ class RolloutSpec(Model):
                               "started stops the rollout; the replicas not yet replaced keep running")
 
 
+def _numeric_id(value: object) -> object:
+    # "4242" as a template or a quoted YAML value writes it: an id, as systemd's User= reads it
+    # (useradd refuses names made of digits only).
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return value
+
+
 def _cron(value: str | None) -> str | None:
     if value is None:
         return None
@@ -282,8 +290,10 @@ class ServiceSpec(Model):
     directory: Text | None = None
     environment: Environment = Field(default_factory=dict)
     env_file: EnvFiles = ()
-    user: Text | StrictInt | None = Field(None, description="run as this user (the agent must run as root)")
-    group: Text | StrictInt | None = Field(None, description="run with this group (the agent must run as root)")
+    user: Annotated[Text | StrictInt | None, BeforeValidator(_numeric_id)] = Field(
+        None, description="run as this user, by name or id (the agent must run as root)")
+    group: Annotated[Text | StrictInt | None, BeforeValidator(_numeric_id)] = Field(
+        None, description="run with this group, by name or id (the agent must run as root)")
     autostart: bool = True
     restart: Literal["always", "on-failure", "never"] = "on-failure"
     success_codes: tuple[StrictInt, ...] = Field((0,), description="exit codes that count as success")
