@@ -452,6 +452,28 @@ def test_sigusr2_while_a_client_waits_for_a_stop_answers_it_and_does_not_wait_fo
     assert a1.proc is not None and a1.proc.wait(timeout=15) == 0
 
 
+def test_a_service_given_up_on_is_not_run_again_by_the_next_agent(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    a1, api = with_api(agents, conf_dir, tmp_path, f"""\
+        crash: {{command: [sh, -c, 'echo run >> {runs}; exit 3'], backoff: {{initial: 50ms, max: 100ms}},
+                 start_limit: {{burst: 2, interval: 30s}}}}
+        keep: {{command: [sleep, '4231']}}
+        """)
+    a1.wait_log(r"crash: .*giving up \(start_limit\)")
+    counted = len(runs.read_text().splitlines())
+    kill9(a1)
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    a2.wait_log(r"crash: given up on before this agent started \(exited with code 3; .*\); not started again")
+    a2.wait_log(r"api: listening")
+    crash = api.get("/api/services/crash").json
+    assert crash["state"] == "fatal" and "giving up (start_limit)" in crash["detail"]
+    assert len(runs.read_text().splitlines()) == counted  # not run again
+    assert api.post("/api/services/crash/start").status == 200  # an operator's start runs it
+    eventually(lambda: len(runs.read_text().splitlines()) > counted, 10, "a run after the start")
+    assert a2.stop() == 0
+
+
 def test_the_operators_intent_survives_a_restart(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
     api = Api(free_port())

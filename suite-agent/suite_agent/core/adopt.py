@@ -51,6 +51,7 @@ class Continuity:
         self._saved_key: tuple[Any, ...] | None = None
         self._adopted: set[str] = set()
         self._restarts: dict[str, int] = {}  # instance: restarts, as a re-exec left them
+        self._fatal: dict[str, str] = {}  # instance: why an earlier agent gave up on it
         self._watched: tuple[int, ...] = ()
 
     # -- the selector -----------------------------------------------------------------------
@@ -92,6 +93,8 @@ class Continuity:
                                            or process.pid in pending):
                     if process is not None and process.status is not None:
                         inst.finished(process.pid, process.status)
+                    if inst.state is State.STOPPED and inst.name in self._fatal:
+                        inst.restore_fatal(self._fatal[inst.name])
                     continue
                 claimed.add(inst.name)
                 tracked = self.factory.adopt(process)
@@ -149,7 +152,7 @@ class Continuity:
             return
         host.saved_stale = False
         # One being removed is kept, not wanted, until it is gone: a next agent finishes its stop.
-        key = tuple((n, id(s.running_spec), s.wanted and not s.removing, s.origin)
+        key = tuple((n, id(s.running_spec), s.wanted and not s.removing, s.origin, _fatal(s))
                     for n, s in services.items())
         if key == self._saved_key and not final:
             return
@@ -157,6 +160,9 @@ class Continuity:
             n: {"spec": s.running_spec.model_dump(mode="json"), "wanted": s.wanted and not s.removing,
                 "origin": s.origin}
             for n, s in services.items()}
+        for n, s in services.items():
+            if fatal := _fatal(s):
+                data[n]["fatal"] = dict(fatal)
         if final:
             for n, s in services.items():
                 data[n]["restarts"] = {i.name: i.restarts for i in s.instances if i.restarts}
@@ -177,6 +183,7 @@ class Continuity:
 
     def _load(self) -> dict[str, tuple[ServiceSpec, bool, str | None]]:
         self._restarts = {}
+        self._fatal = {}
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -192,6 +199,9 @@ class Continuity:
                 counts = entry.get("restarts")
                 if isinstance(counts, dict):
                     self._restarts.update({i: n for i, n in counts.items() if isinstance(n, int) and n > 0})
+                fatal = entry.get("fatal")
+                if isinstance(fatal, dict):
+                    self._fatal.update({i: d for i, d in fatal.items() if isinstance(d, str)})
             except (ValidationError, KeyError, TypeError) as exc:
                 log.warning("%s: saved state not usable (%s): started afresh", name, exc)
         return saved
@@ -201,3 +211,8 @@ def continuity_for(owner: Supervisor) -> Continuity | None:
     factory = owner.factory
     return Continuity(owner, factory) if isinstance(factory, KeptProcessFactory) else None
 
+
+def _fatal(svc: Service) -> tuple[tuple[str, str], ...]:
+    """The instances given up on (`fatal`), with why: saved, so that the next agent (after a
+    kill -9 or an upgrade) does not run them again."""
+    return tuple((i.name, i.detail) for i in svc.instances if i.state is State.FATAL)

@@ -47,6 +47,8 @@ def instance_name(service: str, index: int) -> str:
 class InstanceHost(Protocol):
     """All an instance may use of the owner."""
 
+    saved_stale: bool  # a fatal state is saved (core/adopt.py): another agent does not run it again
+
     @property
     def clock(self) -> Clock: ...
 
@@ -536,7 +538,15 @@ class Instance:
             self._timer = None
 
     def _set(self, state: State, detail: str) -> None:
+        if State.FATAL in (state, self.state):
+            self.host.saved_stale = True
         self.state = state
         self.detail = detail
         self.host.changed(self.service)
+
+    def restore_fatal(self, detail: str) -> None:
+        """A previous agent gave up on this instance (and no process of it runs): it stays
+        given up, as in that agent, until a start or a change of its spec."""
+        log.info("%s: given up on before this agent started (%s); not started again", self.name, detail)
+        self._set(State.FATAL, detail)
 
