@@ -377,3 +377,11 @@ def test_a_crash_loop_of_any_length_keeps_restarting_and_sigterm_ends_it(
     agent.signal(signal.SIGTERM)
     assert agent.proc.wait(5) == 0
     assert "Traceback" not in agent.log() and "ERROR" not in agent.log()
+
+
+def test_a_service_that_forks_away_is_told_of_when_what_it_left_is_killed(agent: Agent) -> None:
+    agent.write("a.yaml", "services:\n  daemon: {command: [sh, -c, 'sleep 4241 & exit 0']}\n")
+    agent.start()
+    agent.wait_log(r"daemon: its process exited and left others running; killed them \(a service must stay "
+                   r"in the foreground")
+    agent.wait_log(r"daemon: exited with code 0")

@@ -299,7 +299,10 @@ class Instance:
 
     def _kill_leftovers(self, tracked: int | None) -> None:
         if tracked is not None and self.host.factory.group_alive(tracked):
-            # The leader is gone; what it left in its group goes with it.
+            # The leader is gone; what it left in its group goes with it. Said, since a program
+            # that daemonizes (forks and exits) disappears by this and should run in the foreground.
+            log.warning("%s: its process exited and left others running; killed them (a service "
+                        "must stay in the foreground: a daemon that forks away is not supervised)", self.name)
             self.host.factory.signal_group(tracked, signal.SIGKILL)
 
     def _restart_after_failure(self, why: str) -> None:
