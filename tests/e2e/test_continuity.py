@@ -101,6 +101,16 @@ def with_api(agents: list[Agent], conf_dir: Path, tmp_path: Path, services: str)
     return a1, api
 
 
+def installed_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The agents of the test run from a copy of the package (in the returned folder), as from an
+    installation that `pip install -U` then replaces with something broken."""
+    installed = tmp_path / "site"
+    shutil.copytree(Path(suite_agent.__file__).parent, installed / "suite_agent",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", f"{installed}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return installed
+
+
 def kill9(agent: Agent) -> None:
     assert agent.proc is not None
     agent.proc.kill()
@@ -406,10 +416,7 @@ def test_sigterm_during_an_upgrade_stops_everything(agents: list[Agent], conf_di
 
 def test_sigusr2_with_installed_code_that_cannot_read_conf_d_runs_on_as_it_is(
         agents: list[Agent], conf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    installed = tmp_path / "site"
-    shutil.copytree(Path(suite_agent.__file__).parent, installed / "suite_agent",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setenv("PYTHONPATH", f"{installed}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    installed = installed_copy(tmp_path, monkeypatch)
     a1, api = with_api(agents, conf_dir, tmp_path, "idle: {command: [sleep, '4211']}\n")
     idle = one("4211")
     store = installed / "suite_agent" / "config" / "store.py"
@@ -605,12 +612,7 @@ def test_the_logs_route_reads_on_after_the_state_directory_was_removed(
 
 def test_sigusr2_with_broken_installed_code_runs_on_as_it_is(
         agents: list[Agent], conf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The agent runs from a copy of the package, as from an installation that `pip install -U`
-    # then replaces with something that does not import.
-    installed = tmp_path / "site"
-    shutil.copytree(Path(suite_agent.__file__).parent, installed / "suite_agent",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setenv("PYTHONPATH", f"{installed}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    installed = installed_copy(tmp_path, monkeypatch)
     a1, api = with_api(agents, conf_dir, tmp_path, "idle: {command: [sleep, '4201']}\n")
     idle = one("4201")
     plan = installed / "suite_agent" / "core" / "plan.py"
