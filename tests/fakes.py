@@ -36,6 +36,7 @@ class FakeFactory:
     groups: dict[int, set[int]] = field(default_factory=dict)
     spawned: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
     signals: list[tuple[int, int]] = field(default_factory=list)
+    continued: list[int] = field(default_factory=list)  # groups sent SIGCONT
     ignore: set[int] = field(default_factory=set)  # signals every process ignores
     missing: set[str] = field(default_factory=set)  # executables that do not exist
     exits: list[tuple[int, int]] = field(default_factory=list)
@@ -57,6 +58,9 @@ class FakeFactory:
         return Spawned(pid, None, None, pid)  # the tracked set is named by its leader here
 
     def signal_group(self, tracked: int, signum: int) -> None:
+        if signum == signal.SIGCONT:  # wakes a stopped process; ends nothing
+            self.continued.append(tracked)
+            return
         self.signals.append((tracked, signum))
         if signum in self.ignore and signum != signal.SIGKILL:
             return

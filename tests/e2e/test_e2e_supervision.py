@@ -385,3 +385,15 @@ def test_a_service_that_forks_away_is_told_of_when_what_it_left_is_killed(agent:
     agent.wait_log(r"daemon: its process exited and left others running; killed them \(a service must stay "
                    r"in the foreground")
     agent.wait_log(r"daemon: exited with code 0")
+
+
+def test_a_stopped_process_is_continued_so_a_stop_does_not_wait_out_its_timeout(agent: Agent) -> None:
+    agent.write("a.yaml", "services:\n  frozen: {command: [sleep, '4251'], stop: {timeout: 60s}}\n")
+    agent.start()
+    (pid,) = agent.wait_pids("4251")
+    os.kill(pid, signal.SIGSTOP)  # as `suite-agent signal frozen STOP` or a debugger leaves it
+    stat = Path(f"/proc/{pid}/stat")
+    eventually(lambda: stat.read_text().split(") ")[1][0] == "T", 10, "the process stopped")
+    agent.write("a.yaml", "services: {}\n")  # removed: stopped with its stop signal
+    agent.wait_log(r"frozen: stopped", timeout=20)  # SIGTERM acted on once continued, not at 60 s
+    assert "sending SIGKILL" not in agent.log()

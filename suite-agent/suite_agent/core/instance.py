@@ -156,6 +156,10 @@ class Instance:
         self._not_ready()
         self._set(State.STOPPING, f"sent SIG{self.spec.stop.signal}")
         self.host.factory.signal_group(self.tracked, self.spec.stop.signum)
+        if self.spec.stop.signum != signal.SIGKILL:
+            # A stopped (SIGSTOP'd) process acts on its stop signal only once continued, as
+            # systemd's stop has it: it would otherwise wait out the whole timeout.
+            self.host.factory.signal_group(self.tracked, signal.SIGCONT)
         self._timer = self.host.timers.call_later(self.spec.stop.timeout, self._escalate)
 
     @property
