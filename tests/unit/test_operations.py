@@ -462,3 +462,15 @@ def test_a_stopped_service_says_why_it_is_not_running(h: Harness) -> None:
     for inst in web.instances:  # as an agent that adopted the saved intent finds them
         inst.detail = ""
     assert web.status().detail == "stopped by an operator (`start` runs it)"
+
+
+def test_a_start_answers_the_stop_it_overrides_at_once(h: Harness) -> None:
+    h.factory.ignore.add(signal.SIGTERM)  # the stop takes its whole timeout
+    h.load("services:\n  web: {command: [web], stop: {timeout: 30s}}\n")
+    h.sup.dispatch(stop := Control("stop", ("web",), wait=60))
+    h.settle()
+    assert not stop.reply.done()
+    h.sup.dispatch(start := Control("start", ("web",), wait=0))
+    answer = stop.reply.result(0)  # not 60 s later
+    assert isinstance(answer, ControlResult) and answer.pending == ("web",) and not answer.outcomes["web"].ok
+    assert start.reply.done()

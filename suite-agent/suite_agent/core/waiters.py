@@ -39,6 +39,10 @@ def _serving(inst: Instance) -> bool:
     return inst.state is State.RUNNING and inst.spec.restart != "never"
 
 
+# verb: the verbs of earlier commands it undoes
+_UNDOES = {"start": ("stop",), "restart": ("stop",), "stop": ("start", "restart")}
+
+
 @dataclass
 class _Waiter:
     msg: Control
@@ -57,7 +61,16 @@ class Waiters:
         return bool(self._waiting)
 
     def add(self, msg: Control) -> None:
-        """Reply now if there is nothing to wait for, else once settled or after msg.wait."""
+        """Reply now if there is nothing to wait for, else once settled or after msg.wait.
+
+        A command that undoes one still waited for (a start after a stop, a stop after a start or
+        restart, on one of its services) answers that one at once, with what has not settled: it
+        would otherwise wait out its deadline for a state that is no longer coming."""
+        if msg.verb in _UNDOES:
+            names = set(msg.names)
+            for earlier in list(self._waiting):
+                if earlier.msg.verb in _UNDOES[msg.verb] and names.intersection(earlier.msg.names):
+                    self._reply(earlier, final=False)
         waiter = _Waiter(msg)
         if msg.verb == "status" or not msg.wait or self._settled(waiter):
             self._reply(waiter, final=True)
