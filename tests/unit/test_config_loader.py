@@ -1125,3 +1125,12 @@ def test_a_quoted_number_as_user_or_group_is_an_id(conf: Conf) -> None:
     web = ConfigStore("conf.d").load().services["web"]
     assert (web.user, web.group) == (4242, 0)
     assert conf.problems() == []  # an id is not looked up on the host
+
+
+def test_carrying_nothing_new_keeps_the_last_load(conf: Conf) -> None:
+    conf.write("a.yaml", "services:\n  web: {command: [web]}\n")
+    store = ConfigStore("conf.d")
+    first = store.load()
+    store.carry({})
+    store.carry({"web": (ServiceSpec(command=("old",)), "conf.d/a.yaml")})  # a valid file stays as it is
+    assert store.load() is first  # not merged again

@@ -174,7 +174,7 @@ class ConfigStore:
         for file, services in by_file.items():
             if file not in self._in_force:  # a valid file is in force as it is now
                 self._in_force[file] = Version(file, ConfigFile(services=services), Lines())
-        self._last = None  # merged again at the next load
+                self._last = None  # merged again at the next load; else it gives the last again
 
     def load(self) -> Declared:
         """(Re)reads conf.d; only files whose (mtime_ns, size, inode) changed are parsed again."""
