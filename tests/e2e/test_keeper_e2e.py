@@ -19,6 +19,7 @@ import pytest
 from keeper_helpers import COUNTER, ENV, Keeper, gone, group_members, native_spawner_or_skip, wait_exit
 
 from suite_agent.keeper import procfs
+from suite_agent.keeper.protocol import encode
 from suite_agent.keeper.client import (
     Event,
     Exit,
@@ -123,6 +124,27 @@ def test_exits_are_kept_until_acknowledged(keeper: Keeper) -> None:
     client.close()
     client = keeper.connect()
     assert [e.exit_id for e in client.inventory().exits] == [second.exit_id]
+
+
+def test_a_burst_of_requests_in_one_write_gets_every_reply_in_order(keeper: Keeper) -> None:
+    # A start sends its spawns back to back; the keeper answers a burst in one write.
+    keeper.start()
+    client = keeper.connect()
+    requests = [{"id": 100 + n, "op": "spawn", "instance": f"b.{n}", "argv": ["sleep", "3650"],
+                 "env": ENV} for n in range(30)]
+    requests.insert(10, {"id": 99, "op": "no-such-op"})
+    requests.append({"id": 200, "op": "inventory"})
+    client._send(b"".join(encode(r) for r in requests))
+    replies: list[dict[str, object]] = []
+    deadline = time.monotonic() + 10
+    while len(replies) < len(requests):
+        assert time.monotonic() < deadline, f"{len(replies)} replies of {len(requests)}"
+        replies += [m for m in client._receive(deadline) if "event" not in m]
+    assert [r["id"] for r in replies] == [r["id"] for r in requests]
+    assert [r["ok"] for r in replies] == [r["id"] != 99 for r in requests]
+    listed = {p["instance"]: p["pid"] for p in replies[-1]["instances"]}  # type: ignore[union-attr]
+    assert listed == {f"b.{n}": r["pid"] for n, r in enumerate(r for r in replies if "pid" in r)}
+    assert len(set(listed.values())) == 30
 
 
 def test_exit_events_reach_every_client_and_lines_only_followers(keeper: Keeper) -> None:
