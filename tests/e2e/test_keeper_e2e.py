@@ -14,12 +14,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from keeper_helpers import COUNTER, ENV, Keeper, gone, group_members, native_spawner_or_skip, wait_exit
 
 from suite_agent.keeper import procfs
-from suite_agent.keeper.protocol import encode
 from suite_agent.keeper.client import (
     Event,
     Exit,
@@ -33,6 +33,7 @@ from suite_agent.keeper.client import (
     connect_or_start,
     start_keeper,
 )
+from suite_agent.keeper.protocol import encode
 from suite_agent.keeper.survivors import (
     discard_dead_keepers,
     find_survivors,
@@ -135,14 +136,14 @@ def test_a_burst_of_requests_in_one_write_gets_every_reply_in_order(keeper: Keep
     requests.insert(10, {"id": 99, "op": "no-such-op"})
     requests.append({"id": 200, "op": "inventory"})
     client._send(b"".join(encode(r) for r in requests))
-    replies: list[dict[str, object]] = []
+    replies: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10
     while len(replies) < len(requests):
         assert time.monotonic() < deadline, f"{len(replies)} replies of {len(requests)}"
         replies += [m for m in client._receive(deadline) if "event" not in m]
     assert [r["id"] for r in replies] == [r["id"] for r in requests]
     assert [r["ok"] for r in replies] == [r["id"] != 99 for r in requests]
-    listed = {p["instance"]: p["pid"] for p in replies[-1]["instances"]}  # type: ignore[union-attr]
+    listed = {p["instance"]: p["pid"] for p in replies[-1]["instances"]}
     assert listed == {f"b.{n}": r["pid"] for n, r in enumerate(r for r in replies if "pid" in r)}
     assert len(set(listed.values())) == 30
 
