@@ -141,9 +141,9 @@ def _settings(args: argparse.Namespace) -> Settings | ClientSettings:
 
 # What `run` imports beyond this module: SIGUSR2 has a new interpreter import them from the
 # installed code before it re-executes (core/upgrade.py).
-RUN_MODULES = ("suite_agent.settings", "suite_agent.config.store", "suite_agent.config.watcher",
-               "suite_agent.core.carried", "suite_agent.core.supervisor", "suite_agent.keeper.client",
-               "suite_agent.keeper.statedir", "suite_agent.processes.factory",
+RUN_MODULES = ("suite_agent.settings", "suite_agent.config.no_plugins", "suite_agent.config.store",
+               "suite_agent.config.watcher", "suite_agent.core.carried", "suite_agent.core.supervisor",
+               "suite_agent.keeper.client", "suite_agent.keeper.statedir", "suite_agent.processes.factory",
                "suite_agent.processes.keeping")
 
 
@@ -155,6 +155,9 @@ def import_run() -> None:
 
 
 def cmd_run(settings: Settings) -> int:
+    from suite_agent.config.no_plugins import without_pydantic_plugins
+
+    without_pydantic_plugins()
     from suite_agent.config.store import ConfigStore
     from suite_agent.config.watcher import ConfigWatcher
     from suite_agent.core import carried
@@ -232,6 +235,9 @@ def _raise_open_file_limit() -> None:
 
 
 def cmd_validate(settings: Settings) -> int:
+    from suite_agent.config.no_plugins import without_pydantic_plugins
+
+    without_pydantic_plugins()
     from suite_agent.config.store import validate_dir
 
     problems = validate_dir(settings.conf_dir)
