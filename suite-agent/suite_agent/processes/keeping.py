@@ -69,8 +69,10 @@ def _kill_what_dead_keepers_left(state_dir: str, cgroups_on: bool) -> None:
     if not cgroups_on:
         return
     holders = [int(os.path.basename(f).partition("-")[0]) for f in dead_keeper_folders(state_dir)]
+    if not holders:
+        return
     parent, _ = cgroups.find_own()
-    if not holders or parent is None:
+    if parent is None:
         return
     killed = cgroups.kill_trees_of(parent, holders)
     if killed:
