@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from suite_agent.config.reloader import Reload
 from suite_agent.core.adopt import Continuity
 from suite_agent.core.inbox import Control
 from suite_agent.core.results import ControlResult, Refused, ReloadSummary
@@ -763,3 +764,21 @@ def test_a_service_declared_again_while_still_stopping_starts_again(h: Harness) 
     h.advance(10.0)  # the old process is SIGKILLed at its stop timeout
     h.settle()
     assert h.state("a") == "running" and len(h.factory.spawned) == 2
+
+
+def test_a_reload_asked_for_before_the_loop_runs_is_answered_by_the_starts_first_load(h: Harness) -> None:
+    # The watcher is armed before the loop runs and asks at once for a catch-up reload: the
+    # first load must still be the start's (its log line, and plugins' on_config_load order).
+    loader = h.sup.loader
+    assert isinstance(loader, FakeLoader)
+    h.sup.request_reload(watch := Reload(source="watch"))
+    assert loader.requests == []
+    h.sup.inbox.put(Shutdown())  # the loop's first turn ends it: nothing runs
+    assert h.sup.run() == 0
+    # The start's load reads conf.d after the watcher asked: it answers both.
+    assert [r.source for r in loader.requests] == ["start"]
+    summary = ReloadSummary()
+    loader.requests[0].reply.set_result(summary)
+    assert watch.reply.result(0) is summary
+    h.sup.request_reload(Reload(source="api"))  # once running, straight through
+    assert [r.source for r in loader.requests] == ["start", "api"]

@@ -15,9 +15,10 @@ import selectors
 import signal
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, assert_never
+from typing import Any, Protocol, TypeVar, assert_never
 
 from suite_agent import handover
 from suite_agent.config.models import AgentSection, ServiceSpec
@@ -60,6 +61,7 @@ from suite_agent.processes.usage import RssSampler
 from suite_agent.states import State
 
 log = logging.getLogger("suite_agent")
+T = TypeVar("T")
 
 
 def _mib(size: int) -> str:
@@ -146,6 +148,8 @@ class Supervisor:
         self._upgrade_check: threading.Thread | None = None  # SIGUSR2's check of the installed code
         self._log_dir_checked: str | None = None  # the output folder last checked for writing
         self.continuity = continuity_for(self)
+        self._early_lock = threading.Lock()
+        self._early: list[Reload] | None = []  # reloads asked for before the start's (request_reload)
 
     def _notify_socket(self) -> Receiver:
         from suite_agent.health.notify_socket import NotifySocket, socket_address
@@ -154,7 +158,13 @@ class Supervisor:
         return NotifySocket(socket_address(state_dir), self.inbox)
 
     def request_reload(self, msg: Reload) -> None:
-        """From any thread: straight to the loader thread, which answers on msg.reply."""
+        """From any thread: straight to the loader thread, which answers on msg.reply. One that
+        comes before run() asks for the first load (the watcher's catch-up: it is armed first) is
+        answered by that load, which reads conf.d after it was asked for."""
+        with self._early_lock:
+            if self._early is not None:
+                self._early.append(msg)
+                return
         self.loader.request(msg)
 
     def close(self) -> None:
@@ -176,7 +186,12 @@ class Supervisor:
             self._contained(self.continuity.adopt)
         self.loader.start()
         try:
-            self.loader.request(Reload(source="start"))
+            start = Reload(source="start")
+            with self._early_lock:
+                self.loader.request(start)
+                early, self._early = self._early or [], None
+            for msg in early:
+                _same_answer(start.reply, msg.reply)
             while not (self._shutting_down and self._all_down()) and not self.reexec:
                 self.turn(selector)
         except BaseException:
@@ -625,3 +640,16 @@ class Supervisor:
 
     def _all_down(self) -> bool:
         return all(svc.down for svc in self.services.values())
+
+
+def _same_answer(source: Future[T], target: Future[T]) -> None:
+    """`target` gets what `source` gets, once it does."""
+    def copy(done: Future[T]) -> None:
+        if done.cancelled():
+            target.cancel()
+        elif (error := done.exception()) is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
