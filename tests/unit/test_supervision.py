@@ -782,3 +782,22 @@ def test_a_reload_asked_for_before_the_loop_runs_is_answered_by_the_starts_first
     assert watch.reply.result(0) is summary
     h.sup.request_reload(Reload(source="api"))  # once running, straight through
     assert [r.source for r in loader.requests] == ["start", "api"]
+
+
+def test_a_stop_waiting_on_a_service_removed_and_declared_again_is_answered_at_once(h: Harness) -> None:
+    h.write("services:\n  a: {command: [x]}\n")
+    h.load()
+    (pid,) = h.pids("a")
+    h.factory.ignore.add(signal.SIGTERM)
+    msg = h.control("stop", "a")
+    h.write("services: {}\n")
+    h.load()  # removed while its stop runs
+    assert not msg.reply.done()
+    h.write("services:\n  a: {command: [x]}\n")
+    h.load()  # declared again: it starts once the old process is gone, so the stop never settles
+    reply = answer(msg)
+    assert not reply.ok and reply.pending == ("a",)
+    assert reply.results_json()["a"]["state"] == "stopping"
+    h.factory.die(pid)
+    h.settle()
+    assert h.state("a") == "running" and h.pids("a") != (pid,)

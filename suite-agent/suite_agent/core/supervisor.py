@@ -586,6 +586,7 @@ class Supervisor:
             existing.replace(spec, origin)
             if spec.autostart and not existing.wanted and not self._shutting_down:
                 existing.activate()  # declared anew, so started as anything added is
+                self.waiters.undo("start", (name,))  # a stop waiting on it would wait in vain
             return
         svc = self.services[name] = Service(self.host, name, spec, origin)
         self.host.changed(name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from suite_agent.core.inbox import Control
@@ -66,17 +66,23 @@ class Waiters:
         A command that undoes one still waited for (a start after a stop, a stop after a start or
         restart, on one of its services) answers that one at once, with what has not settled: it
         would otherwise wait out its deadline for a state that is no longer coming."""
-        if msg.verb in _UNDOES:
-            names = set(msg.names)
-            for earlier in list(self._waiting):
-                if earlier.msg.verb in _UNDOES[msg.verb] and names.intersection(earlier.msg.names):
-                    self._reply(earlier, final=False)
+        self.undo(msg.verb, msg.names)
         waiter = _Waiter(msg)
         if msg.verb == "status" or not msg.wait or self._settled(waiter):
             self._reply(waiter, final=True)
             return
         waiter.timer = self._timers.call_later(msg.wait, lambda: self._reply(waiter, final=False))
         self._waiting.append(waiter)
+
+    def undo(self, verb: str, names: Iterable[str]) -> None:
+        """`verb` happens to `names` (a command, or a service declared again while its stop
+        runs): the waiters it undoes get where things stand now."""
+        if verb not in _UNDOES:
+            return
+        wanted = set(names)
+        for earlier in list(self._waiting):
+            if earlier.msg.verb in _UNDOES[verb] and wanted.intersection(earlier.msg.names):
+                self._reply(earlier, final=False)
 
     def flush(self) -> None:
         """The loop ends (a stop, a re-exec): every client still waiting gets where things stand
