@@ -420,15 +420,23 @@ def test_sigusr2_with_installed_code_that_cannot_read_conf_d_runs_on_as_it_is(
     a1, api = with_api(agents, conf_dir, tmp_path, "idle: {command: [sleep, '4211']}\n")
     idle = one("4211")
     store = installed / "suite_agent" / "config" / "store.py"
-    good = store.read_text()
     # Imports fine; fails at its first read of conf.d.
-    store.write_text(good + "\n\ndef _broken(self):\n    return {}['no such key']\n\n\nConfigStore._load = _broken\n")
+    added = "\n\ndef _broken(self):\n    return {}['no such key']\n\n\nConfigStore._load = _broken\n"
+    refused_upgrade(a1, api, idle, store, added, r"KeyError: 'no such key'")
+    assert a1.stop() == 0
+
+
+def refused_upgrade(a1: Agent, api: Api, idle: int, broken: Path, added: str, error: str) -> str:
+    """`added` appended to the installed `broken`, SIGUSR2 says the code does not start with
+    `error` there and the agent runs on with `idle` as it was; returns the good text."""
+    good = broken.read_text()
+    broken.write_text(good + added)
     a1.signal(signal.SIGUSR2)
-    a1.wait_log(rf"SIGUSR2: the installed code does not start \(KeyError: 'no such key', "
-                rf"at {re.escape(str(store))}:\d+\); the agent runs on as it is", timeout=30)
+    a1.wait_log(rf"SIGUSR2: the installed code does not start \({error}, at {re.escape(str(broken))}:\d+\); "
+                rf"the agent runs on as it is", timeout=30)
     assert a1.proc is not None and a1.proc.poll() is None and "re-executing" not in a1.log()
     assert api.get("/api/services/idle").json["pids"] == [idle]
-    assert a1.stop() == 0
+    return good
 
 
 def test_sigusr2_while_a_client_waits_for_a_stop_answers_it_and_does_not_wait_for_it(
@@ -616,16 +624,9 @@ def test_sigusr2_with_broken_installed_code_runs_on_as_it_is(
     a1, api = with_api(agents, conf_dir, tmp_path, "idle: {command: [sleep, '4201']}\n")
     idle = one("4201")
     plan = installed / "suite_agent" / "core" / "plan.py"
-    good = plan.read_text()
-    plan.write_text(good + "\nthis is not python(\n")
-    a1.signal(signal.SIGUSR2)
-    a1.wait_log(rf"SIGUSR2: the installed code does not start \(SyntaxError: '\(' was never closed, "
-                rf"at {re.escape(str(plan))}:\d+\); the agent runs on as it is", timeout=30)
-    assert a1.proc is not None and a1.proc.poll() is None
-    assert "re-executing" not in a1.log()
-    assert api.get("/api/services/idle").json["pids"] == [idle]
+    good = refused_upgrade(a1, api, idle, plan, "\nthis is not python(\n", r"SyntaxError: '\(' was never closed")
     plan.write_text(good)  # the fixed release
     a1.signal(signal.SIGUSR2)
     a1.wait_log(r"adopted the running processes of 1 service", timeout=30)
-    assert a1.proc.poll() is None and one("4201") == idle
+    assert a1.proc is not None and a1.proc.poll() is None and one("4201") == idle
     assert a1.stop() == 0
