@@ -128,7 +128,7 @@ def test_exits_are_kept_until_acknowledged(keeper: Keeper) -> None:
 
 
 def test_a_burst_of_requests_in_one_write_gets_every_reply_in_order(keeper: Keeper) -> None:
-    # A start sends its spawns back to back; the keeper answers a burst in one write.
+    # A start sends its spawns back to back, without waiting for each reply.
     keeper.start()
     client = keeper.connect()
     requests = [{"id": 100 + n, "op": "spawn", "instance": f"b.{n}", "argv": ["sleep", "3650"],

@@ -24,7 +24,7 @@ class TooSlow(Exception):
 
 
 class Connection:
-    __slots__ = ("brain", "corked", "envs", "fd", "follow", "follow_all", "out", "reader", "sock",
+    __slots__ = ("brain", "envs", "fd", "follow", "follow_all", "out", "reader", "sock",
                  "writing")
 
     def __init__(self, sock: socket.socket) -> None:
@@ -33,7 +33,6 @@ class Connection:
         self.reader = LineBuffer()
         self.out = bytearray()
         self.writing = False  # the loop watches this connection for writability
-        self.corked = False  # hold what is sent until flush(): the replies to a burst go in one write
         self.brain = False  # said so in hello: its leaving matters to a pending SIGTERM
         self.follow: set[str] = set()  # instances whose output lines are pushed to it
         self.follow_all = False
@@ -45,7 +44,7 @@ class Connection:
     def send(self, data: bytes) -> None:
         """Send now what the socket takes, keep the rest. Raises TooSlow past the bound and
         OSError if the peer is gone."""
-        if not self.out and not self.corked:
+        if not self.out:
             try:
                 sent = self.sock.send(data)
             except BlockingIOError:

@@ -451,22 +451,13 @@ class Keeper:
             self.send(conn, error_reply(None, exc))
             self._drop(conn)
             return
-        # The replies to a burst of requests (a start's spawns) leave in one write, in order
-        # with anything else sent to this client meanwhile: one wake-up of the brain, not one
-        # a reply.
-        conn.corked = len(messages) > 1
-        try:
-            for message in messages:
-                if conn.fd not in self.clients:
-                    break
-                data = encode(dispatch(self, conn, message))
-                if len(data) > TRIM_AFTER:
-                    self._trim_when_idle = True
-                self._send(conn, data)
-        finally:
-            conn.corked = False
-        if conn.out and conn.fd in self.clients:
-            self._flush(conn)
+        for message in messages:
+            if conn.fd not in self.clients:
+                break
+            data = encode(dispatch(self, conn, message))
+            if len(data) > TRIM_AFTER:
+                self._trim_when_idle = True
+            self._send(conn, data)
 
     def send(self, conn: Connection, message: dict[str, Any]) -> None:
         self._send(conn, encode(message))
@@ -489,17 +480,7 @@ class Keeper:
         except OSError:
             self._drop(conn)
             return
-        if conn.out and not conn.writing and not conn.corked:
-            conn.writing = True
-            self._poll.modify(conn.fd, select.EPOLLIN | select.EPOLLOUT)
-
-    def _flush(self, conn: Connection) -> None:
-        try:
-            done = conn.flush()
-        except OSError:
-            self._drop(conn)
-            return
-        if not done and not conn.writing:
+        if conn.out and not conn.writing:
             conn.writing = True
             self._poll.modify(conn.fd, select.EPOLLIN | select.EPOLLOUT)
 
