@@ -191,6 +191,35 @@ def test_log_files_moved_away_are_reopened_and_no_line_is_lost(agent: Agent, tmp
     assert numbers(log) and numbers(log.with_suffix(".log.2"))
 
 
+def test_a_log_folder_that_cannot_be_written_is_said_in_the_agent_log_and_at_reopen(
+        agent: Agent, tmp_path: Path) -> None:
+    (tmp_path / "ticker.py").write_text(TICKER)
+    api = start_with_api(agent, f"""
+        ticker:
+          command: [{PY}, {tmp_path / 'ticker.py'}, '3936']
+        """)
+    logs = tmp_path / "logs"
+    log = logs / "ticker.stdout.log"
+    eventually(lambda: log.exists() and log.stat().st_size > 100, 10, "ticker output")
+    os.rename(logs, tmp_path / "logs.old")
+    logs.write_text("")  # a file where the folder was: the keeper finds its file moved, and cannot open it again
+    (line,) = agent.wait_log(r"ticker stdout: log file .*ticker.stdout.log: cannot open: .*logs: not a folder")
+    assert "WARNING" in line
+    answer = api.post("/api/logs/reopen")
+    assert answer.status == 200 and answer.json["failed"] == [
+        {"path": str(log), "error": f"cannot open: {logs}: not a folder"}]
+    agent.signal(signal.SIGUSR1)
+    agent.wait_log(r"SIGUSR1: 1 log file\(s\) cannot be opened: .*ticker.stdout.log: cannot open")
+    agent.signal(signal.SIGUSR2)  # a new brain hears of it from the keeper too
+    agent.wait_log(r"ticker stdout: log file .*ticker.stdout.log: cannot open", timeout=30, count=2)
+    logs.unlink()
+    agent.signal(signal.SIGUSR1)  # at once, without waiting for the keeper's retry
+    agent.wait_log(r"ticker stdout: log file .*ticker.stdout.log is written again")
+    eventually(lambda: log.exists() and log.stat().st_size > 100, 10, "the log file written again")
+    assert api.post("/api/logs/reopen").json["failed"] == []
+    assert len(agent.wait_log(r"cannot open: .*logs: not a folder \(the output")) == 2  # once by each brain, not per write
+
+
 def test_api_config_shows_env_file_values_but_masks_secret_names(agent: Agent, tmp_path: Path) -> None:
     (tmp_path / "app.env").write_text("API_TOKEN=s3cret-3941\nDB_PASSWORD=hunter2\nLOG_LEVEL=info\n")
     api = start_with_api(agent, """

@@ -11,6 +11,7 @@ import select
 import signal
 import socket
 import stat
+import shutil
 import subprocess
 import sys
 import time
@@ -215,6 +216,49 @@ def test_a_log_file_moved_or_removed_is_followed_to_its_path(tmp_path: Path, mon
     log.write(b"three\n")
     log.close()
     assert path.read_text() == "three\n"
+
+
+def test_a_log_file_that_cannot_be_opened_is_reported_once_and_again_when_it_works(tmp_path: Path) -> None:
+    said: list[tuple[tuple[str, str], str, str | None]] = []
+    blocker = tmp_path / "logs"
+    blocker.write_text("")  # a file where the folder goes
+    path = str(blocker / "x.log")
+    log = LogFile(path, 0, 0, lambda *a: said.append(a), ("web.1", "stdout"))
+    for _ in range(3):
+        log.write(b"lost\n")
+    assert said == [(("web.1", "stdout"), path, f"cannot open: {blocker}: not a folder")]
+    assert log.problem is not None and not log.is_open
+    blocker.unlink()
+    log.write(b"not tried yet\n")  # within the retry delay
+    assert not log.is_open
+    assert log.reopen()  # what `reopen` does: at once, retry delay or not
+    log.write(b"kept\n")
+    log.close()
+    assert said[1:] == [(("web.1", "stdout"), path, None)] and log.problem is None
+    assert (blocker / "x.log").read_text() == "kept\n"
+
+
+def test_reopen_opens_the_files_of_running_instances_at_once_and_says_which_cannot_be(tmp_path: Path) -> None:
+    pipes = Pipes()
+    streams = [pipes.stream(name, "stdout", str(tmp_path / name / "out.log"), 0, 0, 10, 1000)
+               for name in ("a", "b", "c")]
+    ends = [os.pipe() for _ in streams[:2]]  # c has stopped: no pipe
+    for stream, (r, w) in zip(streams, ends, strict=False):
+        pipes.attach(stream, r)
+        os.write(w, b"x\n")
+    for pipe in list(pipes.by_fd.values()):
+        pipes.read(pipe)
+    (tmp_path / "a" / "out.log").rename(tmp_path / "a" / "out.log.1")
+    shutil.rmtree(tmp_path / "b")
+    (tmp_path / "b").write_text("")  # b's folder is a file now
+    opened, failed = pipes.reopen()
+    assert opened == [str(tmp_path / "a" / "out.log")] and (tmp_path / "a" / "out.log").exists()
+    assert failed == [(str(tmp_path / "b" / "out.log"), f"cannot open: {tmp_path / 'b'}: not a folder")]
+    assert pipes.failing() == [{"instance": "b", "stream": "stdout", "path": str(tmp_path / "b" / "out.log"),
+                                "error": f"cannot open: {tmp_path / 'b'}: not a folder"}]
+    for _, w in ends:
+        os.close(w)
+    pipes.close_files()
 
 
 def test_a_zombie_keeper_counts_as_dead(tmp_path: Path) -> None:

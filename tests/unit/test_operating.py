@@ -4,6 +4,7 @@ on a fake clock, the cgroup files written under a fake cgroup root, the keeper's
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import resource
 from collections.abc import Iterator
@@ -284,16 +285,22 @@ def test_limits_go_with_the_spawn_and_none_without(h: Harness) -> None:
     assert h.factory.limits[b] is None
 
 
-def test_sigusr1_reopens_the_log_files(h: Harness) -> None:
+def test_sigusr1_reopens_the_log_files_and_names_those_that_cannot_be(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
     asked: list[bool] = []
 
-    def reopen() -> list[str]:
+    def reopen() -> tuple[list[str], list[tuple[str, str]]]:
         asked.append(True)
-        return ["/logs/a.stdout.log"]
+        return ["/logs/a.stdout.log"], [("/ro/b.stdout.log", "cannot open: Read-only file system")]
 
     h.sup.pump.reopen = reopen  # type: ignore[method-assign]
-    h.sup.reopen_logs()
+    with caplog.at_level(logging.INFO):
+        h.sup.reopen_logs()
     assert asked == [True]
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "SIGUSR1" in r.getMessage()]
+    assert said == [("INFO", "SIGUSR1: reopened 1 log file(s)"),
+                    ("WARNING", "SIGUSR1: 1 log file(s) cannot be opened: "
+                                "/ro/b.stdout.log: cannot open: Read-only file system")]
 
 
 # -- cgroup v2 limits, on a fake cgroup filesystem ---------------------------------------------

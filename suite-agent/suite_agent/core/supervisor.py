@@ -326,11 +326,14 @@ class Supervisor:
     def reopen_logs(self) -> None:
         """SIGUSR1: reopen every log file, for a logrotate that moved them away."""
         try:
-            paths = self.pump.reopen()
+            paths, failed = self.pump.reopen()
         except OSError as exc:
             log.error("SIGUSR1: %s", exc)
             return
         log.info("SIGUSR1: reopened %d log file(s)", len(paths))
+        if failed:
+            log.warning("SIGUSR1: %d log file(s) cannot be opened: %s", len(failed),
+                        "; ".join(f"{path}: {why}" for path, why in failed))
 
     def _on_inbox(self) -> None:
         for message in self.inbox.drain():

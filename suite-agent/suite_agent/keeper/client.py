@@ -40,6 +40,7 @@ __all__ = [
     "KeeperGone",
     "Line",
     "Lines",
+    "LogFileState",
     "LogSpec",
     "Orphan",
     "Output",
@@ -109,6 +110,7 @@ class Hello:
     # ... without copying the keeper (its native spawner), also as another user
     native_spawn: bool = False
     env_refs: bool = False  # a spawn may name an environment sent before (env_ref)
+    failing_logs: tuple[LogFileState, ...] = ()  # the log files that cannot be written now
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,17 @@ class Terminate:
     signal: int
 
 
-Event = Exit | Output | Orphan | Terminate
+@dataclass(frozen=True)
+class LogFileState:
+    """A log file the keeper cannot write (`error` says why), or can again (`error` None)."""
+
+    instance: str
+    stream: str
+    path: str
+    error: str | None
+
+
+Event = Exit | Output | Orphan | Terminate | LogFileState
 
 
 class KeeperClient:
@@ -274,7 +286,8 @@ class KeeperClient:
                      r["subreaper"], r["dropped_clients"], r["last_seq"],
                      r["terminate_pending"], r["shutting_down"],
                      bool(r.get("into_cgroup", False)), bool(r.get("native_spawn", False)),
-                     bool(r.get("env_refs", False)))
+                     bool(r.get("env_refs", False)),
+                     tuple(_log_file(f) for f in r.get("failing_logs", ())))
 
     def spawn(self, instance: str, argv: list[str], *, env: dict[str, str],
               cwd: str | None = None, user: str | int | None = None,
@@ -372,10 +385,12 @@ class KeeperClient:
         """Reopen every log file (after logrotate moved them); returns how many were open."""
         return int(self.call("reopen")["files"])
 
-    def reopen_paths(self) -> list[str]:
-        """Reopen every log file; the paths of those that were open (a keeper older than
-        `paths` in the reply gives none)."""
-        return [str(p) for p in self.call("reopen").get("paths", [])]
+    def reopen_paths(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """Reopen every log file: the paths of those open now, and the (path, why) of those that
+        cannot be opened (a keeper older than these fields gives none)."""
+        r = self.call("reopen")
+        return ([str(p) for p in r.get("paths", [])],
+                [(str(f["path"]), str(f["error"])) for f in r.get("failed", [])])
 
     def shutdown(self) -> int:
         """Ask the keeper to exit once no child is left; returns how many still run."""
@@ -661,6 +676,11 @@ def _lines(r: dict[str, Any]) -> Lines:
                  r.get("truncated", False))
 
 
+def _log_file(m: dict[str, Any]) -> LogFileState:
+    return LogFileState(str(m["instance"]), str(m["stream"]), str(m["path"]),
+                        None if m["error"] is None else str(m["error"]))
+
+
 def _event(message: dict[str, Any]) -> Event | None:
     kind = message["event"]
     if kind == "exit":
@@ -673,4 +693,6 @@ def _event(message: dict[str, Any]) -> Event | None:
         return Orphan(message["pid"], message["status"])
     if kind == "terminate":
         return Terminate(message["signal"])
+    if kind == "log_file":
+        return _log_file(message)
     return None  # an event of a newer keeper: nothing this brain knows to do with it

@@ -14,6 +14,7 @@ after seq N" and knows from the numbers whether any were pushed out before it as
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -22,7 +23,9 @@ from .diag import say
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections import deque
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
+
+    Report = Callable[[tuple[str, str], str, "str | None"], None]
 else:
     # collections/__init__ brings operator, keyword, reprlib and heapq along: the C type alone.
     from _collections import deque
@@ -60,17 +63,20 @@ Line = tuple[int, float, str, int]
 class LogFile:
     """One rotated log file; see the module docstring."""
 
-    __slots__ = ("_failing", "_fd", "_file_id", "_looked_at", "_retry_at", "_size", "backups", "max_bytes",
-                 "path")
+    __slots__ = ("_fd", "_file_id", "_looked_at", "_report", "_retry_at", "_size", "backups", "label",
+                 "max_bytes", "path", "problem")
 
-    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+    def __init__(self, path: str, max_bytes: int, backups: int, report: Report | None = None,
+                 label: tuple[str, str] = ("", "")) -> None:
         self.path = path
         self.max_bytes = max_bytes  # 0: never rotate
         self.backups = backups
+        self.label = label  # (instance, stream), for `report`
+        self._report = report  # told (label, path, problem) when writing fails, (..., None) when it works again
         self._fd = -1
         self._size = 0
         self._retry_at = 0.0
-        self._failing = False
+        self.problem: str | None = None  # why the file cannot be written now
         self._file_id = (0, 0)  # st_dev, st_ino of the open file
         self._looked_at = 0.0
 
@@ -79,6 +85,7 @@ class LogFile:
         if path != self.path:
             self.close()
             self.path = path
+            self._retry_at = 0.0  # a new path is tried at the next byte
         self.max_bytes, self.backups = max_bytes, backups
 
     def write(self, data: bytes) -> None:
@@ -113,9 +120,19 @@ class LogFile:
                 pass
             self._fd = -1
 
+    def reopen(self) -> bool:
+        """Close the file and open its path again now (a failing one too, without waiting for
+        its retry): whether it is open."""
+        self.close()
+        return self._open()
+
     def _open(self) -> bool:
+        folder = os.path.dirname(self.path) or "."
         try:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except FileExistsError:  # makedirs' word for "a file is where the folder goes"
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", folder) from None
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             self._failed("cannot open", exc)
@@ -125,9 +142,11 @@ class LogFile:
         self._size = found.st_size
         self._file_id = (found.st_dev, found.st_ino)
         self._looked_at = time.monotonic()
-        if self._failing:
-            self._failing = False
+        if self.problem is not None:
+            self.problem = None
             say(f"log file {self.path} is writable again")
+            if self._report is not None:
+                self._report(self.label, self.path, None)
         return True
 
     def _still_at_path(self) -> bool:
@@ -183,10 +202,15 @@ class LogFile:
     def _failed(self, what: str, exc: OSError) -> None:
         self.close()
         self._retry_at = time.monotonic() + RETRY_AFTER
-        if not self._failing:
-            self._failing = True
-            say(f"{what} log file {self.path}: {exc.strerror or exc} (output is still read; "
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None and exc.filename != self.path:
+            reason = f"{exc.filename}: {reason}"
+        if self.problem is None:
+            self.problem = f"{what}: {reason}"
+            say(f"{what} log file {self.path}: {reason} (output is still read; "
                 f"retrying every {RETRY_AFTER:.0f}s)")
+            if self._report is not None:
+                self._report(self.label, self.path, self.problem)
 
 
 _EMPTY: deque[Line] = deque(maxlen=0)  # shared and never appended to

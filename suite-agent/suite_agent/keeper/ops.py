@@ -70,7 +70,8 @@ def hello(keeper: Keeper, conn: Connection, request: Request) -> Reply:
             "subreaper": keeper.subreaper, "dropped_clients": keeper.dropped_clients,
             "last_seq": keeper.pipes.seq, "terminate_pending": keeper.terminate_pending,
             "shutting_down": keeper.shutting_down, "into_cgroup": clone.available(),
-            "native_spawn": clone.native(), "env_refs": True}
+            "native_spawn": clone.native(), "env_refs": True,
+            "failing_logs": keeper.pipes.failing()}
 
 
 def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
@@ -210,8 +211,9 @@ def forget(keeper: Keeper, conn: Connection, request: Request) -> Reply:
 
 
 def reopen(keeper: Keeper, conn: Connection, request: Request) -> Reply:
-    paths = keeper.pipes.reopen()
-    return {"files": len(paths), "paths": paths}
+    paths, failed = keeper.pipes.reopen()
+    return {"files": len(paths), "paths": paths,
+            "failed": [{"path": path, "error": problem} for path, problem in failed]}
 
 
 def shutdown(keeper: Keeper, conn: Connection, request: Request) -> Reply:

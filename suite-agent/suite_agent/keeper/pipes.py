@@ -26,6 +26,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from .logs import Report
+
 __all__ = ["READS_PER_TURN", "READ_SIZE", "STREAMS", "Pipe", "Pipes", "Stream"]
 
 STREAMS = ("stdout", "stderr")
@@ -54,7 +56,8 @@ class Pipe:
 
 
 class Pipes:
-    def __init__(self) -> None:
+    def __init__(self, report: Report | None = None) -> None:
+        self._report = report  # given to every log file: see LogFile
         self.streams: dict[tuple[str, str], Stream] = {}
         self.by_fd: dict[int, Pipe] = {}
         self.seq = 0  # the newest line's seq, over every stream
@@ -65,7 +68,7 @@ class Pipes:
         key = (instance, name)
         found = self.streams.get(key)
         if found is None:
-            file = None if path is None else LogFile(path, max_bytes, backups)
+            file = None if path is None else LogFile(path, max_bytes, backups, self._report, key)
             found = self.streams[key] = Stream(instance, name, file, Ring(max_lines, max_text))
             return found
         if path is None:
@@ -73,7 +76,7 @@ class Pipes:
                 found.file.close()
             found.file = None
         elif found.file is None:
-            found.file = LogFile(path, max_bytes, backups)
+            found.file = LogFile(path, max_bytes, backups, self._report, key)
         else:
             found.file.configure(path, max_bytes, backups)
         found.ring.resize(max_lines, max_text)
@@ -138,16 +141,29 @@ class Pipes:
             if stream is not None and stream.pipes == 0 and stream.file is not None:
                 stream.file.close()
 
-    def reopen(self) -> list[str]:
-        """Close every log file, so the next byte opens its path again (after logrotate moved
-        it); returns the paths of those that were open."""
-        paths = []
+    def reopen(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """Open every log file anew (after logrotate moved them away): those of running
+        instances that were open or failing at once, the others at their next byte. Returns the
+        paths open now and the (path, problem) of those that cannot be opened."""
+        opened: list[str] = []
+        failed: list[tuple[str, str]] = []
         for stream in self.streams.values():
-            if stream.file is not None:
-                if stream.file.is_open:
-                    paths.append(stream.file.path)
-                stream.file.close()
-        return sorted(paths)
+            file = stream.file
+            if file is None:
+                continue
+            if stream.pipes and (file.is_open or file.problem is not None):
+                if file.reopen():
+                    opened.append(file.path)
+                else:
+                    failed.append((file.path, file.problem or ""))
+            else:
+                file.close()
+        return sorted(opened), sorted(failed)
+
+    def failing(self) -> list[dict[str, str]]:
+        """The log files that cannot be written now, as the `log_file` event gives them."""
+        return [{"instance": s.instance, "stream": s.name, "path": s.file.path, "error": s.file.problem}
+                for s in self.streams.values() if s.file is not None and s.file.problem is not None]
 
     def close_files(self) -> None:
         for pipe in list(self.by_fd.values()):

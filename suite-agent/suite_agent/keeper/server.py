@@ -73,7 +73,7 @@ class Keeper:
         self.start_time = procfs.start_time(self.pid) or 0
         self.started_at = time.time()
         self.children = Children()
-        self.pipes = Pipes()
+        self.pipes = Pipes(self._log_file)
         self.clients: dict[int, Connection] = {}
         self.dropped_clients = 0
         self.subreaper = False
@@ -461,6 +461,10 @@ class Keeper:
 
     def send(self, conn: Connection, message: dict[str, Any]) -> None:
         self._send(conn, encode(message))
+
+    def _log_file(self, label: tuple[str, str], path: str, problem: str | None) -> None:
+        self.broadcast({"event": "log_file", "instance": label[0], "stream": label[1], "path": path,
+                        "error": problem})
 
     def broadcast(self, message: dict[str, Any]) -> None:
         data = encode(message)

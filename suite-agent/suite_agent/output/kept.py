@@ -127,9 +127,10 @@ class KeptOutput:
             return 0
         return found.lines[-1].seq
 
-    def reopen(self) -> list[str]:
+    def reopen(self) -> tuple[list[str], list[tuple[str, str]]]:
         """Have the keeper reopen every log file (after logrotate moved them away): the paths
-        of those that were open. Raises OSError when the keeper cannot be asked."""
+        open now, and the (path, why) of those that cannot be opened. Raises OSError when the
+        keeper cannot be asked."""
         for attempt in (1, 2):  # a connection of a keeper since restarted is opened again
             client: KeeperClient | None = getattr(self._local, "client", None)
             try:
@@ -143,7 +144,7 @@ class KeptOutput:
                 self._local.client = None
                 if attempt == 2:
                     raise OSError(f"cannot ask the keeper to reopen the log files: {exc}") from None
-        return []
+        return [], []
 
     # -- internals --------------------------------------------------------------------------
     def _of(self, service: str) -> list[str]:

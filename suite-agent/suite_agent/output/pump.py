@@ -203,13 +203,14 @@ class OutputPump:
     def log_dir(self) -> Path:
         return self._settings.files.log_dir
 
-    def reopen(self) -> list[str]:
+    def reopen(self) -> tuple[list[str], list[tuple[str, str]]]:
         """Reopen every log file (after logrotate moved them away), on the pump's thread: the
-        paths of those open now."""
+        paths of those open now, and none that failed (a file that cannot be opened is
+        reported when the pump's thread tries it)."""
         paths = sorted(str(p) for f in list(self._files.values()) if (p := f.open_path) is not None)
         self._reopen.set()
         self._wake()
-        return paths
+        return paths, []
 
     # ------------------------------------------------------------------ any thread
 

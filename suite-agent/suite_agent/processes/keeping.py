@@ -16,7 +16,7 @@ from suite_agent.keeper.statedir import Locked
 from suite_agent.keeper.survivors import dead_keeper_folders, discard_dead_keepers, find_survivors, stop_survivors
 from suite_agent.output.kept import KeptOutput
 from suite_agent.processes import cgroups
-from suite_agent.processes.kept import KeptProcessFactory
+from suite_agent.processes.kept import KeptProcessFactory, say_log_file
 
 log = logging.getLogger("suite_agent")
 
@@ -56,6 +56,8 @@ def keep(conf_dir: str | os.PathLike[str], cgroups_on: bool,
             os.close(fd)
         raise
     log.info("keeper pid %d (state in %s)", hello.pid, state_dir)
+    for state in hello.failing_logs:
+        say_log_file(state)
     base = Path(conf_dir).absolute().parent
     output = KeptOutput(state_dir, base / agent.log_dir, agent.log_max_bytes, agent.log_backups,
                         agent.log_buffer_lines, agent.log_buffer_bytes)

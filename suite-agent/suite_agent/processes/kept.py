@@ -32,12 +32,14 @@ from suite_agent.keeper.client import (
     KeeperClient,
     KeeperError,
     KeeperGone,
+    LogFileState,
     Orphan,
     Process,
     Terminate,
     connect_or_start,
     spawn_fields,
 )
+from suite_agent.keeper.logs import RETRY_AFTER
 from suite_agent.output.kept import KeptOutput
 from suite_agent.processes import cgroups
 from suite_agent.processes.factory import (
@@ -364,6 +366,8 @@ class KeptProcessFactory(TrackedSpawns):
                 reaped.append((event.pid, event.status))
             elif isinstance(event, Terminate):
                 self.terminate = True
+            elif isinstance(event, LogFileState):
+                say_log_file(event)
         if reaped:
             self._tracker.collect()
         return reaped
@@ -573,3 +577,14 @@ def _wait_exit(pid: int, deadline: float) -> None:
                 return
         time.sleep(0.01)
     log.warning("the keeper (pid %d) did not exit in time", pid)
+
+
+def say_log_file(state: LogFileState) -> None:
+    """The agent's word on a log file the keeper cannot write, or can again: the keeper's own
+    log is not where anyone looks."""
+    if state.error is None:
+        log.info("%s %s: log file %s is written again", state.instance, state.stream, state.path)
+    else:
+        log.warning("%s %s: log file %s: %s (the output is still read and kept in memory; "
+                    "the file is tried again every %.0f s, and at SIGUSR1)", state.instance, state.stream,
+                    state.path, state.error, RETRY_AFTER)

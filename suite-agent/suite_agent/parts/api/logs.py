@@ -47,7 +47,7 @@ def logs(ctx: ApiContext, req: Req, name: str) -> Reply:
 
 def reopen(ctx: ApiContext, req: Req) -> Reply:
     try:
-        paths = ctx.handle.pump.reopen()
+        paths, failed = ctx.handle.pump.reopen()
     except OSError as exc:
         raise ApiError(503, str(exc)) from None
-    return Reply(200, {"reopened": paths})
+    return Reply(200, {"reopened": paths, "failed": [{"path": path, "error": why} for path, why in failed]})

@@ -134,9 +134,13 @@ SCHEMAS: dict[str, Any] = {
                        "last_seq": {"type": "integer", "description": "seq of the newest line buffered"}},
     },
     "Reopened": {
-        "type": "object", "required": ["reopened"],
+        "type": "object", "required": ["reopened", "failed"],
         "properties": {"reopened": {"type": "array", "items": {"type": "string"},
-                                    "description": "paths of the log files that were open"}},
+                                    "description": "paths of the log files open anew"},
+                       "failed": {"type": "array", "description": "log files that cannot be opened, and why",
+                                  "items": {"type": "object", "required": ["path", "error"],
+                                            "properties": {"path": {"type": "string"},
+                                                           "error": {"type": "string"}}}}},
     },
     "ReloadResult": {
         "type": "object", "required": ["ok", "added", "changed", "removed", "errors"],
