@@ -106,7 +106,8 @@ def _client_parsers(command: Any) -> None:
     remote("reload", "make a running agent re-read conf.d now; exit 1 if a file was rejected")
     logs = remote("logs", "print the recent output of a service")
     logs.add_argument("name", metavar="NAME", help="the service")
-    logs.add_argument("-n", "--lines", type=int, default=100, help="how many lines (default 100)")
+    logs.add_argument("-n", "--lines", type=_line_count, default=100,
+                      help="how many lines (default 100, at most 10000)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
     logs.add_argument("--stream", choices=STREAMS, help="one stream only (default both)")
 
@@ -257,6 +258,17 @@ def cmd_schema(out: str) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _line_count(text: str) -> int:
+    """`logs -n`: a usage error (exit 2) when the API would refuse it."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= count <= 10_000:
+        raise argparse.ArgumentTypeError(f"{count} is not between 0 and 10000")
+    return count
 
 
 def main(argv: Sequence[str] | None = None) -> int:

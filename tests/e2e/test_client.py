@@ -165,6 +165,7 @@ def test_an_agent_that_is_not_running_is_a_clear_error() -> None:
 
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     for args in (["start"], ["logs"], ["status", "--bogus"], ["logs", "x", "-n", "many"],
+                 ["logs", "x", "-n", "-1"], ["logs", "x", "-n", "10001"],
                  ["logs", "x", "--stream", "x"], ["frobnicate"],
                  ["run", "--conf-dir", str(tmp_path), "--log-level", "verbose"]):
         done = cli(None, *args)
