@@ -328,6 +328,9 @@ def test_depends_on_list_of_mappings_is_a_problem(conf: Conf) -> None:
         ),
         ("42\n", "conf.d/a.yaml:1: a conf.d file is a mapping with the keys"),
         ("services:\n  web:\n    command: !shell x\n", "conf.d/a.yaml:3: YAML: unsupported YAML tag '!shell'"),
+        ("services:\n  web:\n    command: !!python/object:os.system [x]\n",
+         "conf.d/a.yaml:3: YAML: unsupported YAML tag '!!python/object:os.system'"),
+        ("services:\n  web: !svc\n    command: x\n", "conf.d/a.yaml:2: YAML: unsupported YAML tag '!svc'"),
         ("services: &a\n  web: *a\n", "conf.d/a.yaml:"),
         ("[" * 600 + "]" * 600, "conf.d/a.yaml:1: YAML: nested too deeply"),
         ("a:\n" + "".join("  " * i + "- \n" for i in range(1, 80)), "conf.d/a.yaml:"),
@@ -343,6 +346,8 @@ def test_depends_on_list_of_mappings_is_a_problem(conf: Conf) -> None:
         "string",
         "number",
         "tag",
+        "tag-on-a-sequence",
+        "tag-on-a-mapping",
         "recursive",
         "deep-flow",
         "deep-block",
@@ -351,6 +356,11 @@ def test_depends_on_list_of_mappings_is_a_problem(conf: Conf) -> None:
 )
 def test_yaml_errors(conf: Conf, text: str, expected: str) -> None:
     assert one_problem(conf, "a.yaml", text).startswith(expected)
+
+
+def test_yaml_own_tags_for_text_mappings_and_sequences_read_as_untagged(conf: Conf) -> None:
+    conf.write("a.yaml", "services: !!map\n  web:\n    command: !!seq [sleep, !!str 12]\n")
+    assert ConfigStore("conf.d").load().services["web"].command == ("sleep", "12")
 
 
 def test_alias_bomb_is_a_problem_not_a_hang(conf: Conf) -> None:

@@ -95,6 +95,10 @@ def to_plain(root: Any) -> Any:
             )
         if depth > MAX_DEPTH:
             raise Unsupported(line, f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, (dict, list)):
+            tag = _explicit_tag(node)
+            if tag is not None:
+                raise Unsupported(line, f"unsupported YAML tag {tag!r}")
         if isinstance(node, dict):
             return {
                 convert_key(k, key_line(node, k, line)): convert(v, value_line(node, k, line), depth + 1)
@@ -103,7 +107,9 @@ def to_plain(root: Any) -> Any:
         if isinstance(node, list):
             return [convert(v, item_line(node, i, line), depth + 1) for i, v in enumerate(node)]
         if isinstance(node, TaggedScalar):
-            raise Unsupported(line, f"unsupported YAML tag {str(node.tag)!r}")
+            if str(getattr(node.tag, "value", node.tag)) == _CORE + "str":  # `!!str 12`: the text
+                return str(node.value)
+            raise Unsupported(line, f"unsupported YAML tag {_short(str(getattr(node.tag, 'value', node.tag)))!r}")
         if node is None or isinstance(node, (bool, ScalarBoolean)):
             return None if node is None else bool(node)
         for kind in (int, float, str):  # drop ruamel's subclasses (ScalarInt, ScalarFloat, quoted strings)
@@ -121,6 +127,24 @@ def to_plain(root: Any) -> Any:
         return convert(key, line, 0)
 
     return convert(root, node_line(root), 0)
+
+
+_CORE = "tag:yaml.org,2002:"
+
+
+def _short(tag: str) -> str:
+    """A tag as it was written: `!!python/object:x`, not its expanded form."""
+    return "!!" + tag[len(_CORE):] if tag.startswith(_CORE) else tag
+
+
+def _explicit_tag(node: Any) -> str | None:
+    """The tag written on a mapping or sequence, other than YAML's own `!!map` and `!!seq`:
+    ruamel keeps it on the node and builds the plain collection, so it would pass unseen."""
+    tag = getattr(node, "tag", None)
+    value = getattr(tag, "value", tag)
+    if not isinstance(value, str) or value in (_CORE + "map", _CORE + "seq"):
+        return None
+    return _short(value)
 
 
 def locate(root: Any, loc: Sequence[str | int], *, at_key: bool = False) -> tuple[int, Loc]:
