@@ -551,6 +551,29 @@ def test_agent_and_keeper_killed_together_leave_no_grandchild_behind(
     assert with_marker("4171") == [] and with_marker("4172") == []
 
 
+def test_without_cgroups_a_grandchild_left_by_a_dead_leader_is_found_by_its_marker(
+        agents: list[Agent], conf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Agent and keeper killed, then the leader gone too (a SIGPIPE at its next write, say): only
+    # a grandchild in a session of its own is left, in no group the keeper's journal names.
+    monkeypatch.setenv("SUITE_AGENT_CGROUPS", "off")
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml("gc: {command: [sh, -c, 'setsid sleep 4174 & exec sleep 4173']}\n"))
+    a1.start()
+    leader, grandchild = one("4173"), one("4174")
+    keeper = int((conf_dir.parent / ".suite-agent" / "keeper.lock").read_text())
+    kill9(a1)
+    os.kill(keeper, signal.SIGKILL)
+    os.kill(leader, signal.SIGKILL)
+    eventually(lambda: with_marker("4173") == [], 10, "the leader gone")
+    a2 = new_agent(agents, conf_dir, tmp_path).start()
+    a2.wait_log(rf"killed 1 process\(es\) that services of a killed keeper had left in sessions of their own: "
+                rf"pid {grandchild}$")
+    a2.wait_log(r"gc: started")
+    assert one("4174") != grandchild  # one grandchild: the new leader's
+    assert a2.stop() == 0
+    assert with_marker("4173") == [] and with_marker("4174") == []
+
+
 def test_a_keeper_stopped_past_the_spawn_timeout_leaves_no_unsupervised_copy(
         agents: list[Agent], conf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without cgroups the keeper can start a request the agent gave up on (with them, the leaf

@@ -217,7 +217,8 @@ def test_a_log_folder_that_cannot_be_written_is_said_in_the_agent_log_and_at_reo
     agent.wait_log(r"ticker stdout: log file .*ticker.stdout.log is written again")
     eventually(lambda: log.exists() and log.stat().st_size > 100, 10, "the log file written again")
     assert api.post("/api/logs/reopen").json["failed"] == []
-    assert len(agent.wait_log(r"cannot open: .*logs: not a folder \(the output")) == 2  # once by each brain, not per write
+    said = agent.wait_log(r"cannot open: .*logs: not a folder \(the output")
+    assert len(said) == 2  # once by each brain, not once a write
 
 
 def test_api_config_shows_env_file_values_but_masks_secret_names(agent: Agent, tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import stat
-import shutil
 import subprocess
 import sys
 import time

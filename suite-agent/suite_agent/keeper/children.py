@@ -78,12 +78,13 @@ class Exit:
 class Child:
     """The last process spawned for an instance; `pgid` is its pid (it leads its own group)."""
 
-    __slots__ = ("alive", "argv", "instance", "pid", "pidfd", "popen", "sid", "spawned_at",
+    __slots__ = ("alive", "argv", "instance", "mark", "pid", "pidfd", "popen", "sid", "spawned_at",
                  "start_time", "status")
 
     def __init__(self, instance: str, pid: int, start_time: int, sid: int, argv: list[str],
-                 popen: subprocess.Popen[bytes] | None) -> None:
+                 popen: subprocess.Popen[bytes] | None, mark: str | None = None) -> None:
         self.instance = instance
+        self.mark = mark  # the spawn's `mark`: kept in the journal, never looked at
         self.pid = pid
         self.start_time = start_time
         self.sid = sid
@@ -100,8 +101,11 @@ class Child:
 
     def record(self) -> dict[str, Any]:
         """What the state directory keeps of this child, to find it again without the keeper."""
-        return {"instance": self.instance, "pid": self.pid, "pgid": self.pid, "sid": self.sid,
-                "start_time": self.start_time, "spawned_at": self.spawned_at, "argv": self.argv}
+        record = {"instance": self.instance, "pid": self.pid, "pgid": self.pid, "sid": self.sid,
+                  "start_time": self.start_time, "spawned_at": self.spawned_at, "argv": self.argv}
+        if self.mark is not None:
+            record["mark"] = self.mark
+        return record
 
 
 class Children:
@@ -118,7 +122,7 @@ class Children:
     def spawn(self, instance: str, argv: list[str], cwd: str | None, env: dict[str, str],
               user: str | int | None, group: str | int | None, stdout: int, stderr: int,
               stdin: int | None = None, rlimits: Limits | None = None,
-              into: str | None = None) -> Child:
+              into: str | None = None, mark: str | None = None) -> Child:
         """Start `argv` in a process group of its own, stdin on /dev/null (or `stdin`), stdout
         and stderr on the given pipe write ends, with `rlimits` set; with `into`, inside that
         cgroup v2 directory. Raises OSError (ENOENT, EACCES, EPERM...) or ValueError."""
@@ -132,7 +136,7 @@ class Children:
             pid, popen = self._spawn(argv, cwd, env, user, group, stdout, stderr, stdin, rlimits)
         # The child cannot be reaped before this reads it: only this process reaps, and later.
         found = procfs.stat(pid)
-        child = Child(instance, pid, found.start_time if found else 0, self._sid, argv, popen)
+        child = Child(instance, pid, found.start_time if found else 0, self._sid, argv, popen, mark)
         self.by_instance[instance] = child
         self.by_pid[pid] = child
         try:

@@ -471,12 +471,13 @@ def spawn_fields(instance: str, argv: list[str], *, env: dict[str, str] | None,
                  buffer_bytes: int = 1024 * 1024, cgroup: str | None = None,
                  into: str | None = None, rlimits: dict[str, list[int | str]] | None = None,
                  env_ref: str | None = None, env_add: dict[str, str] | None = None,
-                 env_reset: bool = False) -> dict[str, Any]:
+                 env_reset: bool = False, mark: str | None = None) -> dict[str, Any]:
     """A `spawn` request's fields (see :meth:`KeeperClient.spawn`).
 
     With `env_ref` (a keeper whose hello says `env_refs`): `env` is remembered under that name
     on this connection, or, None, the one remembered is used; `env_reset` forgets every other
-    first. `env_add` goes on top."""
+    first. `env_add` goes on top. `mark` is kept in the keeper's journal with the child's record
+    (see :func:`suite_agent.keeper.survivors.dead_marks`)."""
     fields: dict[str, Any] = {
         "instance": instance, "argv": argv, "cwd": cwd, "user": user, "group": group,
         "stdout": _log_spec(stdout), "stderr": _log_spec(stderr),
@@ -484,7 +485,7 @@ def spawn_fields(instance: str, argv: list[str], *, env: dict[str, str] | None,
     optional = {"env": env, "env_ref": env_ref,
                 "env_reset": True if env_reset and env_ref is not None else None,
                 "env_add": env_add or None, "cgroup": cgroup, "into": into,
-                "rlimits": rlimits or None}
+                "rlimits": rlimits or None, "mark": mark}
     fields.update((name, value) for name, value in optional.items() if value is not None)
     return fields
 

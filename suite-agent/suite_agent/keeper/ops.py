@@ -91,6 +91,7 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     if joins is not None and not os.path.isabs(joins):
         raise BadRequest(f"cgroup must be an absolute path, not {joins!r}")
     into = _optional_str(request, "into")
+    mark = _optional_str(request, "mark")
     if into is not None and (not os.path.isabs(into) or joins is not None or (
             (user is not None or group is not None) and not clone.native())):
         raise BadRequest(f"into must be an absolute path, without cgroup (and without user or "
@@ -106,7 +107,7 @@ def spawn(keeper: Keeper, conn: Connection, request: Request) -> Reply:
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         child = keeper.children.spawn(instance, argv, cwd, env, user, group, out_w, err_w, procs,
-                                      rlimits, into)
+                                      rlimits, into, mark)
     except BaseException:
         os.close(out_r)
         os.close(err_r)

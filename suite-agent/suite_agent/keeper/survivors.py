@@ -25,7 +25,7 @@ from pathlib import Path
 from . import procfs
 from .statedir import JOURNAL, KEEPERS, read_journal
 
-__all__ = ["Survivor", "dead_keeper_folders", "discard_dead_keepers", "find_survivors",
+__all__ = ["Survivor", "dead_keeper_folders", "dead_marks", "discard_dead_keepers", "find_survivors",
            "stop_survivors"]
 
 
@@ -99,6 +99,20 @@ def find_survivors(state_dir: str) -> list[Survivor]:
             if survivor is not None:
                 found.append(survivor)
     return found
+
+
+def dead_marks(state_dir: str) -> list[str]:
+    """The `mark` of every spawn that the journals of killed keepers of `state_dir` record: what
+    their spawns' descendants can still be found by (the brain's environment marker), after
+    they left the spawn's process group."""
+    marks: set[str] = set()
+    for folder in dead_keeper_folders(state_dir):
+        try:
+            records = read_journal(os.path.join(folder, JOURNAL))
+        except OSError:
+            continue
+        marks.update(m for r in records.values() if isinstance(m := r.get("mark"), str) and m)
+    return sorted(marks)
 
 
 def stop_survivors(survivors: list[Survivor], timeout: float = 10.0) -> list[Survivor]:

@@ -13,10 +13,17 @@ from suite_agent.config.models import AgentSection
 from suite_agent.config.store import ConfigStore
 from suite_agent.keeper.client import connect_or_start, take_brain_lock
 from suite_agent.keeper.statedir import Locked
-from suite_agent.keeper.survivors import dead_keeper_folders, discard_dead_keepers, find_survivors, stop_survivors
+from suite_agent.keeper.survivors import (
+    dead_keeper_folders,
+    dead_marks,
+    discard_dead_keepers,
+    find_survivors,
+    stop_survivors,
+)
 from suite_agent.output.kept import KeptOutput
 from suite_agent.processes import cgroups
 from suite_agent.processes.kept import KeptProcessFactory, say_log_file
+from suite_agent.processes.tracking import MARKER, MarkerScan
 
 log = logging.getLogger("suite_agent")
 
@@ -67,19 +74,23 @@ def keep(conf_dir: str | os.PathLike[str], cgroups_on: bool,
 
 def _kill_what_dead_keepers_left(state_dir: str, cgroups_on: bool) -> None:
     """What their services started beyond their process groups (a grandchild that made a
-    session of its own) is still in the killed keepers' cgroups, under this agent's own."""
-    if not cgroups_on:
-        return
+    session of its own): still in the killed keepers' cgroups, under this agent's own, and
+    carrying the environment marker their journals recorded (the net without cgroups)."""
     holders = [int(os.path.basename(f).partition("-")[0]) for f in dead_keeper_folders(state_dir)]
     if not holders:
         return
-    parent, _ = cgroups.find_own()
-    if parent is None:
+    parent = cgroups.find_own()[0] if cgroups_on else None
+    if parent is not None:
+        killed = cgroups.kill_trees_of(parent, holders)
+        if killed:
+            log.warning("killed what %d cgroup(s) of a killed keeper still held: %s", len(killed),
+                        ", ".join(killed))
         return
-    killed = cgroups.kill_trees_of(parent, holders)
-    if killed:
-        log.warning("killed what %d cgroup(s) of a killed keeper still held: %s", len(killed),
-                    ", ".join(killed))
+    marks = dead_marks(state_dir)
+    pids = MarkerScan(MARKER).kill_marked(marks) if marks else []
+    if pids:
+        log.warning("killed %d process(es) that services of a killed keeper had left in sessions of "
+                    "their own: pid %s", len(pids), ", ".join(map(str, pids)))
 
 
 def lock_conf_dir(conf_dir: str | os.PathLike[str]) -> int:

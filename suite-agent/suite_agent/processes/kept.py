@@ -294,7 +294,7 @@ class KeptProcessFactory(TrackedSpawns):
                 buffer_bytes=max(1, settings.buffer_bytes),
                 rlimits=rlimits_request(limits) if limits is not None and limits.rlimits else None,
                 cgroup=tracked.cgroup.path if shimmed and tracked.cgroup else None,
-                into=into, **named)
+                into=into, mark=tracked.marker, **named)
         except BaseException:
             self._tracker.abandon(tracked)
             raise

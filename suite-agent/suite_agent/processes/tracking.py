@@ -335,6 +335,14 @@ class MarkerScan:
             self._kill_checked(pid, signal.SIGKILL)
         return pids
 
+    def kill_marked(self, markers: list[str]) -> list[int]:
+        """SIGKILL every carrier of any of these exact markers; their pids."""
+        self._refresh()
+        pids = sorted(pid for m in markers for pid in self._carriers.get(m.encode(), ()))
+        for pid in pids:
+            self._kill_checked(pid, signal.SIGKILL)
+        return pids
+
     def _holders(self, marker: bytes) -> list[int]:
         return sorted(self._carriers.get(marker, ()))
 
