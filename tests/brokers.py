@@ -365,6 +365,18 @@ class PrivateRedis:
         client.save()
         client.close()
 
+    def length(self, key: str) -> int:
+        """LLEN of `key` (a kombu queue's list): what waits there for a consumer."""
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return int(client.llen(key))
+        except redis.RedisError:
+            return -1
+        finally:
+            client.close()
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

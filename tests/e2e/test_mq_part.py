@@ -169,6 +169,14 @@ def test_the_outbox_keeps_the_newest_events_in_order_and_counts_the_rest(
         assert value(part, "suite_agent_queue_connected") == 0
 
         server.start()
+        # What the broker holds first, before any consumer reads: the publisher's reconnect and
+        # a consumer's first BRPOP do not race.
+        try:
+            queued = eventually(lambda: (n := server.length(reader.queue.name)) >= 100 and n, 15,
+                                "the outbox in the reader's queue")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {server.length(reader.queue.name)} of 100 there") from None
+        assert queued == 100
         reader.reopen()
         reader.wait(lambda received: len(received) >= 100, 15, "the outbox sent")
         bus.publish(Event.make("tick", None, n=999))  # a sentinel: sent after all the others
