@@ -51,14 +51,18 @@ class Api:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        for attempt in (1, 2):
+        for _ in (1, 2):
             conn = self._connection(timeout)
+            fresh = conn.fresh()
             try:
                 status, raw = conn.request(method, target, data, headers)
                 break
             except (ConnectionResetError, BrokenPipeError) as exc:
                 self.close()
-                if attempt == 2:  # a kept-alive connection the server closed: retry once
+                # A kept-alive connection the server closed while it was idle is tried again,
+                # once, on a new one. A new connection closed without an answer is not: the
+                # agent may have carried the request out (a POST done twice is a second reload).
+                if fresh:
                     raise ClientError(f"the agent at {self.url} closed the connection: {exc}") from None
             except (OSError, ValueError) as exc:
                 self.close()
@@ -94,6 +98,8 @@ class _Connection(Protocol):
 
     def settimeout(self, timeout: float) -> None: ...
 
+    def fresh(self) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -105,6 +111,10 @@ class _Https:
 
         self._http = http.client
         self._conn = http.client.HTTPSConnection(host, port, timeout=timeout)
+
+    def fresh(self) -> bool:
+        """No request went over this connection yet (the next one opens it)."""
+        return self._conn.sock is None
 
     def settimeout(self, timeout: float) -> None:
         self._conn.timeout = timeout

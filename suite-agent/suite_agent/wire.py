@@ -37,6 +37,10 @@ class Connection:
         if self.sock is not None:
             self.sock.settimeout(timeout)
 
+    def fresh(self) -> bool:
+        """No request went over this connection yet (the next one opens it)."""
+        return self.sock is None
+
     def request(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
         if self.sock is None:
             self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)

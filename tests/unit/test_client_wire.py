@@ -93,3 +93,58 @@ def test_the_agents_settings_flags_then_environment_then_defaults() -> None:
     assert (flags.conf_dir, flags.log_level) == (Path("here"), "debug")  # a flag not given: the variable
     with pytest.raises(ValueError, match="SUITE_AGENT_CGROUPS: 'on' is not one of auto, off"):
         Settings.from_flags({}, environ={"SUITE_AGENT_CGROUPS": "on"})
+
+
+class FakeConnection:
+    """A connection whose requests are answered from a script: an answer or an exception."""
+
+    def __init__(self, script: list[tuple[int, bytes] | Exception], fresh: bool = True) -> None:
+        self.script = script
+        self.sent: list[str] = []
+        self._fresh = fresh
+
+    def fresh(self) -> bool:
+        return self._fresh
+
+    def request(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+        self.sent.append(f"{method} {target}")
+        self._fresh = False
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def settimeout(self, timeout: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_new_connection_closed_without_an_answer_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from suite_agent import client
+
+    made: list[FakeConnection] = []
+
+    def new(host: str, port: int | None, timeout: float) -> FakeConnection:
+        made.append(FakeConnection([wire.RemoteDisconnected("closed"), (200, b"{}")]))
+        return made[-1]
+
+    monkeypatch.setattr(wire, "Connection", new)
+    api = client.Api("http://127.0.0.1:8080", None)
+    with pytest.raises(client.ClientError, match="closed the connection"):
+        api.request("POST", "/api/reload")  # the agent may have reloaded: not a second time
+    assert [c.sent for c in made] == [["POST /api/reload"]]
+
+
+def test_a_kept_alive_connection_the_agent_dropped_is_asked_again_on_a_new_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from suite_agent import client
+
+    made = [FakeConnection([(200, b'{"n": 1}'), wire.RemoteDisconnected("idle")]),
+            FakeConnection([(200, b'{"n": 2}')])]
+    monkeypatch.setattr(wire, "Connection", lambda host, port, timeout: made.pop(0))
+    api = client.Api("http://127.0.0.1:8080", None)
+    assert api.request("GET", "/api/services") == (200, {"n": 1})
+    assert api.request("POST", "/api/reload") == (200, {"n": 2})  # the first connection had gone idle
+    assert made == []
