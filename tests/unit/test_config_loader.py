@@ -313,6 +313,7 @@ def test_depends_on_list_of_mappings_is_a_problem(conf: Conf) -> None:
     ("text", "expected"),
     [
         ("services:\n  web:\n    command: [a, b\n  db: {}\n", "conf.d/a.yaml:4: YAML syntax error: "),
+        ("services:\n  web:\n    command: [a, b\n", "conf.d/a.yaml:3: YAML syntax error: "),
         ("services:\n  web: x: y\n", "conf.d/a.yaml:2: YAML syntax error: mapping values are not allowed here"),
         ("services:\n\tweb: {}\n", "conf.d/a.yaml:2: YAML syntax error: found character '\\t'"),
         ("services:\n  web: {command: x}\n  web: {command: y}\n", 'conf.d/a.yaml:3: YAML: found duplicate key "web"'),
@@ -338,6 +339,7 @@ def test_depends_on_list_of_mappings_is_a_problem(conf: Conf) -> None:
     ],
     ids=[
         "unclosed",
+        "unclosed-at-the-end",
         "colon",
         "tab",
         "duplicate",

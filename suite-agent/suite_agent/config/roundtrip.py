@@ -49,7 +49,9 @@ def read_text(text: str, file: str) -> Version | list[Problem]:
 def _yaml_problem(exc: Exception, text: str, file: str) -> Problem:
     if isinstance(exc, MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
+        # At the end of a file that ends with a newline the mark is on the line after the last:
+        # the problem is shown on the last line an editor has.
+        line = min(mark.line + 1, max(1, len(text.splitlines()))) if mark is not None else 1
         if isinstance(exc, DuplicateKeyError):
             return Problem(file, line, f"YAML: {exc.problem}; a key may appear only once in a mapping")
         context = ""
