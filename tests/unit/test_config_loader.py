@@ -703,6 +703,12 @@ def test_what_the_kernel_cannot_take_is_refused(conf: Conf, text: str, expected:
     assert one_problem(conf, "a.yaml", text).startswith(f"conf.d/a.yaml:{expected}")
 
 
+def test_a_union_names_only_what_its_matching_branch_refused(conf: Conf) -> None:
+    # user is a name or a number: a name with a NUL is not also "not a valid integer".
+    text = "services:\n  a:\n    command: x\n    user: \"root\\0\"\n"
+    assert one_problem(conf, "a.yaml", text) == "conf.d/a.yaml:4: services.a.user: cannot contain a NUL character"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

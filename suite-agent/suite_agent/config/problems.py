@@ -65,6 +65,11 @@ def _message(error: Any, found: Loc, on_key: bool) -> str:
 
 def _join(messages: list[str]) -> str:
     prefix = "Input should be "
+    # A union's branch that took the value's type and refused the value says what is wrong;
+    # the others only that the type is not theirs ("a valid integer" for a user name).
+    refused = [m for m in messages if not m.startswith(prefix)]
+    if refused:
+        messages = refused
     if len(messages) > 1 and all(m.startswith(prefix) for m in messages):
         return prefix + " or ".join(m.removeprefix(prefix) for m in messages)
     return "; ".join(messages)
