@@ -7,6 +7,9 @@ or token refused (one line on stderr says which).
 from __future__ import annotations
 
 import json
+import os
+import select
+import signal
 import socket
 import sys
 import time
@@ -281,6 +284,8 @@ def logs(settings: Settings, name: str, lines: int, follow: bool, stream: str | 
     if stream:
         query["stream"] = stream
     after = _print_lines(api, path, query, out, name)
+    if follow:
+        _end_when_read_no_more(out)
     while follow:
         query = {"lines": 10_000, "after": after, "wait": f"{FOLLOW_WAIT:g}s", **({"stream": stream} if stream else {})}
         try:
@@ -288,6 +293,26 @@ def logs(settings: Settings, name: str, lines: int, follow: bool, stream: str | 
         except KeyboardInterrupt:
             return 0
     return 0
+
+
+def _end_when_read_no_more(out: TextIO) -> None:
+    """`logs -f | grep -m1 ready`: once the reader of a pipe (or a terminal) is gone, exit at
+    once, as a Unix tool killed by SIGPIPE does, rather than at the next line, which a quiet
+    service may never write."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError, AttributeError):
+        return  # not a file (a test's buffer): its reader never goes
+    import threading
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, 0)  # POLLERR and POLLHUP come whatever is asked for; a file never has them
+        for _, mask in poller.poll():
+            if mask & (select.POLLERR | select.POLLHUP):
+                os._exit(128 + signal.SIGPIPE)
+
+    threading.Thread(target=watch, name="stdout-watch", daemon=True).start()
 
 
 def _print_lines(api: Api, path: str, query: Mapping[str, Any], out: TextIO, name: str,

@@ -143,6 +143,23 @@ def test_logs_and_follow(live: tuple[Agent, Api]) -> None:
     assert cli(api, "logs", "talker", "--stream", "stderr").stdout == ""
 
 
+def test_logs_follow_ends_once_its_reader_is_gone_without_waiting_for_a_line(live: tuple[Agent, Api]) -> None:
+    # `logs -f web | grep -m1 ready` on a service that says nothing more: grep is gone, so is logs.
+    _, api = live
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SUITE_AGENT_")}
+    read_end, write_end = os.pipe()
+    follow = subprocess.Popen([*agent_command(), "logs", "web", "-f", "--url", api.url, "--token", TOKEN],
+                              stdout=write_end, env=environ)
+    os.close(write_end)
+    os.close(read_end)
+    try:
+        assert follow.wait(20) == 128 + signal.SIGPIPE  # web writes nothing: no line would end it
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait(10)
+
+
 def test_wrong_or_missing_token_is_a_clear_error(live: tuple[Agent, Api]) -> None:
     _, api = live
     for token in ("wrong", None):
