@@ -283,13 +283,17 @@ def logs(settings: Settings, name: str, lines: int, follow: bool, stream: str | 
     query: dict[str, Any] = {"lines": lines}
     if stream:
         query["stream"] = stream
-    after = _print_lines(api, path, query, out, name)
+    # Each replica's lines are marked with its instance (`web`, `web.1`, ...), the first's too.
+    code, info = api.request("GET", f"/api/services/{quote(name, safe='')}")
+    replicas = info.get("replicas") if code == 200 and isinstance(info, dict) else None
+    bare = None if isinstance(replicas, int) and replicas > 1 else name
+    after = _print_lines(api, path, query, out, bare)
     if follow:
         _end_when_read_no_more(out)
     while follow:
         query = {"lines": 10_000, "after": after, "wait": f"{FOLLOW_WAIT:g}s", **({"stream": stream} if stream else {})}
         try:
-            after = _print_lines(api, path, query, out, name, timeout=FOLLOW_WAIT + 10, after=after)
+            after = _print_lines(api, path, query, out, bare, timeout=FOLLOW_WAIT + 10, after=after)
         except KeyboardInterrupt:
             return 0
     return 0
@@ -315,8 +319,9 @@ def _end_when_read_no_more(out: TextIO) -> None:
     threading.Thread(target=watch, name="stdout-watch", daemon=True).start()
 
 
-def _print_lines(api: Api, path: str, query: Mapping[str, Any], out: TextIO, name: str,
+def _print_lines(api: Api, path: str, query: Mapping[str, Any], out: TextIO, bare: str | None,
                  timeout: float | None = None, after: int = 0) -> int:
+    """Print the lines of an answer, each but those of instance `bare` marked with its instance."""
     code, payload = api.request("GET", path, query=query, timeout=timeout)
     if code == 429:  # every stream slot is taken: back off instead of hammering the agent
         time.sleep(1.0)
@@ -325,8 +330,7 @@ def _print_lines(api: Api, path: str, query: Mapping[str, Any], out: TextIO, nam
         raise ClientError(_error(payload, code))
     found = payload.get("lines") or []
     for line in found:
-        # Replicas are told apart by their instance name.
-        prefix = f"{line['instance']} | " if line.get("instance") != name else ""
+        prefix = f"{line['instance']} | " if line.get("instance") != bare else ""
         out.write(f"{prefix}{line['text']}\n")
     out.flush()
     if found:

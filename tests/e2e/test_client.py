@@ -160,6 +160,19 @@ def test_logs_follow_ends_once_its_reader_is_gone_without_waiting_for_a_line(liv
             follow.wait(10)
 
 
+def test_logs_of_replicas_mark_every_line_with_its_instance_the_first_too(agent: Agent) -> None:
+    api = start_with_api(agent, """
+        pair:
+          command: [sh, -c, 'echo "hello 3627"; exec sleep 3627']
+          replicas: 2
+        """, token=TOKEN)
+    agent.wait_pids("3627", count=2)
+    eventually(lambda: len(api.get("/api/services/pair/logs").json["lines"]) == 2, 10, "both replicas' lines")
+    done = cli(api, "logs", "pair")
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == ["pair | hello 3627", "pair.1 | hello 3627"]
+
+
 def test_wrong_or_missing_token_is_a_clear_error(live: tuple[Agent, Api]) -> None:
     _, api = live
     for token in ("wrong", None):
