@@ -170,11 +170,13 @@ def test_stop_signals_the_group_and_waits_for_it_to_empty(h: Harness) -> None:
     (pid,) = h.pids("a")
     h.factory.add_grandchild(pid, 999)
     h.factory.ignore.add(signal.SIGINT)
+    started = h.sup.services["a"].status().started_at
     msg = h.control("stop", "a")
     assert h.factory.signals == [(pid, signal.SIGINT)]
     assert h.state("a") == "stopping" and not msg.reply.done()
     h.advance(4.9)
     assert h.state("a") == "stopping"
+    assert started is not None and h.sup.services["a"].status().started_at == started  # its uptime goes on
     h.advance(0.2)  # past the timeout: the whole group gets SIGKILL
     assert h.factory.signals[-1] == (pid, signal.SIGKILL)
     h.settle()  # the SIGCHLD that follows

@@ -42,7 +42,7 @@ class ServiceStatus:
     health: str
     pids: tuple[int, ...]
     restarts: int
-    started_at: float | None  # wall-clock time the oldest running replica started
+    started_at: float | None  # wall-clock time the oldest replica with a process started
     last_exit_code: int | None
     last_signal: int | None
     replicas: int
@@ -315,8 +315,8 @@ class Service:
             # An operator's stop held across agent restarts leaves no detail of its own: without
             # this, an `autostart` service is simply not running after the agent came back.
             detail = HELD_STOPPED if self.spec.autostart else "autostart: false"
-        running = [i for i in insts if i.state is State.RUNNING]
-        starts = [i.started_wall for i in running if i.started_wall is not None]
+        # Every replica whose process runs, a stopping one too: its uptime goes on until it is gone.
+        starts = [i.started_wall for i in insts if i.pid is not None and i.started_wall is not None]
         last = max((i for i in insts if i.exited_at is not None),
                    key=lambda i: i.exited_at or 0.0, default=None)
         return ServiceStatus(
