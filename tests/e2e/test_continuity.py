@@ -174,7 +174,7 @@ def test_a_one_shot_that_ran_to_its_end_is_not_run_again_by_the_next_agent(
     for name, code in (("done", 0), ("failed", 3), ("fixed", 0)):
         assert f"{name}: pid" in a2.log() and f"had exited with code {code} before this agent started" in a2.log()
         status = api.get(f"/api/services/{name}").json
-        assert status["state"] == "exited" and status["pids"] == []
+        assert status["state"] == "exited" and status["pids"] == [] and status["last_exit_code"] == code
     assert one("4121") == sleeper
     # An upgrade in place finds them the same way.
     a2.signal(signal.SIGUSR2)

@@ -442,6 +442,7 @@ class Instance:
         if not self._ends_run(success):
             return
         self.last_exit_code, self.last_signal = code, sig
+        self.exited_at = self.host.clock.monotonic()  # the status's EXIT shows the newest exit
         how = _describe(code, sig)
         log.info("%s: pid %d had %s before this agent started; not started again", self.name, pid, how)
         self._set(State.EXITED, how)
