@@ -531,17 +531,26 @@ def test_a_killed_keeper_leaves_no_duplicates(
     assert a1.stop() == 0
 
 
+def killed_with_a_grandchild_in_its_own_session(agents: list[Agent], conf_dir: Path, tmp_path: Path,
+                                                 leader_mark: str, grandchild_mark: str) -> tuple[int, int]:
+    """An agent running `gc`, whose process leaves a `setsid` grandchild, killed with its keeper:
+    the pids of gc's process and of the grandchild, both running on unsupervised."""
+    a1 = new_agent(agents, conf_dir, tmp_path)
+    a1.write("a.yaml", services_yaml(
+        f"gc: {{command: [sh, -c, 'setsid sleep {grandchild_mark} & exec sleep {leader_mark}']}}\n"))
+    a1.start()
+    leader, grandchild = one(leader_mark), one(grandchild_mark)
+    keeper = int((conf_dir.parent / ".suite-agent" / "keeper.lock").read_text())
+    kill9(a1)
+    os.kill(keeper, signal.SIGKILL)
+    return leader, grandchild
+
+
 def test_agent_and_keeper_killed_together_leave_no_grandchild_behind(
         agents: list[Agent], conf_dir: Path, tmp_path: Path) -> None:
     if cgroups.find_own()[0] is None:
         pytest.skip("no writable cgroup v2 here: a grandchild in a session of its own is found by its cgroup")
-    a1 = new_agent(agents, conf_dir, tmp_path)
-    a1.write("a.yaml", services_yaml("gc: {command: [sh, -c, 'setsid sleep 4172 & exec sleep 4171']}\n"))
-    a1.start()
-    leader, grandchild = one("4171"), one("4172")
-    keeper = int((conf_dir.parent / ".suite-agent" / "keeper.lock").read_text())
-    kill9(a1)
-    os.kill(keeper, signal.SIGKILL)
+    leader, grandchild = killed_with_a_grandchild_in_its_own_session(agents, conf_dir, tmp_path, "4171", "4172")
     a2 = new_agent(agents, conf_dir, tmp_path).start()
     a2.wait_log(r"stopping 1 process\(es\) a killed keeper left: gc")
     a2.wait_log(r"killed what 1 cgroup\(s\) of a killed keeper still held: gc@1\.")
@@ -556,13 +565,7 @@ def test_without_cgroups_a_grandchild_left_by_a_dead_leader_is_found_by_its_mark
     # Agent and keeper killed, then the leader gone too (a SIGPIPE at its next write, say): only
     # a grandchild in a session of its own is left, in no group the keeper's journal names.
     monkeypatch.setenv("SUITE_AGENT_CGROUPS", "off")
-    a1 = new_agent(agents, conf_dir, tmp_path)
-    a1.write("a.yaml", services_yaml("gc: {command: [sh, -c, 'setsid sleep 4174 & exec sleep 4173']}\n"))
-    a1.start()
-    leader, grandchild = one("4173"), one("4174")
-    keeper = int((conf_dir.parent / ".suite-agent" / "keeper.lock").read_text())
-    kill9(a1)
-    os.kill(keeper, signal.SIGKILL)
+    leader, grandchild = killed_with_a_grandchild_in_its_own_session(agents, conf_dir, tmp_path, "4173", "4174")
     os.kill(leader, signal.SIGKILL)
     eventually(lambda: with_marker("4173") == [], 10, "the leader gone")
     a2 = new_agent(agents, conf_dir, tmp_path).start()
