@@ -260,6 +260,11 @@ def test_kill9_while_a_stop_is_in_progress_finishes_the_stop(
     assert psutil.pid_exists(held)
     a2 = new_agent(agents, conf_dir, tmp_path).start()
     a2.wait_log(rf"stubborn: adopted \(pid {held}\)")
+    # The stop's 3 s count from when the first agent sent SIGTERM, not from the adoption.
+    (line,) = a2.wait_log(r"stubborn: its stop began [\d.]+s ago, before this agent started; SIGKILL")
+    began = float(re.search(r"began ([\d.]+)s ago", line).group(1))  # type: ignore[union-attr]
+    left = re.search(r"SIGKILL in ([\d.]+)s", line)
+    assert began > 0 and (began >= 3 if left is None else abs(began + float(left.group(1)) - 3) <= 0.11), line
     eventually(lambda: not with_marker("4131"), 10, "the stop finished")
     a2.wait_log(r"stubborn: still running 3s after SIGTERM; sending SIGKILL")
     assert "stubborn: started" not in a2.log() and one("4101") == counter

@@ -540,6 +540,36 @@ def test_the_saved_services_are_written_again_only_after_what_they_hold_changed(
     assert json.loads(path.read_text())["b"]["wanted"] is True
 
 
+def test_a_stop_an_earlier_agent_began_is_saved_and_runs_out_its_timeout_from_then(
+        h: Harness, tmp_path: Path) -> None:
+    spec = "services:\n  a: {command: [a], stop: {timeout: 5s}}\n"
+    h.write(spec)
+    h.load()
+    h.factory.ignore.add(signal.SIGTERM)
+    saved = Continuity(h.sup, SimpleNamespace(state_dir=str(tmp_path)))  # type: ignore[arg-type]
+    h.control("stop", "a")
+    h.sup.after_turn()
+    saved.save(h.sup.services)
+    began = json.loads((tmp_path / "services.json").read_text())["a"]["stops"]["a"]
+    assert began == h.clock.time()
+    # The next agent (adopt.py hands it `began`), 4 s later: SIGKILL 1 s after it took over.
+    (tmp_path / "next").mkdir()
+    nxt = Harness(tmp_path / "next")
+    nxt.write(spec)
+    nxt.load()
+    (pid,) = nxt.pids("a")
+    nxt.factory.ignore.add(signal.SIGTERM)
+    try:
+        nxt.clock.advance(4)
+        nxt.sup.services["a"].instances[0].stop(began=began)
+        nxt.advance(0.9)
+        assert (pid, signal.SIGKILL) not in nxt.factory.signals
+        nxt.advance(0.2)
+        assert nxt.factory.signals[-1] == (pid, signal.SIGKILL)
+    finally:
+        nxt.sup.close()
+
+
 def test_commands_are_events_with_their_source(h: Harness) -> None:
     sub = h.sup.bus.subscribe()
     h.write("services:\n  a: {command: [a]}\n")

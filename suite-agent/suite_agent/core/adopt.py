@@ -52,6 +52,7 @@ class Continuity:
         self._adopted: set[str] = set()
         self._restarts: dict[str, int] = {}  # instance: restarts, as a re-exec left them
         self._fatal: dict[str, str] = {}  # instance: why an earlier agent gave up on it
+        self._stops: dict[str, float] = {}  # instance: when an earlier agent began to stop it (wall)
         self._watched: tuple[int, ...] = ()
 
     # -- the selector -----------------------------------------------------------------------
@@ -102,7 +103,7 @@ class Continuity:
                     # Its exit was handled by the agent before; what its group left goes now.
                     self.factory.signal_group(tracked, signal.SIGKILL)
                     continue
-                inst.adopt(process.pid, tracked, process.spawned_at, wanted)
+                inst.adopt(process.pid, tracked, process.spawned_at, wanted, self._stops.get(inst.name))
                 inst.restarts = self._restarts.get(inst.name, 0)
                 self._adopted.add(name)
         for instance, process in inventory.processes.items():
@@ -152,7 +153,7 @@ class Continuity:
             return
         host.saved_stale = False
         # One being removed is kept, not wanted, until it is gone: a next agent finishes its stop.
-        key = tuple((n, id(s.running_spec), s.wanted and not s.removing, s.origin, _fatal(s))
+        key = tuple((n, id(s.running_spec), s.wanted and not s.removing, s.origin, _fatal(s), _stops(s))
                     for n, s in services.items())
         if key == self._saved_key and not final:
             return
@@ -163,6 +164,8 @@ class Continuity:
         for n, s in services.items():
             if fatal := _fatal(s):
                 data[n]["fatal"] = dict(fatal)
+            if stops := _stops(s):
+                data[n]["stops"] = dict(stops)
         if final:
             for n, s in services.items():
                 data[n]["restarts"] = {i.name: i.restarts for i in s.instances if i.restarts}
@@ -184,6 +187,7 @@ class Continuity:
     def _load(self) -> dict[str, tuple[ServiceSpec, bool, str | None]]:
         self._restarts = {}
         self._fatal = {}
+        self._stops = {}
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -202,9 +206,19 @@ class Continuity:
                 fatal = entry.get("fatal")
                 if isinstance(fatal, dict):
                     self._fatal.update({i: d for i, d in fatal.items() if isinstance(d, str)})
+                stops = entry.get("stops")
+                if isinstance(stops, dict):
+                    self._stops.update({i: float(t) for i, t in stops.items()
+                                        if isinstance(t, int | float) and not isinstance(t, bool)})
             except (ValidationError, KeyError, TypeError) as exc:
                 log.warning("%s: saved state not usable (%s): started afresh", name, exc)
         return saved
+
+
+def _stops(svc: Service) -> tuple[tuple[str, float], ...]:
+    """The stops under way of its instances: a next agent lets each run out its timeout, not
+    begin it again."""
+    return tuple((i.name, i.stop_began) for i in svc.instances if i.stop_began is not None)
 
 
 def continuity_for(owner: Supervisor) -> Continuity | None:

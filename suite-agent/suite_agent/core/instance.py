@@ -35,6 +35,10 @@ NO_LIMITS = Limits()
 DOWN = frozenset({State.STOPPED, State.EXITED, State.FATAL})
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s"
+
+
 def _describe(code: int | None, sig: int | None) -> str:
     return f"exited with code {code}" if sig is None else f"killed by {signal_name(sig)}"
 
@@ -102,6 +106,7 @@ class Instance:
         self.tracked: int | None = None
         self.started_at = 0.0  # monotonic
         self.started_wall: float | None = None
+        self.stop_began: float | None = None  # wall-clock time its stop signal was sent (saved: see adopt.py)
         self.restarts = 0
         self.last_exit_code: int | None = None
         self.last_signal: int | None = None
@@ -131,15 +136,17 @@ class Instance:
         self._streak, self._history = 0, ()  # an operator's start forgives past crashes
         self._begin()
 
-    def stop(self, then: Callable[[], None] | None = None) -> None:
+    def stop(self, then: Callable[[], None] | None = None, began: float | None = None) -> None:
+        """Stop its process: the stop signal, then SIGKILL once stop.timeout has passed since
+        `began` (wall clock: a stop an earlier agent began), or since now."""
         self._failed = None
-        self._halt(then)
+        self._halt(then, began)
 
     def when_down(self, then: Callable[[], None]) -> None:
         """Call `then` the next time it is down: stopped, finished or given up."""
         self._when_down.append(then)
 
-    def _halt(self, then: Callable[[], None] | None = None) -> None:
+    def _halt(self, then: Callable[[], None] | None = None, began: float | None = None) -> None:
         if self._queued:
             self.host.flush_spawns()  # its process is made now, and stopped as any other
         if then is not None:
@@ -154,13 +161,20 @@ class Instance:
             return
         assert self.tracked is not None
         self._not_ready()
+        now = self.host.clock.time()
+        self.stop_began = now if began is None else min(began, now)
         self._set(State.STOPPING, f"sent SIG{self.spec.stop.signal}")
         self.host.factory.signal_group(self.tracked, self.spec.stop.signum)
         if self.spec.stop.signum != signal.SIGKILL:
             # A stopped (SIGSTOP'd) process acts on its stop signal only once continued, as
             # systemd's stop has it: it would otherwise wait out the whole timeout.
             self.host.factory.signal_group(self.tracked, signal.SIGCONT)
-        self._timer = self.host.timers.call_later(self.spec.stop.timeout, self._escalate)
+        left = max(0.0, self.spec.stop.timeout - (now - self.stop_began))
+        if began is not None:
+            log.info("%s: its stop began %s ago, before this agent started; SIGKILL %s", self.name,
+                     _seconds(now - self.stop_began),
+                     f"in {_seconds(left)}" if left else "now (its stop timeout has passed)")
+        self._timer = self.host.timers.call_later(left, self._escalate)
 
     @property
     def down(self) -> bool:
@@ -416,9 +430,11 @@ class Instance:
             self._set(State.RUNNING, f"pid {spawned.pid}")
             self._arm_ready()
 
-    def adopt(self, pid: int, tracked: int, started_wall: float, wanted: bool) -> None:
+    def adopt(self, pid: int, tracked: int, started_wall: float, wanted: bool,
+              stop_began: float | None = None) -> None:
         """Take over a process a previous agent started: running since `started_wall`; one no
-        longer wanted (its stop was under way) is stopped again."""
+        longer wanted (its stop was under way, since `stop_began` if that agent said) is
+        stopped again, within what is left of its stop timeout."""
         self.pid, self.tracked = pid, tracked
         self.started_wall = started_wall
         self.started_at = self.host.clock.monotonic() - max(0.0, self.host.clock.time() - started_wall)
@@ -431,7 +447,7 @@ class Instance:
                 self.host.probe(self, True, adopted=True)
             self._arm_ready()
         else:
-            self.stop()
+            self.stop(began=stop_began)
 
     def finished(self, pid: int, status: int) -> None:
         """A previous agent saw this instance's last process `pid` exit with `status` and
@@ -546,8 +562,10 @@ class Instance:
             self._timer = None
 
     def _set(self, state: State, detail: str) -> None:
-        if State.FATAL in (state, self.state):
-            self.host.saved_stale = True
+        if State.FATAL in (state, self.state) or State.STOPPING in (state, self.state):
+            self.host.saved_stale = True  # adopt.py saves fatal instances and stops under way
+        if state is not State.STOPPING:
+            self.stop_began = None
         self.state = state
         self.detail = detail
         self.host.changed(self.service)
