@@ -562,8 +562,8 @@ class Instance:
             self._timer = None
 
     def _set(self, state: State, detail: str) -> None:
-        if State.FATAL in (state, self.state) or State.STOPPING in (state, self.state):
-            self.host.saved_stale = True  # adopt.py saves fatal instances and stops under way
+        if State.FATAL in (state, self.state) or (state is State.STOPPING and self.state is not state):
+            self.host.saved_stale = True  # adopt.py saves fatal instances and when stops began
         if state is not State.STOPPING:
             self.stop_began = None
         self.state = state
