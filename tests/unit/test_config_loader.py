@@ -1152,3 +1152,23 @@ def test_carrying_nothing_new_keeps_the_last_load(conf: Conf) -> None:
     store.carry({})
     store.carry({"web": (ServiceSpec(command=("old",)), "conf.d/a.yaml")})  # a valid file stays as it is
     assert store.load() is first  # not merged again
+
+
+def test_a_load_that_answers_the_start_and_the_watchers_catch_up_is_labelled_the_starts(tmp_path: Path) -> None:
+    from suite_agent.config.reloader import ConfigLoader, Reload
+    from suite_agent.core.inbox import Inbox, Loaded
+
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    inbox = Inbox()
+    try:
+        loader = ConfigLoader(ConfigStore(conf), inbox)
+        labels = []
+        for batch in (("start", "watch"), ("watch",), ("api", "file", "watch")):
+            loader._load([Reload(source=source) for source in batch])
+            (loaded,) = inbox.drain()
+            assert isinstance(loaded, Loaded)
+            labels.append(loaded.source)
+        assert labels == ["start", "watch", "api, file"]
+    finally:
+        inbox.close()

@@ -76,7 +76,12 @@ class ConfigLoader:
 
     def _load(self, batch: list[Reload]) -> None:
         replies = tuple(m.reply for m in batch)
-        source = ", ".join(dict.fromkeys(m.source for m in batch))
+        sources = dict.fromkeys(m.source for m in batch)
+        if len(sources) > 1:
+            # The watcher's catch-up once it is armed ("watch") only ever rides along: a load
+            # that answers it and the start is the start's, not "(start, watch)".
+            sources.pop("watch", None)
+        source = ", ".join(sources)
         problem = None
         try:
             declared = self.store.load()
