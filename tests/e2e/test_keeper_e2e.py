@@ -661,3 +661,25 @@ def test_a_keeper_makes_its_state_directory_again_on_sighup(keeper: Keeper, remo
     brain, _ = connect_or_start(str(state))  # what a brain started now finds
     keeper.clients.append(brain)
     assert brain.hello().pid == keeper.pid
+
+
+def test_the_apis_log_reads_do_not_pile_up_the_exits_every_client_is_told(keeper: Keeper, tmp_path: Path) -> None:
+    """The keeper tells every client of every exit. A connection that only asks (the API thread's,
+    kept for its next read) must not keep them: with a crash-looping service and a dashboard
+    reading logs, they would grow for as long as the agent runs."""
+    from suite_agent.output.kept import KeptOutput
+
+    keeper.start()
+    brain = keeper.connect()
+    output = KeptOutput(str(keeper.state_dir), tmp_path / "logs", 0, 0, 100, 10_000)
+    output.instances = frozenset({"crash"})
+    asking = keeper.connect(brain=False)  # what a client that keeps events gathers meanwhile
+    asking.logs(["crash"], lines=1)
+    output.recent("crash")  # its thread's connection is made
+    for _ in range(3):
+        brain.spawn("crash", ["sh", "-c", "echo once; exit 3"], env=ENV)
+        wait_exit(brain, "crash")
+        assert [line.text for line in output.recent("crash", lines=1)] == ["once"]
+        asking.logs(["crash"], lines=1)
+    assert output._local.client is not None and not output._local.client.pending
+    assert asking.pending  # the same exits, kept by a client that keeps events

@@ -217,6 +217,9 @@ class KeeperClient:
         self._timeout = timeout
         self._reader = LineBuffer()
         self._events: deque[Event] = deque()
+        # False for a client that only asks (the API's log reads): the events the keeper pushes
+        # to every client (exits) would pile up unread for as long as it lives.
+        self.keeps_events = True
         self._next_id = 1
         sock.setblocking(False)
 
@@ -417,6 +420,8 @@ class KeeperClient:
 
     # -- the socket -----------------------------------------------------------------------
     def _keep(self, message: dict[str, Any]) -> None:
+        if not self.keeps_events:
+            return
         event = _event(message)
         if event is not None:
             self._events.append(event)

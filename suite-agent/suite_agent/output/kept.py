@@ -135,8 +135,7 @@ class KeptOutput:
             client: KeeperClient | None = getattr(self._local, "client", None)
             try:
                 if client is None:
-                    client, _ = connect_running(self.state_dir)
-                    self._local.client = client
+                    client = self._asking_client()
                 return client.reopen_paths()
             except (OSError, KeeperError) as exc:
                 if client is not None:
@@ -150,13 +149,19 @@ class KeptOutput:
     def _of(self, service: str) -> list[str]:
         return sorted(i for i in self.instances if belongs(i, service))
 
+    def _asking_client(self) -> KeeperClient:
+        """This thread's connection, kept for its next request: it only asks."""
+        client, _ = connect_running(self.state_dir)
+        client.keeps_events = False
+        self._local.client = client
+        return client
+
     def _ask(self, request: Callable[[KeeperClient], Lines]) -> Lines | None:
         for attempt in (1, 2):  # a connection of a keeper since restarted is opened again
             client: KeeperClient | None = getattr(self._local, "client", None)
             try:
                 if client is None:
-                    client, _ = connect_running(self.state_dir)
-                    self._local.client = client
+                    client = self._asking_client()
                 return request(client)
             except (OSError, KeeperError) as exc:
                 if client is not None:
