@@ -107,9 +107,10 @@ def to_plain(root: Any) -> Any:
         if isinstance(node, list):
             return [convert(v, item_line(node, i, line), depth + 1) for i, v in enumerate(node)]
         if isinstance(node, TaggedScalar):
-            if str(getattr(node.tag, "value", node.tag)) == _CORE + "str":  # `!!str 12`: the text
+            tag = str(getattr(node.tag, "value", node.tag))
+            if tag == _CORE + "str":  # `!!str 12`: the text
                 return str(node.value)
-            raise Unsupported(line, f"unsupported YAML tag {_short(str(getattr(node.tag, 'value', node.tag)))!r}")
+            raise Unsupported(line, f"unsupported YAML tag {_short(tag)!r}")
         if node is None or isinstance(node, (bool, ScalarBoolean)):
             return None if node is None else bool(node)
         for kind in (int, float, str):  # drop ruamel's subclasses (ScalarInt, ScalarFloat, quoted strings)

@@ -25,6 +25,11 @@ from pathlib import Path
 from . import procfs
 from .statedir import JOURNAL, KEEPERS, read_journal
 
+TYPE_CHECKING = False  # typing costs a keeper's memory
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
 __all__ = ["Survivor", "dead_keeper_folders", "dead_marks", "discard_dead_keepers", "find_survivors",
            "stop_survivors"]
 
@@ -85,11 +90,7 @@ def find_survivors(state_dir: str) -> list[Survivor]:
         return []
     table = _Table(procfs.scan())
     found = []
-    for folder in folders:
-        try:
-            records = read_journal(os.path.join(folder, JOURNAL))
-        except OSError:
-            continue
+    for folder, records in _journals(folders):
         for instance, r in records.items():
             try:
                 survivor = _match(folder, instance, int(r["pid"]), int(r["pgid"]), int(r["sid"]),
@@ -105,14 +106,18 @@ def dead_marks(state_dir: str) -> list[str]:
     """The `mark` of every spawn that the journals of killed keepers of `state_dir` record: what
     their spawns' descendants can still be found by (the brain's environment marker), after
     they left the spawn's process group."""
-    marks: set[str] = set()
-    for folder in dead_keeper_folders(state_dir):
+    marks = {m for _, records in _journals(dead_keeper_folders(state_dir))
+             for r in records.values() if isinstance(m := r.get("mark"), str) and m}
+    return sorted(marks)
+
+
+def _journals(folders: list[str]) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
+    """Each folder with the live records its journal holds (one that cannot be read: none)."""
+    for folder in folders:
         try:
-            records = read_journal(os.path.join(folder, JOURNAL))
+            yield folder, read_journal(os.path.join(folder, JOURNAL))
         except OSError:
             continue
-        marks.update(m for r in records.values() if isinstance(m := r.get("mark"), str) and m)
-    return sorted(marks)
 
 
 def stop_survivors(survivors: list[Survivor], timeout: float = 10.0) -> list[Survivor]:

@@ -328,17 +328,17 @@ class MarkerScan:
             self._kill_checked(pid, signum)
 
     def kill_prefix(self, prefix: str) -> list[int]:
-        self._refresh()
         wanted = prefix.encode()
-        pids = [pid for m, carriers in self._carriers.items() if m.startswith(wanted) for pid in carriers]
-        for pid in pids:
-            self._kill_checked(pid, signal.SIGKILL)
-        return pids
+        return self._kill_carriers(lambda marker: marker.startswith(wanted))
 
     def kill_marked(self, markers: list[str]) -> list[int]:
         """SIGKILL every carrier of any of these exact markers; their pids."""
+        wanted = {m.encode() for m in markers}
+        return self._kill_carriers(wanted.__contains__)
+
+    def _kill_carriers(self, chosen: Callable[[bytes], bool]) -> list[int]:
         self._refresh()
-        pids = sorted(pid for m in markers for pid in self._carriers.get(m.encode(), ()))
+        pids = sorted(pid for m, carriers in self._carriers.items() if chosen(m) for pid in carriers)
         for pid in pids:
             self._kill_checked(pid, signal.SIGKILL)
         return pids
