@@ -565,14 +565,18 @@ def test_agent_and_keeper_killed_together_leave_no_grandchild_behind(
     assert with_marker("4171") == [] and with_marker("4172") == []
 
 
+@pytest.mark.parametrize("next_agent", ["off", "auto"])
 def test_without_cgroups_a_grandchild_left_by_a_dead_leader_is_found_by_its_marker(
-        agents: list[Agent], conf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        agents: list[Agent], conf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        next_agent: str) -> None:
     # Agent and keeper killed, then the leader gone too (a SIGPIPE at its next write, say): only
-    # a grandchild in a session of its own is left, in no group the keeper's journal names.
+    # a grandchild in a session of its own is left, in no group the keeper's journal names. The
+    # next agent may run with cgroups: the killed keeper's services had none to be found in.
     monkeypatch.setenv("SUITE_AGENT_CGROUPS", "off")
     leader, grandchild = killed_with_a_grandchild_in_its_own_session(agents, conf_dir, tmp_path, "4173", "4174")
     os.kill(leader, signal.SIGKILL)
     eventually(lambda: with_marker("4173") == [], 10, "the leader gone")
+    monkeypatch.setenv("SUITE_AGENT_CGROUPS", next_agent)
     a2 = new_agent(agents, conf_dir, tmp_path).start()
     a2.wait_log(rf"killed 1 process\(es\) that services of a killed keeper had left in sessions of their own: "
                 rf"pid {grandchild}$")

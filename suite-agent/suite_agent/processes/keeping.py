@@ -80,12 +80,12 @@ def _kill_what_dead_keepers_left(state_dir: str, cgroups_on: bool) -> None:
     if not holders:
         return
     parent = cgroups.find_own()[0] if cgroups_on else None
-    if parent is not None:
-        killed = cgroups.kill_trees_of(parent, holders)
-        if killed:
-            log.warning("killed what %d cgroup(s) of a killed keeper still held: %s", len(killed),
-                        ", ".join(killed))
+    killed = cgroups.kill_trees_of(parent, holders) if parent is not None else []
+    if killed:
+        log.warning("killed what %d cgroup(s) of a killed keeper still held: %s", len(killed),
+                    ", ".join(killed))
         return
+    # No cgroup held anything: this agent has none, or the killed keeper ran without them.
     marks = dead_marks(state_dir)
     pids = MarkerScan(MARKER).kill_marked(marks) if marks else []
     if pids:
