@@ -265,10 +265,12 @@ def reload(settings: Settings, out: TextIO = sys.stdout) -> int:
         raise ClientError(_error(payload, code))
     changes = [f"{what} {', '.join(payload.get(what) or [])}" for what in ("added", "changed", "removed")
                if payload.get(what)]
-    out.write(("reloaded: " + "; ".join(changes) if changes else "reloaded: no change") + "\n")
     errors: dict[str, list[str]] = payload.get("errors") or {}
     for problems in errors.values():
         out.writelines(f"{problem}\n" for problem in problems)
+    # With a file rejected, "no change" alone would read as if the edit had been taken.
+    label = "reloaded the other files" if errors else "reloaded"
+    out.write(f"{label}: {'; '.join(changes) if changes else 'no change'}\n")
     if errors:
         raise ClientError(f"{len(errors)} file(s) rejected; what they declare before stays in force")
     return 0

@@ -5,7 +5,11 @@ RabbitMQ and Kafka: both say so in their log and as a `suite.agent_id_conflict` 
 from __future__ import annotations
 
 import json
+import re
+import signal
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
 
 def test_two_agents_with_one_agent_id_are_reported_by_both_and_by_the_cli(fleet: Fleet) -> None:
     events = fleet.broker.events("suite.agent_id_conflict")
+    beats = fleet.broker.events("suite.agent_heartbeat")
     other = fleet.add("other", {"role": "db"})
     first = fleet.add("web", {"role": "web"})
     fleet.wait_started()
@@ -66,6 +71,25 @@ def test_two_agents_with_one_agent_id_are_reported_by_both_and_by_the_cli(fleet:
     assert done.returncode == 0 and "agent_id" not in done.stderr  # a target without the shared id is fine
     done = fleet.cli("status", "--selector", "role=web")
     assert done.returncode == 1 and f"2 agents run with agent_id '{first.agent_id}'" in done.stderr
+
+    # A stall longer than the clone's lifetime (three heartbeats and the grace: 5 s here): the
+    # fleet's view drops it and takes it back when it beats again; the agents say nothing more.
+    def beats_of_the_id_since(moment: float, count: int) -> None:
+        beats.wait_for("suite.agent_heartbeat", count=count, timeout=30,
+                       where=lambda e: e["data"].get("agent_id") == first.agent_id
+                       and datetime.fromisoformat(e["time"]).timestamp() > moment)
+
+    assert clone.proc is not None
+    clone.proc.send_signal(signal.SIGSTOP)
+    try:
+        beats_of_the_id_since(time.time(), 8)  # the first agent's, for 7 s and more
+    finally:
+        clone.proc.send_signal(signal.SIGCONT)
+    resumed = time.time()
+    eventually(reported, 30, "the clone back in the view")
+    beats_of_the_id_since(resumed, 8)  # both, more than twice each: a newcomer would be a twin again
+    for log in (first.agent.log(), clone.log()):
+        assert len(re.findall(CONFLICT, log)) == 1 and "alone again" not in log
 
     clone.shutdown()
     first.agent.wait_log(r"queue: agent_id '\S+' is this agent's alone again", timeout=30)

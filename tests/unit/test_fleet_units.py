@@ -241,6 +241,50 @@ def test_two_agents_beating_under_one_agent_id_show_as_duplicates() -> None:
     assert registry.duplicates() == {}
 
 
+def test_a_twin_silent_through_a_stall_is_still_the_same_twin() -> None:
+    clock = FakeClock()
+    registry = Registry(clock=clock.time, monotonic=clock.monotonic)
+    for _ in range(3):
+        beat(registry, "aaa", "host-a")
+        beat(registry, "bbb", "host-b")
+        clock.advance(10)
+    assert registry.twins("web-1") == ["host-a", "host-b"]
+    for _ in range(4):  # bbb stalls for 40 s, longer than its 32 s lifetime; aaa beats on
+        beat(registry, "aaa", "host-a")
+        clock.advance(10)
+    assert registry.duplicates() == {}  # the view: bbb is not live
+    assert registry.twins("web-1") == ["host-a", "host-b"]  # but still the twin
+    beat(registry, "bbb", "host-b")  # back: the same instance, not a newcomer to count twice again
+    assert registry.duplicates() == {"web-1": ["host-a", "host-b"]}
+    clock.advance(97)  # silent three lifetimes: forgotten
+    beat(registry, "aaa", "host-a")
+    assert registry.twins("web-1") == [] and registry.duplicates() == {}
+    beat(registry, "bbb", "host-b")  # after that long, a newcomer again
+    assert registry.twins("web-1") == []
+    for _ in range(2):
+        beat(registry, "bbb", "host-b")
+        beat(registry, "aaa", "host-a")
+    assert registry.twins("web-1") == ["host-a", "host-b"]
+    beat(registry, "bbb", "host-b", "agent_stopped")
+    assert registry.twins("web-1") == []
+
+
+def test_an_agent_that_stalled_itself_still_knows_its_twin() -> None:
+    clock = FakeClock()
+    registry = Registry(clock=clock.time, monotonic=clock.monotonic)
+    for _ in range(3):
+        beat(registry, "aaa", "host-a")
+        beat(registry, "bbb", "host-b")
+        clock.advance(10)
+    clock.advance(40)  # this agent (bbb) was stopped: every beat of the id it heard is old
+    assert registry.live() == {} and registry.duplicates() == {}
+    assert registry.twins("web-1") == ["host-a", "host-b"]
+    beat(registry, "aaa", "host-a")
+    assert registry.twins("web-1") == ["host-a", "host-b"]
+    clock.advance(100)  # silent three lifetimes: forgotten, peer and instances
+    assert registry.live() == {} and registry.twins("web-1") == []
+
+
 def test_an_agent_restarted_is_not_its_own_duplicate() -> None:
     clock = FakeClock()
     registry = Registry(clock=clock.time, monotonic=clock.monotonic)

@@ -108,8 +108,9 @@ class QueuePart:
             self._check_twin()
 
     def _check_twin(self) -> None:
-        """Say so, once, when another agent runs with this agent_id; and when it is gone."""
-        hosts = self.registry.duplicates().get(self.section.agent_id)
+        """Say so, once, when another agent runs with this agent_id; and when it is gone (said it
+        stopped, or silent long enough to be forgotten: a stall does not end it)."""
+        hosts = self.registry.twins(self.section.agent_id)
         if hosts and not self._twin:
             log.error("queue: another agent runs with agent_id %r (hosts: %s): commands for this id reach "
                       "one of the two, and the fleet sees one; give each its own queue.agent_id",

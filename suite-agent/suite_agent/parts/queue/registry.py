@@ -11,7 +11,10 @@ control queue: each command reaches one of them, and the fleet sees one agent. E
 carries the agent's `instance`, drawn at random when it starts, so two live instances under one
 id show. Beats of a single instance that stopped or died (its last beat may still arrive after
 its successor's first) do not: a duplicate is two instances each heard at least twice since the
-other appeared.
+other appeared. The view counts only live instances; an instance is remembered for a few times
+longer (FORGET_AFTER), so that one silent for a while (a stalled host or broker) that beats again is
+the same twin as before, and the agent sharing its id does not say "alone again" and then "another
+agent runs" once more over one stall.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ NO_BEAT_LIFETIME = 3600.0  # an agent without heartbeats (heartbeat: 0) is live 
 
 
 TWICE = 2  # beats of each instance since the other appeared that make two agents of one id
+FORGET_AFTER = 3  # an instance silent this many times its lifetime is forgotten (twins(): gone)
 
 
 @dataclass
@@ -54,6 +58,10 @@ class Peer:
         if isinstance(period, int | float) and not isinstance(period, bool) and period > 0:
             return self.mono + MISSED_BEATS * period + SILENT_GRACE
         return self.mono + NO_BEAT_LIFETIME
+
+    def forgotten(self, now_mono: float) -> bool:
+        """Silent for FORGET_AFTER lifetimes: its instances are forgotten with it."""
+        return now_mono > self.mono + FORGET_AFTER * (self.expires() - self.mono)
 
     def json(self, now_mono: float) -> dict[str, Any]:
         return {**self.data, "last_heard": round(now_mono - self.mono, 3)}
@@ -105,7 +113,7 @@ class Registry:
 
     def _count(self, agent_id: str, instance: str, hostname: str, lifetime: float, now: float) -> None:
         instances = self._instances.setdefault(agent_id, {})
-        for gone in [i for i, seen in instances.items() if seen.mono + lifetime < now]:
+        for gone in [i for i, seen in instances.items() if seen.mono + FORGET_AFTER * lifetime < now]:
             del instances[gone]
         seen = instances.get(instance)
         if seen is None:
@@ -128,13 +136,27 @@ class Registry:
                     out[agent_id] = sorted(seen.hostname for seen in live)
             return out
 
+    def twins(self, agent_id: str) -> list[str]:
+        """The hosts of the instances of `agent_id` that make it a duplicate, counting those not
+        heard for a while but not forgotten yet: whether the agent of that id still shares it."""
+        now = self.monotonic()
+        with self._lock:
+            peer = self._peers.get(agent_id)
+            lifetime = peer.expires() - peer.mono if peer is not None else 0.0
+            known = [seen for seen in self._instances.get(agent_id, {}).values()
+                     if seen.mono + FORGET_AFTER * lifetime >= now]
+            return sorted(seen.hostname for seen in known) if sum(
+                seen.since_other >= TWICE for seen in known) >= 2 else []
+
     def live(self) -> dict[str, Peer]:
         now = self.monotonic()
         with self._lock:
-            for agent_id in [a for a, p in self._peers.items() if p.expires() < now]:
+            # A peer past its lifetime is no longer live, but what was heard of its instances is
+            # kept a while longer (twins()): an agent that stalled is the same agent when it beats again.
+            for agent_id in [a for a, p in self._peers.items() if p.forgotten(now)]:
                 del self._peers[agent_id]
                 self._instances.pop(agent_id, None)
-            return dict(self._peers)
+            return {a: p for a, p in self._peers.items() if p.expires() >= now}
 
     def complete(self) -> bool:
         """Listened long enough that every live agent was heard (they beat early on a newcomer)."""
