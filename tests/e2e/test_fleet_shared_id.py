@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from agent import Agent
+from brokers import Broker, free_port
 from eventually import eventually
 from fleet_helpers import KINDS, Fleet, Member, fleet_broker
 
@@ -93,3 +95,42 @@ def test_two_agents_with_one_agent_id_are_reported_by_both_and_by_the_cli(fleet:
 
     clone.shutdown()
     first.agent.wait_log(r"queue: agent_id '\S+' is this agent's alone again", timeout=30)
+
+
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind != "kafka"])  # Kafka: no queue to delete
+def test_an_agent_whose_fleet_queue_was_deleted_hears_the_fleet_again(
+        request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
+    """What a twin's stop does when it believed itself alone: it deletes the fleet queue both read."""
+    from kombu import Connection
+
+    from suite_agent.config.models import QueueSection
+    from suite_agent.parts.queue import topology
+
+    broker = fleet_broker(request, kind)
+    fleet = Fleet(broker, tmp_path)
+    try:
+        port = free_port()
+        first = fleet.add("web", {"role": "web"}, extra=f"api: {{listen: '127.0.0.1:{port}'}}\n")
+        fleet.wait_started()
+        assert isinstance(broker, Broker)
+        section = QueueSection(url=broker.url, exchange=broker.exchange, agent_id=first.agent_id, heartbeat=1)
+        with Connection(broker.url) as conn:
+            queue = topology.fleet_queue(section)(conn.default_channel)
+            queue.declare()
+            queue.delete()
+        late = fleet.add("late", {"role": "db"})
+
+        def heard() -> dict[str, Any] | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/fleet", timeout=5) as resp:
+                body: dict[str, Any] = json.load(resp)
+            return body if late.agent_id in body["agents"] and body["agents"][late.agent_id]["last_heard"] < 2 else None
+
+        eventually(heard, 30, "the agent that came later in the first one's /api/fleet")
+        if kind == "redis":  # RabbitMQ cancels the consumer of a deleted queue: it connects again
+            (line,) = first.agent.wait_log("none of this agent's heartbeats came back", timeout=0.1)
+            assert "bound again" in line and "WARNING" in line
+        assert "came back" not in late.agent.log()
+    finally:
+        leftovers = fleet.shutdown()
+        broker.cleanup()
+        assert leftovers == [], f"processes outlived the agents: {leftovers}"

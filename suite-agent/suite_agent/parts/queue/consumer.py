@@ -56,6 +56,7 @@ FAST_WAIT = 0.25  # a command handed over this recently has its answer looked fo
 FRESH_TURN = 0.002
 HOLD = 0.02  # with no other command in hand, how long to wait for an answer before parking it
 IDLE_TURN = 0.25  # bounds how late stop() is noticed
+DEAF_AFTER = 3  # heartbeat periods without one of this agent's own: its fleet queue is bound again
 PARKED_TURN = 0.02
 RECENT_IDS = 1024  # message ids remembered against redelivery and resends
 
@@ -79,7 +80,7 @@ class CommandConsumer:
                  stop: threading.Event, intake: Intake | None = None, fleet_queue: Queue | None = None,
                  on_fleet: Callable[[dict[str, Any]], None] | None = None,
                  on_ready: Callable[[], None] | None = None,
-                 fleet_shared: Callable[[], bool] = lambda: False) -> None:
+                 fleet_shared: Callable[[], bool] = lambda: False, heartbeat: float = 0.0) -> None:
         self.link = link
         self.queue = queue
         self.handle = handle
@@ -91,6 +92,11 @@ class CommandConsumer:
         self.on_ready = on_ready
         # Another agent runs with this agent_id, and so reads the same fleet queue.
         self.fleet_shared = fleet_shared
+        # This agent's own heartbeats come back through its fleet queue. None heard for
+        # DEAF_AFTER periods: the queue lost its bindings (an agent sharing this id deleted it
+        # when it stopped, believing itself alone); on Redis nothing else would bind it again.
+        self.heartbeat = heartbeat
+        self._own_heard = 0.0
         self._stop = stop
         self._recent: OrderedDict[str, _Pending] = OrderedDict()
         self._parked: list[_Pending] = []
@@ -134,7 +140,11 @@ class CommandConsumer:
         self.link.ready()
         if self.on_ready is not None:
             self.on_ready()
+        self._own_heard = time.monotonic()
         while not self._stop.is_set():
+            if self.fleet_queue is not None and self.heartbeat > 0 and (
+                    time.monotonic() - self._own_heard > DEAF_AFTER * self.heartbeat):
+                self._bind_fleet_again(channel)
             if not self._delivered:  # some may have come in while a parked answer's confirm was awaited
                 with contextlib.suppress(TimeoutError):
                     conn.drain_events(timeout=self._turn_for())
@@ -276,12 +286,28 @@ class CommandConsumer:
             self._confirms.published()
             self._confirms.wait(self._conn, topology.PUBLISH_TIMEOUT)
 
+    def _bind_fleet_again(self, channel: Any) -> None:
+        assert self.fleet_queue is not None
+        queue = self.fleet_queue(channel)
+        queue.declare()  # where it was deleted and is gone (RabbitMQ)
+        for each in queue.bindings:  # binding again what is bound already does nothing (Redis)
+            each.unbind(queue)
+            each.bind(queue)
+        self._own_heard = time.monotonic()
+        (log.debug if self.fleet_shared() else log.warning)(
+            "queue: none of this agent's heartbeats came back for %.0fs: its fleet queue %r is bound "
+            "again (an agent with the same agent_id that stopped may have deleted it)",
+            DEAF_AFTER * self.heartbeat, queue.name)
+
     def _heard(self, message: Message) -> None:
         """A fleet event (a heartbeat, a start, a stop): noted, never answered."""
         try:
             event = json.loads(message.body)
         except (ValueError, TypeError):
             event = None
+        if isinstance(event, dict) and isinstance(data := event.get("data"), dict) and (
+                data.get("agent_id") == self.agent_id):
+            self._own_heard = time.monotonic()
         if isinstance(event, dict) and self.on_fleet is not None:
             try:
                 self.on_fleet(event)

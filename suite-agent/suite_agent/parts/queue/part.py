@@ -70,7 +70,8 @@ class QueuePart:
         consumer = consumer_type(link("commands"), topology.control_queue(section),
                                  self.handle, section.agent_id, self._stop_commands, intake=intake,
                                  fleet_queue=topology.fleet_queue(section), on_fleet=self._heard,
-                                 on_ready=self._listening, fleet_shared=lambda: self._twin)
+                                 on_ready=self._listening, fleet_shared=lambda: self._twin,
+                                 heartbeat=section.heartbeat)
         self._threads = [threading.Thread(target=publisher.run, name="queue-events", daemon=True),
                          threading.Thread(target=consumer.run, name="queue-commands", daemon=True)]
         for thread in self._threads:
