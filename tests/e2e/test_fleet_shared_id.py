@@ -128,7 +128,7 @@ def test_an_agent_whose_fleet_queue_was_deleted_hears_the_fleet_again(
         eventually(heard, 30, "the agent that came later in the first one's /api/fleet")
         if kind == "redis":  # RabbitMQ cancels the consumer of a deleted queue: it connects again
             (line,) = first.agent.wait_log("none of this agent's heartbeats came back", timeout=0.1)
-            assert "bound again" in line and "WARNING" in line
+            assert "bound it again" in line and "WARNING" in line
         assert "came back" not in late.agent.log()
     finally:
         leftovers = fleet.shutdown()

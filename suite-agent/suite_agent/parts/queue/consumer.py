@@ -295,9 +295,9 @@ class CommandConsumer:
             each.bind(queue)
         self._own_heard = time.monotonic()
         (log.debug if self.fleet_shared() else log.warning)(
-            "queue: none of this agent's heartbeats came back for %.0fs: its fleet queue %r is bound "
-            "again (an agent with the same agent_id that stopped may have deleted it)",
-            DEAF_AFTER * self.heartbeat, queue.name)
+            "queue: none of this agent's heartbeats came back through its fleet queue %r in %.0fs: "
+            "bound it again (an agent with the same agent_id deletes it when it stops; or the events "
+            "are late)", queue.name, DEAF_AFTER * self.heartbeat)
 
     def _heard(self, message: Message) -> None:
         """A fleet event (a heartbeat, a start, a stop): noted, never answered."""
