@@ -241,13 +241,19 @@ def test_two_agents_beating_under_one_agent_id_show_as_duplicates() -> None:
     assert registry.duplicates() == {}
 
 
-def test_a_twin_silent_through_a_stall_is_still_the_same_twin() -> None:
+def twins_heard_three_times() -> tuple[FakeClock, Registry]:
+    """Two instances of web-1 (aaa on host-a, bbb on host-b), each heard three times, 10 s apart."""
     clock = FakeClock()
     registry = Registry(clock=clock.time, monotonic=clock.monotonic)
     for _ in range(3):
         beat(registry, "aaa", "host-a")
         beat(registry, "bbb", "host-b")
         clock.advance(10)
+    return clock, registry
+
+
+def test_a_twin_silent_through_a_stall_is_still_the_same_twin() -> None:
+    clock, registry = twins_heard_three_times()
     assert registry.twins("web-1") == ["host-a", "host-b"]
     for _ in range(4):  # bbb stalls for 40 s, longer than its 32 s lifetime; aaa beats on
         beat(registry, "aaa", "host-a")
@@ -270,12 +276,7 @@ def test_a_twin_silent_through_a_stall_is_still_the_same_twin() -> None:
 
 
 def test_an_agent_that_stalled_itself_still_knows_its_twin() -> None:
-    clock = FakeClock()
-    registry = Registry(clock=clock.time, monotonic=clock.monotonic)
-    for _ in range(3):
-        beat(registry, "aaa", "host-a")
-        beat(registry, "bbb", "host-b")
-        clock.advance(10)
+    clock, registry = twins_heard_three_times()
     clock.advance(40)  # this agent (bbb) was stopped: every beat of the id it heard is old
     assert registry.live() == {} and registry.duplicates() == {}
     assert registry.twins("web-1") == ["host-a", "host-b"]
