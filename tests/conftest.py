@@ -3,6 +3,7 @@ this file (agent, api_helpers, brokers, eventually, fakes) import by their plain
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from agent import Agent
 pytest.register_assert_rewrite("api_helpers", "brokers", "fakes", "kafka_broker")
 
 HERE = Path(__file__).parent
+
+# A run started in the background by a shell without job control (`(pytest &)`, `nohup ... &`)
+# inherits SIGINT ignored, and so would every process the tests start: a test that presses
+# Ctrl-C on one, as a user in a terminal does, would wait for nothing. Python's own handler again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 KINDS = {HERE / "unit": "unit", HERE / "e2e": "e2e"}
 
 
