@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import select
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
@@ -291,3 +292,44 @@ def test_new_queue_settings_send_the_events_the_old_ones_could_not(
     bus.publish(Event.make("tick", None, n=999))  # a sentinel: sent after the others
     reader.wait(lambda received: received and received[-1].body["data"]["n"] == 999, 10, "the sentinel")
     assert [r.body["data"]["n"] for r in reader.received] == [0, 1, 2, 999]
+
+
+def test_the_fleet_queue_is_bound_again_only_when_heartbeats_could_have_come_back(
+    redis_broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The consumer alone, on Redis: its own heartbeats never come back (nothing publishes them).
+    from suite_agent.parts.queue import topology
+    from suite_agent.parts.queue.consumer import DEAF_AFTER, CommandConsumer
+    from suite_agent.parts.queue.link import Link
+    from suite_agent.parts.queue.stats import Stats
+
+    period = 0.1
+    agent_id = redis_broker.agent_id()
+    section = QueueSection(url=redis_broker.url, exchange=redis_broker.exchange, agent_id=agent_id, heartbeat=period)
+    redis_broker._queues += [topology.control_queue_name(agent_id), topology.fleet_queue_name(agent_id)]
+    heard: list[dict[str, Any]] = []
+    events_up = threading.Event()
+    stop = threading.Event()
+    consumer = CommandConsumer(Link(redis_broker.url, "commands", Stats()), topology.control_queue(section),
+                               None, agent_id, stop, fleet_queue=topology.fleet_queue(section),  # type: ignore[arg-type]
+                               on_fleet=heard.append, heartbeat=period, beats_out=events_up.is_set)
+    thread = threading.Thread(target=consumer.run, name="consumer-under-test", daemon=True)
+    caplog.set_level("DEBUG", logger="suite_agent")
+    thread.start()
+    try:
+        beat = {"type": "suite.agent_heartbeat", "data": {"agent_id": "another", "instance": "x"}}
+        sentinels = redis_broker.commander()
+        eventually(lambda: "queue: commands: connected" in caplog.text, 10, "the consumer connected")
+        began = time.monotonic()
+        # While the events connection is down, no heartbeat of its own could have come back.
+        while time.monotonic() - began < 2 * DEAF_AFTER * period:
+            sentinels.publish("suite.agent_heartbeat", beat, reply=False)
+            eventually(lambda: len(heard) >= 1, 10, "the sentinel heartbeat taken in")
+            heard.clear()
+        assert "came back" not in caplog.text
+        events_up.set()
+        eventually(lambda: "none of this agent's heartbeats came back" in caplog.text, 10, "the rebinding")
+        assert time.monotonic() - began >= DEAF_AFTER * period
+    finally:
+        stop.set()
+        thread.join(10)

@@ -80,7 +80,8 @@ class CommandConsumer:
                  stop: threading.Event, intake: Intake | None = None, fleet_queue: Queue | None = None,
                  on_fleet: Callable[[dict[str, Any]], None] | None = None,
                  on_ready: Callable[[], None] | None = None,
-                 fleet_shared: Callable[[], bool] = lambda: False, heartbeat: float = 0.0) -> None:
+                 fleet_shared: Callable[[], bool] = lambda: False, heartbeat: float = 0.0,
+                 beats_out: Callable[[], bool] = lambda: True) -> None:
         self.link = link
         self.queue = queue
         self.handle = handle
@@ -96,6 +97,7 @@ class CommandConsumer:
         # DEAF_AFTER periods: the queue lost its bindings (an agent sharing this id deleted it
         # when it stopped, believing itself alone); on Redis nothing else would bind it again.
         self.heartbeat = heartbeat
+        self.beats_out = beats_out  # whether they can go out now (the events connection is up)
         self._own_heard = 0.0
         self._stop = stop
         self._recent: OrderedDict[str, _Pending] = OrderedDict()
@@ -142,9 +144,11 @@ class CommandConsumer:
             self.on_ready()
         self._own_heard = time.monotonic()
         while not self._stop.is_set():
-            if self.fleet_queue is not None and self.heartbeat > 0 and (
-                    time.monotonic() - self._own_heard > DEAF_AFTER * self.heartbeat):
-                self._bind_fleet_again(channel)
+            if self.fleet_queue is not None and self.heartbeat > 0:
+                if not self.beats_out():
+                    self._own_heard = time.monotonic()  # none can come back: not counted
+                elif time.monotonic() - self._own_heard > DEAF_AFTER * self.heartbeat:
+                    self._bind_fleet_again(channel)
             if not self._delivered:  # some may have come in while a parked answer's confirm was awaited
                 with contextlib.suppress(TimeoutError):
                     conn.drain_events(timeout=self._turn_for())

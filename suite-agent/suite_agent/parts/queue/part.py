@@ -61,7 +61,8 @@ class QueuePart:
         # Subscribed before anything else, so no event from now on is missed.
         subscription = self.handle.bus.subscribe(self.outbox_max, since=self.handle.since("queue"))
         self.fleet_bus.attach(subscription)
-        publisher = publisher_type(link("events"), subscription, topology.exchange(section),
+        events = link("events")
+        publisher = publisher_type(events, subscription, topology.exchange(section),
                                    section.agent_id, self.outbox_max, self._stop_events,
                                    content_type=topology.event_content_type(section), carried=self._carried)
         self._carried = ()
@@ -71,7 +72,7 @@ class QueuePart:
                                  self.handle, section.agent_id, self._stop_commands, intake=intake,
                                  fleet_queue=topology.fleet_queue(section), on_fleet=self._heard,
                                  on_ready=self._listening, fleet_shared=lambda: self._twin,
-                                 heartbeat=section.heartbeat)
+                                 heartbeat=section.heartbeat, beats_out=lambda: events.state == "up")
         self._threads = [threading.Thread(target=publisher.run, name="queue-events", daemon=True),
                          threading.Thread(target=consumer.run, name="queue-commands", daemon=True)]
         for thread in self._threads:

@@ -127,26 +127,23 @@ class Registry:
         """agent_id -> the hosts of its instances, for each id two live agents are using."""
         now = self.monotonic()
         with self._lock:
-            out = {}
-            for agent_id, instances in self._instances.items():
-                peer = self._peers.get(agent_id)
-                lifetime = peer.expires() - peer.mono if peer is not None else 0.0
-                live = [seen for seen in instances.values() if seen.mono + lifetime >= now]
-                if sum(seen.since_other >= TWICE for seen in live) >= 2:
-                    out[agent_id] = sorted(seen.hostname for seen in live)
-            return out
+            found = {agent_id: self._twin_hosts(agent_id, 1, now) for agent_id in self._instances}
+            return {agent_id: hosts for agent_id, hosts in found.items() if hosts}
 
     def twins(self, agent_id: str) -> list[str]:
         """The hosts of the instances of `agent_id` that make it a duplicate, counting those not
         heard for a while but not forgotten yet: whether the agent of that id still shares it."""
-        now = self.monotonic()
         with self._lock:
-            peer = self._peers.get(agent_id)
-            lifetime = peer.expires() - peer.mono if peer is not None else 0.0
-            known = [seen for seen in self._instances.get(agent_id, {}).values()
-                     if seen.mono + FORGET_AFTER * lifetime >= now]
-            return sorted(seen.hostname for seen in known) if sum(
-                seen.since_other >= TWICE for seen in known) >= 2 else []
+            return self._twin_hosts(agent_id, FORGET_AFTER, self.monotonic())
+
+    def _twin_hosts(self, agent_id: str, lifetimes: int, now: float) -> list[str]:
+        """The hosts of the instances of `agent_id` heard within `lifetimes` of their lifetime, if
+        two of them were each heard twice since the other appeared; else none."""
+        peer = self._peers.get(agent_id)
+        lifetime = peer.expires() - peer.mono if peer is not None else 0.0
+        heard = [seen for seen in self._instances.get(agent_id, {}).values()
+                 if seen.mono + lifetimes * lifetime >= now]
+        return sorted(seen.hostname for seen in heard) if sum(seen.since_other >= TWICE for seen in heard) >= 2 else []
 
     def live(self) -> dict[str, Peer]:
         now = self.monotonic()
