@@ -37,8 +37,14 @@ __all__ = ["Child", "Children", "Exit", "check_instance", "decode_status"]
 PATH_CACHE_FOR = 2.0
 """Seconds a PATH lookup of a command is reused: long enough for a crash loop to skip it, short
 enough that a program installed earlier in the PATH is found as a shell would find it."""
-# Python ignores these; a service must start with them at their defaults, as from a shell.
-_IGNORED_BY_PYTHON = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def ignored_signals() -> tuple[int, ...]:
+    """The signals this process ignores, which exec would hand down to a service: those Python
+    ignores (SIGPIPE, SIGXFSZ) and those the agent was started with ignored (a background job of
+    a shell without job control ignores SIGINT and SIGQUIT, nohup SIGHUP). A service starts with
+    every signal at its default, as from a terminal: `stop: {signal: QUIT}` must reach it."""
+    return tuple(s for s in signal.valid_signals() if signal.getsignal(s) == signal.SIG_IGN)
 
 
 def check_instance(instance: object) -> str:
@@ -118,6 +124,7 @@ class Children:
         self._sid = os.getsid(0)
         self._paths: dict[tuple[str, str | None], tuple[str, float]] = {}
         self._cwd = os.getcwd()  # the keeper never changes directory
+        self._reset = ignored_signals()  # before the keeper's own handlers: those reset anyway
 
     def spawn(self, instance: str, argv: list[str], cwd: str | None, env: dict[str, str],
               user: str | int | None, group: str | int | None, stdout: int, stderr: int,
@@ -154,15 +161,15 @@ class Children:
         if cwd is not None and os.path.normpath(cwd) == self._cwd:
             cwd = None  # where posix_spawn starts it anyway
         if cwd is not None or user is not None or group is not None or rlimits:
-            return _popen(argv, cwd, env, user, group, stdout, stderr, stdin, rlimits)
+            return _popen(argv, cwd, env, user, group, stdout, stderr, stdin, rlimits, self._reset)
         path = self._lookup(argv[0], env, fresh=False)
         try:
-            return _posix_spawn(path, argv, env, stdout, stderr, stdin), None
+            return _posix_spawn(path, argv, env, stdout, stderr, stdin, self._reset), None
         except (FileNotFoundError, PermissionError):
             again = self._lookup(argv[0], env, fresh=True)  # gone or changed since: look again
             if again == path:
                 raise
-            return _posix_spawn(again, argv, env, stdout, stderr, stdin), None
+            return _posix_spawn(again, argv, env, stdout, stderr, stdin, self._reset), None
 
     def _spawn_into(self, into: str, argv: list[str], cwd: str | None, env: dict[str, str],
                     stdout: int, stderr: int, stdin: int | None,
@@ -183,13 +190,13 @@ class Children:
         path = self._lookup(argv[0], env, fresh=False)
         try:
             return clone.spawn_into(into, path, argv, env, stdin, stdout, stderr, cwd,
-                                    _IGNORED_BY_PYTHON, rlimits, account)
+                                    self._reset, rlimits, account)
         except (FileNotFoundError, PermissionError):
             again = self._lookup(argv[0], env, fresh=True)
             if again == path:
                 raise
             return clone.spawn_into(into, again, argv, env, stdin, stdout, stderr, cwd,
-                                    _IGNORED_BY_PYTHON, rlimits, account)
+                                    self._reset, rlimits, account)
 
     def _lookup(self, name: str, env: dict[str, str], fresh: bool) -> str:
         """`name` in the child's PATH, remembered for PATH_CACHE_FOR seconds."""
@@ -315,19 +322,19 @@ class Children:
 
 
 def _posix_spawn(path: str, argv: list[str], env: dict[str, str], stdout: int, stderr: int,
-                 stdin: int | None = None) -> int:
+                 stdin: int | None, reset: tuple[int, ...]) -> int:
     # vfork and exec, no Python in the child: the fast path a respawn takes.
     return os.posix_spawn(path, argv, env, file_actions=[
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0) if stdin is None
         else (os.POSIX_SPAWN_DUP2, stdin, 0),
         (os.POSIX_SPAWN_DUP2, stdout, 1),
         (os.POSIX_SPAWN_DUP2, stderr, 2),
-    ], setpgroup=0, setsigdef=_IGNORED_BY_PYTHON)
+    ], setpgroup=0, setsigdef=reset)
 
 
 def _popen(argv: list[str], cwd: str | None, env: dict[str, str], user: str | int | None,
-           group: str | int | None, stdout: int, stderr: int, stdin: int | None = None,
-           rlimits: Limits | None = None) -> tuple[int, subprocess.Popen[bytes]]:
+           group: str | int | None, stdout: int, stderr: int, stdin: int | None,
+           rlimits: Limits | None, reset: tuple[int, ...]) -> tuple[int, subprocess.Popen[bytes]]:
     # posix_spawn cannot change directory, user or limits: subprocess can, and is imported only
     # then. The keeper has a single thread, so code may run between its fork and exec.
     import subprocess
@@ -341,12 +348,26 @@ def _popen(argv: list[str], cwd: str | None, env: dict[str, str], user: str | in
         # The limits first, as root: subprocess would switch user before its preexec_fn runs.
         preexec = setter(rlimits, _switcher(uid, gid, extra))
         uid = gid = extra = None
+    # restore_signals puts back SIGPIPE and SIGXFSZ; any other ignored signal, here.
+    inherited = [s for s in reset if s not in (signal.SIGPIPE, signal.SIGXFSZ)]
+    if inherited:
+        preexec = _defaults(inherited, preexec)
     popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
                              stdout=stdout, stderr=stderr,
                              cwd=cwd, env=env, close_fds=True, process_group=0, user=uid,
                              group=gid, extra_groups=extra, restore_signals=True,
                              preexec_fn=preexec)
     return popen.pid, popen
+
+
+def _defaults(signals: list[int], then: Callable[[], None] | None) -> Callable[[], None]:
+    def reset() -> None:
+        for signum in signals:
+            signal.signal(signum, signal.SIG_DFL)
+        if then is not None:
+            then()
+
+    return reset
 
 
 def _switcher(uid: str | int | None, gid: str | int | None, extra: list[int] | None
