@@ -353,6 +353,28 @@ def test_the_service_environment_overrides_the_users_home(agent: Agent) -> None:
     assert (env["HOME"], env["USER"]) == ("/srv/who", "nobody")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+@pytest.mark.parametrize(("cgroups", "native"), [("auto", "1"), ("off", "1"), ("off", "0")])
+def test_the_directory_is_entered_as_the_services_user(
+        agent: Agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cgroups: str, native: str) -> None:
+    # native "0": the keeper's subprocess path, which would chdir as root before the user switch
+    monkeypatch.setenv("SUITE_AGENT_CGROUPS", cgroups)
+    monkeypatch.setenv("SUITE_AGENT_NATIVE_SPAWN", native)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    agent.write("a.yaml", services(f"""\
+        root: {{command: [sh, -c, 'pwd > {tmp_path}/root.pwd; exec sleep 3650'], directory: {private}}}
+        denied: {{command: [sleep, '3651'], user: nobody, directory: {private}, restart: never}}
+        allowed: {{command: [sleep, '3652'], user: nobody, directory: /}}
+        """))
+    agent.start()
+    agent.wait_pids("3650")
+    agent.wait_pids("3652")
+    agent.wait_log(rf"denied: cannot start 'sleep': .*Permission denied.*'{private}'")
+    assert agent.pids_of("3651") == []
+    assert (tmp_path / "root.pwd").read_text().strip() == str(private)
+
+
 def test_unknown_user_is_a_clear_spawn_error(agent: Agent) -> None:
     agent.write("a.yaml", services("who: {command: [sleep, '3644'], user: no-such-user-xyz, restart: never}\n"))
     agent.start()

@@ -111,6 +111,16 @@ def test_the_child_runs_as_the_user_asked(native: ModuleType) -> None:
     assert out.split() == ["65534", "65534", "65534"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_the_directory_is_entered_as_the_user(native: ModuleType, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    assert run(native, report("pwd"), cwd=str(private))[1].strip() == str(private)  # root may
+    with pytest.raises(PermissionError) as denied:
+        run(native, ["/bin/true"], cwd=str(private), uid=65534, gid=65534, groups=[65534])
+    assert denied.value.filename == str(private)
+
+
 def test_failures_come_back_as_oserror_and_leave_no_child(native: ModuleType, leaf: Cgroup) -> None:
     before = {c.pid for c in psutil.Process().children()}  # other tests' children may live on
     with pytest.raises(FileNotFoundError) as missing:

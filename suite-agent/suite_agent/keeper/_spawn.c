@@ -142,7 +142,6 @@ static void __attribute__((noinline, noreturn)) child_exec(struct spawn_ctx *c) 
     if (c->parked && syscall(SPAWN_SYS_CLOSE_RANGE, 3U, ~0U, close_range_flags) != 0)
         child_fail(c, STAGE_FILES);
     if (setpgid(0, 0) != 0) child_fail(c, STAGE_PGID);
-    if (c->cwd != NULL && chdir(c->cwd) != 0) child_fail(c, STAGE_CWD);
     int fds[3] = {c->fds[0], c->fds[1], c->fds[2]};
     for (int i = 0; i < 3 && !c->parked; i++) { /* a source among 0-2 must not be overwritten before its use */
         if (fds[i] < 3 && fds[i] != i) {
@@ -166,6 +165,9 @@ static void __attribute__((noinline, noreturn)) child_exec(struct spawn_ctx *c) 
         child_fail(c, STAGE_USER);
     if (c->uid >= 0 && syscall(SYS_setresuid, c->uid, c->uid, c->uid) != 0)
         child_fail(c, STAGE_USER);
+    /* As the service's user, as supervisord and systemd do: a directory that user cannot enter
+     * is a failed start, not a service running somewhere it could never have gone itself. */
+    if (c->cwd != NULL && chdir(c->cwd) != 0) child_fail(c, STAGE_CWD);
     sigprocmask(SIG_SETMASK, &c->mask, NULL);
     execve(c->path, c->argv, c->envp);
     child_fail(c, STAGE_EXEC);
@@ -259,10 +261,10 @@ PyDoc_STRVAR(spawn_doc,
 " -> pid\n\n"
 "Start `path` with `argv` and `env` (a list of 'NAME=value') in a process group of its own,\n"
 "inside the cgroup v2 directory open as `cgroup_fd` (-1: the keeper's own), its fds 0-2 on\n"
-"`stdin`, `stdout`, `stderr`, in `cwd` (None: the keeper's), the signals `reset` at their\n"
-"default, the (resource, soft, hard) `rlimits` set, then `groups` (None: unchanged), `gid`\n"
-"and `uid` (-1: unchanged). Raises OSError as the step that failed did (the filename is `cwd`\n"
-"when the directory change failed, else `path`).");
+"`stdin`, `stdout`, `stderr`, the signals `reset` at their default, the (resource, soft,\n"
+"hard) `rlimits` set, then `groups` (None: unchanged), `gid` and `uid` (-1: unchanged), then\n"
+"in `cwd` (None: the keeper's), entered as that user. Raises OSError as the step that failed\n"
+"did (the filename is `cwd` when the directory change failed, else `path`).");
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
     (void)self;

@@ -161,6 +161,9 @@ class Children:
         if cwd is not None and os.path.normpath(cwd) == self._cwd:
             cwd = None  # where posix_spawn starts it anyway
         if cwd is not None or user is not None or group is not None or rlimits:
+            if clone.native():  # what posix_spawn cannot do, without subprocess's fork
+                return self._spawn_into(None, argv, cwd, env, stdout, stderr, stdin, rlimits,
+                                        user, group), None
             return _popen(argv, cwd, env, user, group, stdout, stderr, stdin, rlimits, self._reset)
         path = self._lookup(argv[0], env, fresh=False)
         try:
@@ -171,7 +174,7 @@ class Children:
                 raise
             return _posix_spawn(again, argv, env, stdout, stderr, stdin, self._reset), None
 
-    def _spawn_into(self, into: str, argv: list[str], cwd: str | None, env: dict[str, str],
+    def _spawn_into(self, into: str | None, argv: list[str], cwd: str | None, env: dict[str, str],
                     stdout: int, stderr: int, stdin: int | None,
                     rlimits: Limits | None = None, user: str | int | None = None,
                     group: str | int | None = None) -> int:
@@ -344,20 +347,50 @@ def _popen(argv: list[str], cwd: str | None, env: dict[str, str], user: str | in
     _check_account(user, group)
     uid, gid, extra = _login_groups(user, group)
     preexec = None
+    enter = None
+    if cwd is not None and (user is not None or group is not None):
+        # Entered as the service's user, after the switch (subprocess would chdir as root).
+        preexec, enter, cwd = _entering(cwd), cwd, None
     if rlimits:
         # The limits first, as root: subprocess would switch user before its preexec_fn runs.
-        preexec = setter(rlimits, _switcher(uid, gid, extra))
+        preexec = setter(rlimits, _chain(_switcher(uid, gid, extra), preexec))
         uid = gid = extra = None
     # restore_signals puts back SIGPIPE and SIGXFSZ; any other ignored signal, here.
     inherited = [s for s in reset if s not in (signal.SIGPIPE, signal.SIGXFSZ)]
     if inherited:
         preexec = _defaults(inherited, preexec)
-    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
-                             stdout=stdout, stderr=stderr,
-                             cwd=cwd, env=env, close_fds=True, process_group=0, user=uid,
-                             group=gid, extra_groups=extra, restore_signals=True,
-                             preexec_fn=preexec)
+    try:
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
+                                 stdout=stdout, stderr=stderr,
+                                 cwd=cwd, env=env, close_fds=True, process_group=0, user=uid,
+                                 group=gid, extra_groups=extra, restore_signals=True,
+                                 preexec_fn=preexec)
+    except subprocess.SubprocessError as exc:
+        # subprocess reports only that preexec_fn raised: its errno is lost on the way.
+        if enter is None:
+            raise OSError(errno.EPERM, f"cannot set the limits or switch user: {exc}") from None
+        raise PermissionError(errno.EACCES, f"Permission denied (to {user or group}, or a limit "
+                              "refused)", enter) from None
     return popen.pid, popen
+
+
+def _entering(cwd: str) -> Callable[[], None]:
+    def enter() -> None:
+        os.chdir(cwd)
+
+    return enter
+
+
+def _chain(first: Callable[[], None] | None, then: Callable[[], None] | None
+           ) -> Callable[[], None] | None:
+    if first is None or then is None:
+        return first or then
+
+    def both() -> None:
+        first()
+        then()
+
+    return both
 
 
 def _defaults(signals: list[int], then: Callable[[], None] | None) -> Callable[[], None]:

@@ -112,18 +112,19 @@ def native() -> bool:
     return _native is not None and available()
 
 
-def spawn_into(cgroup: str, path: str, argv: list[str], env: dict[str, str], stdin: int | None,
+def spawn_into(cgroup: str | None, path: str, argv: list[str], env: dict[str, str], stdin: int | None,
                stdout: int, stderr: int, cwd: str | None, reset: tuple[int, ...],
                rlimits: Limits | None = None,
                account: tuple[int | None, int | None, list[int] | None] | None = None) -> int:
-    """Start `path` with `argv` and `env` inside the cgroup directory `cgroup`, in a process
-    group of its own, stdin on /dev/null (or `stdin`), stdout and stderr on the given fds, the
-    signals `reset` at their default, with the (resource, soft, hard) `rlimits` set, then as
-    `account` (uid, gid, supplementary groups; each None: unchanged; the native spawner only).
+    """Start `path` with `argv` and `env` inside the cgroup directory `cgroup` (None: the
+    keeper's own; the native spawner only), in a process group of its own, stdin on /dev/null
+    (or `stdin`), stdout and stderr on the given fds, the signals `reset` at their default, with
+    the (resource, soft, hard) `rlimits` set, then as `account` (uid, gid, supplementary groups;
+    each None: unchanged; the native spawner only), and in `cwd`, entered as that account.
     Returns its pid; raises OSError as exec would."""
-    if account is not None and _native is None:
-        raise OSError(errno.ENOSYS, "another user inside a cgroup needs the native spawner")
-    group = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if (account is not None or cgroup is None) and _native is None:
+        raise OSError(errno.ENOSYS, "this spawn needs the native spawner")
+    group = -1 if cgroup is None else os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if stdin is None else None
     source = stdin if null is None else null
     assert source is not None
@@ -135,7 +136,8 @@ def spawn_into(cgroup: str, path: str, argv: list[str], env: dict[str, str], std
                                      -1 if uid is None else uid, -1 if gid is None else gid,
                                      groups))
         finally:
-            os.close(group)
+            if group >= 0:
+                os.close(group)
             if null is not None:
                 os.close(null)
     prepare = setter(rlimits) if rlimits else None
