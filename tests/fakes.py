@@ -117,7 +117,8 @@ class FakeProber:
         self.watching: dict[tuple[str, int], int] = {}  # (service, index) -> pid
 
     def watch(self, key: tuple[str, int], pid: int, health: HealthSpec, cwd: str | None,
-              env: Mapping[str, str]) -> None:
+              env: Mapping[str, str], user: str | int | None = None,
+              group: str | int | None = None) -> None:
         self.watching[key] = pid
 
     def unwatch(self, key: tuple[str, int]) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from agent import Agent, agent_command
 from eventually import eventually
@@ -103,6 +107,29 @@ def test_readiness_flips_ready_both_ways_without_restarting(agent: Agent, tmp_pa
     ready.touch()
     agent.wait_log(r"svc: ready, healthy", count=2)
     assert agent.pids_of("3622") == [pid]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_exec_checks_run_as_the_services_user(agent: Agent, tmp_path: Path) -> None:
+    # As root, a check the service's user can rewrite (a script in a folder it owns) would run
+    # whatever that user put there with root's rights.
+    nobody = pwd.getpwnam("nobody")
+    as_nobody = f"test $(id -u) = {nobody.pw_uid} && test $(id -g) = {nobody.pw_gid}"
+    agent.write("a.yaml", services(f"""\
+        inline:
+          command: [sleep, '3624']
+          user: nobody
+          health: {{readiness: {{exec: {{command: [sh, -c, '{as_nobody}']}}, period: 100ms}}}}
+        placed:
+          command: [sleep, '3625']
+          user: nobody
+          directory: /
+          health: {{readiness: {{exec: {{command: [sh, -c, '{as_nobody}']}}, period: 100ms}}}}
+        """))
+    agent.start()
+    agent.wait_log(r"inline: ready, healthy")
+    agent.wait_log(r"placed: ready, healthy")  # with a directory: another way of spawning
+    assert "unhealthy" not in agent.log()
 
 
 def test_startup_probe_holds_liveness_back(agent: Agent, tmp_path: Path) -> None:

@@ -49,7 +49,8 @@ class Probes(Protocol):
     """The probe scheduler, as the owner drives it (health/scheduler.py, or a fake in tests)."""
 
     def watch(self, key: tuple[str, int], pid: int, health: HealthSpec, cwd: str | None,
-              env: Mapping[str, str]) -> None: ...
+              env: Mapping[str, str], user: str | int | None = None,
+              group: str | int | None = None) -> None: ...
 
     def unwatch(self, key: tuple[str, int]) -> None: ...
 
@@ -219,7 +220,8 @@ class Host:
         if on and instance.pid is not None:
             spec = instance.spec
             if health.startup or health.liveness or health.readiness:
-                self._prober.watch(key, instance.pid, health, self.process_cwd(spec), self.process_env(spec))
+                self._prober.watch(key, instance.pid, health, self.process_cwd(spec), self.process_env(spec),
+                                   spec.user, spec.group)
                 self._watched.add(key)
             if self.notifications is not None:
                 self.notifications.watch(instance, adopted)

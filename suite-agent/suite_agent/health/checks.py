@@ -41,14 +41,15 @@ class CheckResult:
 
 
 def run_check(probe: Probe, foreign: ForeignChildren, cwd: str | None,
-              env: Mapping[str, str]) -> CheckResult:
+              env: Mapping[str, str], user: str | int | None = None,
+              group: str | int | None = None) -> CheckResult:
     try:
         if probe.http is not None:
             return check_http(probe.http, probe.timeout)
         if probe.tcp is not None:
             return check_tcp(probe.tcp, probe.timeout)
         assert probe.exec is not None
-        return check_exec(probe.exec, probe.timeout, foreign, cwd, env)
+        return check_exec(probe.exec, probe.timeout, foreign, cwd, env, user, group)
     except Exception as exc:  # a probe reports failure; it never raises into the prober
         return CheckResult(False, f"{type(exc).__name__}: {exc}")
 
@@ -83,11 +84,14 @@ def check_tcp(spec: TcpProbe, timeout: float) -> CheckResult:
 
 
 def check_exec(spec: ExecProbe, timeout: float, foreign: ForeignChildren, cwd: str | None,
-               env: Mapping[str, str]) -> CheckResult:
+               env: Mapping[str, str], user: str | int | None = None,
+               group: str | int | None = None) -> CheckResult:
+    """Run the check's command as the service's `user` and `group`: as root, a command the
+    service's user can change (a script in its own directory) would be root's to run."""
     deadline = time.monotonic() + timeout
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
-        pid, exited = foreign.spawn(list(spec.command), cwd, env, write_fd)
+        pid, exited = foreign.spawn(list(spec.command), cwd, env, write_fd, user, group)
     finally:
         os.close(write_fd)
     output = b""
@@ -139,13 +143,14 @@ class Pending(Protocol):
 
 
 def start_nonblocking(probe: Probe, foreign: ForeignChildren | None = None, cwd: str | None = None,
-                      env: Mapping[str, str] | None = None) -> Pending | CheckResult | None:
+                      env: Mapping[str, str] | None = None, user: str | int | None = None,
+                      group: str | int | None = None) -> Pending | CheckResult | None:
     """The check started in non-blocking mode (or already over), or None: it needs `run_check`
     on a worker thread. An exec check (with `foreign`) runs here when it needs no working
-    directory: spawned without a fork of the agent, its output read here, its exit status handed
-    back by the owner's reaper."""
+    directory and runs as the agent's user: spawned without a fork of the agent, its output read
+    here, its exit status handed back by the owner's reaper."""
     if probe.exec is not None:
-        if foreign is None or cwd is not None:
+        if foreign is None or cwd is not None or user is not None or group is not None:
             return None
         try:
             return ExecCheck(probe.exec, probe.timeout, foreign, env or {})

@@ -62,6 +62,8 @@ class _Watch:
     env: Mapping[str, str]
     since: float
     started_up: bool
+    user: str | int | None = None  # exec checks run as the service's user and group
+    group: str | int | None = None
     verdicts: dict[str, _Verdict] = field(default_factory=lambda: {k: _Verdict() for k in KINDS})
     in_flight: set[str] = field(default_factory=set)
     done: bool = False  # failed for good: the owner restarts the process
@@ -93,12 +95,14 @@ class Prober:
 
     # -- from the owner thread (never blocks) ---------------------------------------------
     def watch(self, key: Key, pid: int, health: HealthSpec, cwd: str | None,
-              env: Mapping[str, str]) -> None:
+              env: Mapping[str, str], user: str | int | None = None,
+              group: str | int | None = None) -> None:
         if not self._started:
             self._started = True
             self._thread.start()
         self._post(lambda: self._watch(_Watch(key, pid, health, cwd, env, time.monotonic(),
-                                              started_up=health.startup is None)))
+                                              started_up=health.startup is None, user=user,
+                                              group=group)))
 
     def unwatch(self, key: Key) -> None:
         self._post(lambda: self._unwatch(key))
@@ -241,7 +245,8 @@ class Prober:
             # Until readiness first passes; after that the service holds the port itself.
             owner = pid if kind == "readiness" and watch.verdicts[kind].ok is not True else None
             try:
-                check = start_nonblocking(probe, self._foreign, watch.cwd, watch.env)
+                check = start_nonblocking(probe, self._foreign, watch.cwd, watch.env, watch.user,
+                                          watch.group)
             except OSError as exc:  # e.g. out of file descriptors
                 check = CheckResult(False, f"{type(exc).__name__}: {exc}")
             if isinstance(check, CheckResult):
@@ -254,7 +259,7 @@ class Prober:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="probe")
                 future = self._pool.submit(_check, probe, self._foreign, watch.cwd, watch.env, owner,
-                                           self.parents)
+                                           self.parents, watch.user, watch.group)
                 future.add_done_callback(functools.partial(self._checked, watch, kind, started))
 
     def _fly(self, flight: _InFlight) -> None:
@@ -325,8 +330,9 @@ class _InFlight:
 
 
 def _check(probe: Probe, foreign: ForeignChildren, cwd: str | None, env: Mapping[str, str],
-           owner: int | None, parents: frozenset[int] = frozenset()) -> CheckResult:
-    result = run_check(probe, foreign, cwd, env)
+           owner: int | None, parents: frozenset[int] = frozenset(), user: str | int | None = None,
+           group: str | int | None = None) -> CheckResult:
+    result = run_check(probe, foreign, cwd, env, user, group)
     if result.ok and owner is not None:
         return _vouched(result, probe, owner, parents)
     return result

@@ -302,13 +302,15 @@ class ForeignChildren:
         self._closed = False
 
     def spawn(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str],
-              output_fd: int) -> tuple[int, Future[int]]:
-        """Start argv in its own process group, output to output_fd; the future gets its status."""
+              output_fd: int, user: str | int | None = None,
+              group: str | int | None = None) -> tuple[int, Future[int]]:
+        """Start argv in its own process group, output to output_fd, as `user` and `group`
+        (None: the agent's); the future gets its status."""
         exited: Future[int] = Future()
         with self._lock:
             if self._closed:
                 raise ReaperGone("the agent is stopping")
-            pid = _spawn_probe(argv, cwd, env, output_fd)
+            pid = _spawn_probe(argv, cwd, env, output_fd, user, group)
             self._waiting[pid] = exited
             self._spawned.add(pid)
         return pid, exited
@@ -347,16 +349,19 @@ class ForeignChildren:
             exited.set_exception(ReaperGone(f"pid {pid}: the agent is stopping"))
 
 
-def _spawn_probe(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], output_fd: int) -> int:
-    if cwd is None:
+def _spawn_probe(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], output_fd: int,
+                 user: str | int | None, group: str | int | None) -> int:
+    if cwd is None and user is None and group is None:
         # posix_spawn (vfork-like) costs a third of Popen's fork of the whole agent.
         return os.posix_spawnp(argv[0], list(argv), dict(env), setpgroup=0, file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, output_fd, 1),
             (os.POSIX_SPAWN_DUP2, output_fd, 2),
         ])
+    uid, gid, extra = _account(user, group)
     popen = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-                             stdout=output_fd, stderr=output_fd, process_group=0, close_fds=True)
+                             stdout=output_fd, stderr=output_fd, process_group=0, close_fds=True,
+                             user=uid, group=gid, extra_groups=extra)
     # The owner reaps this pid; a returncode keeps subprocess from ever polling it.
     popen.returncode = 0
     return popen.pid
