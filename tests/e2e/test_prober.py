@@ -171,6 +171,22 @@ def test_exec_probe_reports_exit_code_and_output(foreign: ForeignChildren, tmp_p
     assert (result.ok, result.message) == (False, "sh: exit code 3: nope")
 
 
+def test_exec_probe_commands_start_with_every_signal_at_its_default(foreign: ForeignChildren) -> None:
+    # Python ignores SIGPIPE; an agent started by nohup or a script's background job, SIGHUP and
+    # SIGQUIT too: none of that reaches a check's command.
+    probe = health(liveness={"exec": {"command": ["grep", "^SigIgn", "/proc/self/status"]}}).liveness
+    assert probe is not None
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGHUP, signal.SIGQUIT)}
+    try:
+        result = run_check(probe, foreign, None, os.environ)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert result.ok, result.message
+    internal = (1 << 31) | (1 << 32)  # glibc's own two, which posix_spawn leaves ignored
+    assert int(result.message.split()[-1], 16) & ~internal == 0, result.message
+
+
 def test_missing_exec_probe_command_is_a_failure_not_a_crash(foreign: ForeignChildren) -> None:
     probe = health(liveness={"exec": {"command": ["/no/such/probe"]}}).liveness
     assert probe is not None

@@ -352,12 +352,15 @@ class ForeignChildren:
 def _spawn_probe(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], output_fd: int,
                  user: str | int | None, group: str | int | None) -> int:
     if cwd is None and user is None and group is None:
-        # posix_spawn (vfork-like) costs a third of Popen's fork of the whole agent.
-        return os.posix_spawnp(argv[0], list(argv), dict(env), setpgroup=0, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, output_fd, 1),
-            (os.POSIX_SPAWN_DUP2, output_fd, 2),
-        ])
+        # posix_spawn (vfork-like) costs a third of Popen's fork of the whole agent. Every signal
+        # at its default, as for a service: Python's SIGPIPE, and what nohup or a shell ignored.
+        ignored = [s for s in signal.valid_signals() if signal.getsignal(s) == signal.SIG_IGN]
+        return os.posix_spawnp(argv[0], list(argv), dict(env), setpgroup=0, setsigdef=ignored,
+                               file_actions=[
+                                   (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                   (os.POSIX_SPAWN_DUP2, output_fd, 1),
+                                   (os.POSIX_SPAWN_DUP2, output_fd, 2),
+                               ])
     uid, gid, extra = _account(user, group)
     popen = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                              stdout=output_fd, stderr=output_fd, process_group=0, close_fds=True,
