@@ -208,6 +208,29 @@ def test_output_goes_to_log_files(agent: Agent, tmp_path: Path) -> None:
     eventually(lambda: err.exists() and "hello err" in err.read_text(), 5, "stderr log")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a link of another user needs root to make")
+def test_a_log_file_linked_elsewhere_by_another_user_is_not_followed(agent: Agent, tmp_path: Path) -> None:
+    # A service's user who may write to the log folder must not get root to append its output
+    # to a file of root's choosing (/etc/shadow here is `victim`); root's own links still work.
+    logs, victim, kept = tmp_path / "logs", tmp_path / "victim", tmp_path / "kept.out"
+    logs.mkdir()
+    victim.write_text("root:secret\n")
+    kept.write_text("")
+    (logs / "evil.stdout.log").symlink_to(victim)
+    os.lchown(logs / "evil.stdout.log", 65534, 65534)
+    (logs / "fine.stdout.log").symlink_to(kept)
+    agent.write("a.yaml", services("""\
+        evil: {command: [sh, -c, 'echo pwned; exec sleep 3653']}
+        fine: {command: [sh, -c, 'echo kept; exec sleep 3654']}
+        """, logs))
+    agent.start()
+    agent.wait_log(r"evil stdout: log file .*evil.stdout.log: cannot open: "
+                   r"a symbolic link made by uid 65534, not followed")
+    eventually(lambda: kept.read_text() == "kept\n", 5, "fine's output in the file its root-made link names")
+    assert victim.read_text() == "root:secret\n"
+    assert (logs / "evil.stdout.log").is_symlink()
+
+
 def test_environment_and_directory(agent: Agent, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

@@ -190,6 +190,45 @@ def test_log_files_rotate_at_whole_lines_and_keep_their_backups(tmp_path: Path) 
     assert numbers == list(range(numbers[0], 60))
 
 
+def test_a_log_path_that_is_a_link_is_followed_only_if_its_owner_writes_the_logs(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_text("")
+    own = tmp_path / "own.log"
+    own.symlink_to(target)  # as an operator's `ln -s /dev/null web.stdout.log`
+    fd = logs.open_log(str(own))
+    os.write(fd, b"through\n")
+    os.close(fd)
+    assert target.read_text() == "through\n"
+    null = tmp_path / "null.log"
+    null.symlink_to(os.devnull)
+    log = LogFile(str(null), max_bytes=1024, backups=2)
+    for _ in range(100):
+        log.write(b"x" * 99 + b"\n")  # ten times max_bytes: a device is never rotated away
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("null")) == ["null.log"]
+    assert null.is_symlink()
+    dangling = tmp_path / "dangling.log"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError):
+        logs.open_log(str(dangling))  # followed, but nothing is created at the far end
+    assert not (tmp_path / "nowhere").exists()
+    deep = tmp_path / "deep.log"
+    deep.write_text("")
+    fd = logs.open_log(str(deep))  # a plain file, and one created, as before
+    os.close(fd)
+    fd = logs.open_log(str(tmp_path / "new.log"))
+    os.close(fd)
+    assert (tmp_path / "new.log").is_file()
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign.log"
+        foreign.symlink_to(target)
+        os.lchown(foreign, 65534, 65534)
+        with pytest.raises(OSError) as refused:
+            logs.open_log(str(foreign))
+        assert refused.value.errno == errno.ELOOP and "uid 65534" in str(refused.value)
+        assert target.read_text() == "through\n"
+
+
 def test_a_closed_log_file_is_opened_again_at_its_path(tmp_path: Path) -> None:
     path = tmp_path / "x.log"
     log = LogFile(str(path), max_bytes=0, backups=0)

@@ -31,7 +31,7 @@ else:
     from _collections import deque
 
 __all__ = ["CUT_MARK", "LOOK_AGAIN_AFTER", "MAX_LINE", "RETRY_AFTER", "Batch", "Line", "LogFile", "Pending",
-           "Ring", "flush", "split"]
+           "Ring", "flush", "open_log", "split"]
 
 RETRY_AFTER = 5.0
 LOOK_AGAIN_AFTER = 2.0
@@ -45,6 +45,41 @@ MAX_LINE = 64 * 1024
 newline, is skipped: a child that never writes a newline must not make the keeper's memory grow.
 The log file gets every byte."""
 CUT_MARK = b" [cut at 64 KiB: the log file has the whole line]"
+
+
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+
+
+def open_log(path: str) -> int:
+    """`path` opened for appending (created if missing) to write a service's output to.
+
+    A symbolic link there is followed only if this process's own user made it. What a service
+    prints is written with this process's rights (root's, for services of other users): a
+    service whose user may write to the log folder could otherwise point its log at
+    /etc/shadow and have its output appended there (or the file truncated, at rotation)."""
+    try:
+        return os.open(path, _APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        refused = exc
+    link = os.lstat(path)
+    if (link.st_mode & 0o170000) != 0o120000:  # not a link itself: too many links above it
+        raise refused
+    if link.st_uid != os.geteuid():
+        raise OSError(errno.ELOOP, f"a symbolic link made by uid {link.st_uid}, not followed (only "
+                      f"those of uid {os.geteuid()}, which writes the logs, are)", path)
+    fd = os.open(path, _APPEND)  # no O_CREAT: a link swapped in meanwhile creates nothing
+    try:
+        again, target, opened = os.lstat(path), os.stat(path), os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if ((again.st_dev, again.st_ino) != (link.st_dev, link.st_ino)
+            or (target.st_dev, target.st_ino) != (opened.st_dev, opened.st_ino)):
+        os.close(fd)
+        raise OSError(errno.ELOOP, "a symbolic link replaced while it was opened, not followed", path)
+    return fd
 
 
 class Pending:
@@ -63,7 +98,7 @@ Line = tuple[int, float, str, int]
 class LogFile:
     """One rotated log file; see the module docstring."""
 
-    __slots__ = ("_fd", "_file_id", "_looked_at", "_report", "_retry_at", "_size", "backups", "label",
+    __slots__ = ("_fd", "_file_id", "_looked_at", "_regular", "_report", "_retry_at", "_size", "backups", "label",
                  "max_bytes", "path", "problem")
 
     def __init__(self, path: str, max_bytes: int, backups: int, report: Report | None = None,
@@ -78,6 +113,7 @@ class LogFile:
         self._retry_at = 0.0
         self.problem: str | None = None  # why the file cannot be written now
         self._file_id = (0, 0)  # st_dev, st_ino of the open file
+        self._regular = True  # False for a link to /dev/null, a FIFO...: never rotated
         self._looked_at = 0.0
 
     def configure(self, path: str, max_bytes: int, backups: int) -> None:
@@ -133,13 +169,14 @@ class LogFile:
                 os.makedirs(folder, exist_ok=True)
             except FileExistsError:  # makedirs' word for "a file is where the folder goes"
                 raise NotADirectoryError(errno.ENOTDIR, "not a folder", folder) from None
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_log(self.path)
         except OSError as exc:
             self._failed("cannot open", exc)
             return False
         self._fd = fd
         found = os.fstat(fd)
         self._size = found.st_size
+        self._regular = (found.st_mode & 0o170000) == 0o100000
         self._file_id = (found.st_dev, found.st_ino)
         self._looked_at = time.monotonic()
         if self.problem is not None:
@@ -157,7 +194,7 @@ class LogFile:
         return (found.st_dev, found.st_ino) == self._file_id
 
     def _write(self, view: memoryview) -> None:
-        if self.max_bytes <= 0:
+        if self.max_bytes <= 0 or not self._regular:
             self._write_all(view)
             return
         while view:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+from suite_agent.keeper.logs import open_log
 
 __all__ = ["RETRY_AFTER", "FailureReports", "LogFile", "LogFileSettings"]
 
@@ -81,6 +84,7 @@ class LogFile:
         self._path: Path | None = None
         self._fd = -1
         self._size = 0
+        self._regular = True  # False for a link to /dev/null, a FIFO...: never rotated
         self._retry_at = 0.0  # monotonic time before which a failed file is not retried
 
     def write(self, data: bytes, settings: LogFileSettings) -> None:
@@ -112,20 +116,22 @@ class LogFile:
         path = settings.log_dir / self._name
         try:
             settings.log_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_log(str(path))
         except OSError as exc:
             self._path = path
             self._failed("cannot open", exc)
             return False
         self._path, self._fd = path, fd
-        self._size = os.fstat(fd).st_size
+        found = os.fstat(fd)
+        self._size = found.st_size
+        self._regular = stat.S_ISREG(found.st_mode)
         self._reports.recovered(path)
         return True
 
     def _write(self, data: bytes, settings: LogFileSettings) -> None:
         max_bytes = settings.max_bytes
         view = memoryview(data)
-        if max_bytes <= 0:
+        if max_bytes <= 0 or not self._regular:
             self._write_all(view)
             return
         while view:
