@@ -53,7 +53,7 @@ _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
 def open_log(path: str) -> int:
     """`path` opened for appending (created if missing) to write a service's output to.
 
-    A symbolic link there is followed only if this process's own user made it. What a service
+    A symbolic link there is followed only if root or this process's own user made it. What a service
     prints is written with this process's rights (root's, for services of other users): a
     service whose user may write to the log folder could otherwise point its log at
     /etc/shadow and have its output appended there (or the file truncated, at rotation)."""
@@ -66,9 +66,10 @@ def open_log(path: str) -> int:
     link = os.lstat(path)
     if (link.st_mode & 0o170000) != 0o120000:  # not a link itself: too many links above it
         raise refused
-    if link.st_uid != os.geteuid():
+    trusted = sorted({0, os.geteuid()})
+    if link.st_uid not in trusted:
         raise OSError(errno.ELOOP, f"a symbolic link made by uid {link.st_uid}, not followed (only "
-                      f"those of uid {os.geteuid()}, which writes the logs, are)", path)
+                      f"those of uid {' or '.join(map(str, trusted))} are)", path)
     fd = os.open(path, _APPEND)  # no O_CREAT: a link swapped in meanwhile creates nothing
     try:
         again, target, opened = os.lstat(path), os.stat(path), os.fstat(fd)
