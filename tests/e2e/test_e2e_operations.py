@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import Agent, agent_command
@@ -223,6 +224,17 @@ def test_ready_by_sd_notify_and_a_missed_watchdog_restarts(agent: Agent, tmp_pat
     agent.wait_log(r"beating: liveness probe failed: watchdog: no WATCHDOG=1 within 2s; restarting")
     # It beat for 1.5 s: the watchdog waited for the beats to stop.
     assert "silent now" in log_text(api, "beating")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("systemd-notify"),
+                    reason="needs root (user:) and systemd-notify")
+def test_a_service_running_as_another_user_can_notify(agent: Agent) -> None:
+    # The state directory, where notify.sock is, is root's alone (0700).
+    api = start_with_api(agent, (
+        "other: {command: [sh, -c, 'sleep 0.3; systemd-notify --ready --status=\"as nobody\"; exec sleep 3843'], "
+        "user: nobody, health: {readiness: {notify: true}}}\n"))
+    eventually(lambda: status(api, "other")["ready"], 10, "READY=1 from a service running as nobody")
+    assert status(api, "other")["detail"] == "as nobody"
 
 
 def test_services_keep_notifying_a_re_executed_agent(agent: Agent, tmp_path: Path) -> None:

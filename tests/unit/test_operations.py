@@ -25,6 +25,7 @@ from fakes import FakeClock, FakeFactory, FakeLoader, FakeProber, FakePump
 
 class FakeReceiver:
     address = "/state/notify.sock"
+    shared_address = "@suite-agent-notify-state"
     started = stopped = 0
 
     def start(self) -> None:
@@ -361,6 +362,16 @@ def test_the_datagram_and_the_socket_address() -> None:
     long = socket_address("/" + "d" * 200)
     assert long.startswith("@suite-agent-notify-") and long == socket_address("/" + "d" * 200)
     assert lineage(2**22 + 12345)[0] == 2**22 + 12345
+
+
+def test_a_service_of_another_user_is_given_the_socket_every_user_can_reach(h: Harness) -> None:
+    h.load("services:\n  web: {command: [web], user: nobody, health: {readiness: {notify: true}}}\n"
+           "  api: {command: [api], group: nogroup, health: {watchdog: 10s}}\n"
+           "  own: {command: [own], health: {readiness: {notify: true}}}\n")
+    env = {name: h.sup.host.process_env(h.sup.services[name].instances[0].spec)["NOTIFY_SOCKET"]
+           for name in ("web", "api", "own")}
+    assert env == {"web": "@suite-agent-notify-state", "api": "@suite-agent-notify-state",
+                   "own": "/state/notify.sock"}
 
 
 def test_ready_by_notification_with_status_as_detail(h: Harness) -> None:

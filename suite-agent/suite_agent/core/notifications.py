@@ -25,6 +25,7 @@ class Receiver(Protocol):
     """The socket's receiving thread (health/notify_socket.py, or a fake in tests)."""
 
     address: str
+    shared_address: str  # for services running as another user (the state directory is root's)
 
     def start(self) -> None: ...
 
@@ -66,7 +67,13 @@ class Notifications:
         return self._receiver.address
 
     def environment(self, spec: ServiceSpec) -> dict[str, str]:
-        return environment(self.address, spec) if spec.health.notifies else {}
+        if not spec.health.notifies:
+            return {}
+        address = self.address  # bound first
+        assert self._receiver is not None
+        if spec.user is not None or spec.group is not None:
+            address = self._receiver.shared_address
+        return environment(address, spec)
 
     def close(self) -> None:
         if self._receiver is not None:

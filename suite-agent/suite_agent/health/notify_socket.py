@@ -7,7 +7,9 @@ exists, so the owner can tell which service sent it and ignore a service speakin
 The thread decides nothing: it posts an immutable `Notified` to the owner's inbox.
 
 The socket's path depends on the state directory alone, so a restarted agent binds the same one
-and services started by the previous agent still reach it.
+and services started by the previous agent still reach it. The state directory is root's alone
+(0700): an agent running as root also binds an abstract socket named after that path, which
+services running as other users can reach (`shared_address`); senders are checked all the same.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def socket_address(state_dir: str | os.PathLike[str]) -> str:
     path = str(Path(state_dir).absolute() / NAME)
     if len(path.encode()) <= _PATH_MAX:
         return path
+    return abstract_address(path)
+
+
+def abstract_address(path: str) -> str:
+    """The abstract socket named after the socket path `path`."""
     digest = hashlib.sha256(path.encode()).hexdigest()[:32]
     return f"@suite-agent-notify-{digest}"
 
@@ -75,17 +82,18 @@ def lineage(pid: int) -> tuple[int, ...]:
 class NotifySocket:
     def __init__(self, address: str, inbox: Inbox) -> None:
         self.address = address
+        self.shared_address = address  # what a service running as another user is given
         self._inbox = inbox
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        if address.startswith("@"):
-            self._sock.bind("\0" + address[1:])
-        else:
-            Path(address).parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(address)  # the previous agent's: the same path is bound again
-            self._sock.bind(address)
-            os.chmod(address, 0o666)  # services running as other users notify too; senders are checked
+        self._socks = [_bind(address)]
+        if not address.startswith("@") and os.geteuid() == 0:
+            shared = abstract_address(address)
+            try:
+                self._socks.append(_bind(shared))
+            except OSError as exc:  # taken: another process squats the name
+                log.warning("sd_notify: cannot bind %s (%s): services running as other users "
+                            "cannot notify", shared, exc.strerror or exc)
+            else:
+                self.shared_address = shared
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
 
@@ -97,24 +105,28 @@ class NotifySocket:
             os.write(self._wake_w, b"\0")
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._sock.close()
+        for sock in self._socks:
+            sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
     def _run(self) -> None:
         while True:
-            ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [])
+            ready, _, _ = select.select([*(s.fileno() for s in self._socks), self._wake_r], [], [])
             if self._wake_r in ready:
                 return
-            try:
-                self._receive()
-            except Exception:  # a malformed datagram must not end the thread
-                log.exception("notify socket: cannot read a datagram")
+            for sock in self._socks:
+                if sock.fileno() not in ready:
+                    continue
+                try:
+                    self._receive(sock)
+                except Exception:  # a malformed datagram must not end the thread
+                    log.exception("notify socket: cannot read a datagram")
 
-    def _receive(self) -> None:
+    def _receive(self, sock: socket.socket) -> None:
         # Room for the credentials only: descriptors sent along (a BARRIER=1's) are closed by the
         # kernel, which is the barrier's answer.
-        data, ancillary, _, _ = self._sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(_UCRED.size),
+        data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(_UCRED.size),
                                                    socket.MSG_DONTWAIT)
         pid = 0
         for level, kind, payload in ancillary:
@@ -124,3 +136,21 @@ class NotifySocket:
         if pid <= 0 or not fields:
             return
         self._inbox.put(Notified(pid, lineage(pid), fields))
+
+
+def _bind(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        if address.startswith("@"):
+            sock.bind("\0" + address[1:])
+        else:
+            Path(address).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address)  # the previous agent's: the same path is bound again
+            sock.bind(address)
+            os.chmod(address, 0o666)  # within the state directory: its 0700 decides who reaches it
+    except BaseException:
+        sock.close()
+        raise
+    return sock
