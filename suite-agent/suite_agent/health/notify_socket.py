@@ -127,7 +127,7 @@ class NotifySocket:
         # Room for the credentials only: descriptors sent along (a BARRIER=1's) are closed by the
         # kernel, which is the barrier's answer.
         data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(_UCRED.size),
-                                                   socket.MSG_DONTWAIT)
+                                             socket.MSG_DONTWAIT)
         pid = 0
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= _UCRED.size:
