@@ -317,6 +317,19 @@ def test_rotation_splits_at_a_newline(make_pump: PumpFactory, tmp_path: Path) ->
     assert log.read_bytes() == b"b" * 599 + b"\n"
 
 
+def test_a_log_linked_to_a_device_is_never_rotated(make_pump: PumpFactory, tmp_path: Path) -> None:
+    pump = make_pump(max_bytes=1000, backups=2)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "s.stdout.log").symlink_to(os.devnull)  # an operator's way to discard the output
+    _, w = attach_pipe(pump, "s", "s", "stdout")
+    for _ in range(30):
+        os.write(w, b"x" * 99 + b"\n")  # three times max_bytes
+    os.close(w)
+    idle(pump)
+    assert sorted(os.listdir(logs)) == ["s.stdout.log"] and (logs / "s.stdout.log").is_symlink()
+
+
 def test_backups_zero_truncates_in_place(make_pump: PumpFactory, tmp_path: Path) -> None:
     pump = make_pump(max_bytes=1000, backups=0)
     _, w = attach_pipe(pump, "s", "s", "stderr")

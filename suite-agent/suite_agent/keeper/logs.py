@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat  # loaded by os already
 import time
 
 from .diag import say
@@ -53,10 +54,10 @@ _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
 def open_log(path: str) -> int:
     """`path` opened for appending (created if missing) to write a service's output to.
 
-    A symbolic link there is followed only if root or this process's own user made it. What a service
-    prints is written with this process's rights (root's, for services of other users): a
-    service whose user may write to the log folder could otherwise point its log at
-    /etc/shadow and have its output appended there (or the file truncated, at rotation)."""
+    A symbolic link there is followed only if root or this process's own user made it. What a
+    service prints is written with this process's rights (root's, for services of other users):
+    a service whose user may write to the log folder could otherwise point its log at /etc/shadow
+    and have its output appended there (or the file truncated, at rotation)."""
     try:
         return os.open(path, _APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
@@ -64,7 +65,7 @@ def open_log(path: str) -> int:
             raise
         refused = exc
     link = os.lstat(path)
-    if (link.st_mode & 0o170000) != 0o120000:  # not a link itself: too many links above it
+    if not stat.S_ISLNK(link.st_mode):  # not a link itself: too many links above it
         raise refused
     trusted = sorted({0, os.geteuid()})
     if link.st_uid not in trusted:
@@ -177,7 +178,7 @@ class LogFile:
         self._fd = fd
         found = os.fstat(fd)
         self._size = found.st_size
-        self._regular = (found.st_mode & 0o170000) == 0o100000
+        self._regular = stat.S_ISREG(found.st_mode)
         self._file_id = (found.st_dev, found.st_ino)
         self._looked_at = time.monotonic()
         if self.problem is not None:
